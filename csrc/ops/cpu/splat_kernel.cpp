@@ -1,0 +1,522 @@
+// CPU kernels of the fused split-attention ops.
+//
+// Each op makes one pass over x: the activation relu(x*scale + shift) is recomputed from x wherever it is
+// needed instead of being stored, the per-(sample, channel) attention weights are computed once from the
+// logits, and every sum is accumulated in at::opmath_type (float for float/half/bfloat16, double for double).
+// Two dense layouts are read in place:
+//   NCHW (contiguous): one work item per (sample, channel); its radix rows are contiguous runs of H*W values.
+//   channels_last:     one work item per (sample, run of positions); each position holds radix*C contiguous
+//                      values, and reductions over positions go to per-item partial buffers that are summed at
+//                      the end (deterministic: the split into items depends only on the shape).
+// Inner loops are `omp simd` loops over contiguous memory (built with -fopenmp-simd: no OpenMP runtime), and the
+// bool options (affine, relu) are template parameters so the loops have no branches.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "ops/splat_checks.h"
+#include "ops/splat_math.h"
+
+namespace resnest_fast {
+namespace {
+
+constexpr int64_t kChunk = 512;         // NCHW combine: positions accumulated in a stack buffer at once
+constexpr int64_t kGrainElems = 32768;  // elements of x per parallel task, at least
+
+template <typename F>
+void dispatch_flags(bool affine, bool relu, F&& f) {
+  if (affine) {
+    if (relu) f(std::true_type{}, std::true_type{});
+    else f(std::true_type{}, std::false_type{});
+  } else {
+    if (relu) f(std::false_type{}, std::true_type{});
+    else f(std::false_type{}, std::false_type{});
+  }
+}
+
+int64_t grain_for(int64_t elems_per_item) {
+  return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, elems_per_item));
+}
+
+// channels_last: how many runs of positions each sample is cut into, so that B * runs gives every thread work.
+int64_t runs_per_sample(int64_t B, int64_t P) {
+  const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + B - 1) / B);
+  return std::max<int64_t>(1, std::min<int64_t>(want, P / 16));
+}
+
+struct Shape {
+  int64_t B, R, C, P;  // P = H*W
+  int64_t RC() const { return R * C; }
+};
+
+Shape shape_of(const at::Tensor& x, int64_t radix) {
+  return {x.size(0), radix, x.size(1) / radix, x.size(2) * x.size(3)};
+}
+
+template <typename acc_t>
+at::Tensor params_as_acc(const std::optional<at::Tensor>& t) {
+  const auto acc_type = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
+  return t.has_value() ? t->to(acc_type).contiguous() : at::Tensor();
+}
+
+template <typename acc_t>
+const acc_t* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<acc_t>() : nullptr;
+}
+
+// Attention weights (B, R, C) in acc_t from logits (B, R*C) read as [groups][radix][C/groups].
+template <typename scalar_t, typename acc_t>
+std::vector<acc_t> attention_weights(const at::Tensor& logits, const Shape& s, int64_t groups) {
+  std::vector<acc_t> att(s.B * s.RC());
+  const scalar_t* l = logits.data_ptr<scalar_t>();
+  const int64_t cpg = s.C / groups;
+  at::parallel_for(0, s.B * s.C, grain_for(s.R * 64), [&](int64_t begin, int64_t end) {
+    acc_t a[kMaxRadix];
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const int64_t b = bc / s.C, c = bc % s.C;
+      splat_attention<acc_t>(l + b * s.RC(), c, s.R, cpg, a);
+      for (int64_t r = 0; r < s.R; ++r) att[(b * s.R + r) * s.C + c] = a[r];
+    }
+  });
+  return att;
+}
+
+// ------------------------------------------------------------------------------------------------ pool forward
+
+template <typename scalar_t, typename acc_t, bool kAffine, bool kRelu>
+void pool_forward(const scalar_t* x, const acc_t* scale, const acc_t* shift, scalar_t* gap, const Shape& s,
+                  bool channels_last) {
+  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(s.P);
+  if (!channels_last) {
+    at::parallel_for(0, s.B * s.C, grain_for(s.R * s.P), [&](int64_t begin, int64_t end) {
+      for (int64_t bc = begin; bc < end; ++bc) {
+        const int64_t b = bc / s.C, c = bc % s.C;
+        acc_t total = 0;
+        for (int64_t r = 0; r < s.R; ++r) {
+          const int64_t ch = r * s.C + c;
+          const scalar_t* row = x + (b * s.RC() + ch) * s.P;
+          const acc_t sc = kAffine ? scale[ch] : acc_t(1), sh = kAffine ? shift[ch] : acc_t(0);
+          acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t i = 0; i < s.P; ++i) {
+            sum += splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(static_cast<acc_t>(row[i]), sc, sh));
+          }
+          total += sum;
+        }
+        gap[bc] = static_cast<scalar_t>(total * inv_p);
+      }
+    });
+    return;
+  }
+  const int64_t K = runs_per_sample(s.B, s.P);
+  const int64_t run = (s.P + K - 1) / K;
+  std::vector<acc_t> partial(s.B * K * s.C, acc_t(0));
+  at::parallel_for(0, s.B * K, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / K, k = item % K;
+      acc_t* acc = partial.data() + item * s.C;
+      const int64_t p_end = std::min(s.P, (k + 1) * run);
+      for (int64_t p = k * run; p < p_end; ++p) {
+        const scalar_t* row = x + (b * s.P + p) * s.RC();
+        for (int64_t r = 0; r < s.R; ++r) {
+          const scalar_t* xr = row + r * s.C;
+          const acc_t* sc = kAffine ? scale + r * s.C : nullptr;
+          const acc_t* sh = kAffine ? shift + r * s.C : nullptr;
+#pragma omp simd
+          for (int64_t c = 0; c < s.C; ++c) {
+            acc[c] += splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(
+                static_cast<acc_t>(xr[c]), kAffine ? sc[c] : acc_t(1), kAffine ? sh[c] : acc_t(0)));
+          }
+        }
+      }
+    }
+  });
+  for (int64_t b = 0; b < s.B; ++b) {
+    for (int64_t c = 0; c < s.C; ++c) {
+      acc_t total = 0;
+      for (int64_t k = 0; k < K; ++k) total += partial[(b * K + k) * s.C + c];
+      gap[b * s.C + c] = static_cast<scalar_t>(total * inv_p);
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------------------------- pool backward
+
+template <typename scalar_t, typename acc_t, bool kAffine, bool kRelu>
+void pool_backward(const scalar_t* grad_gap, const scalar_t* x, const acc_t* scale, const acc_t* shift,
+                   scalar_t* dx, acc_t* dscale_part, acc_t* dshift_part, const Shape& s, bool channels_last,
+                   int64_t K) {
+  // d gap[b,c] / d act[b, r*C+c, p] = 1/P; dscale/dshift partial sums go to (items, R*C) buffers.
+  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(s.P);
+  if (!channels_last) {
+    at::parallel_for(0, s.B * s.RC(), grain_for(s.P), [&](int64_t begin, int64_t end) {
+      for (int64_t brc = begin; brc < end; ++brc) {
+        const int64_t b = brc / s.RC(), ch = brc % s.RC(), c = ch % s.C;
+        const acc_t g = static_cast<acc_t>(grad_gap[b * s.C + c]) * inv_p;
+        const acc_t sc = kAffine ? scale[ch] : acc_t(1), sh = kAffine ? shift[ch] : acc_t(0);
+        const scalar_t* row = x + brc * s.P;
+        scalar_t* drow = dx + brc * s.P;
+        acc_t dsc = 0, dsh = 0;
+#pragma omp simd reduction(+ : dsc, dsh)
+        for (int64_t i = 0; i < s.P; ++i) {
+          const acc_t v = static_cast<acc_t>(row[i]);
+          const acc_t d = g * splat_act_grad<acc_t, kRelu>(splat_pre<acc_t, kAffine>(v, sc, sh));
+          drow[i] = static_cast<scalar_t>(kAffine ? d * sc : d);
+          dsc += d * v;
+          dsh += d;
+        }
+        if (kAffine) {
+          dscale_part[brc] = dsc;
+          dshift_part[brc] = dsh;
+        }
+      }
+    });
+    return;
+  }
+  const int64_t run = (s.P + K - 1) / K;
+  // g expanded to (B, R*C) so the inner loop runs over contiguous channels.
+  std::vector<acc_t> g(s.B * s.RC());
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t ch = 0; ch < s.RC(); ++ch)
+      g[b * s.RC() + ch] = static_cast<acc_t>(grad_gap[b * s.C + ch % s.C]) * inv_p;
+  at::parallel_for(0, s.B * K, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / K, k = item % K;
+      const acc_t* gb = g.data() + b * s.RC();
+      acc_t* dsc = kAffine ? dscale_part + item * s.RC() : nullptr;
+      acc_t* dsh = kAffine ? dshift_part + item * s.RC() : nullptr;
+      const int64_t p_end = std::min(s.P, (k + 1) * run);
+      for (int64_t p = k * run; p < p_end; ++p) {
+        const scalar_t* row = x + (b * s.P + p) * s.RC();
+        scalar_t* drow = dx + (b * s.P + p) * s.RC();
+#pragma omp simd
+        for (int64_t ch = 0; ch < s.RC(); ++ch) {
+          const acc_t v = static_cast<acc_t>(row[ch]);
+          const acc_t sc = kAffine ? scale[ch] : acc_t(1);
+          const acc_t d = gb[ch] * splat_act_grad<acc_t, kRelu>(
+                                       splat_pre<acc_t, kAffine>(v, sc, kAffine ? shift[ch] : acc_t(0)));
+          drow[ch] = static_cast<scalar_t>(kAffine ? d * sc : d);
+          if (kAffine) {
+            dsc[ch] += d * v;
+            dsh[ch] += d;
+          }
+        }
+      }
+    }
+  });
+}
+
+// --------------------------------------------------------------------------------------------- combine forward
+
+template <typename scalar_t, typename acc_t, bool kAffine, bool kRelu>
+void combine_forward(const scalar_t* x, const acc_t* att, const acc_t* scale, const acc_t* shift, scalar_t* out,
+                     const Shape& s, bool channels_last) {
+  if (!channels_last) {
+    at::parallel_for(0, s.B * s.C, grain_for(s.R * s.P), [&](int64_t begin, int64_t end) {
+      acc_t buf[kChunk];
+      for (int64_t bc = begin; bc < end; ++bc) {
+        const int64_t b = bc / s.C, c = bc % s.C;
+        scalar_t* orow = out + bc * s.P;
+        for (int64_t p0 = 0; p0 < s.P; p0 += kChunk) {
+          const int64_t n = std::min(kChunk, s.P - p0);
+          for (int64_t r = 0; r < s.R; ++r) {
+            const int64_t ch = r * s.C + c;
+            const scalar_t* row = x + (b * s.RC() + ch) * s.P + p0;
+            const acc_t a = att[b * s.RC() + ch];
+            const acc_t sc = kAffine ? scale[ch] : acc_t(1), sh = kAffine ? shift[ch] : acc_t(0);
+            if (r == 0) {
+#pragma omp simd
+              for (int64_t i = 0; i < n; ++i)
+                buf[i] = a * splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(static_cast<acc_t>(row[i]), sc, sh));
+            } else {
+#pragma omp simd
+              for (int64_t i = 0; i < n; ++i)
+                buf[i] += a * splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(static_cast<acc_t>(row[i]), sc, sh));
+            }
+          }
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) orow[p0 + i] = static_cast<scalar_t>(buf[i]);
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, s.B * s.P, grain_for(s.RC()), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(s.C);
+    for (int64_t bp = begin; bp < end; ++bp) {
+      const int64_t b = bp / s.P;
+      const scalar_t* row = x + bp * s.RC();
+      for (int64_t r = 0; r < s.R; ++r) {
+        const scalar_t* xr = row + r * s.C;
+        const acc_t* a = att + b * s.RC() + r * s.C;
+        const acc_t* sc = kAffine ? scale + r * s.C : nullptr;
+        const acc_t* sh = kAffine ? shift + r * s.C : nullptr;
+        acc_t* bp_buf = buf.data();
+        if (r == 0) {
+#pragma omp simd
+          for (int64_t c = 0; c < s.C; ++c)
+            bp_buf[c] = a[c] * splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(
+                                   static_cast<acc_t>(xr[c]), kAffine ? sc[c] : acc_t(1), kAffine ? sh[c] : acc_t(0)));
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < s.C; ++c)
+            bp_buf[c] += a[c] * splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(
+                                    static_cast<acc_t>(xr[c]), kAffine ? sc[c] : acc_t(1), kAffine ? sh[c] : acc_t(0)));
+        }
+      }
+      scalar_t* orow = out + bp * s.C;
+#pragma omp simd
+      for (int64_t c = 0; c < s.C; ++c) orow[c] = static_cast<scalar_t>(buf[c]);
+    }
+  });
+}
+
+// -------------------------------------------------------------------------------------------- combine backward
+
+// Writes dx, and per item partial sums of d a (the attention weights), dscale and dshift, each (items, R*C).
+template <typename scalar_t, typename acc_t, bool kAffine, bool kRelu>
+void combine_backward(const scalar_t* gout, const scalar_t* x, const acc_t* att, const acc_t* scale,
+                      const acc_t* shift, scalar_t* dx, acc_t* da_part, acc_t* dscale_part, acc_t* dshift_part,
+                      const Shape& s, bool channels_last, int64_t K) {
+  if (!channels_last) {
+    // item = (b, c); partial buffers are indexed (b, r*C + c), i.e. one "run" per sample.
+    at::parallel_for(0, s.B * s.C, grain_for(s.R * s.P), [&](int64_t begin, int64_t end) {
+      for (int64_t bc = begin; bc < end; ++bc) {
+        const int64_t b = bc / s.C, c = bc % s.C;
+        const scalar_t* grow = gout + bc * s.P;
+        for (int64_t r = 0; r < s.R; ++r) {
+          const int64_t ch = r * s.C + c;
+          const int64_t off = (b * s.RC() + ch) * s.P;
+          const scalar_t* row = x + off;
+          scalar_t* drow = dx + off;
+          const acc_t a = att[b * s.RC() + ch];
+          const acc_t sc = kAffine ? scale[ch] : acc_t(1), sh = kAffine ? shift[ch] : acc_t(0);
+          acc_t da = 0, dsc = 0, dsh = 0;
+#pragma omp simd reduction(+ : da, dsc, dsh)
+          for (int64_t i = 0; i < s.P; ++i) {
+            const acc_t v = static_cast<acc_t>(row[i]);
+            const acc_t g = static_cast<acc_t>(grow[i]);
+            const acc_t pre = splat_pre<acc_t, kAffine>(v, sc, sh);
+            da += g * splat_act<acc_t, kRelu>(pre);
+            const acc_t d = g * a * splat_act_grad<acc_t, kRelu>(pre);
+            drow[i] = static_cast<scalar_t>(kAffine ? d * sc : d);
+            dsc += d * v;
+            dsh += d;
+          }
+          da_part[b * s.RC() + ch] = da;
+          if (kAffine) {
+            dscale_part[b * s.RC() + ch] = dsc;
+            dshift_part[b * s.RC() + ch] = dsh;
+          }
+        }
+      }
+    });
+    return;
+  }
+  const int64_t run = (s.P + K - 1) / K;
+  at::parallel_for(0, s.B * K, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / K, k = item % K;
+      acc_t* da = da_part + item * s.RC();
+      acc_t* dsc = kAffine ? dscale_part + item * s.RC() : nullptr;
+      acc_t* dsh = kAffine ? dshift_part + item * s.RC() : nullptr;
+      const acc_t* ab = att + b * s.RC();
+      const int64_t p_end = std::min(s.P, (k + 1) * run);
+      for (int64_t p = k * run; p < p_end; ++p) {
+        const scalar_t* row = x + (b * s.P + p) * s.RC();
+        scalar_t* drow = dx + (b * s.P + p) * s.RC();
+        const scalar_t* grow = gout + (b * s.P + p) * s.C;
+        for (int64_t r = 0; r < s.R; ++r) {
+          const int64_t o = r * s.C;
+#pragma omp simd
+          for (int64_t c = 0; c < s.C; ++c) {
+            const acc_t v = static_cast<acc_t>(row[o + c]);
+            const acc_t g = static_cast<acc_t>(grow[c]);
+            const acc_t sc = kAffine ? scale[o + c] : acc_t(1);
+            const acc_t pre = splat_pre<acc_t, kAffine>(v, sc, kAffine ? shift[o + c] : acc_t(0));
+            da[o + c] += g * splat_act<acc_t, kRelu>(pre);
+            const acc_t d = g * ab[o + c] * splat_act_grad<acc_t, kRelu>(pre);
+            drow[o + c] = static_cast<scalar_t>(kAffine ? d * sc : d);
+            if (kAffine) {
+              dsc[o + c] += d * v;
+              dsh[o + c] += d;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Sums (items, n) partial buffers over `groups_of` consecutive items: (items / groups_of, n).
+template <typename acc_t>
+std::vector<acc_t> sum_items(const std::vector<acc_t>& part, int64_t items, int64_t groups_of, int64_t n) {
+  std::vector<acc_t> out((items / groups_of) * n, acc_t(0));
+  for (int64_t i = 0; i < items; ++i) {
+    acc_t* o = out.data() + (i / groups_of) * n;
+    const acc_t* p = part.data() + i * n;
+    for (int64_t j = 0; j < n; ++j) o[j] += p[j];
+  }
+  return out;
+}
+
+template <typename acc_t>
+at::Tensor vector_to_tensor(const std::vector<acc_t>& v, at::ScalarType dtype) {
+  const auto acc_type = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
+  at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(acc_type));
+  std::copy(v.begin(), v.end(), t.data_ptr<acc_t>());
+  return t.to(dtype);
+}
+
+// ------------------------------------------------------------------------------------------------- op entries
+
+at::Tensor splat_pool_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& scale,
+                          const std::optional<at::Tensor>& shift, int64_t radix, bool relu) {
+  check_splat_common(x_in, scale, shift, radix);
+  const bool cl = splat_is_channels_last(x_in);
+  const at::Tensor x = x_in.contiguous(splat_layout(x_in));
+  const Shape s = shape_of(x, radix);
+  auto gap = at::empty({s.B, s.C}, x.options());
+  if (s.B * s.C == 0) return gap;
+  TORCH_CHECK(s.P > 0, "resnest_fast: splat_pool needs H*W > 0, got x of shape ", x.sizes());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_pool_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
+    dispatch_flags(scale.has_value(), relu, [&](auto affine, auto relu_c) {
+      pool_forward<scalar_t, acc_t, decltype(affine)::value, decltype(relu_c)::value>(
+          x.data_ptr<scalar_t>(), ptr_or_null<acc_t>(sc), ptr_or_null<acc_t>(sh), gap.data_ptr<scalar_t>(), s, cl);
+    });
+  });
+  return gap;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_pool_backward_cpu(const at::Tensor& grad_gap,
+                                                                       const at::Tensor& x_in,
+                                                                       const std::optional<at::Tensor>& scale,
+                                                                       const std::optional<at::Tensor>& shift,
+                                                                       int64_t radix, bool relu) {
+  check_splat_common(x_in, scale, shift, radix);
+  check_same_shape("grad_gap", grad_gap, {x_in.size(0), x_in.size(1) / radix}, x_in);
+  const bool cl = splat_is_channels_last(x_in);
+  const at::Tensor x = x_in.contiguous(splat_layout(x_in));
+  const at::Tensor g = grad_gap.contiguous();
+  const Shape s = shape_of(x, radix);
+  auto dx = at::empty_like(x);
+  const bool affine = scale.has_value();
+  at::Tensor dscale = affine ? at::zeros_like(*scale) : at::empty({0}, x.options());
+  at::Tensor dshift = affine ? at::zeros_like(*shift) : at::empty({0}, x.options());
+  if (x.numel() == 0) return {dx, dscale, dshift};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_pool_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
+    const int64_t K = cl ? runs_per_sample(s.B, s.P) : 1;
+    const int64_t items = s.B * K;
+    std::vector<acc_t> dsc(affine ? items * s.RC() : 0, acc_t(0)), dsh(affine ? items * s.RC() : 0, acc_t(0));
+    dispatch_flags(affine, relu, [&](auto affine_c, auto relu_c) {
+      pool_backward<scalar_t, acc_t, decltype(affine_c)::value, decltype(relu_c)::value>(
+          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), ptr_or_null<acc_t>(sc), ptr_or_null<acc_t>(sh),
+          dx.data_ptr<scalar_t>(), dsc.data(), dsh.data(), s, cl, K);
+    });
+    if (affine) {
+      dscale = vector_to_tensor(sum_items(dsc, items, items, s.RC()), scale->scalar_type());
+      dshift = vector_to_tensor(sum_items(dsh, items, items, s.RC()), shift->scalar_type());
+    }
+  });
+  return {dx, dscale, dshift};
+}
+
+at::Tensor splat_combine_cpu(const at::Tensor& x_in, const at::Tensor& logits_in,
+                             const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
+                             int64_t radix, int64_t groups, bool relu) {
+  check_splat_common(x_in, scale, shift, radix);
+  check_splat_logits(x_in, logits_in, radix, groups);
+  const bool cl = splat_is_channels_last(x_in);
+  const at::Tensor x = x_in.contiguous(splat_layout(x_in));
+  const at::Tensor logits = logits_in.contiguous();
+  const Shape s = shape_of(x, radix);
+  auto out = at::empty({s.B, s.C, x.size(2), x.size(3)}, x.options().memory_format(splat_layout(x_in)));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_combine_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
+    const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, s, groups);
+    dispatch_flags(scale.has_value(), relu, [&](auto affine, auto relu_c) {
+      combine_forward<scalar_t, acc_t, decltype(affine)::value, decltype(relu_c)::value>(
+          x.data_ptr<scalar_t>(), att.data(), ptr_or_null<acc_t>(sc), ptr_or_null<acc_t>(sh),
+          out.data_ptr<scalar_t>(), s, cl);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> splat_combine_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& logits_in,
+    const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift, int64_t radix, int64_t groups,
+    bool relu) {
+  check_splat_common(x_in, scale, shift, radix);
+  check_splat_logits(x_in, logits_in, radix, groups);
+  check_same_shape("grad_out", grad_out, {x_in.size(0), x_in.size(1) / radix, x_in.size(2), x_in.size(3)}, x_in);
+  const bool cl = splat_is_channels_last(x_in);
+  const at::MemoryFormat fmt = splat_layout(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  const at::Tensor g = grad_out.contiguous(fmt);
+  const at::Tensor logits = logits_in.contiguous();
+  const Shape s = shape_of(x, radix);
+  auto dx = at::empty_like(x);
+  auto dlogits = at::zeros_like(logits);
+  const bool affine = scale.has_value();
+  at::Tensor dscale = affine ? at::zeros_like(*scale) : at::empty({0}, x.options());
+  at::Tensor dshift = affine ? at::zeros_like(*shift) : at::empty({0}, x.options());
+  if (x.numel() == 0) return {dx, dlogits, dscale, dshift};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_combine_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
+    const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, s, groups);
+    const int64_t K = cl ? runs_per_sample(s.B, s.P) : 1;
+    const int64_t items = s.B * K;
+    std::vector<acc_t> da(items * s.RC(), acc_t(0));
+    std::vector<acc_t> dsc(affine ? items * s.RC() : 0, acc_t(0)), dsh(affine ? items * s.RC() : 0, acc_t(0));
+    dispatch_flags(affine, relu, [&](auto affine_c, auto relu_c) {
+      combine_backward<scalar_t, acc_t, decltype(affine_c)::value, decltype(relu_c)::value>(
+          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), att.data(), ptr_or_null<acc_t>(sc),
+          ptr_or_null<acc_t>(sh), dx.data_ptr<scalar_t>(), da.data(), dsc.data(), dsh.data(), s, cl, K);
+    });
+    const std::vector<acc_t> da_b = sum_items(da, items, K, s.RC());  // (B, R*C), indexed r*C + c
+    scalar_t* dl = dlogits.data_ptr<scalar_t>();
+    const int64_t cpg = s.C / groups;
+    for (int64_t b = 0; b < s.B; ++b) {
+      for (int64_t c = 0; c < s.C; ++c) {
+        acc_t a[kMaxRadix], d[kMaxRadix], dlr[kMaxRadix];
+        for (int64_t r = 0; r < s.R; ++r) {
+          a[r] = att[b * s.RC() + r * s.C + c];
+          d[r] = da_b[b * s.RC() + r * s.C + c];
+        }
+        splat_attention_backward<acc_t>(a, d, s.R, dlr);
+        for (int64_t r = 0; r < s.R; ++r)
+          dl[b * s.RC() + splat_logit_index(r, c, s.R, cpg)] = static_cast<scalar_t>(dlr[r]);
+      }
+    }
+    if (affine) {
+      dscale = vector_to_tensor(sum_items(dsc, items, items, s.RC()), scale->scalar_type());
+      dshift = vector_to_tensor(sum_items(dsh, items, items, s.RC()), shift->scalar_type());
+    }
+  });
+  return {dx, dlogits, dscale, dshift};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(resnest_fast, CPU, m) {
+  m.impl("splat_pool", &splat_pool_cpu);
+  m.impl("splat_pool_backward", &splat_pool_backward_cpu);
+  m.impl("splat_combine", &splat_combine_cpu);
+  m.impl("splat_combine_backward", &splat_combine_backward_cpu);
+}
+
+}  // namespace resnest_fast

@@ -1,0 +1,32 @@
+// Schemas of the fused split-attention ops (defined once here; kernels are registered per backend in
+// ops/cpu and ops/cuda; fake kernels and autograd are registered from Python, resnest_fast/ops/).
+//
+// splat_pool:    gap[b, c] = mean_{h,w} sum_r act(x[b, r*C + c, h, w])                         -> (B, C)
+// splat_combine: out[b, c, h, w] = sum_r a[b, r, c] * act(x[b, r*C + c, h, w]),
+//                a = softmax over r of the logits read as [groups][radix][C/groups] (sigmoid if radix == 1)
+// act(v) = relu(v*scale + shift) with scale/shift optional (None: identity) and relu optional.
+// The backward ops return gradients for x, (logits,) scale and shift; scale/shift gradients are empty tensors
+// when scale/shift are None.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import resnest_fast._C` only has to run the static registrations below: the module itself is empty.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(resnest_fast, m) {
+  m.def("splat_pool(Tensor x, Tensor? scale, Tensor? shift, int radix, bool relu) -> Tensor");
+  m.def(
+      "splat_pool_backward(Tensor grad_gap, Tensor x, Tensor? scale, Tensor? shift, int radix, bool relu) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "splat_combine(Tensor x, Tensor logits, Tensor? scale, Tensor? shift, int radix, int groups, bool relu) "
+      "-> Tensor");
+  m.def(
+      "splat_combine_backward(Tensor grad_out, Tensor x, Tensor logits, Tensor? scale, Tensor? shift, "
+      "int radix, int groups, bool relu) -> (Tensor, Tensor, Tensor, Tensor)");
+}

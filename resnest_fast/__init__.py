@@ -1,0 +1,23 @@
+"""resnest_fast: fused split-attention kernels behind a drop-in ResNeSt backbone.
+
+    import resnest_fast
+    resnest_fast.nn.SplitAttentionConv2d(...)       # drop-in for mmseg's module, same state_dict
+    resnest_fast.ops.splat_pool / splat_combine      # the fused ops
+    resnest_fast.set_default_backend("reference")    # or RESNEST_FAST_BACKEND=...
+    python -m resnest_fast info                      # what was built and what runs
+"""
+from resnest_fast import _extension  # noqa: F401  (loads _C, warns once if it is missing)
+from resnest_fast import nn, ops
+from resnest_fast.backend import BACKENDS, get_default_backend, resolve_backend, set_default_backend
+from resnest_fast.info import build_info
+
+__version__ = "0.1.0"
+__all__ = [
+    "nn",
+    "ops",
+    "BACKENDS",
+    "get_default_backend",
+    "set_default_backend",
+    "resolve_backend",
+    "build_info",
+]

@@ -1,0 +1,86 @@
+"""Backend choice for the fused split-attention ops.
+
+Names: "auto" (default), "cpu" and "cuda" (the C++ extension's kernels for tensors on that device), "triton",
+"reference" (pure PyTorch). The default comes from the environment variable RESNEST_FAST_BACKEND, and
+`set_default_backend` changes it at run time. "auto" picks, for the device of the input:
+CUDA tensors: cuda kernels if built, else Triton if installed, else the reference;
+CPU tensors: cpu kernels if built, else the reference.
+An explicit backend that cannot run raises an error that says what is missing.
+"""
+import os
+
+from resnest_fast import _extension as ext
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+ENV_VAR = "RESNEST_FAST_BACKEND"
+
+
+def _validated(name, where):
+    if name is None:
+        return None
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"{where} must be one of {BACKENDS} or None, got {name!r}")
+    return name.lower()
+
+
+_default = _validated(os.environ.get(ENV_VAR, "auto") or "auto", f"environment variable {ENV_VAR}")
+
+
+def get_default_backend():
+    return _default
+
+
+def set_default_backend(name):
+    """Sets the backend used when an op or module is given backend=None; returns the previous default."""
+    global _default
+    previous = _default
+    _default = _validated(name, "backend") or "auto"
+    return previous
+
+
+def resolve_backend(backend, device):
+    """The concrete backend ("cpu", "cuda", "triton" or "reference") that runs for tensors on `device`."""
+    name = _validated(backend, "backend") or _default
+    dev = device.type
+    if name == "auto":
+        if dev == "cuda":
+            if ext.HAS_CUDA_KERNELS:
+                return "cuda"
+            return "triton" if ext.HAS_TRITON else "reference"
+        if dev == "cpu" and ext.HAS_CPU_KERNELS:
+            return "cpu"
+        return "reference"
+    if name == "reference":
+        return name
+    if name in ("cpu", "cuda"):
+        if dev != name:
+            raise ValueError(f"backend={name!r} runs on {name} tensors, but the input is on {device}")
+        if not (ext.HAS_CPU_KERNELS if name == "cpu" else ext.HAS_CUDA_KERNELS):
+            why = "resnest_fast._C was not built" if not ext.HAS_C else f"resnest_fast._C was built without {name} kernels"
+            hint = " (rebuild with FORCE_CUDA=1 pip install . where nvcc is)" if name == "cuda" else ""
+            raise RuntimeError(f"backend={name!r} is not available: {why}{hint}")
+        return name
+    # triton
+    if not ext.HAS_TRITON:
+        raise RuntimeError("backend='triton' is not available: the triton package is not installed")
+    if dev != "cuda" and not (dev == "cpu" and ext.triton_interpreting()):
+        raise ValueError(
+            f"backend='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before importing "
+            f"resnest_fast; the input is on {device}"
+        )
+    return "triton"
+
+
+def available_backends(device_type):
+    """Concrete backends that can run on tensors of `device_type` here."""
+    import torch
+
+    out = ["reference"]
+    if device_type == "cpu" and ext.HAS_CPU_KERNELS:
+        out.append("cpu")
+    if device_type == "cuda" and ext.HAS_CUDA_KERNELS:
+        out.append("cuda")
+    if ext.HAS_TRITON and (device_type == "cuda" or ext.triton_interpreting()):
+        out.append("triton")
+    del torch
+    return out

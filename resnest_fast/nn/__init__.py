@@ -1,0 +1,4 @@
+"""nn.Modules of resnest_fast (mmseg's class names and parameter names)."""
+from resnest_fast.nn.split_attention import RSoftmax, SplitAttentionConv2d, build_norm
+
+__all__ = ["SplitAttentionConv2d", "RSoftmax", "build_norm"]

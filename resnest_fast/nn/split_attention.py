@@ -1,0 +1,251 @@
+"""SplitAttentionConv2d: mmseg's split-attention conv with the post-conv part fused.
+
+mmseg computes conv -> bn0 -> relu -> view/sum -> adaptive_avg_pool -> fc1 -> bn1 -> relu -> fc2 -> rSoftMax ->
+mul -> sum, making about 9.5 passes over the (B, radix*C, H, W) conv output and keeping both the conv output and
+its activation for backward. Here the conv stays in ATen (cuDNN / oneDNN), bn0 becomes a per-channel
+(scale, shift) — folded from the running statistics in eval, from the batch statistics in training — and the two
+fused ops apply relu(x*scale + shift) on the fly: `splat_pool` reads x once to produce the (B, C) context,
+the tiny attention MLP runs in PyTorch, and `splat_combine` reads x once more to write the output. Backward
+recomputes the activation from x, so only the conv input and output are kept.
+
+Constructor arguments, submodule names (conv, bn0, fc1, bn1, fc2) and buffers are mmseg's, so an mmseg
+state_dict loads with strict=True.
+"""
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from resnest_fast.backend import _validated
+from resnest_fast.ops import splat_combine, splat_pool
+
+__all__ = ["SplitAttentionConv2d", "RSoftmax", "build_norm"]
+
+_NORM_TYPES = {"BN": nn.BatchNorm2d, "BN2d": nn.BatchNorm2d, "SyncBN": nn.SyncBatchNorm}
+
+
+def build_norm(norm_cfg: Optional[dict], num_features: int, arg_name: str = "norm_cfg") -> nn.Module:
+    """The subset of mmcv's build_norm_layer that ResNeSt uses: BN / BN2d / SyncBN, eps, momentum,
+    requires_grad."""
+    if norm_cfg is None:
+        raise ValueError(f"{arg_name} must be a dict like dict(type='BN'), got None (bn0 and bn1 are required)")
+    if not isinstance(norm_cfg, dict) or "type" not in norm_cfg:
+        raise ValueError(f"{arg_name} must be a dict with a 'type' key, got {norm_cfg!r}")
+    cfg = dict(norm_cfg)
+    kind = cfg.pop("type")
+    if kind not in _NORM_TYPES:
+        raise ValueError(f"{arg_name}['type'] must be one of {sorted(_NORM_TYPES)}, got {kind!r}")
+    requires_grad = cfg.pop("requires_grad", True)
+    unknown = set(cfg) - {"eps", "momentum", "affine", "track_running_stats"}
+    if unknown:
+        raise ValueError(f"{arg_name} has options this project does not support: {sorted(unknown)}")
+    layer = _NORM_TYPES[kind](num_features, **cfg)
+    for p in layer.parameters():
+        p.requires_grad = requires_grad
+    return layer
+
+
+class RSoftmax(nn.Module):
+    """mmseg's radix softmax (softmax over the radix splits of [groups][radix][C/groups] logits, sigmoid when
+    radix == 1). The fused path computes it inside `splat_combine`; this module documents it and serves as the
+    reference formula in the unfused path."""
+
+    def __init__(self, radix: int, groups: int):
+        super().__init__()
+        self.radix = radix
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        from resnest_fast.ops import attention_weights_reference
+
+        return attention_weights_reference(x.flatten(1), self.radix, self.groups).reshape(x.shape[0], -1)
+
+    def extra_repr(self) -> str:
+        return f"radix={self.radix}, groups={self.groups}"
+
+
+def _pair(v, name):
+    if isinstance(v, int):
+        return v
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
+        return tuple(v)
+    raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+
+
+class SplitAttentionConv2d(nn.Module):
+    """Split-attention conv of ResNeSt (mmseg's arguments and parameter names), post-conv part fused.
+
+    Args:
+        in_channels, channels: input and output channels (the conv produces radix*channels).
+        kernel_size, stride, padding, dilation: as nn.Conv2d.
+        groups: cardinality; the conv has groups*radix groups.
+        radix: number of splits (1: sigmoid attention).
+        reduction_factor: inter_channels = max(in_channels*radix // reduction_factor, 32).
+        conv_cfg: None or dict(type='Conv2d'); norm_cfg: dict(type='BN' | 'SyncBN', ...).
+        dcn: must be None (deformable convs are not part of the ResNeSt configs this project serves).
+        backend: None (the default backend), "auto", "cpu", "cuda", "triton" or "reference".
+    Shapes: (B, in_channels, H, W) -> (B, channels, H', W'); channels_last input gives channels_last output.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        radix: int = 2,
+        reduction_factor: int = 4,
+        conv_cfg: Optional[dict] = None,
+        norm_cfg: Optional[dict] = None,
+        dcn: Optional[dict] = None,
+        backend: Optional[str] = None,
+    ):
+        super().__init__()
+        for name, v in (("in_channels", in_channels), ("channels", channels), ("groups", groups),
+                        ("radix", radix), ("reduction_factor", reduction_factor)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if radix > 8:
+            raise ValueError(f"radix must be at most 8, got {radix}")
+        if dcn is not None:
+            raise NotImplementedError(
+                "dcn is not supported by resnest_fast.nn.SplitAttentionConv2d (the ResNeSt configs use dcn=None)"
+            )
+        if conv_cfg is not None and conv_cfg.get("type") not in ("Conv", "Conv2d"):
+            raise ValueError(f"conv_cfg must be None or dict(type='Conv2d'), got {conv_cfg!r}")
+        if in_channels % (groups * radix):
+            raise ValueError(
+                f"in_channels ({in_channels}) must be divisible by groups*radix ({groups * radix}) for the conv"
+            )
+        if channels % groups:
+            raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
+        norm_cfg = dict(type="BN") if norm_cfg is None else norm_cfg
+        inter_channels = max(in_channels * radix // reduction_factor, 32)
+        if inter_channels % groups:
+            raise ValueError(f"inter_channels ({inter_channels}) must be divisible by groups ({groups})")
+        self.radix = radix
+        self.groups = groups
+        self.channels = channels
+        self.with_dcn = False
+        self.backend = _validated(backend, "backend")
+        self.conv = nn.Conv2d(
+            in_channels,
+            channels * radix,
+            kernel_size,
+            stride=_pair(stride, "stride"),
+            padding=_pair(padding, "padding"),
+            dilation=_pair(dilation, "dilation"),
+            groups=groups * radix,
+            bias=False,
+        )
+        self.norm0_name, self.norm1_name = "bn0", "bn1"
+        self.bn0 = build_norm(norm_cfg, channels * radix)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc1 = nn.Conv2d(channels, inter_channels, 1, groups=groups)
+        self.bn1 = build_norm(norm_cfg, inter_channels)
+        self.fc2 = nn.Conv2d(inter_channels, channels * radix, 1, groups=groups)
+        self.rsoftmax = RSoftmax(radix, groups)
+
+    @property
+    def norm0(self) -> nn.Module:
+        return self.bn0
+
+    @property
+    def norm1(self) -> nn.Module:
+        return self.bn1
+
+    def extra_repr(self) -> str:
+        return f"radix={self.radix}, groups={self.groups}, backend={self.backend or 'default'}"
+
+    def _bn0_scale_shift(self, y: Tensor):
+        """bn0 as a per-channel (scale, shift) so that bn0(y) == y*scale + shift, updating running statistics
+        exactly as nn.BatchNorm2d does in training."""
+        bn = self.bn0
+        use_batch_stats = self.training or bn.running_mean is None
+        if use_batch_stats:
+            n = y.numel() // y.shape[1]
+            if n <= 1:
+                raise ValueError(
+                    f"SplitAttentionConv2d: bn0 cannot compute batch statistics from one value per channel "
+                    f"(input of shape {tuple(y.shape)}); use a larger batch or spatial size, or eval mode"
+                )
+            var, mean = _BatchVarMean.apply(y)
+            invstd = torch.rsqrt(var + bn.eps)
+            if self.training and bn.track_running_stats:
+                bn.num_batches_tracked.add_(1)
+                factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+                with torch.no_grad():
+                    bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+                    bn.running_var.lerp_((var * (n / (n - 1))).to(bn.running_var.dtype), factor)
+        else:
+            mean, invstd = bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
+        if bn.affine:
+            scale = bn.weight * invstd
+            shift = bn.bias - mean * scale
+        else:
+            scale, shift = invstd, -mean * invstd
+        return scale, shift
+
+    def _syncbn_across_processes(self) -> bool:
+        return (
+            isinstance(self.bn0, nn.SyncBatchNorm)
+            and self.training
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"SplitAttentionConv2d expects x of shape (B, C, H, W), got {tuple(x.shape)}")
+        batch = x.shape[0]
+        if self.training and batch == 1 and self.bn1.training:
+            raise ValueError(
+                "SplitAttentionConv2d: batch size 1 in training mode: bn1 normalises the (B, inter_channels) "
+                "attention vector over the batch and cannot do so with one sample. Train with batch >= 2, or put "
+                "the norm layers in eval mode (e.g. the backbone's norm_eval=True, or module.eval())."
+            )
+        y = self.conv(x)
+        if self._syncbn_across_processes():
+            # Statistics must be reduced across processes: let SyncBatchNorm do it, then fuse the rest.
+            y = F.relu(self.bn0(y))
+            scale = shift = None
+            relu = False
+        else:
+            scale, shift = self._bn0_scale_shift(y)
+            relu = True
+        gap = splat_pool(y, scale, shift, radix=self.radix, relu=relu, backend=self.backend)
+        gap = self.fc2(F.relu(self.bn1(self.fc1(gap[:, :, None, None]))))
+        logits = gap.flatten(1).to(y.dtype)
+        return splat_combine(
+            y, logits, scale, shift, radix=self.radix, groups=self.groups, relu=relu, backend=self.backend
+        )
+
+
+class _BatchVarMean(torch.autograd.Function):
+    """Per-channel biased variance and mean of y (B, K, H, W) over (B, H, W), accumulated in float32.
+
+    Saves only y (which the fused ops keep anyway) and the small mean; plain autograd would keep an upcast copy
+    of y for half/bfloat16 inputs."""
+
+    @staticmethod
+    def forward(ctx, y):
+        with torch.no_grad():
+            yf = y if y.dtype in (torch.float32, torch.float64) else y.float()
+            var, mean = torch.var_mean(yf, dim=(0, 2, 3), correction=0)
+        ctx.save_for_backward(y, mean)
+        return var, mean
+
+    @staticmethod
+    def backward(ctx, dvar, dmean):
+        y, mean = ctx.saved_tensors
+        n = y.numel() // y.shape[1]
+        # d var / d y = 2 (y - mean) / n ; d mean / d y = 1 / n
+        a = (2.0 / n) * dvar
+        b = dmean / n - a * mean
+        return y * a[:, None, None].to(y.dtype) + b[:, None, None].to(y.dtype)

@@ -1,0 +1,125 @@
+"""Builds resnest_fast and its extension resnest_fast._C.
+
+CPU kernels are always built. CUDA kernels are built when a GPU is visible or FORCE_CUDA=1, and nvcc exists.
+Knobs (environment variables):
+  FORCE_CUDA=1                  build the CUDA kernels without a GPU (an arch list is then needed: see below)
+  RESNEST_FAST_SKIP_CUDA_BUILD=1  never build CUDA kernels
+  TORCH_CUDA_ARCH_LIST          e.g. "8.0;9.0"; default: the visible GPUs' archs, else "8.0;9.0+PTX"
+  MAX_JOBS                      parallel compile jobs for ninja
+  RESNEST_FAST_DEBUG=1          -O0 -g
+Every decision is printed.
+"""
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def log(msg):
+    print(f"resnest_fast setup: {msg}", flush=True)
+
+
+def nvidia_include_dirs():
+    """Headers of the pip-installed CUDA toolkit pieces (cusparse.h, cublas_v2.h, ...) that torch's CUDA build
+    includes. They live in site-packages/nvidia/<cuXY or lib>/include, next to torch."""
+    dirs = []
+    for entry in sys.path:
+        if not entry or not os.path.isdir(os.path.join(entry, "nvidia")):
+            continue
+        dirs += sorted(glob.glob(os.path.join(entry, "nvidia", "cu*", "include")))
+        dirs += sorted(glob.glob(os.path.join(entry, "nvidia", "*", "include")))
+    seen, out = set(), []
+    for d in dirs:
+        if d not in seen and os.path.isdir(d):
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def extension_modules():
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        log("torch is not importable: building without resnest_fast._C (the pure-PyTorch reference will run)")
+        return [], {}
+
+    log(f"torch {torch.__version__} from {os.path.dirname(torch.__file__)}")
+    skip_cuda = os.environ.get("RESNEST_FAST_SKIP_CUDA_BUILD", "0") == "1"
+    force_cuda = os.environ.get("FORCE_CUDA", "0") == "1"
+    gpu_visible = torch.cuda.is_available()
+    nvcc = shutil.which("nvcc") or (
+        os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc") if cpp_extension.CUDA_HOME else None
+    )
+    torch_has_cuda = torch.version.cuda is not None
+    want_cuda = (gpu_visible or force_cuda) and not skip_cuda
+    use_cuda = want_cuda and nvcc is not None and os.path.exists(nvcc) and torch_has_cuda
+    log(
+        f"gpu visible={gpu_visible}, FORCE_CUDA={int(force_cuda)}, skip={int(skip_cuda)}, nvcc={nvcc}, "
+        f"torch CUDA={torch.version.cuda} -> CUDA kernels: {'yes' if use_cuda else 'no'}"
+    )
+    if want_cuda and not use_cuda:
+        log("CUDA was asked for but cannot be built (needs nvcc and a CUDA build of torch): CPU kernels only")
+
+    debug = os.environ.get("RESNEST_FAST_DEBUG", "0") == "1"
+    cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+    cxx_flags += ["-std=c++17", "-fopenmp-simd", "-DPy_LIMITED_API=0x03090000"]
+    sources = sorted(glob.glob("csrc/ops/*.cpp")) + sorted(glob.glob("csrc/ops/cpu/*.cpp"))
+    include_dirs = [os.path.join(HERE, "csrc")]
+    extra = {"cxx": cxx_flags}
+    if use_cuda:
+        if not gpu_visible and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+            log(f"no GPU to query: TORCH_CUDA_ARCH_LIST={DEFAULT_ARCH_LIST} (set it to change)")
+        else:
+            log(f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(archs of the visible GPUs)')}")
+        sources += sorted(glob.glob("csrc/ops/cuda/*.cu"))
+        nv_inc = nvidia_include_dirs()
+        log(f"nvidia header dirs: {nv_inc or 'none found'}")
+        include_dirs += nv_inc
+        extra["nvcc"] = ["-O3" if not debug else "-G", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        extra["cxx"] = extra["cxx"] + ["-DRESNEST_FAST_WITH_CUDA"]
+        ext_cls = cpp_extension.CUDAExtension
+    else:
+        ext_cls = cpp_extension.CppExtension
+    log(f"MAX_JOBS={os.environ.get('MAX_JOBS', '(ninja default)')}, sources: {', '.join(sources)}")
+    ext = ext_cls(
+        "resnest_fast._C",
+        sources,
+        include_dirs=include_dirs,
+        extra_compile_args=extra,
+        py_limited_api=True,
+    )
+    cmdclass = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    return [ext], cmdclass
+
+
+ext_modules, cmdclass = extension_modules()
+packages = find_packages(include=["resnest_fast", "resnest_fast.*"])
+packages += ["resnest_fast.kernels"] + [
+    "resnest_fast.kernels." + p for p in find_packages(where="kernels")
+]
+packages += ["resnest_fast.training"] + [
+    "resnest_fast.training." + p for p in find_packages(where="training")
+]
+
+setup(
+    name="resnest_fast",
+    version="0.1.0",
+    description="Fused split-attention kernels behind a drop-in ResNeSt backbone",
+    packages=packages,
+    package_dir={"resnest_fast.kernels": "kernels", "resnest_fast.training": "training"},
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4", "numpy"],
+    extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "numpy"]},
+    entry_points={"console_scripts": ["resnest-fast=resnest_fast.__main__:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    options={"bdist_wheel": {"py_limited_api": "cp39"}} if ext_modules else {},
+    zip_safe=False,
+)
