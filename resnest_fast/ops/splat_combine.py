@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from resnest_fast.backend import resolve_backend
-from resnest_fast.ops._common import check_common, check_logits
+from resnest_fast.ops._common import check_common, check_logits, kernel_layout
 from resnest_fast.ops.splat_pool import activate_reference
 
 __all__ = ["splat_combine", "splat_combine_reference", "attention_weights_reference"]
@@ -20,11 +20,11 @@ __all__ = ["splat_combine", "splat_combine_reference", "attention_weights_refere
 
 def attention_weights_reference(logits: Tensor, radix: int, groups: int) -> Tensor:
     """mmseg's rSoftMax, returned as (B, R, C): weight of split r for channel c."""
-    b = logits.shape[0]
+    b, rc = logits.shape
     if radix == 1:
-        return torch.sigmoid(logits).view(b, 1, -1)
-    att = logits.view(b, groups, radix, -1).transpose(1, 2).softmax(dim=1)
-    return att.reshape(b, radix, -1)
+        return torch.sigmoid(logits).view(b, 1, rc)
+    att = logits.view(b, groups, radix, rc // (groups * radix)).transpose(1, 2).softmax(dim=1)
+    return att.reshape(b, radix, rc // radix)
 
 
 def splat_combine_reference(
@@ -40,7 +40,8 @@ def splat_combine_reference(
     b, rc, h, w = x.shape
     act = activate_reference(x, scale, shift, relu).view(b, radix, rc // radix, h, w)
     att = attention_weights_reference(logits, radix, groups)
-    return (att[..., None, None] * act).sum(1).to(x.dtype)
+    out = (att[..., None, None] * act).sum(1).to(x.dtype)
+    return out.contiguous(memory_format=kernel_layout(x))  # the kernels' output layout
 
 
 def splat_combine(

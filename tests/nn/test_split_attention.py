@@ -1,0 +1,252 @@
+"""resnest_fast.nn.SplitAttentionConv2d against mmsegmentation's real SplitAttentionConv2d: same state_dict
+(strict=True), same outputs, running statistics and gradients, in eval and train mode."""
+import copy
+
+import pytest
+import torch
+
+from resnest_fast import _extension as ext
+from resnest_fast.backend import available_backends
+from resnest_fast.nn import SplitAttentionConv2d
+from tests.mmseg_reference import import_mmseg_resnest
+
+BACKENDS = available_backends("cpu")
+FAST_BACKENDS = [b for b in BACKENDS if b != "triton"]  # the interpreter is slow: Triton gets the small sweep
+CONFIGS = [  # (in_channels, channels, radix, groups, stride, dilation)
+    (16, 16, 1, 1, 1, 1),
+    (16, 16, 2, 1, 1, 1),
+    (32, 16, 4, 2, 1, 1),
+    (16, 32, 2, 2, 2, 1),
+    (16, 16, 2, 1, 1, 2),
+]
+
+
+def assert_max_abs(name, got, ref, tol=1e-5):
+    """max |got - ref| <= tol, relative to the tensor's scale where it exceeds 1 (fp32 sums of many terms,
+    accumulated in another order, differ by a few ulps of their magnitude: mmseg against itself in another
+    summation order does too)."""
+    scale = max(1.0, ref.abs().max().item())
+    err = (got - ref).abs().max().item()
+    assert err <= tol * scale, f"{name}: max abs diff {err:.3g} > {tol:g} * {scale:.3g}"
+
+
+def randomize(module):
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.5 if "weight" in name else 0.2) + (1.0 if "bn" in name and "weight" in name else 0.0))
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.uniform_(-0.5, 0.5)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+            elif name.endswith("num_batches_tracked"):
+                b.fill_(7)
+    return module
+
+
+def pair(in_ch, ch, radix, groups, stride, dilation, backend=None):
+    mmseg = import_mmseg_resnest()
+    ref = mmseg.SplitAttentionConv2d(in_ch, ch, 3, stride=stride, padding=dilation, dilation=dilation,
+                                     groups=groups, radix=radix, reduction_factor=4, norm_cfg=dict(type="BN"))
+    randomize(ref)
+    ours = SplitAttentionConv2d(in_ch, ch, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups,
+                                radix=radix, reduction_factor=4, norm_cfg=dict(type="BN"), backend=backend)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref, ours
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eval_matches_mmseg(backend, config, channels_last):
+    ref, ours = pair(*config, backend=backend)
+    ref.eval()
+    ours.eval()
+    x = torch.randn(2, config[0], 9, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, out = ref(x_ref), ours(x_ours)
+    assert_max_abs("out", out, out_ref)
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(out_ref)
+    out_ref.backward(g)
+    out.backward(g)
+    assert_max_abs("grad x", x_ours.grad, x_ref.grad)
+    for (name, p_ref), (_, p) in zip(ref.named_parameters(), ours.named_parameters()):
+        assert_max_abs(f"grad {name}", p.grad, p_ref.grad)
+
+
+def run_with_grads(module, x, grad_seed=1):
+    x = x.clone().requires_grad_(True)
+    out = module(x)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
+    out.backward(g.to(out.dtype))
+    return [out, x.grad] + [p.grad for p in module.parameters()]
+
+
+def assert_train_parity(ref, ours, x, steps=2):
+    """Train mode normalises over the batch (bn0 and bn1), which amplifies rounding: the oracle is mmseg's module
+    in float64, and ours (fp32) must be within twice mmseg's own fp32 error of it, plus 1e-5 of the module's
+    largest gradient. Running statistics and num_batches_tracked must follow BatchNorm exactly."""
+    ref64 = copy.deepcopy(ref).double()
+    for step in range(steps):
+        for m in (ref, ours, ref64):
+            m.zero_grad()
+        got = run_with_grads(ours, x)
+        mm32 = run_with_grads(ref, x)
+        mm64 = run_with_grads(ref64, x.double())
+        scale = max(1.0, max(t.abs().max().item() for t in mm64))
+        names = ["out", "grad x"] + [f"grad {n}" for n, _ in ref.named_parameters()]
+        for name, a, b, c in zip(names, got, mm32, mm64):
+            err = (a.double() - c).abs().max().item()
+            bound = 2 * (b.double() - c).abs().max().item() + 1e-5 * scale
+            assert err <= bound, f"step {step}, {name}: error {err:.3g} > {bound:.3g}"
+    for (name, b_ref), (_, b) in zip(ref.named_buffers(), ours.named_buffers()):
+        assert_max_abs(f"buffer {name}", b.double(), b_ref.double(), tol=1e-5)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_train_matches_mmseg(backend, config):
+    ref, ours = pair(*config, backend=backend)
+    ref.train()
+    ours.train()
+    assert_train_parity(ref, ours, torch.randn(8, config[0], 8, 11))
+
+
+@pytest.mark.parametrize("momentum", [None, 0.3])
+def test_batchnorm_momentum_variants(momentum):
+    ref, ours = pair(16, 16, 2, 1, 1, 1)
+    for m in (ref, ours):
+        m.bn0.momentum = momentum
+        m.train()
+    assert_train_parity(ref, ours, torch.randn(8, 16, 6, 6), steps=3)
+    assert int(ours.bn0.num_batches_tracked) == int(ref.bn0.num_batches_tracked)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton is not installed")
+@pytest.mark.parametrize("train", [False, True])
+def test_triton_backend_matches_mmseg(train):
+    ref, ours = pair(32, 16, 4, 2, 1, 1, backend="triton")
+    ref.train(train)
+    ours.train(train)
+    x = torch.randn(8, 32, 5, 7)
+    if train:
+        assert_train_parity(ref, ours, x, steps=1)
+        return
+    for name, a, b in zip(["out", "grad x"], run_with_grads(ours, x), run_with_grads(ref, x)):
+        assert_max_abs(name, a, b)
+
+
+def test_state_dict_keys_match_mmseg():
+    ref, ours = pair(32, 16, 4, 2, 1, 1)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    for k, v in ref.state_dict().items():
+        assert ours.state_dict()[k].shape == v.shape, k
+
+
+def test_batch_of_one_eval_works_and_train_says_why():
+    ref, ours = pair(16, 16, 2, 1, 1, 1)
+    ref.eval()
+    ours.eval()
+    x = torch.randn(1, 16, 5, 5)
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+    ours.train()
+    with pytest.raises(ValueError, match="batch size 1 in training mode"):
+        ours(x)
+    ours.bn1.eval()  # norm layers frozen (norm_eval): batch 1 is fine
+    ours.bn0.eval()
+    ours(x)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(radix=0), "radix"),
+        (dict(radix=9), "radix"),
+        (dict(groups=3), "divisible"),
+        (dict(dcn=dict(type="DCN")), "dcn"),
+        (dict(norm_cfg=dict(type="GN")), "norm_cfg"),
+        (dict(conv_cfg=dict(type="DCNv2")), "conv_cfg"),
+        (dict(backend="gpu"), "backend"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    args = dict(in_channels=16, channels=16, kernel_size=3)
+    args.update(kwargs)
+    with pytest.raises((ValueError, NotImplementedError), match=match):
+        SplitAttentionConv2d(**args)
+
+
+def test_repr_names_the_configuration():
+    text = repr(SplitAttentionConv2d(16, 16, 3, radix=4, groups=2, backend="reference"))
+    assert "radix=4, groups=2, backend=reference" in text
+    assert "(bn0): BatchNorm2d(64" in text and "(fc2): Conv2d(32, 64" in text
+
+
+def test_deepcopy_and_half_precision_eval():
+    _, ours = pair(16, 16, 2, 1, 1, 1)
+    ours.eval()
+    x = torch.randn(2, 16, 6, 6)
+    ref = ours(x)
+    half = copy.deepcopy(ours).to(torch.bfloat16)
+    out = half(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max().item() <= 0.05 * ref.abs().max().item()
+
+
+def test_autocast_bfloat16_train_is_finite():
+    _, ours = pair(16, 16, 2, 1, 1, 1)
+    ours.train()
+    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ours(x)
+    out.float().sum().backward()
+    assert torch.isfinite(out.float()).all() and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.skipif(not ext.HAS_CPU_KERNELS, reason="resnest_fast._C was not built")
+@pytest.mark.parametrize("train", [False, True])
+def test_torch_compile_fullgraph_module(train):
+    torch._dynamo.reset()
+    ref, ours = pair(32, 16, 4, 2, 1, 1)
+    ref.train(train)
+    ours.train(train)
+    compiled = torch.compile(ours, fullgraph=True)
+    x = torch.randn(2, 32, 6, 5, requires_grad=True)
+    out = compiled(x)
+    out_ref = ref(x.detach())
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def saved_storage_bytes(module, x):
+    """Bytes of distinct storages autograd keeps for backward of one forward (each storage once)."""
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[(s.data_ptr(), s.nbytes())] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(x)
+    del out
+    return sum(storages.values())
+
+
+def test_train_mode_saves_only_conv_input_and_output():
+    """The issue's shape: B=2, radix 2, C=256, 64x128 (conv weights are counted too: both keep them)."""
+    ref, ours = pair(256, 256, 2, 1, 1, 1)
+    ref.train()
+    ours.train()
+    x = torch.randn(2, 256, 64, 128, requires_grad=True)
+    ours_bytes = saved_storage_bytes(ours, x)
+    ref_bytes = saved_storage_bytes(ref, x)
+    conv_in, conv_out = x.numel() * 4, 2 * x.numel() * 2 * 4
+    assert ours_bytes <= 0.62 * ref_bytes, (ours_bytes, ref_bytes)
+    weights = sum(p.numel() * 4 for p in ours.parameters())
+    assert ours_bytes <= conv_in + conv_out + weights + 64 * 1024, (ours_bytes, conv_in + conv_out + weights)

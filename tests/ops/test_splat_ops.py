@@ -1,0 +1,282 @@
+"""The fused ops of every backend available here against the pure-PyTorch reference, which is itself checked
+against mmseg's formulation (tests/nn checks the module against mmseg's real module)."""
+import itertools
+import os
+
+import pytest
+import torch
+
+import resnest_fast
+from resnest_fast import _extension as ext
+from resnest_fast.backend import available_backends
+from resnest_fast.ops import (
+    splat_combine,
+    splat_combine_reference,
+    splat_pool,
+    splat_pool_reference,
+)
+from tests.tolerances import assert_close_to_reference
+
+KERNEL_BACKENDS = [b for b in available_backends("cpu") if b != "reference"]
+# Triton under the interpreter is slow: its own file (tests/kernels) sweeps it; here it joins the smaller sweeps.
+FAST_BACKENDS = [b for b in KERNEL_BACKENDS if b != "triton"]
+RADIX_GROUPS = [(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2)]
+SHAPES = [(2, 8, 7, 9), (1, 4, 1, 1), (3, 16, 5, 4)]  # (B, C, H, W): odd sizes on purpose
+LAYOUTS = ["contiguous", "channels_last", "non_contiguous"]
+FLAGS = [(True, True), (True, False), (False, True), (False, False)]  # (affine, relu)
+
+
+def test_extension_was_built_where_required():
+    """CI sets RESNEST_FAST_REQUIRE_C=1 so that a broken build fails instead of silently testing the fallback."""
+    if os.environ.get("RESNEST_FAST_REQUIRE_C") != "1":
+        pytest.skip("RESNEST_FAST_REQUIRE_C is not set")
+    assert ext.HAS_C, f"resnest_fast._C did not import: {ext.C_IMPORT_ERROR}"
+    assert ext.HAS_CPU_KERNELS
+
+
+def make_inputs(shape, radix, layout, dtype, affine, scale_dtype=None, requires_grad=True):
+    b, c, h, w = shape
+    x = torch.randn(b, radix * c, h, w, dtype=torch.float64)
+    logits = 2 * torch.randn(b, radix * c, dtype=torch.float64)
+    scale = (torch.rand(radix * c, dtype=torch.float64) + 0.5) if affine else None
+    shift = torch.randn(radix * c, dtype=torch.float64) * 0.5 if affine else None
+    sdt = scale_dtype or dtype
+
+    def prep(t, dt):
+        return None if t is None else t.to(dt)
+
+    x, logits, scale, shift = prep(x, dtype), prep(logits, dtype), prep(scale, sdt), prep(shift, sdt)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "non_contiguous":
+        x = torch.cat([x, x], dim=3)[..., ::2]  # every other column: a strided view
+        assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    tensors = [x, logits, scale, shift]
+    if requires_grad:
+        for t in tensors:
+            if t is not None:
+                t.requires_grad_(True)
+    return tensors
+
+
+def run(backend, x, logits, scale, shift, radix, groups, relu, grad_gap, grad_out):
+    gap = splat_pool(x, scale, shift, radix=radix, relu=relu, backend=backend)
+    out = splat_combine(x, logits, scale, shift, radix=radix, groups=groups, relu=relu, backend=backend)
+    inputs = [t for t in (x, logits, scale, shift) if t is not None]
+    grads = torch.autograd.grad((gap * grad_gap).sum() + (out * grad_out).sum(), inputs)
+    return [gap, out, *grads]
+
+
+def detached_copy(t, dtype=None):
+    return None if t is None else t.detach().to(dtype or t.dtype).requires_grad_(True)
+
+
+def names(affine):
+    return ["gap", "out", "grad_x", "grad_logits"] + (["grad_scale", "grad_shift"] if affine else [])
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("radix,groups", RADIX_GROUPS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("affine,relu", FLAGS)
+def test_forward_and_gradients_fp32(backend, radix, groups, shape, layout, affine, relu):
+    x, logits, scale, shift = make_inputs(shape, radix, layout, torch.float32, affine)
+    b, c, h, w = shape
+    grad_gap, grad_out = torch.randn(b, c), torch.randn(b, c, h, w)
+    got = run(backend, x, logits, scale, shift, radix, groups, relu, grad_gap, grad_out)
+    ref = run("reference", *(detached_copy(t) for t in (x, logits, scale, shift)), radix, groups, relu,
+              grad_gap, grad_out)
+    for name, g, r in zip(names(affine), got, ref):
+        assert_close_to_reference(name, g, r, r.double())
+    assert got[3 - 1].shape == x.shape
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("radix,groups", [(1, 1), (2, 1), (4, 2)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_forward_and_gradients_low_precision(backend, dtype, radix, groups, layout):
+    shape = (2, 16, 7, 9)
+    b, c, h, w = shape
+    x, logits, scale, shift = make_inputs(shape, radix, layout, dtype, affine=True)
+    grad_gap, grad_out = torch.randn(b, c, dtype=dtype), torch.randn(b, c, h, w, dtype=dtype)
+    got = run(backend, x, logits, scale, shift, radix, groups, True, grad_gap, grad_out)
+    same = run("reference", *(detached_copy(t) for t in (x, logits, scale, shift)), radix, groups, True,
+               grad_gap, grad_out)
+    ref64 = run("reference", *(detached_copy(t, torch.float64) for t in (x, logits, scale, shift)), radix, groups,
+                True, grad_gap.double(), grad_out.double())
+    for name, g, s, r in zip(names(True), got, same, ref64):
+        assert g.dtype == dtype, f"{name} has dtype {g.dtype}"
+        assert_close_to_reference(name, g, s, r)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_float32_scale_with_low_precision_x(backend, dtype):
+    """Under autocast bn0's parameters stay float32 while the conv output is half/bfloat16."""
+    x, logits, scale, shift = make_inputs((2, 8, 5, 6), 2, "contiguous", dtype, True, scale_dtype=torch.float32)
+    grad_gap, grad_out = torch.randn(2, 8, dtype=dtype), torch.randn(2, 8, 5, 6, dtype=dtype)
+    got = run(backend, x, logits, scale, shift, 2, 1, True, grad_gap, grad_out)
+    ref64 = run("reference", *(detached_copy(t, torch.float64) for t in (x, logits, scale, shift)), 2, 1, True,
+                grad_gap.double(), grad_out.double())
+    assert got[4].dtype == torch.float32 and got[5].dtype == torch.float32
+    for name, g, r in zip(names(True), got, ref64):
+        same = r.to(g.dtype)  # rounding the exact answer is the best the dtype can do
+        assert_close_to_reference(name, g, same, r)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("radix,groups", [(1, 1), (2, 2), (4, 2)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gradcheck_float64(backend, radix, groups, layout):
+    x, logits, scale, shift = make_inputs((2, 4, 3, 5), radix, layout, torch.float64, affine=True)
+    assert torch.autograd.gradcheck(
+        lambda *t: splat_pool(t[0], t[1], t[2], radix=radix, backend=backend), (x, scale, shift)
+    )
+    assert torch.autograd.gradcheck(
+        lambda *t: splat_combine(*t, radix=radix, groups=groups, backend=backend), (x, logits, scale, shift)
+    )
+
+
+def test_reference_is_mmseg_formulation():
+    """The reference against mmseg's own code path: bn0 -> relu -> view/sum -> adaptive pool, and rSoftMax ->
+    mul -> sum (transcribed from mmseg.models.backbones.resnest, here with groups > 1 where layouts differ)."""
+    torch.manual_seed(1)
+    b, radix, groups, c, h, w = 2, 4, 2, 6, 5, 7
+    y = torch.randn(b, radix * c, h, w, dtype=torch.float64)
+    bn = torch.nn.BatchNorm2d(radix * c).double().eval()
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-0.5, 0.5)
+    logits = torch.randn(b, radix * c, dtype=torch.float64)
+    act = torch.relu(bn(y))
+    splits = act.view(b, radix, -1, h, w)
+    gap = torch.nn.functional.adaptive_avg_pool2d(splits.sum(dim=1), 1).flatten(1)
+    att = logits.view(b, groups, radix, -1).transpose(1, 2).softmax(dim=1).reshape(b, -1)
+    out = torch.sum(att.view(b, radix, -1, 1, 1) * splits, dim=1)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    torch.testing.assert_close(splat_pool_reference(y, scale, shift, radix, True), gap)
+    torch.testing.assert_close(splat_combine_reference(y, logits, scale, shift, radix, groups, True), out)
+
+
+@pytest.mark.skipif(not ext.HAS_CPU_KERNELS, reason="resnest_fast._C was not built")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_opcheck(layout, affine):
+    ops = torch.ops.resnest_fast
+    radix, groups = 4, 2
+    x, logits, scale, shift = make_inputs((2, 4, 3, 5), radix, layout, torch.float32, affine)
+    args_pool = (x, scale, shift, radix, True)
+    args_combine = (x, logits, scale, shift, radix, groups, True)
+    torch.library.opcheck(ops.splat_pool.default, args_pool)
+    torch.library.opcheck(ops.splat_combine.default, args_combine)
+    grad_gap, grad_out = torch.randn(2, 4), torch.randn(2, 4, 3, 5)
+    detached = [None if t is None else t.detach() for t in (x, logits, scale, shift)]
+    torch.library.opcheck(ops.splat_pool_backward.default, (grad_gap, detached[0], *detached[2:], radix, True))
+    torch.library.opcheck(ops.splat_combine_backward.default, (grad_out, *detached, radix, groups, True))
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    radix, groups = 2, 2
+
+    def f(x, logits, scale, shift):
+        gap = splat_pool(x, scale, shift, radix=radix, backend=backend)
+        out = splat_combine(x, logits + gap.repeat(1, radix), scale, shift, radix=radix, groups=groups,
+                            backend=backend)
+        return out.square().sum()
+
+    inputs = make_inputs((2, 8, 5, 6), radix, "contiguous", torch.float32, True)
+    compiled = torch.compile(f, fullgraph=True)
+    loss = compiled(*inputs)
+    grads = torch.autograd.grad(loss, inputs)
+    ref_inputs = [detached_copy(t) for t in inputs]
+    ref_loss = f(*ref_inputs)
+    ref_grads = torch.autograd.grad(ref_loss, ref_inputs)
+    torch.testing.assert_close(loss, ref_loss)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FAST_BACKENDS)
+def test_empty_batch(backend):
+    x, logits, scale, shift = make_inputs((0, 4, 3, 5), 2, "contiguous", torch.float32, True)
+    gap = splat_pool(x, scale, shift, radix=2, backend=backend)
+    out = splat_combine(x, logits, scale, shift, radix=2, groups=2, backend=backend)
+    assert gap.shape == (0, 4) and out.shape == (0, 4, 3, 5)
+
+
+BAD_INPUTS = [
+    # (description, kwargs overrides, error type, words the message must contain)
+    ("x of rank 3", dict(x=torch.randn(2, 8, 5)), ValueError, ["x", "4-D"]),
+    ("channels not divisible by radix", dict(x=torch.randn(2, 7, 3, 3)), ValueError, ["x.shape[1]", "radix"]),
+    ("channels not divisible by radix*groups", dict(groups=3), ValueError, ["radix*groups"]),
+    ("logits of the wrong size", dict(logits=torch.randn(2, 6)), ValueError, ["logits", "shape"]),
+    ("logits of another dtype", dict(logits=torch.randn(2, 8, dtype=torch.float64)), TypeError, ["logits", "dtype"]),
+    ("logits on another device", dict(logits=torch.randn(2, 8, device="meta")), ValueError, ["logits", "meta"]),
+    ("scale without shift", dict(shift=None), ValueError, ["scale", "shift"]),
+    ("scale of the wrong size", dict(scale=torch.ones(3), shift=torch.ones(3)), ValueError, ["scale", "shape"]),
+    ("scale of another dtype", dict(scale=torch.ones(8, dtype=torch.float64), shift=torch.ones(8, dtype=torch.float64)),
+     TypeError, ["scale", "dtype"]),
+    ("radix 0", dict(radix=0), ValueError, ["radix"]),
+    ("unknown backend", dict(backend="tpu"), ValueError, ["backend"]),
+    ("integer x", dict(x=torch.ones(2, 8, 3, 3, dtype=torch.int32)), TypeError, ["x", "floating"]),
+]
+
+
+@pytest.mark.parametrize("desc,override,error,words", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_names_the_argument(desc, override, error, words):
+    args = dict(x=torch.randn(2, 8, 3, 3), logits=torch.randn(2, 8), scale=torch.ones(8), shift=torch.zeros(8),
+                radix=2, groups=2, backend="reference")
+    args.update(override)
+    with pytest.raises(error) as info:
+        splat_combine(**args)
+    for word in words:
+        assert word in str(info.value), f"{desc}: {word!r} not in {info.value}"
+
+
+@pytest.mark.skipif(not ext.HAS_CPU_KERNELS, reason="resnest_fast._C was not built")
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        ((torch.randn(2, 8, 3), torch.randn(2, 8), None, None, 2, 1, True), ["x", "4-D"]),
+        ((torch.randn(2, 8, 3, 3), torch.randn(2, 6), None, None, 2, 1, True), ["logits", "shape"]),
+        ((torch.randn(2, 8, 3, 3), torch.randn(2, 8), None, None, 2, 3, True), ["radix*groups"]),
+        ((torch.randn(2, 8, 3, 3), torch.randn(2, 8), torch.ones(8), None, 2, 1, True), ["scale", "shift"]),
+        ((torch.randn(2, 8, 3, 3), torch.randn(2, 8).double(), None, None, 2, 1, True), ["logits", "dtype"]),
+    ],
+)
+def test_cpp_checks_name_the_argument(args, words):
+    """The C++ ops check their input too (they can be called directly through torch.ops)."""
+    with pytest.raises(RuntimeError) as info:
+        torch.ops.resnest_fast.splat_combine(*args)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_backend_selection():
+    assert resnest_fast.resolve_backend("reference", torch.device("cpu")) == "reference"
+    expected = "cpu" if ext.HAS_CPU_KERNELS else "reference"
+    assert resnest_fast.resolve_backend("auto", torch.device("cpu")) == expected
+    with pytest.raises(ValueError, match="cuda tensors"):
+        resnest_fast.resolve_backend("cuda", torch.device("cpu"))
+    previous = resnest_fast.set_default_backend("reference")
+    try:
+        assert resnest_fast.resolve_backend(None, torch.device("cpu")) == "reference"
+    finally:
+        resnest_fast.set_default_backend(previous)
+    with pytest.raises(ValueError, match="backend"):
+        resnest_fast.set_default_backend("fastest")
+
+
+def test_all_combinations_are_distinct_cases():
+    # groups > 1 must change the result, or a kernel reading the logits in the feature layout would pass
+    x, logits, scale, shift = make_inputs((1, 4, 2, 2), 2, "contiguous", torch.float64, True, requires_grad=False)
+    a = splat_combine_reference(x, logits, scale, shift, 2, 1, True)
+    b = splat_combine_reference(x, logits, scale, shift, 2, 2, True)
+    assert not torch.allclose(a, b)
+    assert len(list(itertools.product(RADIX_GROUPS, SHAPES, LAYOUTS, FLAGS))) == 216
