@@ -1,0 +1,25 @@
+"""Benchmarks run only with `pytest --benchmark-only` (plain `pytest` lists them as skipped). Each module adds
+rows to RESULTS; at the end of the session they are written, with the machine, versions and git revision, to
+benchmarks/results/<name>.csv (written to a temporary file first, then renamed) and summarised on screen."""
+import pytest
+
+from benchmarks import report
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("benchmark_only", False):
+        return
+    skip = pytest.mark.skip(reason="benchmark: run with `pytest benchmarks --benchmark-only`")
+    for item in items:
+        if "benchmarks" in str(item.fspath):
+            item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if session.config.getoption("benchmark_only", False):
+        report.flush()
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in report.summary_lines():
+        terminalreporter.write_line(line)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Sets up this machine and runs the test suite (heavy shapes: add `-m heavy`; GPU tests skip without a GPU).
+# The real mmsegmentation is installed as the independent reference of the parity tests (never a runtime need).
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/setup_env.sh
+echo "== installing the test tools and the reference (mmsegmentation 1.2.2 on mmcv-lite)"
+"$PYTHON" -m pip install -q "$TORCH_SPEC" pytest pytest-benchmark mmengine==0.10.7 mmcv-lite==2.1.0 \
+  mmsegmentation==1.2.2 ftfy regex
+echo "== building and installing resnest_fast as a wheel, checked from outside the source tree"
+"$PYTHON" -m pip install -q .
+(cd "${TMPDIR:-/tmp}" && "$PYTHON" -c "
+import resnest_fast, resnest_fast.kernels
+from resnest_fast import _extension as ext
+assert ext.HAS_C and ext.HAS_CPU_KERNELS, ext.C_IMPORT_ERROR
+print('wheel install OK:', resnest_fast.__file__)")
+echo "== editable install for the tests"
+"$PYTHON" -m pip install -q -e .
+RESNEST_FAST_REQUIRE_C=1 "$PYTHON" -m pytest -p no:cacheprovider -q "$@"

@@ -1,0 +1,64 @@
+"""`import resnest_fast` must work where the extension or Triton is missing, with one warning naming what is
+missing, and the reference must then run. Checked in a fresh interpreter where both imports are blocked."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, warnings
+    sys.modules["resnest_fast._C"] = None   # import fails as if the extension had not been built
+    sys.modules["triton"] = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import resnest_fast
+    ours = [w for w in caught if "resnest_fast" in str(w.message)]
+    assert len(ours) == 1, [str(w.message) for w in ours]
+    assert "resnest_fast._C" in str(ours[0].message), ours[0].message
+    import torch
+    from resnest_fast import _extension as ext
+    assert not ext.HAS_C and not ext.HAS_TRITON
+    assert resnest_fast.resolve_backend(None, torch.device("cpu")) == "reference"
+    for name in ("cpu", "triton"):
+        try:
+            resnest_fast.resolve_backend(name, torch.device("cpu"))
+            raise AssertionError(name + " should not resolve")
+        except RuntimeError as exc:
+            assert ("not built" in str(exc)) or ("not installed" in str(exc)), exc
+    m = resnest_fast.nn.SplitAttentionConv2d(8, 8, 3, padding=1).eval()
+    out = m(torch.randn(2, 8, 5, 5))
+    assert out.shape == (2, 8, 5, 5)
+    print("fallback OK")
+    """
+)
+
+
+def test_import_without_extension_or_triton():
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fallback OK" in proc.stdout
+
+
+def test_info_command_prints_what_runs():
+    proc = subprocess.run([sys.executable, "-m", "resnest_fast", "info", "--json"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    info = json.loads(proc.stdout)
+    for key in ("extension_C", "cpu_kernels", "cuda_kernels", "triton_installed", "runs", "default_backend"):
+        assert key in info
+    assert info["runs"]["cpu"] in ("cpu", "reference")
+
+
+@pytest.mark.parametrize("value", ["reference", "bogus"])
+def test_backend_environment_variable(value):
+    code = "import torch, resnest_fast; print(resnest_fast.resolve_backend(None, torch.device('cpu')))"
+    env = {**__import__("os").environ, "RESNEST_FAST_BACKEND": value}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    if value == "bogus":
+        assert proc.returncode != 0 and "RESNEST_FAST_BACKEND" in proc.stderr
+    else:
+        assert proc.returncode == 0 and proc.stdout.strip() == "reference", proc.stderr
