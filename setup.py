@@ -41,7 +41,25 @@ def nvidia_include_dirs():
     return out
 
 
+def choose_cuda_home():
+    """torch guesses CUDA_HOME from `which nvcc`; where nvcc is a wrapper script (here /usr/local/bin/nvcc runs
+    /usr/local/cuda-13.0/bin/nvcc) that guess has no lib64/libcudart and linking fails. Pick a root that has it."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates += ["/usr/local/cuda"]
+    for root in candidates:
+        if glob.glob(os.path.join(root, "lib64", "libcudart.so*")) or glob.glob(
+            os.path.join(root, "targets", "*", "lib", "libcudart.so*")
+        ):
+            os.environ["CUDA_HOME"] = root
+            log(f"CUDA_HOME={root} (has libcudart; set CUDA_HOME to override)")
+            return
+
+
 def extension_modules():
+    choose_cuda_home()
     try:
         import torch
         from torch.utils import cpp_extension
@@ -68,7 +86,10 @@ def extension_modules():
 
     debug = os.environ.get("RESNEST_FAST_DEBUG", "0") == "1"
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_flags += ["-std=c++17", "-fopenmp-simd", "-DPy_LIMITED_API=0x03090000"]
+    # No -std: torch's cpp_extension adds the standard its headers need (C++17 for 2.13, C++20 for 2.14), and
+    # Py_LIMITED_API (py_limited_api=True below). -fno-trapping-math lets GCC turn the ReLU mask's compare into a
+    # vector select (a signalling compare may not be speculated otherwise, and the loop stays scalar + branchy).
+    cxx_flags += ["-fopenmp-simd", "-fno-trapping-math"]
     sources = sorted(glob.glob("csrc/ops/*.cpp")) + sorted(glob.glob("csrc/ops/cpu/*.cpp"))
     include_dirs = [os.path.join(HERE, "csrc")]
     extra = {"cxx": cxx_flags}
@@ -82,7 +103,7 @@ def extension_modules():
         nv_inc = nvidia_include_dirs()
         log(f"nvidia header dirs: {nv_inc or 'none found'}")
         include_dirs += nv_inc
-        extra["nvcc"] = ["-O3" if not debug else "-G", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        extra["nvcc"] = ["-O3" if not debug else "-G", "--use_fast_math", "-lineinfo"]
         extra["cxx"] = extra["cxx"] + ["-DRESNEST_FAST_WITH_CUDA"]
         ext_cls = cpp_extension.CUDAExtension
     else:
@@ -114,12 +135,12 @@ setup(
     description="Fused split-attention kernels behind a drop-in ResNeSt backbone",
     packages=packages,
     package_dir={"resnest_fast.kernels": "kernels", "resnest_fast.training": "training"},
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "numpy"]},
     entry_points={"console_scripts": ["resnest-fast=resnest_fast.__main__:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    options={"bdist_wheel": {"py_limited_api": "cp39"}} if ext_modules else {},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},
     zip_safe=False,
 )

@@ -30,6 +30,9 @@ def splat_pool_reference(
 ) -> Tensor:
     """Pure-PyTorch splat_pool (the fallback and the oracle of the tests): x (B, R*C, H, W) -> (B, C)."""
     b, rc, h, w = x.shape
+    if h * w == 0 and b * rc > 0:
+        raise ValueError(f"splat_pool needs H*W > 0 (the mean over no positions is undefined), got x of shape "
+                         f"{tuple(x.shape)}")
     act = activate_reference(x, scale, shift, relu)
     return act.view(b, radix, rc // radix, h, w).sum(1).mean((2, 3)).to(x.dtype)
 
