@@ -89,7 +89,7 @@ def extension_modules():
     # No -std: torch's cpp_extension adds the standard its headers need (C++17 for 2.13, C++20 for 2.14), and
     # Py_LIMITED_API (py_limited_api=True below). -fno-trapping-math lets GCC turn the ReLU mask's compare into a
     # vector select (a signalling compare may not be speculated otherwise, and the loop stays scalar + branchy).
-    cxx_flags += ["-fopenmp-simd", "-fno-trapping-math"]
+    cxx_flags += ["-fopenmp-simd", "-fno-trapping-math", "-ffp-contract=off"]
     sources = sorted(glob.glob("csrc/ops/*.cpp")) + sorted(glob.glob("csrc/ops/cpu/*.cpp"))
     include_dirs = [os.path.join(HERE, "csrc")]
     extra = {"cxx": cxx_flags}

@@ -5,6 +5,8 @@
 // splat_combine: out[b, c, h, w] = sum_r a[b, r, c] * act(x[b, r*C + c, h, w]),
 //                a = softmax over r of the logits read as [groups][radix][C/groups] (sigmoid if radix == 1)
 // act(v) = relu(v*scale + shift) with scale/shift optional (None: identity) and relu optional.
+// splat_bn_stats: per-channel biased variance and mean of x (B, K, H, W) over (B, H, W), accumulated in double and
+//                returned in float32 (float64 for float64 x): bn0's batch statistics in one read of x.
 // The backward ops return gradients for x, (logits,) scale and shift; scale/shift gradients are empty tensors
 // when scale/shift are None.
 #include <Python.h>
@@ -29,4 +31,5 @@ TORCH_LIBRARY(resnest_fast, m) {
   m.def(
       "splat_combine_backward(Tensor grad_out, Tensor x, Tensor logits, Tensor? scale, Tensor? shift, "
       "int radix, int groups, bool relu) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("splat_bn_stats(Tensor x) -> (Tensor, Tensor)");
 }

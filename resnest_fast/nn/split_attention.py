@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resnest_fast.backend import _validated
-from resnest_fast.ops import splat_combine, splat_pool
+from resnest_fast.ops import splat_bn_stats, splat_combine, splat_pool
 
 __all__ = ["SplitAttentionConv2d", "RSoftmax", "build_norm"]
 
@@ -174,7 +174,7 @@ class SplitAttentionConv2d(nn.Module):
                     f"SplitAttentionConv2d: bn0 cannot compute batch statistics from one value per channel "
                     f"(input of shape {tuple(y.shape)}); use a larger batch or spatial size, or eval mode"
                 )
-            var, mean = _BatchVarMean.apply(y)
+            var, mean = _BatchVarMean.apply(y, self.backend)
             invstd = torch.rsqrt(var + bn.eps)
             if self.training and bn.track_running_stats:
                 bn.num_batches_tracked.add_(1)
@@ -234,10 +234,9 @@ class _BatchVarMean(torch.autograd.Function):
     of y for half/bfloat16 inputs."""
 
     @staticmethod
-    def forward(ctx, y):
+    def forward(ctx, y, backend):
         with torch.no_grad():
-            yf = y if y.dtype in (torch.float32, torch.float64) else y.float()
-            var, mean = torch.var_mean(yf, dim=(0, 2, 3), correction=0)
+            var, mean = splat_bn_stats(y, backend=backend)
         ctx.save_for_backward(y, mean)
         return var, mean
 
@@ -248,4 +247,4 @@ class _BatchVarMean(torch.autograd.Function):
         # d var / d y = 2 (y - mean) / n ; d mean / d y = 1 / n
         a = (2.0 / n) * dvar
         b = dmean / n - a * mean
-        return y * a[:, None, None].to(y.dtype) + b[:, None, None].to(y.dtype)
+        return y * a[:, None, None].to(y.dtype) + b[:, None, None].to(y.dtype), None

@@ -1,4 +1,5 @@
 """Fused split-attention ops (functional API). See splat_pool.py and splat_combine.py for the maths."""
+from resnest_fast.ops.splat_bn_stats import splat_bn_stats, splat_bn_stats_reference
 from resnest_fast.ops.splat_combine import attention_weights_reference, splat_combine, splat_combine_reference
 from resnest_fast.ops.splat_pool import activate_reference, splat_pool, splat_pool_reference
 
@@ -9,6 +10,8 @@ __all__ = [
     "splat_combine_reference",
     "attention_weights_reference",
     "activate_reference",
+    "splat_bn_stats",
+    "splat_bn_stats_reference",
 ]
 
 

@@ -280,3 +280,44 @@ def test_all_combinations_are_distinct_cases():
     b = splat_combine_reference(x, logits, scale, shift, 2, 2, True)
     assert not torch.allclose(a, b)
     assert len(list(itertools.product(RADIX_GROUPS, SHAPES, LAYOUTS, FLAGS))) == 216
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(2, 6, 7, 9), (1, 3, 1, 1), (3, 5, 4, 1)])
+def test_bn_stats_against_float64(backend, dtype, layout, shape):
+    """bn0's batch statistics against torch.var_mean in float64, on data whose mean dwarfs its spread (where
+    E[x^2] - E[x]^2 would lose every digit)."""
+    from resnest_fast.ops import splat_bn_stats
+
+    b, k, h, w = shape
+    x = (torch.randn(b, k, h, w, dtype=torch.float64) * 0.5 + 100.0).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "non_contiguous":
+        x = torch.cat([x, x], dim=3)[..., ::2]
+    var, mean = splat_bn_stats(x, backend=backend)
+    var64, mean64 = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
+    assert var.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(mean.double(), mean64, rtol=tol, atol=0)
+    torch.testing.assert_close(var.double(), var64, rtol=tol * 100, atol=tol * 100 * var64.abs().max().item())
+
+
+@pytest.mark.skipif(not ext.HAS_CPU_KERNELS, reason="resnest_fast._C was not built")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_bn_stats_opcheck(layout):
+    x = torch.randn(2, 6, 5, 3)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.resnest_fast.splat_bn_stats.default, (x,))
+
+
+def test_bn_stats_bad_input():
+    from resnest_fast.ops import splat_bn_stats
+
+    with pytest.raises(ValueError, match="4-D"):
+        splat_bn_stats(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="one value per channel"):
+        splat_bn_stats(torch.randn(0, 3, 4, 4))

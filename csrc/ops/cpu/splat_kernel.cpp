@@ -40,6 +40,27 @@ void dispatch_flags(bool affine, bool relu, F&& f) {
   }
 }
 
+// Runtime ISA dispatch without an ODR hazard: GCC compiles run_items once per target (AVX-512, AVX2, baseline)
+// plus a resolver picked at load time, and the always-inlined work lambdas are vectorised inside each clone at
+// its width. (A lambda cannot carry target_clones itself; everything from ATen stays compiled once.)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define RF_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define RF_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define RF_CLONES
+#define RF_ALWAYS_INLINE
+#endif
+
+template <typename F>
+RF_CLONES void run_items(const F& f, int64_t begin, int64_t end) {
+  f(begin, end);
+}
+
+template <typename F>
+void parallel_items(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) { run_items(f, b, e); });
+}
+
 int64_t grain_for(int64_t elems_per_item) {
   return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, elems_per_item));
 }
@@ -76,7 +97,7 @@ std::vector<acc_t> attention_weights(const at::Tensor& logits, const Shape& s, i
   std::vector<acc_t> att(s.B * s.RC());
   const scalar_t* l = logits.data_ptr<scalar_t>();
   const int64_t cpg = s.C / groups;
-  at::parallel_for(0, s.B * s.C, grain_for(s.R * 64), [&](int64_t begin, int64_t end) {
+  parallel_items(0, s.B * s.C, grain_for(s.R * 64), [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
     acc_t a[kMaxRadix];
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / s.C, c = bc % s.C;
@@ -94,7 +115,7 @@ void pool_forward(const scalar_t* x, const acc_t* scale, const acc_t* shift, sca
                   bool channels_last) {
   const acc_t inv_p = acc_t(1) / static_cast<acc_t>(s.P);
   if (!channels_last) {
-    at::parallel_for(0, s.B * s.C, grain_for(s.R * s.P), [&](int64_t begin, int64_t end) {
+    parallel_items(0, s.B * s.C, grain_for(s.R * s.P), [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
       for (int64_t bc = begin; bc < end; ++bc) {
         const int64_t b = bc / s.C, c = bc % s.C;
         acc_t total = 0;
@@ -117,7 +138,7 @@ void pool_forward(const scalar_t* x, const acc_t* scale, const acc_t* shift, sca
   const int64_t K = runs_per_sample(s.B, s.P);
   const int64_t run = (s.P + K - 1) / K;
   std::vector<acc_t> partial(s.B * K * s.C, acc_t(0));
-  at::parallel_for(0, s.B * K, 1, [&](int64_t begin, int64_t end) {
+  parallel_items(0, s.B * K, 1, [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / K, k = item % K;
       acc_t* acc = partial.data() + item * s.C;
@@ -155,7 +176,7 @@ void pool_backward(const scalar_t* grad_gap, const scalar_t* x, const acc_t* sca
   // d gap[b,c] / d act[b, r*C+c, p] = 1/P; dscale/dshift partial sums go to (items, R*C) buffers.
   const acc_t inv_p = acc_t(1) / static_cast<acc_t>(s.P);
   if (!channels_last) {
-    at::parallel_for(0, s.B * s.RC(), grain_for(s.P), [&](int64_t begin, int64_t end) {
+    parallel_items(0, s.B * s.RC(), grain_for(s.P), [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
       for (int64_t brc = begin; brc < end; ++brc) {
         const int64_t b = brc / s.RC(), ch = brc % s.RC(), c = ch % s.C;
         const acc_t g = static_cast<acc_t>(grad_gap[b * s.C + c]) * inv_p;
@@ -185,7 +206,7 @@ void pool_backward(const scalar_t* grad_gap, const scalar_t* x, const acc_t* sca
   for (int64_t b = 0; b < s.B; ++b)
     for (int64_t ch = 0; ch < s.RC(); ++ch)
       g[b * s.RC() + ch] = static_cast<acc_t>(grad_gap[b * s.C + ch % s.C]) * inv_p;
-  at::parallel_for(0, s.B * K, 1, [&](int64_t begin, int64_t end) {
+  parallel_items(0, s.B * K, 1, [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / K, k = item % K;
       const acc_t* gb = g.data() + b * s.RC();
@@ -218,7 +239,7 @@ template <typename scalar_t, typename acc_t, bool kAffine, bool kRelu>
 void combine_forward(const scalar_t* x, const acc_t* att, const acc_t* scale, const acc_t* shift, scalar_t* out,
                      const Shape& s, bool channels_last) {
   if (!channels_last) {
-    at::parallel_for(0, s.B * s.C, grain_for(s.R * s.P), [&](int64_t begin, int64_t end) {
+    parallel_items(0, s.B * s.C, grain_for(s.R * s.P), [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
       acc_t buf[kChunk];
       for (int64_t bc = begin; bc < end; ++bc) {
         const int64_t b = bc / s.C, c = bc % s.C;
@@ -247,7 +268,7 @@ void combine_forward(const scalar_t* x, const acc_t* att, const acc_t* scale, co
     });
     return;
   }
-  at::parallel_for(0, s.B * s.P, grain_for(s.RC()), [&](int64_t begin, int64_t end) {
+  parallel_items(0, s.B * s.P, grain_for(s.RC()), [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
     std::vector<acc_t> buf(s.C);
     for (int64_t bp = begin; bp < end; ++bp) {
       const int64_t b = bp / s.P;
@@ -286,7 +307,7 @@ void combine_backward(const scalar_t* gout, const scalar_t* x, const acc_t* att,
                       const Shape& s, bool channels_last, int64_t K) {
   if (!channels_last) {
     // item = (b, c); partial buffers are indexed (b, r*C + c), i.e. one "run" per sample.
-    at::parallel_for(0, s.B * s.C, grain_for(s.R * s.P), [&](int64_t begin, int64_t end) {
+    parallel_items(0, s.B * s.C, grain_for(s.R * s.P), [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
       for (int64_t bc = begin; bc < end; ++bc) {
         const int64_t b = bc / s.C, c = bc % s.C;
         const scalar_t* grow = gout + bc * s.P;
@@ -320,7 +341,7 @@ void combine_backward(const scalar_t* gout, const scalar_t* x, const acc_t* att,
     return;
   }
   const int64_t run = (s.P + K - 1) / K;
-  at::parallel_for(0, s.B * K, 1, [&](int64_t begin, int64_t end) {
+  parallel_items(0, s.B * K, 1, [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / K, k = item % K;
       acc_t* da = da_part + item * s.RC();
@@ -510,6 +531,94 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> splat_combine_backwar
   return {dx, dlogits, dscale, dshift};
 }
 
+// --------------------------------------------------------------------------------------------- batch statistics
+
+// Sums of (v - k) and (v - k)^2 per channel, with k the channel's first value: shifting by a value of the data
+// keeps E[(v-k)^2] - E[v-k]^2 free of the cancellation that plain E[v^2] - E[v]^2 suffers when |mean| >> std.
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor> bn_stats(const at::Tensor& x, bool channels_last) {
+  const int64_t B = x.size(0), K = x.size(1), P = x.size(2) * x.size(3);
+  const scalar_t* px = x.data_ptr<scalar_t>();
+  std::vector<double> shift(K);
+  for (int64_t k = 0; k < K; ++k) shift[k] = static_cast<double>(px[channels_last ? k : k * P]);
+  const int64_t runs = channels_last ? runs_per_sample(B, P) : 1;
+  const int64_t items = channels_last ? B * runs : B * K;
+  std::vector<double> s1(channels_last ? items * K : items, 0.0), s2(s1.size(), 0.0);
+  if (!channels_last) {
+    parallel_items(0, items, grain_for(P), [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
+      for (int64_t bk = begin; bk < end; ++bk) {
+        const scalar_t* row = px + bk * P;
+        const double k = shift[bk % K];
+        double a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+        for (int64_t i = 0; i < P; ++i) {
+          const double d = static_cast<double>(row[i]) - k;
+          a += d;
+          b += d * d;
+        }
+        s1[bk] = a;
+        s2[bk] = b;
+      }
+    });
+  } else {
+    const int64_t run = (P + runs - 1) / runs;
+    parallel_items(0, items, 1, [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t b = item / runs, r = item % runs;
+        double* a = s1.data() + item * K;
+        double* q = s2.data() + item * K;
+        const double* k = shift.data();
+        const int64_t p_end = std::min(P, (r + 1) * run);
+        for (int64_t p = r * run; p < p_end; ++p) {
+          const scalar_t* row = px + (b * P + p) * K;
+#pragma omp simd
+          for (int64_t c = 0; c < K; ++c) {
+            const double d = static_cast<double>(row[c]) - k[c];
+            a[c] += d;
+            q[c] += d * d;
+          }
+        }
+      }
+    });
+  }
+  const auto out_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor var = at::empty({K}, x.options().dtype(out_type)), mean = at::empty({K}, var.options());
+  const double n = static_cast<double>(B * P);
+  const int64_t per_channel = items / (channels_last ? 1 : K);  // partial sums per channel
+  for (int64_t k = 0; k < K; ++k) {
+    double a = 0, q = 0;
+    for (int64_t i = 0; i < per_channel; ++i) {
+      const int64_t idx = channels_last ? i * K + k : i * K + k;
+      a += s1[idx];
+      q += s2[idx];
+    }
+    const double m = a / n;
+    const double v = std::max(q / n - m * m, 0.0);
+    if (out_type == at::kDouble) {
+      var.data_ptr<double>()[k] = v;
+      mean.data_ptr<double>()[k] = shift[k] + m;
+    } else {
+      var.data_ptr<float>()[k] = static_cast<float>(v);
+      mean.data_ptr<float>()[k] = static_cast<float>(shift[k] + m);
+    }
+  }
+  return {var, mean};
+}
+
+std::tuple<at::Tensor, at::Tensor> splat_bn_stats_cpu(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.dim() == 4, "resnest_fast: x must be 4-D (B, K, H, W), got ", x_in.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "resnest_fast: x must be floating point, got ",
+              x_in.scalar_type());
+  TORCH_CHECK(x_in.size(0) * x_in.size(2) * x_in.size(3) > 0,
+              "resnest_fast: splat_bn_stats needs at least one value per channel, got x of shape ", x_in.sizes());
+  const bool cl = splat_is_channels_last(x_in);
+  const at::Tensor x = x_in.contiguous(splat_layout(x_in));
+  std::tuple<at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_bn_stats_cpu",
+                                  [&] { out = bn_stats<scalar_t>(x, cl); });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(resnest_fast, CPU, m) {
@@ -517,6 +626,7 @@ TORCH_LIBRARY_IMPL(resnest_fast, CPU, m) {
   m.impl("splat_pool_backward", &splat_pool_backward_cpu);
   m.impl("splat_combine", &splat_combine_cpu);
   m.impl("splat_combine_backward", &splat_combine_backward_cpu);
+  m.impl("splat_bn_stats", &splat_bn_stats_cpu);
 }
 
 }  // namespace resnest_fast

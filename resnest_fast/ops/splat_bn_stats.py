@@ -1,0 +1,43 @@
+"""splat_bn_stats: bn0's batch statistics in one read of the conv output.
+
+    var[k], mean[k] = biased variance and mean of x[:, k] over (B, H, W)
+
+Returned in float32 (float64 for float64 x) whatever x's dtype, as BatchNorm keeps its statistics. The C++ CPU
+kernel sums deviations from each channel's first value in double (no E[x^2] - E[x]^2 cancellation) in one pass;
+torch.var_mean on an NCHW tensor reduced over (0, 2, 3) is a strided reduction about 15x slower here. Other
+backends (CUDA, Triton) use the reference, torch.var_mean, until they get a kernel of their own.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from resnest_fast import _extension as ext
+from resnest_fast.backend import resolve_backend
+
+__all__ = ["splat_bn_stats", "splat_bn_stats_reference"]
+
+
+def splat_bn_stats_reference(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """(var, mean) of x (B, K, H, W) per channel, biased, in float32 (float64 for float64 x)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.var_mean(x.to(acc), dim=(0, 2, 3), correction=0)
+
+
+def splat_bn_stats(x: Tensor, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Per-channel (var, mean) of x (B, K, H, W) over (B, H, W); not differentiable (see SplitAttentionConv2d)."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (B, K, H, W), got {x.dim()}-D of shape {tuple(x.shape)}")
+    if x.shape[0] * x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f"splat_bn_stats needs at least one value per channel, got x of shape {tuple(x.shape)}")
+    if resolve_backend(backend, x.device) == "cpu":
+        return torch.ops.resnest_fast.splat_bn_stats(x)
+    return splat_bn_stats_reference(x)
+
+
+if ext.HAS_C:
+
+    @torch.library.register_fake("resnest_fast::splat_bn_stats")
+    def _fake(x):
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return x.new_empty((x.shape[1],), dtype=acc), x.new_empty((x.shape[1],), dtype=acc)
