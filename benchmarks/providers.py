@@ -54,11 +54,5 @@ def eager_post_conv(block, y):
 
 
 def fused_post_conv(block, y):
-    """SplitAttentionConv2d.forward after self.conv (the module's own code path, with its backend)."""
-    from resnest_fast.ops import splat_combine, splat_pool
-
-    scale, shift = block._bn0_scale_shift(y)
-    gap = splat_pool(y, scale, shift, radix=block.radix, relu=True, backend=block.backend)
-    gap = block.fc2(F.relu(block.bn1(block.fc1(gap[:, :, None, None]))))
-    return splat_combine(y, gap.flatten(1).to(y.dtype), scale, shift, radix=block.radix, groups=block.groups,
-                         relu=True, backend=block.backend)
+    """SplitAttentionConv2d.attend: the module's own code path after self.conv, with its backend."""
+    return block.attend(y)

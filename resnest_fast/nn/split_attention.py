@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resnest_fast.backend import _validated
+from resnest_fast.backend import _validated, resolve_backend
 from resnest_fast.ops import splat_bn_stats, splat_combine, splat_pool
 
 __all__ = ["SplitAttentionConv2d", "RSoftmax", "build_norm"]
@@ -164,7 +164,8 @@ class SplitAttentionConv2d(nn.Module):
 
     def _bn0_scale_shift(self, y: Tensor):
         """bn0 as a per-channel (scale, shift) so that bn0(y) == y*scale + shift, updating running statistics
-        exactly as nn.BatchNorm2d does in training."""
+        exactly as nn.BatchNorm2d does in training. Returns (scale, shift, (var, mean) or None if running
+        statistics were used)."""
         bn = self.bn0
         use_batch_stats = self.training or bn.running_mean is None
         if use_batch_stats:
@@ -183,13 +184,40 @@ class SplitAttentionConv2d(nn.Module):
                     bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
                     bn.running_var.lerp_((var * (n / (n - 1))).to(bn.running_var.dtype), factor)
         else:
-            mean, invstd = bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
+            var, mean = bn.running_var, bn.running_mean
+            invstd = torch.rsqrt(var + bn.eps)
         if bn.affine:
             scale = bn.weight * invstd
             shift = bn.bias - mean * scale
         else:
             scale, shift = invstd, -mean * invstd
-        return scale, shift
+        return scale, shift, ((var, mean) if use_batch_stats else None)
+
+    def _attention_logits(self, gap: Tensor, recompute: bool = False) -> Tensor:
+        """fc1 -> bn1 -> relu -> fc2 on the (B, C) context; `recompute` re-runs it for backward without
+        updating bn1's running statistics a second time."""
+        h = self.fc1(gap[:, :, None, None])
+        bn = self.bn1
+        if recompute:
+            batch_stats = bn.training or bn.running_mean is None
+            h = F.batch_norm(h, None if batch_stats else bn.running_mean, None if batch_stats else bn.running_var,
+                             bn.weight, bn.bias, batch_stats, 0.0, bn.eps)
+        else:
+            h = bn(h)
+        return self.fc2(F.relu(h)).flatten(1)
+
+    def _fused_params(self):
+        return (self.bn0.weight, self.bn0.bias, self.fc1.weight, self.fc1.bias, self.bn1.weight, self.bn1.bias,
+                self.fc2.weight, self.fc2.bias)
+
+    def _fused_backward_applies(self, y: Tensor) -> bool:
+        """The two-pass backward (C++ CPU kernels) runs in eager mode when a gradient is needed; torch.compile
+        traces the op-level path instead (its autograd is registered per op)."""
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling() or not self.bn0.affine:
+            return False
+        if not (y.requires_grad or any(p.requires_grad for p in self._fused_params())):
+            return False
+        return resolve_backend(self.backend, y.device) == "cpu"
 
     def _syncbn_across_processes(self) -> bool:
         return (
@@ -210,21 +238,93 @@ class SplitAttentionConv2d(nn.Module):
                 "attention vector over the batch and cannot do so with one sample. Train with batch >= 2, or put "
                 "the norm layers in eval mode (e.g. the backbone's norm_eval=True, or module.eval())."
             )
-        y = self.conv(x)
+        return self.attend(self.conv(x))
+
+    def attend(self, y: Tensor) -> Tensor:
+        """Everything after the conv: y (B, radix*C, H, W) -> (B, C, H, W). The benchmarks time this part."""
         if self._syncbn_across_processes():
             # Statistics must be reduced across processes: let SyncBatchNorm do it, then fuse the rest.
             y = F.relu(self.bn0(y))
             scale = shift = None
             relu = False
         else:
-            scale, shift = self._bn0_scale_shift(y)
+            if self._fused_backward_applies(y):
+                return _FusedSplitAttention.apply(y, self, *self._fused_params())
+            scale, shift, _ = self._bn0_scale_shift(y)
             relu = True
         gap = splat_pool(y, scale, shift, radix=self.radix, relu=relu, backend=self.backend)
-        gap = self.fc2(F.relu(self.bn1(self.fc1(gap[:, :, None, None]))))
-        logits = gap.flatten(1).to(y.dtype)
+        logits = self._attention_logits(gap).to(y.dtype)
         return splat_combine(
             y, logits, scale, shift, radix=self.radix, groups=self.groups, relu=relu, backend=self.backend
         )
+
+
+class _FusedSplitAttention(torch.autograd.Function):
+    """Everything after the conv, with a backward of two passes over y (splat_backward_reduce, then
+    splat_backward_input) that writes y's gradient once — contributions of combine, pool and bn0's batch
+    statistics together. The small tensors in between (attention MLP, bn0's scale/shift) go through autograd
+    on recomputed copies. Saves y and (B, C)-sized tensors only."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
+    def forward(ctx, y, module, *params):
+        scale, shift, stats = module._bn0_scale_shift(y)  # no grad here: updates bn0's running statistics
+        gap = splat_pool(y, scale, shift, radix=module.radix, relu=True, backend="cpu")
+        logits = module._attention_logits(gap).to(y.dtype)
+        out = splat_combine(y, logits, scale, shift, radix=module.radix, groups=module.groups, relu=True,
+                            backend="cpu")
+        var, mean = stats if stats is not None else (module.bn0.running_var, module.bn0.running_mean)
+        ctx.module = module
+        ctx.batch_stats = stats is not None
+        ctx.save_for_backward(y, gap, logits, scale, shift, var, mean)
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")  # the recomputed MLP runs under the forward's autocast state
+    def backward(ctx, grad_out):
+        y, gap, logits, scale, shift, var, mean = ctx.saved_tensors
+        m = ctx.module
+        radix, groups = m.radix, m.groups
+        ops = torch.ops.resnest_fast
+        dlogits, dscale, dshift, mx, mk = ops.splat_backward_reduce(grad_out, y, logits, scale, shift, radix, groups)
+        params = list(ctx.module._fused_params())
+        mlp_params = params[2:]
+        with torch.enable_grad():
+            gap_d = gap.detach().requires_grad_(True)
+            recomputed = m._attention_logits(gap_d, recompute=True).to(y.dtype)
+            wanted = [gap_d] + [p for p in mlp_params if p.requires_grad]
+            grads = torch.autograd.grad(recomputed, wanted, dlogits)
+        grad_gap = grads[0]
+        mlp_grads = iter(grads[1:])
+        mlp_grads = [next(mlp_grads) if p.requires_grad else None for p in mlp_params]
+        # the pool's part of the scale/shift gradients: d gap[b,c] / d scale[r*C+c] = sum_p act'*y / P
+        gg = (grad_gap.to(mx.dtype) / (y.shape[2] * y.shape[3])).repeat(1, radix)
+        dscale = dscale + (gg * mx).sum(0).to(dscale.dtype)
+        dshift = dshift + (gg * mk).sum(0).to(dshift.dtype)
+        bn = m.bn0
+        with torch.enable_grad():
+            w = bn.weight.detach().requires_grad_(True)
+            b = bn.bias.detach().requires_grad_(True)
+            v = var.detach().requires_grad_(ctx.batch_stats)
+            mu = mean.detach().requires_grad_(ctx.batch_stats)
+            sc = w * torch.rsqrt(v + bn.eps)
+            sh = b - mu * sc
+            inputs = [w, b] + ([v, mu] if ctx.batch_stats else [])
+            bn_grads = torch.autograd.grad((sc, sh), inputs, (dscale, dshift))
+        if ctx.batch_stats:
+            n = y.numel() // y.shape[1]
+            coef_a = (2.0 / n) * bn_grads[2]  # d var / d y = 2 (y - mean) / n ; d mean / d y = 1 / n
+            coef_b = bn_grads[3] / n - coef_a * mean
+        else:
+            coef_a = torch.zeros_like(scale)
+            coef_b = torch.zeros_like(scale)
+        grad_y = None
+        if ctx.needs_input_grad[0]:
+            grad_y = ops.splat_backward_input(grad_out, grad_gap.to(y.dtype), y, logits, scale, shift,
+                                              coef_a.to(scale.dtype), coef_b.to(scale.dtype), radix, groups)
+        dw = bn_grads[0] if bn.weight.requires_grad else None
+        db = bn_grads[1] if bn.bias.requires_grad else None
+        return (grad_y, None, dw, db, *mlp_grads)
 
 
 class _BatchVarMean(torch.autograd.Function):

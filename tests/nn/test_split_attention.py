@@ -250,3 +250,16 @@ def test_train_mode_saves_only_conv_input_and_output():
     assert ours_bytes <= 0.62 * ref_bytes, (ours_bytes, ref_bytes)
     weights = sum(p.numel() * 4 for p in ours.parameters())
     assert ours_bytes <= conv_in + conv_out + weights + 64 * 1024, (ours_bytes, conv_in + conv_out + weights)
+
+
+@pytest.mark.skipif(not ext.HAS_CPU_KERNELS, reason="resnest_fast._C was not built")
+def test_cpu_backend_takes_the_two_pass_backward():
+    """The parity tests above check the fused backward's numbers: make sure it is the path they ran."""
+    _, ours = pair(16, 16, 2, 1, 1, 1, backend="cpu")
+    for train in (True, False):
+        ours.train(train)
+        out = ours(torch.randn(2, 16, 5, 5, requires_grad=True))
+        assert type(out.grad_fn).__name__ == "_FusedSplitAttentionBackward", type(out.grad_fn).__name__
+    _, ref_path = pair(16, 16, 2, 1, 1, 1, backend="reference")
+    out = ref_path.train()(torch.randn(2, 16, 5, 5, requires_grad=True))
+    assert "Fused" not in type(out.grad_fn).__name__

@@ -321,3 +321,34 @@ def test_bn_stats_bad_input():
         splat_bn_stats(torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="one value per channel"):
         splat_bn_stats(torch.randn(0, 3, 4, 4))
+
+
+@pytest.mark.skipif(not ext.HAS_CPU_KERNELS, reason="resnest_fast._C was not built")
+@pytest.mark.parametrize("radix,groups", [(1, 1), (2, 1), (4, 2), (2, 2)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_backward_passes(radix, groups, layout, dtype):
+    """The module's two backward passes against their references (which are built on splat_combine_reference's
+    autograd), in both layouts, groups > 1 included."""
+    from resnest_fast.ops import splat_backward_input_reference, splat_backward_reduce_reference
+
+    shape = (2, 8, 7, 9)
+    b, c, h, w = shape
+    x, logits, scale, shift = make_inputs(shape, radix, layout, dtype, True, requires_grad=False)
+    grad_out = torch.randn(b, c, h, w, dtype=dtype)
+    if layout == "channels_last":
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    got = torch.ops.resnest_fast.splat_backward_reduce(grad_out, x, logits, scale, shift, radix, groups)
+    ref = splat_backward_reduce_reference(grad_out, x, logits, scale, shift, radix, groups)
+    for name, g, r in zip(["grad_logits", "grad_scale", "grad_shift", "mx", "m"], got, ref):
+        assert_close_to_reference(name, g, r.to(g.dtype), r.double())
+    grad_gap = torch.randn(b, c, dtype=dtype)
+    coef_a, coef_b = torch.randn(radix * c, dtype=dtype), torch.randn(radix * c, dtype=dtype)
+    got = torch.ops.resnest_fast.splat_backward_input(grad_out, grad_gap, x, logits, scale, shift, coef_a, coef_b,
+                                                      radix, groups)
+    ref = splat_backward_input_reference(grad_out, grad_gap, x, logits, scale, shift, coef_a, coef_b, radix, groups)
+    assert_close_to_reference("grad_x", got, ref, ref.double())
+    torch.library.opcheck(torch.ops.resnest_fast.splat_backward_reduce.default,
+                          (grad_out, x, logits, scale, shift, radix, groups))
+    torch.library.opcheck(torch.ops.resnest_fast.splat_backward_input.default,
+                          (grad_out, grad_gap, x, logits, scale, shift, coef_a, coef_b, radix, groups))

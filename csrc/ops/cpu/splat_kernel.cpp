@@ -605,6 +605,213 @@ std::tuple<at::Tensor, at::Tensor> bn_stats(const at::Tensor& x, bool channels_l
   return {var, mean};
 }
 
+
+// ------------------------------------------------------------------------- fused module backward (two passes)
+
+// Pass 1: per item partial sums (items, R*C) of d a, dscale, dshift (combine part), and per (sample, channel)
+// sums of act'(pre)*x and act'(pre). Affine and ReLU are always on here (bn0 then ReLU, as in the module).
+template <typename scalar_t, typename acc_t>
+void backward_reduce(const scalar_t* gout, const scalar_t* x, const acc_t* att, const acc_t* scale,
+                     const acc_t* shift, acc_t* da_part, acc_t* dsc_part, acc_t* dsh_part, acc_t* mx_part,
+                     acc_t* m_part, const Shape& s, bool channels_last, int64_t K) {
+  if (!channels_last) {
+    parallel_items(0, s.B * s.C, grain_for(s.R * s.P), [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
+      for (int64_t bc = begin; bc < end; ++bc) {
+        const int64_t b = bc / s.C, c = bc % s.C;
+        const scalar_t* grow = gout + bc * s.P;
+        for (int64_t r = 0; r < s.R; ++r) {
+          const int64_t ch = r * s.C + c, o = b * s.RC() + ch;
+          const scalar_t* row = x + o * s.P;
+          const acc_t a = att[o], sc = scale[ch], sh = shift[ch];
+          acc_t da = 0, dsc = 0, dsh = 0, mx = 0, m = 0;
+#pragma omp simd reduction(+ : da, dsc, dsh, mx, m)
+          for (int64_t i = 0; i < s.P; ++i) {
+            const acc_t v = static_cast<acc_t>(row[i]);
+            const acc_t g = static_cast<acc_t>(grow[i]);
+            const acc_t pre = v * sc + sh;
+            const acc_t mk = splat_act_grad<acc_t, true>(pre);
+            da += g * splat_act<acc_t, true>(pre);
+            const acc_t d = g * a * mk;
+            dsc += d * v;
+            dsh += d;
+            mx += mk * v;
+            m += mk;
+          }
+          da_part[o] = da;
+          dsc_part[o] = dsc;
+          dsh_part[o] = dsh;
+          mx_part[o] = mx;
+          m_part[o] = m;
+        }
+      }
+    });
+    return;
+  }
+  const int64_t run = (s.P + K - 1) / K;
+  parallel_items(0, s.B * K, 1, [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / K, k = item % K;
+      acc_t* da = da_part + item * s.RC();
+      acc_t* dsc = dsc_part + item * s.RC();
+      acc_t* dsh = dsh_part + item * s.RC();
+      acc_t* mx = mx_part + item * s.RC();
+      acc_t* m = m_part + item * s.RC();
+      const acc_t* ab = att + b * s.RC();
+      const int64_t p_end = std::min(s.P, (k + 1) * run);
+      for (int64_t p = k * run; p < p_end; ++p) {
+        const scalar_t* row = x + (b * s.P + p) * s.RC();
+        const scalar_t* grow = gout + (b * s.P + p) * s.C;
+        for (int64_t r = 0; r < s.R; ++r) {
+          const int64_t o = r * s.C;
+#pragma omp simd
+          for (int64_t c = 0; c < s.C; ++c) {
+            const acc_t v = static_cast<acc_t>(row[o + c]);
+            const acc_t g = static_cast<acc_t>(grow[c]);
+            const acc_t pre = v * scale[o + c] + shift[o + c];
+            const acc_t mk = splat_act_grad<acc_t, true>(pre);
+            da[o + c] += g * splat_act<acc_t, true>(pre);
+            const acc_t d = g * ab[o + c] * mk;
+            dsc[o + c] += d * v;
+            dsh[o + c] += d;
+            mx[o + c] += mk * v;
+            m[o + c] += mk;
+          }
+        }
+      }
+    }
+  });
+}
+
+// Pass 2: grad_x = scale*act'(pre)*(g*a + gg[b, c]) + ca*x + cb, gg = grad_gap/(H*W) expanded to (B, R*C).
+template <typename scalar_t, typename acc_t>
+void backward_input(const scalar_t* gout, const acc_t* gg, const scalar_t* x, const acc_t* att, const acc_t* scale,
+                    const acc_t* shift, const acc_t* ca, const acc_t* cb, scalar_t* dx, const Shape& s,
+                    bool channels_last) {
+  if (!channels_last) {
+    parallel_items(0, s.B * s.C, grain_for(s.R * s.P), [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
+      for (int64_t bc = begin; bc < end; ++bc) {
+        const int64_t b = bc / s.C, c = bc % s.C;
+        const scalar_t* grow = gout + bc * s.P;
+        for (int64_t r = 0; r < s.R; ++r) {
+          const int64_t ch = r * s.C + c, o = b * s.RC() + ch;
+          const scalar_t* row = x + o * s.P;
+          scalar_t* drow = dx + o * s.P;
+          const acc_t a = att[o], g0 = gg[o], sc = scale[ch], sh = shift[ch], a1 = ca[ch], b1 = cb[ch];
+#pragma omp simd
+          for (int64_t i = 0; i < s.P; ++i) {
+            const acc_t v = static_cast<acc_t>(row[i]);
+            const acc_t mk = splat_act_grad<acc_t, true>(v * sc + sh);
+            drow[i] = static_cast<scalar_t>(sc * mk * (static_cast<acc_t>(grow[i]) * a + g0) + a1 * v + b1);
+          }
+        }
+      }
+    });
+    return;
+  }
+  parallel_items(0, s.B * s.P, grain_for(s.RC()), [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
+    for (int64_t bp = begin; bp < end; ++bp) {
+      const int64_t b = bp / s.P;
+      const scalar_t* row = x + bp * s.RC();
+      const scalar_t* grow = gout + bp * s.C;
+      scalar_t* drow = dx + bp * s.RC();
+      const acc_t* ab = att + b * s.RC();
+      const acc_t* gb = gg + b * s.RC();
+      for (int64_t r = 0; r < s.R; ++r) {
+        const int64_t o = r * s.C;
+#pragma omp simd
+        for (int64_t c = 0; c < s.C; ++c) {
+          const acc_t v = static_cast<acc_t>(row[o + c]);
+          const acc_t sc = scale[o + c];
+          const acc_t mk = splat_act_grad<acc_t, true>(v * sc + shift[o + c]);
+          drow[o + c] = static_cast<scalar_t>(sc * mk * (static_cast<acc_t>(grow[c]) * ab[o + c] + gb[o + c]) +
+                                              ca[o + c] * v + cb[o + c]);
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> splat_backward_reduce_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& logits_in, const at::Tensor& scale,
+    const at::Tensor& shift, int64_t radix, int64_t groups) {
+  check_splat_common(x_in, scale, shift, radix);
+  check_splat_logits(x_in, logits_in, radix, groups);
+  check_same_shape("grad_out", grad_out, {x_in.size(0), x_in.size(1) / radix, x_in.size(2), x_in.size(3)}, x_in);
+  const bool cl = splat_is_channels_last(x_in);
+  const at::MemoryFormat fmt = splat_layout(x_in);
+  const at::Tensor x = x_in.contiguous(fmt), g = grad_out.contiguous(fmt), logits = logits_in.contiguous();
+  const Shape s = shape_of(x, radix);
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto dlogits = at::zeros_like(logits);
+  at::Tensor dscale = at::zeros({s.RC()}, scale.options()), dshift = at::zeros({s.RC()}, shift.options());
+  at::Tensor mx = at::zeros({s.B, s.RC()}, x.options().dtype(acc_type)), m = at::zeros_like(mx);
+  if (x.numel() == 0) return {dlogits, dscale, dshift, mx, m};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_backward_reduce_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
+    const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, s, groups);
+    const int64_t K = cl ? runs_per_sample(s.B, s.P) : 1;
+    const int64_t items = s.B * K;
+    std::vector<acc_t> da(items * s.RC(), 0), dsc(da.size(), 0), dsh(da.size(), 0), mxp(da.size(), 0),
+        mp(da.size(), 0);
+    backward_reduce<scalar_t, acc_t>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), att.data(),
+                                     sc.data_ptr<acc_t>(), sh.data_ptr<acc_t>(), da.data(), dsc.data(), dsh.data(),
+                                     mxp.data(), mp.data(), s, cl, K);
+    const std::vector<acc_t> da_b = sum_items(da, items, K, s.RC());
+    const std::vector<acc_t> mx_b = sum_items(mxp, items, K, s.RC()), m_b = sum_items(mp, items, K, s.RC());
+    std::copy(mx_b.begin(), mx_b.end(), mx.data_ptr<acc_t>());
+    std::copy(m_b.begin(), m_b.end(), m.data_ptr<acc_t>());
+    scalar_t* dl = dlogits.data_ptr<scalar_t>();
+    const int64_t cpg = s.C / groups;
+    for (int64_t b = 0; b < s.B; ++b) {
+      for (int64_t c = 0; c < s.C; ++c) {
+        acc_t a[kMaxRadix], d[kMaxRadix], dlr[kMaxRadix];
+        for (int64_t r = 0; r < s.R; ++r) {
+          a[r] = att[b * s.RC() + r * s.C + c];
+          d[r] = da_b[b * s.RC() + r * s.C + c];
+        }
+        splat_attention_backward<acc_t>(a, d, s.R, dlr);
+        for (int64_t r = 0; r < s.R; ++r)
+          dl[b * s.RC() + splat_logit_index(r, c, s.R, cpg)] = static_cast<scalar_t>(dlr[r]);
+      }
+    }
+    dscale = vector_to_tensor(sum_items(dsc, items, items, s.RC()), scale.scalar_type());
+    dshift = vector_to_tensor(sum_items(dsh, items, items, s.RC()), shift.scalar_type());
+  });
+  return {dlogits, dscale, dshift, mx, m};
+}
+
+at::Tensor splat_backward_input_cpu(const at::Tensor& grad_out, const at::Tensor& grad_gap, const at::Tensor& x_in,
+                                    const at::Tensor& logits_in, const at::Tensor& scale, const at::Tensor& shift,
+                                    const at::Tensor& coef_a, const at::Tensor& coef_b, int64_t radix,
+                                    int64_t groups) {
+  check_splat_common(x_in, scale, shift, radix);
+  check_splat_common(x_in, coef_a, coef_b, radix);
+  check_splat_logits(x_in, logits_in, radix, groups);
+  check_same_shape("grad_out", grad_out, {x_in.size(0), x_in.size(1) / radix, x_in.size(2), x_in.size(3)}, x_in);
+  TORCH_CHECK(grad_gap.sizes() == at::IntArrayRef({x_in.size(0), x_in.size(1) / radix}),
+              "resnest_fast: grad_gap must have shape (B, C), got ", grad_gap.sizes());
+  const bool cl = splat_is_channels_last(x_in);
+  const at::MemoryFormat fmt = splat_layout(x_in);
+  const at::Tensor x = x_in.contiguous(fmt), g = grad_out.contiguous(fmt), logits = logits_in.contiguous();
+  const Shape s = shape_of(x, radix);
+  auto dx = at::empty_like(x);
+  if (x.numel() == 0) return dx;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_backward_input_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_type = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
+    const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
+    const at::Tensor a1 = params_as_acc<acc_t>(coef_a), b1 = params_as_acc<acc_t>(coef_b);
+    // grad_gap / (H*W), expanded over the radix splits to (B, R*C)
+    const at::Tensor gg = (grad_gap.to(acc_type) / static_cast<double>(s.P)).repeat({1, s.R}).contiguous();
+    const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, s, groups);
+    backward_input<scalar_t, acc_t>(g.data_ptr<scalar_t>(), gg.data_ptr<acc_t>(), x.data_ptr<scalar_t>(), att.data(),
+                                    sc.data_ptr<acc_t>(), sh.data_ptr<acc_t>(), a1.data_ptr<acc_t>(),
+                                    b1.data_ptr<acc_t>(), dx.data_ptr<scalar_t>(), s, cl);
+  });
+  return dx;
+}
+
 std::tuple<at::Tensor, at::Tensor> splat_bn_stats_cpu(const at::Tensor& x_in) {
   TORCH_CHECK(x_in.dim() == 4, "resnest_fast: x must be 4-D (B, K, H, W), got ", x_in.dim(), "-D");
   TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "resnest_fast: x must be floating point, got ",
@@ -627,6 +834,8 @@ TORCH_LIBRARY_IMPL(resnest_fast, CPU, m) {
   m.impl("splat_combine", &splat_combine_cpu);
   m.impl("splat_combine_backward", &splat_combine_backward_cpu);
   m.impl("splat_bn_stats", &splat_bn_stats_cpu);
+  m.impl("splat_backward_reduce", &splat_backward_reduce_cpu);
+  m.impl("splat_backward_input", &splat_backward_input_cpu);
 }
 
 }  // namespace resnest_fast
