@@ -239,6 +239,36 @@ template <typename scalar_t, typename acc_t, bool kAffine, bool kRelu>
 void combine_forward(const scalar_t* x, const acc_t* att, const acc_t* scale, const acc_t* shift, scalar_t* out,
                      const Shape& s, bool channels_last) {
   if (!channels_last) {
+    // radix 1, 2 and 4 (the ones ResNeSt uses) get a loop with the splits unrolled that writes the output
+    // directly; any other radix accumulates a chunk in a stack buffer.
+    auto direct = [&](auto radix_c) RF_ALWAYS_INLINE {
+      constexpr int64_t kR = decltype(radix_c)::value;
+      parallel_items(0, s.B * s.C, grain_for(kR * s.P), [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
+        for (int64_t bc = begin; bc < end; ++bc) {
+          const int64_t b = bc / s.C, c = bc % s.C;
+          const scalar_t* rows[kR];
+          acc_t a[kR], sc[kR], sh[kR];
+          for (int64_t r = 0; r < kR; ++r) {
+            const int64_t ch = r * s.C + c;
+            rows[r] = x + (b * s.RC() + ch) * s.P;
+            a[r] = att[b * s.RC() + ch];
+            sc[r] = kAffine ? scale[ch] : acc_t(1);
+            sh[r] = kAffine ? shift[ch] : acc_t(0);
+          }
+          scalar_t* orow = out + bc * s.P;
+#pragma omp simd
+          for (int64_t i = 0; i < s.P; ++i) {
+            acc_t v = 0;
+            for (int64_t r = 0; r < kR; ++r)
+              v += a[r] * splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(static_cast<acc_t>(rows[r][i]), sc[r], sh[r]));
+            orow[i] = static_cast<scalar_t>(v);
+          }
+        }
+      });
+    };
+    if (s.R == 1) return direct(std::integral_constant<int64_t, 1>{});
+    if (s.R == 2) return direct(std::integral_constant<int64_t, 2>{});
+    if (s.R == 4) return direct(std::integral_constant<int64_t, 4>{});
     parallel_items(0, s.B * s.C, grain_for(s.R * s.P), [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
       acc_t buf[kChunk];
       for (int64_t bc = begin; bc < end; ++bc) {
