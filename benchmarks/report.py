@@ -42,6 +42,7 @@ def context():
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": machine(),
+        "malloc": os.environ.get("GLIBC_TUNABLES", "glibc default"),
     }
 
 
@@ -54,7 +55,8 @@ def note(line):
 
 
 def summary_lines():
-    return (["", "resnest_fast benchmark summary (" + machine() + ")"] + SUMMARY) if SUMMARY else []
+    malloc = os.environ.get("GLIBC_TUNABLES", "glibc default")
+    return (["", f"resnest_fast benchmark summary ({machine()}; malloc: {malloc})"] + SUMMARY) if SUMMARY else []
 
 
 def flush(directory=None):
@@ -62,7 +64,8 @@ def flush(directory=None):
     os.makedirs(directory, exist_ok=True)
     ctx = context()
     for stem, rows in RESULTS.items():
-        path = os.path.join(directory, f"{stem}.csv")
+        tag = "-tuned-malloc" if os.environ.get("GLIBC_TUNABLES") else ""
+        path = os.path.join(directory, f"{stem}{tag}.csv")
         fields = list(ctx) + sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k)
                                     if k in rows[0] else 999)
         tmp = path + ".tmp"
