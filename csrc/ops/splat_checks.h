@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <type_traits>
 
 #include "ops/splat_math.h"
 
@@ -66,6 +67,19 @@ inline bool splat_is_channels_last(const at::Tensor& x) {
 
 inline at::MemoryFormat splat_layout(const at::Tensor& x) {
   return splat_is_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// Calls f(std::integral_constant<bool, affine>, std::integral_constant<bool, relu>): the kernels take these
+// options as template parameters so their inner loops have no branches.
+template <typename F>
+void dispatch_flags(bool affine, bool relu, F&& f) {
+  if (affine) {
+    if (relu) f(std::true_type{}, std::true_type{});
+    else f(std::true_type{}, std::false_type{});
+  } else {
+    if (relu) f(std::false_type{}, std::true_type{});
+    else f(std::false_type{}, std::false_type{});
+  }
 }
 
 }  // namespace resnest_fast

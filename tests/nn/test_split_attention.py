@@ -223,27 +223,14 @@ def test_torch_compile_fullgraph_module(train):
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-def saved_storage_bytes(module, x):
-    """Bytes of distinct storages autograd keeps for backward of one forward (each storage once)."""
-    storages = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        storages[(s.data_ptr(), s.nbytes())] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = module(x)
-    del out
-    return sum(storages.values())
-
-
 def test_train_mode_saves_only_conv_input_and_output():
     """The issue's shape: B=2, radix 2, C=256, 64x128 (conv weights are counted too: both keep them)."""
     ref, ours = pair(256, 256, 2, 1, 1, 1)
     ref.train()
     ours.train()
     x = torch.randn(2, 256, 64, 128, requires_grad=True)
+    from benchmarks.memory import saved_storage_bytes
+
     ours_bytes = saved_storage_bytes(ours, x)
     ref_bytes = saved_storage_bytes(ref, x)
     conv_in, conv_out = x.numel() * 4, 2 * x.numel() * 2 * 4

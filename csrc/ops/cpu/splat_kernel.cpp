@@ -29,16 +29,6 @@ namespace {
 constexpr int64_t kChunk = 512;         // NCHW combine: positions accumulated in a stack buffer at once
 constexpr int64_t kGrainElems = 32768;  // elements of x per parallel task, at least
 
-template <typename F>
-void dispatch_flags(bool affine, bool relu, F&& f) {
-  if (affine) {
-    if (relu) f(std::true_type{}, std::true_type{});
-    else f(std::true_type{}, std::false_type{});
-  } else {
-    if (relu) f(std::false_type{}, std::true_type{});
-    else f(std::false_type{}, std::false_type{});
-  }
-}
 
 // Runtime ISA dispatch without an ODR hazard: GCC compiles run_items once per target (AVX-512, AVX2, baseline)
 // plus a resolver picked at load time, and the always-inlined work lambdas are vectorised inside each clone at
@@ -417,6 +407,26 @@ std::vector<acc_t> sum_items(const std::vector<acc_t>& part, int64_t items, int6
   return out;
 }
 
+// grad_logits (B, R*C) in the [groups][radix][C/groups] layout from the attention weights and their gradients,
+// both (B, R*C) indexed r*C + c.
+template <typename scalar_t, typename acc_t>
+void write_logit_grads(const std::vector<acc_t>& att, const std::vector<acc_t>& da, const Shape& s, int64_t groups,
+                       scalar_t* dl) {
+  const int64_t cpg = s.C / groups;
+  for (int64_t b = 0; b < s.B; ++b) {
+    for (int64_t c = 0; c < s.C; ++c) {
+      acc_t a[kMaxRadix], d[kMaxRadix], dlr[kMaxRadix];
+      for (int64_t r = 0; r < s.R; ++r) {
+        a[r] = att[b * s.RC() + r * s.C + c];
+        d[r] = da[b * s.RC() + r * s.C + c];
+      }
+      splat_attention_backward<acc_t>(a, d, s.R, dlr);
+      for (int64_t r = 0; r < s.R; ++r)
+        dl[b * s.RC() + splat_logit_index(r, c, s.R, cpg)] = static_cast<scalar_t>(dlr[r]);
+    }
+  }
+}
+
 template <typename acc_t>
 at::Tensor vector_to_tensor(const std::vector<acc_t>& v, at::ScalarType dtype) {
   const auto acc_type = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
@@ -539,20 +549,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> splat_combine_backwar
           ptr_or_null<acc_t>(sh), dx.data_ptr<scalar_t>(), da.data(), dsc.data(), dsh.data(), s, cl, K);
     });
     const std::vector<acc_t> da_b = sum_items(da, items, K, s.RC());  // (B, R*C), indexed r*C + c
-    scalar_t* dl = dlogits.data_ptr<scalar_t>();
-    const int64_t cpg = s.C / groups;
-    for (int64_t b = 0; b < s.B; ++b) {
-      for (int64_t c = 0; c < s.C; ++c) {
-        acc_t a[kMaxRadix], d[kMaxRadix], dlr[kMaxRadix];
-        for (int64_t r = 0; r < s.R; ++r) {
-          a[r] = att[b * s.RC() + r * s.C + c];
-          d[r] = da_b[b * s.RC() + r * s.C + c];
-        }
-        splat_attention_backward<acc_t>(a, d, s.R, dlr);
-        for (int64_t r = 0; r < s.R; ++r)
-          dl[b * s.RC() + splat_logit_index(r, c, s.R, cpg)] = static_cast<scalar_t>(dlr[r]);
-      }
-    }
+    write_logit_grads(att, da_b, s, groups, dlogits.data_ptr<scalar_t>());
     if (affine) {
       dscale = vector_to_tensor(sum_items(dsc, items, items, s.RC()), scale->scalar_type());
       dshift = vector_to_tensor(sum_items(dsh, items, items, s.RC()), shift->scalar_type());
@@ -791,20 +788,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> splat_bac
     const std::vector<acc_t> mx_b = sum_items(mxp, items, K, s.RC()), m_b = sum_items(mp, items, K, s.RC());
     std::copy(mx_b.begin(), mx_b.end(), mx.data_ptr<acc_t>());
     std::copy(m_b.begin(), m_b.end(), m.data_ptr<acc_t>());
-    scalar_t* dl = dlogits.data_ptr<scalar_t>();
-    const int64_t cpg = s.C / groups;
-    for (int64_t b = 0; b < s.B; ++b) {
-      for (int64_t c = 0; c < s.C; ++c) {
-        acc_t a[kMaxRadix], d[kMaxRadix], dlr[kMaxRadix];
-        for (int64_t r = 0; r < s.R; ++r) {
-          a[r] = att[b * s.RC() + r * s.C + c];
-          d[r] = da_b[b * s.RC() + r * s.C + c];
-        }
-        splat_attention_backward<acc_t>(a, d, s.R, dlr);
-        for (int64_t r = 0; r < s.R; ++r)
-          dl[b * s.RC() + splat_logit_index(r, c, s.R, cpg)] = static_cast<scalar_t>(dlr[r]);
-      }
-    }
+    write_logit_grads(att, da_b, s, groups, dlogits.data_ptr<scalar_t>());
     dscale = vector_to_tensor(sum_items(dsc, items, items, s.RC()), scale.scalar_type());
     dshift = vector_to_tensor(sum_items(dsh, items, items, s.RC()), shift.scalar_type());
   });

@@ -50,16 +50,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kTileCols = 32;  // channels_last tiles: a warp spans 32 consecutive channels ...
 constexpr int kTileRows = kThreads / kTileCols;  // ... and each warp walks its own positions
 
-template <typename F>
-void dispatch_flags(bool affine, bool relu, F&& f) {
-  if (affine) {
-    if (relu) f(std::true_type{}, std::true_type{});
-    else f(std::true_type{}, std::false_type{});
-  } else {
-    if (relu) f(std::false_type{}, std::true_type{});
-    else f(std::false_type{}, std::false_type{});
-  }
-}
 
 struct Shape {
   int64_t B, R, C, P;  // P = H*W
