@@ -19,15 +19,20 @@ except ImportError as exc:  # not built, or built against another torch
     C_IMPORT_ERROR = exc
 
 
-def _has_kernel(dispatch_key):
+def _has_kernel(dispatch_key, op="splat_pool"):
     if not HAS_C:
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key("resnest_fast::splat_pool", dispatch_key)
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"resnest_fast::{op}", dispatch_key)
 
 
 HAS_CPU_KERNELS = _has_kernel("CPU")
 HAS_CUDA_KERNELS = _has_kernel("CUDA")
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+# The training-only ops (bn0 statistics, the two-pass backward), per device type.
+TRAINING_KERNELS = {
+    dev: all(_has_kernel(key, op) for op in ("splat_bn_stats", "splat_backward_reduce", "splat_backward_input"))
+    for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+}
 
 
 def triton_interpreting():

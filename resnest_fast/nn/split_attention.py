@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resnest_fast import _extension as ext
 from resnest_fast.backend import _validated, resolve_backend
 from resnest_fast.ops import splat_bn_stats, splat_combine, splat_pool
 
@@ -211,13 +212,14 @@ class SplitAttentionConv2d(nn.Module):
                 self.fc2.weight, self.fc2.bias)
 
     def _fused_backward_applies(self, y: Tensor) -> bool:
-        """The two-pass backward (C++ CPU kernels) runs in eager mode when a gradient is needed; torch.compile
+        """The two-pass backward (C++ kernels of the device) runs in eager mode when a gradient is needed; torch.compile
         traces the op-level path instead (its autograd is registered per op)."""
         if not torch.is_grad_enabled() or torch.compiler.is_compiling() or not self.bn0.affine:
             return False
         if not (y.requires_grad or any(p.requires_grad for p in self._fused_params())):
             return False
-        return resolve_backend(self.backend, y.device) == "cpu"
+        impl = resolve_backend(self.backend, y.device)
+        return impl in ("cpu", "cuda") and ext.TRAINING_KERNELS[impl]
 
     def _syncbn_across_processes(self) -> bool:
         return (
@@ -260,19 +262,22 @@ class SplitAttentionConv2d(nn.Module):
 
 
 class _FusedSplitAttention(torch.autograd.Function):
-    """Everything after the conv, with a backward of two passes over y (splat_backward_reduce, then
+    """Everything after the conv, with a backward of two passes over y (CPU or CUDA kernels) (splat_backward_reduce, then
     splat_backward_input) that writes y's gradient once — contributions of combine, pool and bn0's batch
     statistics together. The small tensors in between (attention MLP, bn0's scale/shift) go through autograd
     on recomputed copies. Saves y and (B, C)-sized tensors only."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, y, module, *params):
+        backend = y.device.type  # "cpu" or "cuda": _fused_backward_applies checked the kernels exist
         scale, shift, stats = module._bn0_scale_shift(y)  # no grad here: updates bn0's running statistics
-        gap = splat_pool(y, scale, shift, radix=module.radix, relu=True, backend="cpu")
+        gap = splat_pool(y, scale, shift, radix=module.radix, relu=True, backend=backend)
         logits = module._attention_logits(gap).to(y.dtype)
         out = splat_combine(y, logits, scale, shift, radix=module.radix, groups=module.groups, relu=True,
-                            backend="cpu")
+                            backend=backend)
+        # the MLP is recomputed in backward: under the same autocast state (what torch.amp.custom_bwd does, for
+        # whichever device y is on)
+        ctx.autocast = (torch.is_autocast_enabled(backend), torch.get_autocast_dtype(backend))
         var, mean = stats if stats is not None else (module.bn0.running_var, module.bn0.running_mean)
         ctx.module = module
         ctx.batch_stats = stats is not None
@@ -280,7 +285,6 @@ class _FusedSplitAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cpu")  # the recomputed MLP runs under the forward's autocast state
     def backward(ctx, grad_out):
         y, gap, logits, scale, shift, var, mean = ctx.saved_tensors
         m = ctx.module
@@ -289,7 +293,8 @@ class _FusedSplitAttention(torch.autograd.Function):
         dlogits, dscale, dshift, mx, mk = ops.splat_backward_reduce(grad_out, y, logits, scale, shift, radix, groups)
         params = list(ctx.module._fused_params())
         mlp_params = params[2:]
-        with torch.enable_grad():
+        enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(y.device.type, dtype=dtype, enabled=enabled):
             gap_d = gap.detach().requires_grad_(True)
             recomputed = m._attention_logits(gap_d, recompute=True).to(y.dtype)
             wanted = [gap_d] + [p for p in mlp_params if p.requires_grad]

@@ -4,8 +4,8 @@
 
 Returned in float32 (float64 for float64 x) whatever x's dtype, as BatchNorm keeps its statistics. The C++ CPU
 kernel sums deviations from each channel's first value in double (no E[x^2] - E[x]^2 cancellation) in one pass;
-torch.var_mean on an NCHW tensor reduced over (0, 2, 3) is a strided reduction about 15x slower here. Other
-backends (CUDA, Triton) use the reference, torch.var_mean, until they get a kernel of their own.
+torch.var_mean on an NCHW tensor reduced over (0, 2, 3) is a strided reduction about 15x slower here. Backends
+without a kernel for it (Triton; a build without CUDA kernels) use the reference, torch.var_mean.
 """
 from typing import Optional, Tuple
 
@@ -30,7 +30,8 @@ def splat_bn_stats(x: Tensor, backend: Optional[str] = None) -> Tuple[Tensor, Te
         raise ValueError(f"x must be 4-D (B, K, H, W), got {x.dim()}-D of shape {tuple(x.shape)}")
     if x.shape[0] * x.shape[2] * x.shape[3] == 0:
         raise ValueError(f"splat_bn_stats needs at least one value per channel, got x of shape {tuple(x.shape)}")
-    if resolve_backend(backend, x.device) == "cpu":
+    impl = resolve_backend(backend, x.device)
+    if impl in ("cpu", "cuda") and ext.TRAINING_KERNELS[impl]:
         return torch.ops.resnest_fast.splat_bn_stats(x)
     return splat_bn_stats_reference(x)
 
