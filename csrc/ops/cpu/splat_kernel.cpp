@@ -20,6 +20,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "ops/splat_checks.h"
 #include "ops/splat_math.h"
 
@@ -49,6 +53,27 @@ RF_CLONES void run_items(const F& f, int64_t begin, int64_t end) {
 template <typename F>
 void parallel_items(int64_t begin, int64_t end, int64_t grain, const F& f) {
   at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) { run_items(f, b, e); });
+}
+
+// A fresh output of tens of MB comes straight from mmap, and its first write faults it in 4 KiB at a time: for a
+// 33 MB gradient that was ~8 ms here, serialised whatever the thread count, against ~1.5 ms for the write itself.
+// Asking for transparent huge pages on the still untouched range (THP in "madvise" mode, the common default)
+// cuts the faults 512-fold. Memory that is already mapped (reused heap blocks) is unaffected; a failure is
+// harmless. Outputs below kHugeMin are left alone.
+constexpr size_t kHugePage = size_t(1) << 21;
+constexpr size_t kHugeMin = size_t(4) << 20;
+
+void prefer_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const size_t n = t.nbytes();
+  if (n < kHugeMin) return;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t begin = (p + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t end = (p + n) & ~(kHugePage - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)t;
+#endif
 }
 
 int64_t grain_for(int64_t elems_per_item) {
@@ -469,6 +494,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_pool_backward_cpu(const at:
   const at::Tensor g = grad_gap.contiguous();
   const Shape s = shape_of(x, radix);
   auto dx = at::empty_like(x);
+  prefer_huge_pages(dx);
   const bool affine = scale.has_value();
   at::Tensor dscale = affine ? at::zeros_like(*scale) : at::empty({0}, x.options());
   at::Tensor dshift = affine ? at::zeros_like(*shift) : at::empty({0}, x.options());
@@ -502,6 +528,7 @@ at::Tensor splat_combine_cpu(const at::Tensor& x_in, const at::Tensor& logits_in
   const at::Tensor logits = logits_in.contiguous();
   const Shape s = shape_of(x, radix);
   auto out = at::empty({s.B, s.C, x.size(2), x.size(3)}, x.options().memory_format(splat_layout(x_in)));
+  prefer_huge_pages(out);
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_combine_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -530,6 +557,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> splat_combine_backwar
   const at::Tensor logits = logits_in.contiguous();
   const Shape s = shape_of(x, radix);
   auto dx = at::empty_like(x);
+  prefer_huge_pages(dx);
   auto dlogits = at::zeros_like(logits);
   const bool affine = scale.has_value();
   at::Tensor dscale = affine ? at::zeros_like(*scale) : at::empty({0}, x.options());
@@ -810,6 +838,7 @@ at::Tensor splat_backward_input_cpu(const at::Tensor& grad_out, const at::Tensor
   const at::Tensor x = x_in.contiguous(fmt), g = grad_out.contiguous(fmt), logits = logits_in.contiguous();
   const Shape s = shape_of(x, radix);
   auto dx = at::empty_like(x);
+  prefer_huge_pages(dx);
   if (x.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_backward_input_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
