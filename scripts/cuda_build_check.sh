@@ -26,9 +26,10 @@ echo "   build took $(( $(date +%s) - start )) s"
 import torch, resnest_fast
 from resnest_fast import _extension as ext
 assert ext.HAS_C, ext.C_IMPORT_ERROR
-for op in ('splat_pool', 'splat_pool_backward', 'splat_combine', 'splat_combine_backward'):
+for op in ('splat_pool', 'splat_pool_backward', 'splat_combine', 'splat_combine_backward', 'splat_bn_stats',
+           'splat_backward_reduce', 'splat_backward_input'):
     assert torch._C._dispatch_has_kernel_for_dispatch_key('resnest_fast::' + op, 'CUDA'), op + ': no CUDA kernel'
-print('CUDA kernels registered for all four ops; CPU kernels:', ext.HAS_CPU_KERNELS)")
+print('CUDA kernels registered for all seven ops; CPU kernels:', ext.HAS_CPU_KERNELS)")
 echo "== CPU op tests against the CUDA build"
 # The tests import resnest_fast from the source tree: run them on the installed wheel from a copy of tests/.
 tmp=$(mktemp -d)

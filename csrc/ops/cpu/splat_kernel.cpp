@@ -833,6 +833,8 @@ at::Tensor splat_backward_input_cpu(const at::Tensor& grad_out, const at::Tensor
   check_same_shape("grad_out", grad_out, {x_in.size(0), x_in.size(1) / radix, x_in.size(2), x_in.size(3)}, x_in);
   TORCH_CHECK(grad_gap.sizes() == at::IntArrayRef({x_in.size(0), x_in.size(1) / radix}),
               "resnest_fast: grad_gap must have shape (B, C), got ", grad_gap.sizes());
+  TORCH_CHECK(grad_gap.device() == x_in.device(), "resnest_fast: grad_gap is on ", grad_gap.device(),
+              " but x is on ", x_in.device());
   const bool cl = splat_is_channels_last(x_in);
   const at::MemoryFormat fmt = splat_layout(x_in);
   const at::Tensor x = x_in.contiguous(fmt), g = grad_out.contiguous(fmt), logits = logits_in.contiguous();

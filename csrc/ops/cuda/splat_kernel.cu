@@ -1,4 +1,4 @@
-// CUDA kernels of the fused split-attention ops: the same four ops, semantics, output dtypes and layouts as the
+// CUDA kernels of the fused split-attention ops: the same seven ops, semantics, output dtypes and layouts as the
 // CPU kernels (ops/cpu/splat_kernel.cpp), with every per-element formula taken from ops/splat_math.h.
 //
 // What is fused, per op:
@@ -11,11 +11,20 @@
 //   splat_combine_backward: one pass over x and grad_out writes dx and accumulates, per (sample, split, channel),
 //                           d a = sum_p g*act(pre) (and the dscale/dshift sums); a small kernel turns d a into the
 //                           logit gradients with splat_attention_backward.
+//   splat_bn_stats:         bn0's batch statistics in one read of x: per-channel sums of d = x - k and d^2 (k the
+//                           channel's first value, accumulated in double, as on the CPU), then var = E[d^2] - E[d]^2
+//                           and mean = k + E[d] (float32 out, float64 for float64 x).
+//   splat_backward_reduce:  pass 1 of the module's fused backward (bn0 and ReLU on): one read of x and grad_out gives
+//                           the combine's d a (then grad_logits, as in splat_combine_backward), dscale and dshift,
+//                           and per (sample, split channel) mx = sum_p act'(pre)*x and m = sum_p act'(pre); no dx.
+//   splat_backward_input:   pass 2: dx = scale*act'(pre)*(g*a + grad_gap/(H*W)) + coef_a*x + coef_b written once,
+//                           elementwise, with the attention weights precomputed as in splat_combine.
 // Why it is correct: each output element uses the formulas of splat_math.h on the same inputs as the CPU kernel,
 // and each reduction sums exactly the CPU kernel's terms (in another order, so results differ by rounding only),
 // accumulated in at::opmath_type (float for float/half/bfloat16, double for double). The logits are read and their
 // gradients written only through splat_attention / splat_logit_index, so the [groups][radix][C/groups] reading is
-// the CPU kernel's, while x, its splits and every buffer here are indexed [radix][C].
+// the CPU kernel's, while x, its splits and every buffer here are indexed [radix][C]. splat_bn_stats shifts by the
+// same value (x[0, ch, 0, 0]) and sums the same terms in double, so it is as free of cancellation as the CPU's.
 //
 // Work decomposition (x is read in place in either dense layout; the layout rule is splat_layout's):
 //   NCHW:          a work item is one (sample, channel), whose radix rows are contiguous runs of H*W values (in
@@ -530,6 +539,215 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// --------------------------------------------------------------------------------------------- batch statistics
+// Sums over (B, H, W) of d = x - k and d^2 per channel, k the channel's first value x[0, ch, 0, 0]; accumulated in
+// double as the CPU kernel does (shifting by a value of the data keeps E[d^2] - E[d]^2 free of the cancellation
+// of E[x^2] - E[x]^2 when |mean| >> std; double keeps the long sums exact enough whatever the count). The op is
+// memory bound on GPUs with full-rate double; bn_stats_finalize_kernel turns the sums into var and mean.
+
+// NCHW: item (b, ch) is one row of x (Shape with R = 1, C = channels); its sums go to part[b*C + ch].
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    bn_stats_nchw_kernel(const scalar_t* __restrict__ x, double* __restrict__ s1_part, double* __restrict__ s2_part,
+                         Shape s, bool whole_block) {
+  __shared__ double smem[2][kWarps];
+  const ItemThread it = item_thread(whole_block);
+  if (it.item >= s.B * s.C) return;
+  const int64_t ch = it.item % s.C;
+  const double k = static_cast<double>(x[ch * s.P]);
+  const scalar_t* row = x + it.item * s.P;
+  double sums[2] = {0.0, 0.0};
+#pragma unroll 4
+  for (int64_t i = it.t; i < s.P; i += it.T) {
+    const double d = static_cast<double>(row[i]) - k;
+    sums[0] += d;
+    sums[1] += d * d;
+  }
+  item_sum(sums, whole_block, smem);
+  if (it.t == 0) {
+    s1_part[it.item] = sums[0];
+    s2_part[it.item] = sums[1];
+  }
+}
+
+// channels_last: tile (b, run k, channels ch); sums go to part[b*K + k, ch].
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    bn_stats_cl_kernel(const scalar_t* __restrict__ x, double* __restrict__ s1_part, double* __restrict__ s2_part,
+                       Shape s, int64_t K) {
+  __shared__ double smem[2][kTileRows][kTileCols];
+  const TileThread tt = tile_thread(K, (s.C + kTileCols - 1) / kTileCols, s.P);
+  const int64_t ch = tt.ch;
+  double sums[2] = {0.0, 0.0};
+  if (ch < s.C) {
+    const double k = static_cast<double>(x[ch]);
+    const int64_t step = int64_t(kTileRows) * s.C;
+    int64_t off = (tt.b * s.P + tt.p_begin) * s.C + ch;
+#pragma unroll 4
+    for (int64_t p = tt.p_begin; p < tt.p_end; p += kTileRows, off += step) {
+      const double d = static_cast<double>(x[off]) - k;
+      sums[0] += d;
+      sums[1] += d * d;
+    }
+  }
+  tile_rows_sum(sums, smem);
+  if (tt.ty == 0 && ch < s.C) {
+    s1_part[tt.item * s.C + ch] = sums[0];
+    s2_part[tt.item * s.C + ch] = sums[1];
+  }
+}
+
+// var[ch], mean[ch] from the partial sums (items, C), added in a fixed order; shift_stride is the offset of
+// x[0, 1, 0, 0] (H*W for NCHW, 1 for channels_last), n = B*H*W.
+template <typename scalar_t, typename out_t>
+__global__ void __launch_bounds__(kThreads)
+    bn_stats_finalize_kernel(const scalar_t* __restrict__ x, const double* __restrict__ s1_part,
+                             const double* __restrict__ s2_part, out_t* __restrict__ var, out_t* __restrict__ mean,
+                             int64_t items, int64_t C, int64_t shift_stride, double n) {
+  __shared__ double smem[2][kTileRows][kTileCols];
+  const int tx = threadIdx.x % kTileCols, ty = threadIdx.x / kTileCols;
+  const int64_t ch = static_cast<int64_t>(blockIdx.x) * kTileCols + tx;
+  double sums[2] = {0.0, 0.0};
+  if (ch < C) {
+    for (int64_t i = ty; i < items; i += kTileRows) {
+      sums[0] += s1_part[i * C + ch];
+      sums[1] += s2_part[i * C + ch];
+    }
+  }
+  tile_rows_sum(sums, smem);
+  if (ty == 0 && ch < C) {
+    const double m = sums[0] / n;
+    const double v = sums[1] / n - m * m;
+    var[ch] = static_cast<out_t>(v > 0.0 ? v : 0.0);
+    mean[ch] = static_cast<out_t>(static_cast<double>(x[ch * shift_stride]) + m);
+  }
+}
+
+// ------------------------------------------------------------------------- fused module backward (two passes)
+// bn0 and ReLU are always on here (kAffine = kRelu = true). Pass 1 (splat_backward_reduce), for x[b, r*C + c, p]
+// with g = grad_out[b, c, p], pre = x*scale + shift, mk = act'(pre): the combine's d a += g*act(pre),
+// dscale += g*a*mk*x, dshift += g*a*mk, and the pool's per-(sample, split channel) mx += mk*x, m += mk. These are
+// the combine backward's sums plus two more, so one read of x and grad_out gives every reduction of the module's
+// backward; pass 2 (splat_backward_input) then writes dx once, elementwise.
+
+// NCHW: item (b, c), its R rows one after the other; sums go to part[b, r*C + c] (mx, m: straight to the outputs).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_reduce_nchw_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ x,
+                                const acc_t* __restrict__ att, const acc_t* __restrict__ scale,
+                                const acc_t* __restrict__ shift, acc_t* __restrict__ da_part,
+                                acc_t* __restrict__ dscale_part, acc_t* __restrict__ dshift_part,
+                                acc_t* __restrict__ mx_part, acc_t* __restrict__ m_part, Shape s, bool whole_block) {
+  __shared__ acc_t smem[5][kWarps];
+  const ItemThread it = item_thread(whole_block);
+  if (it.item >= s.B * s.C) return;
+  const int64_t b = it.item / s.C, c = it.item % s.C;
+  const scalar_t* grow = gout + it.item * s.P;
+  for (int64_t r = 0; r < s.R; ++r) {
+    const int64_t ch = r * s.C + c;
+    const int64_t row_index = b * s.RC() + ch;  // also the index of att[b, r, c]
+    const scalar_t* row = x + row_index * s.P;
+    const acc_t a = att[row_index], sc = scale[ch], sh = shift[ch];
+    acc_t sums[5] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};  // d a, dscale, dshift, mx, m
+#pragma unroll 4
+    for (int64_t i = it.t; i < s.P; i += it.T) {
+      const acc_t v = static_cast<acc_t>(row[i]);
+      const acc_t g = static_cast<acc_t>(grow[i]);
+      const acc_t pre = splat_pre<acc_t, true>(v, sc, sh);
+      const acc_t mk = splat_act_grad<acc_t, true>(pre);
+      sums[0] += g * splat_act<acc_t, true>(pre);
+      const acc_t d = g * a * mk;
+      sums[1] += d * v;
+      sums[2] += d;
+      sums[3] += mk * v;
+      sums[4] += mk;
+    }
+    item_sum(sums, whole_block, smem);
+    if (it.t == 0) {
+      da_part[row_index] = sums[0];
+      dscale_part[row_index] = sums[1];
+      dshift_part[row_index] = sums[2];
+      mx_part[row_index] = sums[3];
+      m_part[row_index] = sums[4];
+    }
+  }
+}
+
+// channels_last: tile (b, run k, channels ch of R*C); sums go to part[b*K + k, ch].
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_reduce_cl_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ x,
+                              const acc_t* __restrict__ att, const acc_t* __restrict__ scale,
+                              const acc_t* __restrict__ shift, acc_t* __restrict__ da_part,
+                              acc_t* __restrict__ dscale_part, acc_t* __restrict__ dshift_part,
+                              acc_t* __restrict__ mx_part, acc_t* __restrict__ m_part, Shape s, int64_t K) {
+  __shared__ acc_t smem[5][kTileRows][kTileCols];
+  const TileThread tt = tile_thread(K, (s.RC() + kTileCols - 1) / kTileCols, s.P);
+  const int64_t ch = tt.ch;
+  acc_t sums[5] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};  // d a, dscale, dshift, mx, m
+  if (ch < s.RC()) {
+    const int64_t c = ch % s.C;
+    const acc_t a = att[tt.b * s.RC() + ch], sc = scale[ch], sh = shift[ch];
+    int64_t pos = tt.b * s.P + tt.p_begin;  // b*P + p
+#pragma unroll 4
+    for (int64_t p = tt.p_begin; p < tt.p_end; p += kTileRows, pos += kTileRows) {
+      const acc_t v = static_cast<acc_t>(x[pos * s.RC() + ch]);
+      const acc_t g = static_cast<acc_t>(gout[pos * s.C + c]);
+      const acc_t pre = splat_pre<acc_t, true>(v, sc, sh);
+      const acc_t mk = splat_act_grad<acc_t, true>(pre);
+      sums[0] += g * splat_act<acc_t, true>(pre);
+      const acc_t d = g * a * mk;
+      sums[1] += d * v;
+      sums[2] += d;
+      sums[3] += mk * v;
+      sums[4] += mk;
+    }
+  }
+  tile_rows_sum(sums, smem);
+  if (tt.ty == 0 && ch < s.RC()) {
+    const int64_t o = tt.item * s.RC() + ch;
+    da_part[o] = sums[0];
+    dscale_part[o] = sums[1];
+    dshift_part[o] = sums[2];
+    mx_part[o] = sums[3];
+    m_part[o] = sums[4];
+  }
+}
+
+// Pass 2, one element of x per iteration: dx = scale*mk*(g*a + gg[b, c]) + coef_a*x + coef_b, with
+// gg = grad_gap/(H*W) (B, C) and g = grad_out[b, c, p]. index_t as in combine_kernel.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_input_kernel(const scalar_t* __restrict__ gout, const acc_t* __restrict__ gg,
+                          const scalar_t* __restrict__ x, const acc_t* __restrict__ att,
+                          const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
+                          const acc_t* __restrict__ coef_a, const acc_t* __restrict__ coef_b,
+                          scalar_t* __restrict__ dx, index_t RC, index_t C, index_t P, int64_t n,
+                          bool channels_last) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const index_t idx = static_cast<index_t>(i);
+    index_t b, ch, g_off;
+    if (channels_last) {  // idx = (b*P + p)*RC + ch
+      ch = idx % RC;
+      const index_t bp = idx / RC;
+      b = bp / P;
+      g_off = bp * C + ch % C;
+    } else {  // idx = (b*RC + ch)*P + p
+      const index_t bch = idx / P;
+      b = bch / RC;
+      ch = bch - b * RC;
+      g_off = (b * C + ch % C) * P + (idx - bch * P);
+    }
+    const acc_t v = static_cast<acc_t>(x[idx]);
+    const acc_t sc = scale[ch];
+    const acc_t mk = splat_act_grad<acc_t, true>(splat_pre<acc_t, true>(v, sc, shift[ch]));
+    const acc_t g = static_cast<acc_t>(gout[g_off]);
+    dx[idx] = static_cast<scalar_t>(sc * mk * (g * att[b * RC + ch] + gg[b * C + ch % C]) + coef_a[ch] * v +
+                                    coef_b[ch]);
+  }
+}
+
 // ------------------------------------------------------------------------------------------------ host helpers
 
 // Sums (items, R*C) partial buffers over the items into a (R*C,) gradient of `dtype`.
@@ -754,6 +972,163 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> splat_combine_backwar
   return {dx, dlogits, dscale, dshift};
 }
 
+
+std::tuple<at::Tensor, at::Tensor> splat_bn_stats_cuda(const at::Tensor& x_in) {
+  check_cuda("x", x_in);
+  TORCH_CHECK(x_in.dim() == 4, "resnest_fast: x must be 4-D (B, K, H, W), got ", x_in.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "resnest_fast: x must be floating point, got ",
+              x_in.scalar_type());
+  TORCH_CHECK(x_in.size(0) * x_in.size(2) * x_in.size(3) > 0,
+              "resnest_fast: splat_bn_stats needs at least one value per channel, got x of shape ", x_in.sizes());
+  const at::cuda::CUDAGuard device_guard(x_in.device());
+  const bool cl = splat_is_channels_last(x_in);
+  const at::Tensor x = x_in.contiguous(splat_layout(x_in));
+  const Shape s = shape_of(x, 1);  // R = 1: C is x's channel count
+  const auto out_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor var = at::empty({s.C}, x.options().dtype(out_type)), mean = at::empty({s.C}, var.options());
+  if (x.numel() == 0) return {var, mean};
+  const int sms = sm_count();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t tiles = ceil_div(s.C, kTileCols);
+  const int64_t K = cl ? position_runs(s.B, tiles, s.P, sms) : 1;
+  const int64_t items = s.B * K;  // rows of the partial buffers
+  at::Tensor s1_part = at::empty({items, s.C}, x.options().dtype(at::kDouble)), s2_part = at::empty_like(s1_part);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_bn_stats_cuda", [&] {
+    if (!cl) {
+      const bool whole_block = item_per_block(s.B * s.C, s.P, sms);
+      bn_stats_nchw_kernel<scalar_t><<<grid_of(item_blocks(s.B * s.C, whole_block)), kThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), s1_part.data_ptr<double>(), s2_part.data_ptr<double>(), s, whole_block);
+    } else {
+      bn_stats_cl_kernel<scalar_t><<<grid_of(items * tiles), kThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), s1_part.data_ptr<double>(), s2_part.data_ptr<double>(), s, K);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto finalize = [&](auto out_tag) {
+      using out_t = decltype(out_tag);
+      bn_stats_finalize_kernel<scalar_t, out_t><<<grid_of(tiles), kThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), s1_part.data_ptr<double>(), s2_part.data_ptr<double>(), var.data_ptr<out_t>(),
+          mean.data_ptr<out_t>(), items, s.C, cl ? int64_t(1) : s.P, static_cast<double>(s.B * s.P));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (out_type == at::kDouble) finalize(double{});
+    else finalize(float{});
+  });
+  return {var, mean};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> splat_backward_reduce_cuda(
+    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& logits_in, const at::Tensor& scale,
+    const at::Tensor& shift, int64_t radix, int64_t groups) {
+  check_cuda("x", x_in);
+  check_splat_common(x_in, scale, shift, radix);
+  check_splat_logits(x_in, logits_in, radix, groups);
+  check_same_shape("grad_out", grad_out, {x_in.size(0), x_in.size(1) / radix, x_in.size(2), x_in.size(3)}, x_in);
+  const at::cuda::CUDAGuard device_guard(x_in.device());
+  const bool cl = splat_is_channels_last(x_in);
+  const at::MemoryFormat fmt = splat_layout(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  const at::Tensor g = grad_out.contiguous(fmt);
+  const at::Tensor logits = logits_in.contiguous();
+  const Shape s = shape_of(x, radix);
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor mx = at::zeros({s.B, s.RC()}, x.options().dtype(acc_type)), m = at::zeros_like(mx);
+  if (x.numel() == 0) {
+    return {at::zeros_like(logits), at::zeros({s.RC()}, scale.options()), at::zeros({s.RC()}, shift.options()), mx,
+            m};
+  }
+  auto dlogits = at::empty_like(logits);  // attention_backward_kernel writes every entry
+  at::Tensor dscale, dshift;
+  const int sms = sm_count();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_backward_reduce_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
+    const at::Tensor att = attention_weights<scalar_t, acc_t>(logits, s, groups, sms, stream);
+    const int64_t tiles = ceil_div(s.RC(), kTileCols);
+    const int64_t K = cl ? position_runs(s.B, tiles, s.P, sms) : 1;
+    const int64_t items = s.B * K;  // rows of the partial buffers
+    const auto acc_options = x.options().dtype(acc_scalar_type<acc_t>());
+    at::Tensor da_part = at::empty({items, s.RC()}, acc_options);
+    at::Tensor dsc_part = at::empty({items, s.RC()}, acc_options), dsh_part = at::empty({items, s.RC()}, acc_options);
+    // NCHW (K == 1): the per-sample sums are final and go straight to mx and m.
+    at::Tensor mx_part = cl ? at::empty({items, s.RC()}, acc_options) : mx;
+    at::Tensor m_part = cl ? at::empty({items, s.RC()}, acc_options) : m;
+    if (!cl) {
+      const bool whole_block = item_per_block(s.B * s.C, s.R * s.P, sms);
+      backward_reduce_nchw_kernel<scalar_t, acc_t>
+          <<<grid_of(item_blocks(s.B * s.C, whole_block)), kThreads, 0, stream>>>(
+              g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(), sc.data_ptr<acc_t>(),
+              sh.data_ptr<acc_t>(), da_part.data_ptr<acc_t>(), dsc_part.data_ptr<acc_t>(),
+              dsh_part.data_ptr<acc_t>(), mx_part.data_ptr<acc_t>(), m_part.data_ptr<acc_t>(), s, whole_block);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      backward_reduce_cl_kernel<scalar_t, acc_t><<<grid_of(items * tiles), kThreads, 0, stream>>>(
+          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(), sc.data_ptr<acc_t>(),
+          sh.data_ptr<acc_t>(), da_part.data_ptr<acc_t>(), dsc_part.data_ptr<acc_t>(), dsh_part.data_ptr<acc_t>(),
+          mx_part.data_ptr<acc_t>(), m_part.data_ptr<acc_t>(), s, K);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      // mx[b, j] = sum over the sample's K runs of part[b*K + k, j]
+      for (auto pair : {std::make_pair(&mx_part, &mx), std::make_pair(&m_part, &m)}) {
+        column_sum_kernel<acc_t, acc_t><<<grid_of(s.B * tiles), kThreads, 0, stream>>>(
+            pair.first->data_ptr<acc_t>(), pair.second->data_ptr<acc_t>(), K, s.RC(), acc_t(1));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+    attention_backward_kernel<scalar_t, acc_t><<<elementwise_grid(s.B * s.C, sms), kThreads, 0, stream>>>(
+        att.data_ptr<acc_t>(), da_part.data_ptr<acc_t>(), dlogits.data_ptr<scalar_t>(), s, K, s.C / groups);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dscale = param_grad<acc_t>(dsc_part, items, s.RC(), scale.scalar_type(), stream);
+    dshift = param_grad<acc_t>(dsh_part, items, s.RC(), shift.scalar_type(), stream);
+  });
+  return {dlogits, dscale, dshift, mx, m};
+}
+
+at::Tensor splat_backward_input_cuda(const at::Tensor& grad_out, const at::Tensor& grad_gap, const at::Tensor& x_in,
+                                     const at::Tensor& logits_in, const at::Tensor& scale, const at::Tensor& shift,
+                                     const at::Tensor& coef_a, const at::Tensor& coef_b, int64_t radix,
+                                     int64_t groups) {
+  check_cuda("x", x_in);
+  check_splat_common(x_in, scale, shift, radix);
+  check_splat_common(x_in, coef_a, coef_b, radix);
+  check_splat_logits(x_in, logits_in, radix, groups);
+  check_same_shape("grad_out", grad_out, {x_in.size(0), x_in.size(1) / radix, x_in.size(2), x_in.size(3)}, x_in);
+  TORCH_CHECK(grad_gap.sizes() == at::IntArrayRef({x_in.size(0), x_in.size(1) / radix}),
+              "resnest_fast: grad_gap must have shape (B, C), got ", grad_gap.sizes());
+  TORCH_CHECK(grad_gap.device() == x_in.device(), "resnest_fast: grad_gap is on ", grad_gap.device(),
+              " but x is on ", x_in.device());
+  const at::cuda::CUDAGuard device_guard(x_in.device());
+  const bool cl = splat_is_channels_last(x_in);
+  const at::MemoryFormat fmt = splat_layout(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  const at::Tensor g = grad_out.contiguous(fmt);
+  const at::Tensor logits = logits_in.contiguous();
+  const Shape s = shape_of(x, radix);
+  auto dx = at::empty_like(x);
+  if (x.numel() == 0) return dx;
+  const int sms = sm_count();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_backward_input_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
+    const at::Tensor ca = params_as_acc<acc_t>(coef_a), cb = params_as_acc<acc_t>(coef_b);
+    // grad_gap / (H*W) (B, C), as the CPU kernel computes it; read for every split r of channel c
+    const at::Tensor gg = (grad_gap.to(acc_scalar_type<acc_t>()) / static_cast<double>(s.P)).contiguous();
+    const at::Tensor att = attention_weights<scalar_t, acc_t>(logits, s, groups, sms, stream);
+    const auto launch = [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      backward_input_kernel<scalar_t, acc_t, index_t><<<elementwise_grid(x.numel(), sms), kThreads, 0, stream>>>(
+          g.data_ptr<scalar_t>(), gg.data_ptr<acc_t>(), x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(),
+          sc.data_ptr<acc_t>(), sh.data_ptr<acc_t>(), ca.data_ptr<acc_t>(), cb.data_ptr<acc_t>(),
+          dx.data_ptr<scalar_t>(), static_cast<index_t>(s.RC()), static_cast<index_t>(s.C),
+          static_cast<index_t>(s.P), x.numel(), cl);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (x.numel() <= std::numeric_limits<int32_t>::max()) launch(int32_t{});
+    else launch(int64_t{});
+  });
+  return dx;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(resnest_fast, CUDA, m) {
@@ -761,6 +1136,9 @@ TORCH_LIBRARY_IMPL(resnest_fast, CUDA, m) {
   m.impl("splat_pool_backward", &splat_pool_backward_cuda);
   m.impl("splat_combine", &splat_combine_cuda);
   m.impl("splat_combine_backward", &splat_combine_backward_cuda);
+  m.impl("splat_bn_stats", &splat_bn_stats_cuda);
+  m.impl("splat_backward_reduce", &splat_backward_reduce_cuda);
+  m.impl("splat_backward_input", &splat_backward_input_cuda);
 }
 
 }  // namespace resnest_fast
