@@ -5,8 +5,7 @@ import torch
 
 from resnest_fast import _extension as ext
 from resnest_fast.backend import available_backends
-from tests.ops.test_splat_ops import RADIX_GROUPS, detached_copy, make_inputs, names, run
-from tests.tolerances import assert_close_to_reference
+from tests.ops.test_splat_ops import RADIX_GROUPS, compare_with_reference, detached_copy, make_inputs, names, run
 
 
 def on(device, tensors):
@@ -28,14 +27,7 @@ def test_gpu_backends_against_reference(backend, radix, groups, layout, dtype, s
         x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
     grad_gap = torch.randn(b, c, dtype=dtype, device="cuda")
     grad_out = torch.randn(b, c, h, w, dtype=dtype, device="cuda")
-    got = run(backend, x, logits, scale, shift, radix, groups, True, grad_gap, grad_out)
-    same = run("reference", *(detached_copy(t) for t in (x, logits, scale, shift)), radix, groups, True,
-               grad_gap, grad_out)
-    ref64 = run("reference", *(detached_copy(t, torch.float64) for t in (x, logits, scale, shift)), radix, groups,
-                True, grad_gap.double(), grad_out.double())
-    for name, g, s, r in zip(names(True), got, same, ref64):
-        assert g.device.type == "cuda" and g.dtype == dtype
-        assert_close_to_reference(name, g, s, r)
+    compare_with_reference(backend, x, logits, scale, shift, radix, groups, grad_gap, grad_out)
 
 
 @pytest.mark.needs_cuda

@@ -67,6 +67,19 @@ def run(backend, x, logits, scale, shift, radix, groups, relu, grad_gap, grad_ou
     return [gap, out, *grads]
 
 
+def compare_with_reference(backend, x, logits, scale, shift, radix, groups, grad_gap, grad_out):
+    """Forward and all gradients of `backend` against the reference in the same dtype and in float64
+    (tests/tolerances.py's rule); outputs keep x's dtype and device."""
+    got = run(backend, x, logits, scale, shift, radix, groups, True, grad_gap, grad_out)
+    same = run("reference", *(detached_copy(t) for t in (x, logits, scale, shift)), radix, groups, True,
+               grad_gap, grad_out)
+    ref64 = run("reference", *(detached_copy(t, torch.float64) for t in (x, logits, scale, shift)), radix, groups,
+                True, grad_gap.double(), grad_out.double())
+    for name, g, s, r in zip(names(True), got, same, ref64):
+        assert g.dtype == x.dtype and g.device == x.device, f"{name}: {g.dtype} on {g.device}"
+        assert_close_to_reference(name, g, s, r)
+
+
 def detached_copy(t, dtype=None):
     return None if t is None else t.detach().to(dtype or t.dtype).requires_grad_(True)
 
@@ -101,14 +114,7 @@ def test_forward_and_gradients_low_precision(backend, dtype, radix, groups, layo
     b, c, h, w = shape
     x, logits, scale, shift = make_inputs(shape, radix, layout, dtype, affine=True)
     grad_gap, grad_out = torch.randn(b, c, dtype=dtype), torch.randn(b, c, h, w, dtype=dtype)
-    got = run(backend, x, logits, scale, shift, radix, groups, True, grad_gap, grad_out)
-    same = run("reference", *(detached_copy(t) for t in (x, logits, scale, shift)), radix, groups, True,
-               grad_gap, grad_out)
-    ref64 = run("reference", *(detached_copy(t, torch.float64) for t in (x, logits, scale, shift)), radix, groups,
-                True, grad_gap.double(), grad_out.double())
-    for name, g, s, r in zip(names(True), got, same, ref64):
-        assert g.dtype == dtype, f"{name} has dtype {g.dtype}"
-        assert_close_to_reference(name, g, s, r)
+    compare_with_reference(backend, x, logits, scale, shift, radix, groups, grad_gap, grad_out)
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
