@@ -9,6 +9,7 @@ from resnest_fast import _extension as ext
 from resnest_fast.backend import available_backends
 from resnest_fast.nn import SplitAttentionConv2d
 from tests.mmseg_reference import import_mmseg_resnest
+from tests.parity import assert_max_abs, randomize
 
 BACKENDS = available_backends("cpu")
 FAST_BACKENDS = [b for b in BACKENDS if b != "triton"]  # the interpreter is slow: Triton gets the small sweep
@@ -19,29 +20,6 @@ CONFIGS = [  # (in_channels, channels, radix, groups, stride, dilation)
     (16, 32, 2, 2, 2, 1),
     (16, 16, 2, 1, 1, 2),
 ]
-
-
-def assert_max_abs(name, got, ref, tol=1e-5):
-    """max |got - ref| <= tol, relative to the tensor's scale where it exceeds 1 (fp32 sums of many terms,
-    accumulated in another order, differ by a few ulps of their magnitude: mmseg against itself in another
-    summation order does too)."""
-    scale = max(1.0, ref.abs().max().item())
-    err = (got - ref).abs().max().item()
-    assert err <= tol * scale, f"{name}: max abs diff {err:.3g} > {tol:g} * {scale:.3g}"
-
-
-def randomize(module):
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            p.copy_(torch.randn_like(p) * (0.5 if "weight" in name else 0.2) + (1.0 if "bn" in name and "weight" in name else 0.0))
-        for name, b in module.named_buffers():
-            if name.endswith("running_mean"):
-                b.uniform_(-0.5, 0.5)
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 2.0)
-            elif name.endswith("num_batches_tracked"):
-                b.fill_(7)
-    return module
 
 
 def pair(in_ch, ch, radix, groups, stride, dilation, backend=None):

@@ -1,0 +1,48 @@
+"""Helpers of the parity tests against mmseg: random weights and statistics that make a wrong formula show, and
+the max-abs comparison relative to a tensor's scale."""
+import torch
+
+
+def assert_max_abs(name, got, ref, tol=1e-5):
+    """max |got - ref| <= tol, relative to the tensor's scale where it exceeds 1 (fp32 sums of many terms,
+    accumulated in another order, differ by a few ulps of their magnitude: mmseg against itself in another
+    summation order does too)."""
+    scale = max(1.0, ref.abs().max().item())
+    err = (got - ref).abs().max().item()
+    assert err <= tol * scale, f"{name}: max abs diff {err:.3g} > {tol:g} * {scale:.3g}"
+
+
+def randomize(module):
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.5 if "weight" in name else 0.2) + (1.0 if "bn" in name and "weight" in name else 0.0))
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.uniform_(-0.5, 0.5)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+            elif name.endswith("num_batches_tracked"):
+                b.fill_(7)
+    return module
+
+
+def randomize_model(model, generator_seed=0):
+    """Random weights for a whole deep network that keep activations O(1) through its depth (fan-in scaled convs,
+    residual-branch BN scales below 1), with BN statistics and affines far from the identity so a layer applied
+    in the wrong order or with the wrong statistics changes the result. Every float parameter and buffer is set."""
+    g = torch.Generator().manual_seed(generator_seed)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            elif isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + (0.2 if name.endswith("bn3") else 0.6))
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                m.num_batches_tracked.fill_(7)
+    return model
