@@ -9,6 +9,7 @@ from resnest_fast import _extension as ext
 from resnest_fast.backend import available_backends
 from resnest_fast.nn import SplitAttentionConv2d
 from tests.mmseg_reference import import_mmseg_resnest
+from tests.tolerances import assert_max_abs
 
 BACKENDS = available_backends("cpu")
 FAST_BACKENDS = [b for b in BACKENDS if b != "triton"]  # the interpreter is slow: Triton gets the small sweep
@@ -19,15 +20,6 @@ CONFIGS = [  # (in_channels, channels, radix, groups, stride, dilation)
     (16, 32, 2, 2, 2, 1),
     (16, 16, 2, 1, 1, 2),
 ]
-
-
-def assert_max_abs(name, got, ref, tol=1e-5):
-    """max |got - ref| <= tol, relative to the tensor's scale where it exceeds 1 (fp32 sums of many terms,
-    accumulated in another order, differ by a few ulps of their magnitude: mmseg against itself in another
-    summation order does too)."""
-    scale = max(1.0, ref.abs().max().item())
-    err = (got - ref).abs().max().item()
-    assert err <= tol * scale, f"{name}: max abs diff {err:.3g} > {tol:g} * {scale:.3g}"
 
 
 def randomize(module):
