@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from resnest_fast.nn.split_attention import build_norm
 
 __all__ = [
+    "HEADS",
     "ConvModule",
     "DepthwiseSeparableConvModule",
     "CrossEntropyLoss",
