@@ -581,9 +581,7 @@ class ASPPHead(BaseDecodeHead):
     def __init__(self, in_channels: int, channels: int, *, dilations: Sequence[int] = (1, 6, 12, 18), **kwargs):
         super().__init__(in_channels, channels, **kwargs)
         self.dilations = _check_ints("dilations", dilations, 1)
-        self.image_pool = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), ConvModule(in_channels, channels, 1, norm_cfg=self.norm_cfg)
-        )
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), self._conv(in_channels, channels, 1))
         self.aspp_modules = ASPPModule(self.dilations, in_channels, channels, self.norm_cfg, self._separable)
         self.bottleneck = self._conv((len(self.dilations) + 1) * channels, channels, 3, padding=1)
 
@@ -645,7 +643,7 @@ HEADS: Dict[str, type] = {
 # mmseg BaseDecodeHead arguments these heads do not implement: accepted only at the value that changes nothing.
 _MMSEG_DEFAULT_ONLY = {
     "conv_cfg": [None],
-    "act_cfg": [dict(type="ReLU")],
+    "act_cfg": [dict(type="ReLU"), dict(type="ReLU", inplace=True), dict(type="ReLU", inplace=False)],
     "input_transform": [None],
     "sampler": [None],
     "threshold": [None],
@@ -653,15 +651,19 @@ _MMSEG_DEFAULT_ONLY = {
 }
 
 
-def _head_arguments(cls: type) -> set:
-    names = set()
+def _head_arguments(cls: type) -> Tuple[set, set]:
+    """(all, required) keyword arguments of a head class and of the BaseDecodeHead classes it extends."""
+    names, required = set(), set()
     for klass in cls.__mro__:
-        if klass is nn.Module or not issubclass(klass, BaseDecodeHead):
+        if not issubclass(klass, BaseDecodeHead):
             continue
         for p in inspect.signature(klass.__init__).parameters.values():
-            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self":
-                names.add(p.name)
-    return names
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.name == "self":
+                continue
+            names.add(p.name)
+            if p.default is p.empty:
+                required.add(p.name)
+    return names, required
 
 
 def build_head(cfg: dict) -> BaseDecodeHead:
@@ -685,7 +687,8 @@ def build_head(cfg: dict) -> BaseDecodeHead:
         if key in cfg:
             value = cfg.pop(key)
             if value not in accepted:
-                raise ValueError(f"{kind}: {key}={value!r} is not supported (only {accepted[0]!r})")
+                only = " or ".join(repr(a) for a in accepted)
+                raise ValueError(f"{kind}: {key}={value!r} is not supported (only {only})")
     if "out_channels" in cfg:
         out_channels = cfg.pop("out_channels")
         if out_channels is not None and out_channels != cfg.get("num_classes"):
@@ -693,18 +696,11 @@ def build_head(cfg: dict) -> BaseDecodeHead:
                 f"{kind}: out_channels={out_channels!r} is not supported (only None or num_classes; binary "
                 "segmentation with one output channel is not implemented)"
             )
-    allowed = _head_arguments(cls)
+    allowed, required = _head_arguments(cls)
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise ValueError(f"{kind} got unknown config keys {unknown}; it accepts {sorted(allowed)}")
-    missing = sorted(
-        p.name
-        for klass in cls.__mro__
-        if issubclass(klass, BaseDecodeHead)
-        for p in inspect.signature(klass.__init__).parameters.values()
-        if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"
-        and p.name not in cfg
-    )
+    missing = sorted(required - set(cfg))
     if missing:
         raise ValueError(f"{kind} config is missing {missing}")
     return cls(**cfg)
