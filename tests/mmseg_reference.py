@@ -63,9 +63,15 @@ def mmseg_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("mmseg", "mmcv", "mmengine"))
 
 
-def import_mmseg_resnest():
-    """mmseg.models.backbones.resnest, or pytest.skip with the install command."""
+def import_mmseg(module: str = "mmseg"):
+    """The mmseg (or mmcv / mmengine) module named `module`, e.g. "mmseg.models.decode_heads", imported with
+    the mmcv.ops stand-in; pytest.skip with the install command when mmseg is not installed."""
     if not mmseg_available():
         pytest.skip(INSTALL_HINT)
     _install_mmcv_ops_standin()
-    return importlib.import_module("mmseg.models.backbones.resnest")
+    return importlib.import_module(module)
+
+
+def import_mmseg_resnest():
+    """mmseg.models.backbones.resnest, or pytest.skip with the install command."""
+    return import_mmseg("mmseg.models.backbones.resnest")

@@ -9,7 +9,8 @@ from resnest_fast import _extension as ext
 from resnest_fast.backend import available_backends
 from resnest_fast.nn import SplitAttentionConv2d
 from tests.mmseg_reference import import_mmseg_resnest
-from tests.parity import assert_max_abs, randomize
+from tests.parity import randomize
+from tests.tolerances import assert_max_abs
 
 BACKENDS = available_backends("cpu")
 FAST_BACKENDS = [b for b in BACKENDS if b != "triton"]  # the interpreter is slow: Triton gets the small sweep
