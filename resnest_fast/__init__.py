@@ -9,6 +9,7 @@
 from resnest_fast import _extension  # noqa: F401  (loads _C, warns once if it is missing)
 from resnest_fast import nn, ops
 from resnest_fast.backend import BACKENDS, get_default_backend, resolve_backend, set_default_backend
+from resnest_fast.checkpoint import CheckpointError, load_checkpoint
 from resnest_fast.info import build_info
 
 __version__ = "0.1.0"
@@ -20,4 +21,6 @@ __all__ = [
     "set_default_backend",
     "resolve_backend",
     "build_info",
+    "load_checkpoint",
+    "CheckpointError",
 ]

@@ -1,0 +1,193 @@
+"""Loading mmseg (and this project's) checkpoints into a model, safely and with a readable report.
+
+`load_checkpoint(model, path)` accepts what mmseg saves (`{'meta': ..., 'state_dict': ..., 'optimizer': ...}`, from
+mmseg 0.x or mmengine), a bare state_dict, and DDP's `module.` prefix. Everything is read with
+`torch.load(weights_only=True)`: no code in the file runs. mmengine's training state holds objects of classes
+that are not tensors (its `HistoryBuffer`, numpy arrays in `message_hub`); each such class is replaced by an inert
+placeholder that runs nothing, since only `state_dict` is used. The keys and shapes are compared with the model's
+*before* anything is copied, so a wrong checkpoint raises `CheckpointError` with the differences grouped by
+module and leaves the model untouched. Nothing is ever written to the checkpoint's path.
+"""
+import collections
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict", "compare_state_dicts"]
+
+
+class CheckpointError(ValueError):
+    """The file is not a readable checkpoint, holds no state_dict, or its state_dict does not fit the model."""
+
+
+class _Opaque:
+    """Stands for an object of a class the checkpoint names but that is not needed to read its state_dict."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+    def __repr__(self):
+        return f"<not loaded: {type(self).__module__}.{type(self).__name__}>"
+
+
+def _placeholders(path: str) -> List[Tuple[type, str]]:
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    out = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        out.append((type(attr or name, (_Opaque,), {"__module__": module or "builtins"}), name))
+    return out
+
+
+def _torch_load(path: str, map_location) -> object:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a directory, not a file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # classes outside the weights-only allowlist: read again with inert placeholders
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(
+            f"{path!r} is not a readable PyTorch checkpoint (truncated or corrupt?): {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        with torch.serialization.safe_globals(_placeholders(path)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path!r} could not be read as a weights-only checkpoint: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    )
+
+
+def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> Tuple[Dict[str, Tensor], dict]:
+    """(state_dict, meta) from a checkpoint file: mmseg's {'meta', 'state_dict', ...} or a bare state_dict, with
+    DDP's `module.` prefix removed. Raises CheckpointError when the file holds no state_dict."""
+    path = os.fspath(path)
+    obj = _torch_load(path, map_location)
+    meta = {}
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+        sd = obj["state_dict"]
+    elif isinstance(obj, Mapping) and "model" in obj and _is_state_dict(obj["model"]):
+        sd = obj["model"]
+    else:
+        sd = obj
+    if not _is_state_dict(sd):
+        what = type(sd).__name__
+        if isinstance(sd, Mapping):
+            bad = [k for k, v in sd.items() if not isinstance(v, Tensor)][:3]
+            what = f"a dict whose entries {bad} are not tensors" if sd else "an empty dict"
+        raise CheckpointError(
+            f"{path!r} holds no state_dict: expected a dict of tensors, or a dict with a 'state_dict' entry "
+            f"(as mmseg saves), got {what}"
+        )
+    sd = collections.OrderedDict(sd)
+    if all(k.startswith("module.") for k in sd):
+        sd = collections.OrderedDict((k[len("module."):], v) for k, v in sd.items())
+    return sd, meta
+
+
+@dataclass
+class LoadReport:
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, checkpoint, model shape)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        if self.ok:
+            return "all keys matched"
+        parts = []
+        if self.missing:
+            parts.append(f"missing from the checkpoint ({len(self.missing)}): {_grouped(self.missing)}")
+        if self.unexpected:
+            parts.append(f"not in the model ({len(self.unexpected)}): {_grouped(self.unexpected)}")
+        if self.mismatched:
+            shown = "; ".join(f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.mismatched[:8])
+            more = f"; and {len(self.mismatched) - 8} more" if len(self.mismatched) > 8 else ""
+            parts.append(f"shape mismatches ({len(self.mismatched)}): {shown}{more}")
+        return "\n".join(parts)
+
+
+def _grouped(keys: List[str], limit: int = 8) -> str:
+    """Keys grouped by their module (the part before the last dot), e.g. 'decode_head.psp_modules.0.1.bn.* (5)'."""
+    groups: Dict[str, int] = collections.OrderedDict()
+    for k in keys:
+        head = k.rsplit(".", 1)[0] if "." in k else k
+        groups[head] = groups.get(head, 0) + 1
+    shown = [f"{g}.* ({n})" if n > 1 else next(k for k in keys if k.rsplit(".", 1)[0] == g) for g, n in
+             list(groups.items())[:limit]]
+    more = f", and {len(groups) - limit} more modules" if len(groups) > limit else ""
+    return ", ".join(shown) + more
+
+
+def compare_state_dicts(model_sd: Mapping[str, Tensor], ckpt_sd: Mapping[str, Tensor]) -> LoadReport:
+    missing = [k for k in model_sd if k not in ckpt_sd]
+    unexpected = [k for k in ckpt_sd if k not in model_sd]
+    mismatched = [
+        (k, tuple(ckpt_sd[k].shape), tuple(v.shape))
+        for k, v in model_sd.items()
+        if k in ckpt_sd and tuple(ckpt_sd[k].shape) != tuple(v.shape)
+    ]
+    return LoadReport(missing, unexpected, mismatched)
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    *,
+    strict: bool = True,
+    map_location="cpu",
+    prefix: Optional[str] = None,
+) -> LoadReport:
+    """Loads the checkpoint at `path` into `model` and returns a LoadReport (its `meta` is the checkpoint's).
+
+    strict=True (default): every key and shape must match, else CheckpointError with the differences and the
+    model unchanged. strict=False: loads the keys whose shapes match and reports the rest.
+    prefix: load only the checkpoint entries under this prefix, stripped (e.g. prefix='backbone' puts a
+    segmentor checkpoint's backbone into a bare ResNeSt).
+    """
+    sd, meta = read_state_dict(path, map_location)
+    if prefix:
+        p = prefix.rstrip(".") + "."
+        sd = collections.OrderedDict((k[len(p):], v) for k, v in sd.items() if k.startswith(p))
+        if not sd:
+            raise CheckpointError(f"{os.fspath(path)!r} has no entries under prefix {prefix!r}")
+    report = compare_state_dicts(model.state_dict(), sd)
+    report.meta = meta
+    if strict and not report.ok:
+        raise CheckpointError(
+            f"checkpoint {os.fspath(path)!r} does not fit {type(model).__name__} (nothing was loaded):\n{report}"
+        )
+    bad = {k for k, _, _ in report.mismatched}
+    model.load_state_dict(collections.OrderedDict((k, v) for k, v in sd.items() if k not in bad), strict=False)
+    return report

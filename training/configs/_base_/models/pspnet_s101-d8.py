@@ -1,0 +1,5 @@
+_base_ = "s101-d8_common.py"
+norm_cfg = dict(type="SyncBN", requires_grad=True)
+model = dict(decode_head=dict(type="PSPHead", in_channels=2048, in_index=3, channels=512, pool_scales=(1, 2, 3, 6),
+                     dropout_ratio=0.1, num_classes=19, norm_cfg=norm_cfg, align_corners=False,
+                     loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)))

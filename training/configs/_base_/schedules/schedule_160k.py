@@ -1,0 +1,5 @@
+# mmseg's 160k schedule: SGD lr 0.01, momentum 0.9, weight decay 5e-4, poly decay (power 0.9) to 1e-4 per
+# iteration; validation and a checkpoint every 16k iterations.
+schedule = dict(optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=0.0005),
+                lr_policy=dict(type="poly", power=0.9, eta_min=1e-4), max_iters=160000, val_interval=16000,
+                checkpoint_interval=16000)
