@@ -2,6 +2,8 @@
 mmseg 1.x pipelines on numpy arrays, and batching. Runtime needs: numpy, pillow, torch, cityscapesscripts (label
 table), tqdm (converter progress)."""
 
+from .collate import IMAGENET_MEAN, IMAGENET_STD, collate, normalize
+from .datasets import ADE20KDataset, CityscapesDataset, SegDataset
 from .io import CorruptFileError, load_image, load_label
 from .meta import ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from .transforms import (
