@@ -6,6 +6,7 @@ from .collate import IMAGENET_MEAN, IMAGENET_STD, collate, normalize
 from .datasets import ADE20KDataset, CityscapesDataset, SegDataset
 from .io import CorruptFileError, load_image, load_label
 from .meta import ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+from .synthetic import SyntheticDataset
 from .transforms import (
     Compose,
     Pad,
