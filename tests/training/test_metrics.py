@@ -190,6 +190,7 @@ def test_table_is_readable():
     assert "| sky   |  50.00 | 100.00 |" in text
     assert "| car   |    nan |    nan |" in text
     assert "mIoU 58.33" in text and "aAcc 75.00" in text
+    assert repr(ev) == "SegEvaluator(num_classes=3, ignore_index=255, images=1)"
 
 
 def test_bad_inputs():

@@ -9,7 +9,7 @@ from cityscapesscripts.helpers import labels as cs
 from PIL import Image
 
 from resnest_fast.training.data import convert_cityscapes as conv
-from tests.training.data.conftest import write_png
+from tests.training.data.files import write_png
 
 FILES = [("train", "aachen", "aachen_000000_000019"), ("train", "bochum", "bochum_000000_000313"),
          ("val", "frankfurt", "frankfurt_000000_000294")]

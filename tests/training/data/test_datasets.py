@@ -14,7 +14,7 @@ from resnest_fast.training.data import (
     build_pipeline,
     collate,
 )
-from tests.training.data.conftest import write_png
+from tests.training.data.files import write_png
 
 
 def check_item_types(item):
@@ -38,6 +38,7 @@ def test_cityscapes_reads_every_pair_in_sorted_order(cityscapes_root):
             "_leftImg8bit.png", "_gtFine_labelTrainIds.png")
         assert item["ori_shape"] == img.shape[:2]
     assert len(CityscapesDataset(root, split="val")) == 1
+    assert "3 samples, 19 classes" in repr(ds)
 
 
 def test_cityscapes_missing_label_names_image_and_expected_path(cityscapes_root):

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from resnest_fast.training.data.io import CorruptFileError, load_image, load_label, reduce_zero
-from tests.training.data.conftest import write_png
+from tests.training.data.files import write_png
 
 
 def test_image_is_rgb_in_file_order(tmp_path):

@@ -30,6 +30,7 @@ def test_item_format_matches_the_real_datasets():
     assert len(ds.CLASSES) == len(ds.PALETTE) == 4 and ds.CLASSES[0] == "background"
     with pytest.raises(IndexError):
         ds[3]
+    assert "num_classes=4" in repr(ds)
 
 
 def test_every_class_appears_and_labels_are_in_range():
