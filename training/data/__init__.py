@@ -17,3 +17,4 @@ from .transforms import (
     Resize,
     build_pipeline,
 )
+from .samplers import InfiniteSampler

@@ -7,8 +7,10 @@ Each item is a dict:
 
 Files are listed once at construction (sorted by image path, as mmseg sorts them) and every image must have its
 label: a missing one is an error naming the image and the label path expected, rather than a silently shorter
-dataset. Random transforms draw from a generator seeded by (seed, epoch, index) (``set_epoch`` each epoch), so
-a sample does not depend on which DataLoader worker produced it.
+dataset. Random transforms draw from a generator seeded by (seed, pass, index), so a sample does not depend on
+which DataLoader worker produced it. The pass is the one an ``InfiniteSampler`` sends along with each index
+(``dataset[(index, pass)]``), or else the epoch given to ``set_epoch`` (which persistent DataLoader workers,
+holding their own copy of the dataset, do not see: prefer the sampler).
 """
 
 import glob
@@ -21,6 +23,16 @@ from torch.utils.data import Dataset
 from .io import load_image, load_label
 from .meta import ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from .transforms import IMG, SEG
+
+
+def resolve_index(index, length, default_pass):
+    """``index`` or ``(index, pass)`` -> (index in [0, length), pass)."""
+    draw = default_pass
+    if isinstance(index, tuple):
+        index, draw = index
+    if not -length <= index < length:
+        raise IndexError(f"index {index} out of range for a dataset of {length} samples")
+    return int(index) % length, int(draw)
 
 
 def to_tensors(results):
@@ -55,11 +67,12 @@ class SegDataset(Dataset):
         return len(self.CLASSES)
 
     def set_epoch(self, epoch):
-        """Change the random draws of the pipeline for a new epoch (same epoch -> same samples)."""
+        """The pass used for plain integer indices: the random draws of a new epoch (same epoch, same samples)."""
         self.epoch = int(epoch)
 
-    def rng(self, index):
-        return np.random.default_rng([self.seed, self.epoch, index])
+    def rng(self, index, draw=None):
+        """The generator of the pipeline for sample ``index`` in pass ``draw`` (default: the current epoch)."""
+        return np.random.default_rng([self.seed, self.epoch if draw is None else draw, index])
 
     def __len__(self):
         return len(self.img_paths)
@@ -77,12 +90,11 @@ class SegDataset(Dataset):
         return {IMG: img, SEG: seg, "img_path": img_path, "seg_path": seg_path, "ori_shape": img.shape[:2]}
 
     def __getitem__(self, index):
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
-        index = index % len(self)
+        """``dataset[i]`` or ``dataset[(i, pass)]`` (what ``InfiniteSampler`` yields)."""
+        index, draw = resolve_index(index, len(self), self.epoch)
         results = self.load(index)
         if self.pipeline is not None:
-            results = self.pipeline(results, self.rng(index))
+            results = self.pipeline(results, self.rng(index, draw))
         return to_tensors(results)
 
     def __repr__(self):

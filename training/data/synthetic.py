@@ -14,7 +14,7 @@ import colorsys
 import numpy as np
 from torch.utils.data import Dataset
 
-from .datasets import to_tensors
+from .datasets import resolve_index, to_tensors
 from .transforms import IMG, SEG
 
 _TEXTURES = ("plain", "stripes", "checker", "rings")
@@ -25,7 +25,7 @@ class SyntheticDataset(Dataset):
 
     Items have the same keys and types as the real datasets; ``img_path`` and ``seg_path`` are a description
     "synthetic:seed=S:index=I". pipeline (optional) is called as ``pipeline(results, rng)`` with a generator of
-    (seed, epoch, index), like the real datasets.
+    (seed, pass, index), like the real datasets (``dataset[(index, pass)]`` or ``set_epoch``).
     """
 
     def __init__(self, num_samples, size=(128, 128), num_classes=6, seed=0, pipeline=None, max_shapes=6, noise=8.0):
@@ -138,14 +138,12 @@ class SyntheticDataset(Dataset):
         return np.clip(np.rint(img), 0, 255).astype(np.uint8), label
 
     def __getitem__(self, index):
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
-        index = index % len(self)
+        index, draw = resolve_index(index, len(self), self.epoch)
         img, label = self.generate(index)
         name = f"synthetic:seed={self.seed}:index={index}"
         results = {IMG: img, SEG: label, "img_path": name, "seg_path": name, "ori_shape": img.shape[:2]}
         if self.pipeline is not None:
-            results = self.pipeline(results, np.random.default_rng([self.seed, self.epoch, index, 1]))
+            results = self.pipeline(results, np.random.default_rng([self.seed, draw, index, 1]))
         return to_tensors(results)
 
     def __repr__(self):

@@ -127,8 +127,10 @@ def test_pipeline_is_reproducible_by_seed_epoch_and_index(cityscapes_root):
         return [(ds[i]["scale"], ds[i]["flip"], ds[i]["img"].sum().item()) for i in range(len(ds))]
 
     first = draws(a)
+    assert [(a[(i, 1)]["scale"], a[(i, 1)]["flip"]) for i in range(3)] != [d[:2] for d in first]
     a.set_epoch(1)
     assert draws(a) != first
+    assert torch.equal(a[0]["img"], a[(0, 1)]["img"])  # the epoch is the default pass
     assert draws(CityscapesDataset(root, "train", pipeline=pipeline, seed=4)) != first
 
 
