@@ -45,6 +45,7 @@ def sample(h, w, seed=0, classes=(0, 1, 2, 255)):
         (512, 683, (2048, 512), (512, 683)),  # ADE-like: short edge bound 512, long edge 2048 not reached
         (300, 700, (2048, 512), (512, 1195)),  # min(2048/700, 512/300) = 1.7067: int(1194.67 + 0.5) = 1195
         (7, 9, (6, 3), (3, 4)),  # min(6/9, 3/7) = 3/7: 7*3/7 = 3, int(3.857 + 0.5) = 4
+        (10, 40, (20, 15), (5, 20)),  # the long edge binds: min(20/40, 15/10) = 0.5
     ],
 )
 def test_keep_ratio_resize_sizes_by_hand(h, w, scale, expected_hw):
@@ -111,13 +112,13 @@ def test_resize_against_mmcv_resize():
 
 
 def test_random_resize_draws_one_ratio_for_both_edges():
-    t = RandomResize(scale=(2048, 1024), ratio_range=(0.5, 2.0))
-    h, w = 64, 128  # like Cityscapes, 1:2
+    t = RandomResize(scale=(160, 96), ratio_range=(0.5, 2.0))
+    h, w = 64, 128  # 1:2 against a 5:3 scale: the long edge binds
     ratios = []
     for seed in range(50):
         rng = np.random.default_rng(seed)
         ratio = copy.deepcopy(rng).random() * 1.5 + 0.5  # the documented draw: U[0, 1) scaled into the range
-        target = (int(2048 * ratio), int(1024 * ratio))
+        target = (int(160 * ratio), int(96 * ratio))
         out = t(sample(h, w), rng)
         assert out["scale"] == target
         factor = min(max(target) / w, min(target) / h)
