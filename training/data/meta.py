@@ -7,6 +7,7 @@ has no such package: its 150 names and colours below are data copied from mmsegm
 predictions read exactly as mmseg's; a test compares them with mmseg's when mmseg is installed.
 """
 
+import numpy as np
 from cityscapesscripts.helpers.labels import labels as _cityscapes_labels
 
 # Label ids are written into uint8 PNGs; trainIds outside [0, 19) (255 and the license plate's -1) are ignored.

@@ -395,7 +395,9 @@ class Pad:
         if results.get(SEG) is not None:
             seg = results[SEG]
             sh, sw = seg.shape
-            results[SEG] = np.pad(seg, ((0, th - sh), (0, tw - sw)), constant_values=self.seg_pad_val)
+            # A test-time label keeps its original size, which may exceed the resized image's: never crop it.
+            pad = ((0, max(th - sh, 0)), (0, max(tw - sw, 0)))
+            results[SEG] = np.pad(seg, pad, constant_values=self.seg_pad_val)
         results["pad_shape"] = (th, tw)
         return results
 

@@ -334,6 +334,8 @@ def test_pad_values_and_sizes():
     assert Pad(size_divisor=4)(copy.deepcopy(s))["img"].shape == (8, 8, 3)
     with pytest.raises(ValueError):
         Pad()
+    big_label = {"img": s["img"].copy(), "gt_semantic_seg": np.zeros((9, 9), dtype=np.uint8)}
+    assert Pad(size=(6, 8))(big_label)["gt_semantic_seg"].shape == (9, 9)
 
 
 def test_build_pipeline_matches_mmseg_configs():
