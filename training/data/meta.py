@@ -30,8 +30,6 @@ CITYSCAPES_PALETTE = tuple(tuple(lab.color) for lab in _cityscapes_train_labels(
 def cityscapes_id_to_train_id_lut():
     """A 256-entry uint8 lookup table: label id (as written in *_gtFine_labelIds.png) -> trainId, 255 for every
     id that is ignored in training or unknown."""
-    import numpy as np
-
     lut = np.full(256, CITYSCAPES_IGNORE_TRAIN_ID, dtype=np.uint8)
     for lab in _cityscapes_labels:
         if 0 <= lab.id < 256 and 0 <= lab.trainId < CITYSCAPES_IGNORE_TRAIN_ID:
