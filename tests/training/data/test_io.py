@@ -1,0 +1,87 @@
+"""Decoding: RGB order, channel handling, mmseg's reduce_zero_label, and errors that name the file."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnest_fast.training.data.io import CorruptFileError, load_image, load_label, reduce_zero
+from tests.training.data.files import write_png
+
+
+def test_image_is_rgb_in_file_order(tmp_path):
+    img = np.zeros((2, 3, 3), dtype=np.uint8)
+    img[0, 0] = (255, 0, 0)  # red in the file
+    img[1, 2] = (0, 0, 255)  # blue
+    write_png(str(tmp_path / "a.png"), img)
+    out = load_image(str(tmp_path / "a.png"))
+    assert out.dtype == np.uint8 and out.shape == (2, 3, 3)
+    assert tuple(out[0, 0]) == (255, 0, 0) and tuple(out[1, 2]) == (0, 0, 255)
+
+
+def test_grayscale_and_palette_images_become_three_channels(tmp_path):
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    write_png(str(tmp_path / "g.png"), gray)
+    out = load_image(str(tmp_path / "g.png"))
+    assert out.shape == (3, 4, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c], gray)
+
+
+def test_exif_orientation_is_applied_to_images(tmp_path):
+    # Orientation 6 = "rotate 90 CW to display": a 2x4 stored image is shown as 4x2, as cv2 and mmcv decode it.
+    stored = np.zeros((2, 4, 3), dtype=np.uint8)
+    stored[0, 0] = 255  # top-left when stored -> top-right when displayed
+    pil = Image.fromarray(stored)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rot.png"
+    pil.save(path, exif=exif)
+    out = load_image(str(path))
+    assert out.shape == (4, 2, 3)
+    assert out[0, 1].tolist() == [255, 255, 255]
+
+
+def test_palette_label_gives_indices_not_colours(tmp_path):
+    label = np.array([[0, 1, 2], [3, 4, 255]], dtype=np.uint8)
+    pil = Image.frombytes("P", (3, 2), label.tobytes())
+    pil.putpalette([v for i in range(256) for v in (i, 255 - i, 7)])
+    pil.save(tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    np.testing.assert_array_equal(load_label(str(tmp_path / "p.png")), label)
+
+
+def test_reduce_zero_label_follows_mmseg_rule_for_every_value():
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    # mmseg: 0 ("other") is ignored, classes 1..150 (any v in 1..254) shift down by one, 255 stays ignored.
+    expected = np.array([255 if v in (0, 255) else v - 1 for v in range(256)], dtype=np.uint8).reshape(16, 16)
+    np.testing.assert_array_equal(reduce_zero(values), expected)
+    assert values[0, 0] == 0  # the input is not modified
+
+
+def test_rgb_label_is_rejected_with_its_path(tmp_path):
+    write_png(str(tmp_path / "rgb_label.png"), np.zeros((2, 2, 3), dtype=np.uint8))
+    with pytest.raises(CorruptFileError, match="rgb_label.png.*single-channel"):
+        load_label(str(tmp_path / "rgb_label.png"))
+
+
+@pytest.mark.parametrize("loader", [load_image, load_label])
+def test_missing_file_names_it(tmp_path, loader):
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        loader(str(tmp_path / "nope.png"))
+
+
+@pytest.mark.parametrize("loader", [load_image, load_label])
+def test_garbage_file_names_it(tmp_path, loader):
+    (tmp_path / "garbage.png").write_bytes(b"this is not an image at all")
+    with pytest.raises(CorruptFileError, match="garbage.png"):
+        loader(str(tmp_path / "garbage.png"))
+
+
+@pytest.mark.parametrize("loader", [load_image, load_label])
+def test_truncated_file_names_it(tmp_path, loader):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(buf, format="PNG")
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(CorruptFileError, match="cut.png"):
+        loader(str(tmp_path / "cut.png"))
