@@ -136,7 +136,10 @@ setup(
     packages=packages,
     package_dir={"resnest_fast.kernels": "kernels", "resnest_fast.training": "training"},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy"],
+    # pillow: image/label decoding and PNG writing; tqdm: progress bars; cityscapesscripts: the official Cityscapes
+    # label table (ids, trainIds, colours) instead of a hand-typed copy
+    install_requires=["torch>=2.4", "numpy", "pillow", "tqdm", "cityscapesscripts"],
+    package_data={"resnest_fast.training": ["configs/*/*.py", "configs/*/*/*.py"]},
     extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "numpy"]},
     entry_points={"console_scripts": ["resnest-fast=resnest_fast.__main__:main"]},
     ext_modules=ext_modules,

@@ -6,13 +6,15 @@ cd "$(dirname "$0")"
 source scripts/setup_env.sh
 echo "== installing the test tools and the reference (mmsegmentation 1.2.2 on mmcv-lite)"
 "$PYTHON" -m pip install -q "$TORCH_SPEC" pytest pytest-benchmark mmengine==0.10.7 mmcv-lite==2.1.0 \
-  mmsegmentation==1.2.2 ftfy regex
+  mmsegmentation==1.2.2 ftfy regex pillow tqdm cityscapesscripts
 echo "== building and installing resnest_fast as a wheel, checked from outside the source tree"
 "$PYTHON" -m pip install -q .
 (cd "${TMPDIR:-/tmp}" && "$PYTHON" -c "
 import resnest_fast, resnest_fast.kernels
 from resnest_fast import _extension as ext
+from resnest_fast.training import list_configs, load_config
 assert ext.HAS_C and ext.HAS_CPU_KERNELS, ext.C_IMPORT_ERROR
+assert len(list_configs()) >= 8 and load_config(list_configs()[0])['model'], 'configs missing from the wheel'
 print('wheel install OK:', resnest_fast.__file__)")
 echo "== editable install for the tests"
 "$PYTHON" -m pip install -q -e .
