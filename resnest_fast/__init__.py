@@ -10,7 +10,9 @@ from resnest_fast import _extension  # noqa: F401  (loads _C, warns once if it i
 from resnest_fast import nn, ops
 from resnest_fast.backend import BACKENDS, get_default_backend, resolve_backend, set_default_backend
 from resnest_fast.checkpoint import CheckpointError, load_checkpoint
+from resnest_fast.conversion import convert
 from resnest_fast.info import build_info
+from resnest_fast.optimize import optimize_for_inference
 
 __version__ = "0.1.0"
 __all__ = [
@@ -22,5 +24,7 @@ __all__ = [
     "resolve_backend",
     "build_info",
     "load_checkpoint",
+    "convert",
+    "optimize_for_inference",
     "CheckpointError",
 ]

@@ -84,6 +84,7 @@ class SplitAttentionConv2d(nn.Module):
         groups: cardinality; the conv has groups*radix groups.
         radix: number of splits (1: sigmoid attention).
         reduction_factor: inter_channels = max(in_channels*radix // reduction_factor, 32).
+        inter_channels: the attention MLP's width, overriding that rule (timm's rd_channels-style modules).
         conv_cfg: None or dict(type='Conv2d'); norm_cfg: dict(type='BN' | 'SyncBN', ...).
         dcn: must be None (deformable convs are not part of the ResNeSt configs this project serves).
         backend: None (the default backend), "auto", "cpu", "cuda", "triton" or "reference".
@@ -105,6 +106,7 @@ class SplitAttentionConv2d(nn.Module):
         norm_cfg: Optional[dict] = None,
         dcn: Optional[dict] = None,
         backend: Optional[str] = None,
+        inter_channels: Optional[int] = None,
     ):
         super().__init__()
         for name, v in (("in_channels", in_channels), ("channels", channels), ("groups", groups),
@@ -126,7 +128,10 @@ class SplitAttentionConv2d(nn.Module):
         if channels % groups:
             raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
         norm_cfg = dict(type="BN") if norm_cfg is None else norm_cfg
-        inter_channels = max(in_channels * radix // reduction_factor, 32)
+        if inter_channels is None:
+            inter_channels = max(in_channels * radix // reduction_factor, 32)
+        elif not isinstance(inter_channels, int) or inter_channels < 1:
+            raise ValueError(f"inter_channels must be a positive int or None, got {inter_channels!r}")
         if inter_channels % groups:
             raise ValueError(f"inter_channels ({inter_channels}) must be divisible by groups ({groups})")
         self.radix = radix

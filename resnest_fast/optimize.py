@@ -1,0 +1,192 @@
+"""`optimize_for_inference(model)`: what a frozen torch.compile does to a ResNeSt segmenter on CPU, without the
+compile wait.
+
+A ResNeSt-101-D8 segmenter spends ~85 % of its CPU time in convolutions. In eval mode:
+- every BatchNorm that follows a conv is folded into that conv's weight and bias (exact up to rounding: the BN
+  is an affine map per output channel), and the ReLU after it, the residual add of a bottleneck and its ReLU
+  become post-ops of the conv (one pass over the output instead of four);
+- on CPU the conv weights are reordered once into oneDNN's blocked layout (`mkldnn._reorder_convolution_weight`,
+  what Inductor's freezing does), and activations are kept channels_last, so no convolution reorders its weight
+  or its input on every call;
+- the split-attention blocks keep their fused ops (channels_last in, channels_last out), with the big grouped
+  conv prepacked too; the auxiliary head, which inference never runs, is dropped.
+The result is for inference only (no gradients, eval mode, its state_dict is not the checkpoint's). On CUDA, or
+where oneDNN cannot pack a weight (e.g. bfloat16 on a CPU without AVX-512), the folded convs run through
+F.conv2d instead.
+"""
+import copy
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from resnest_fast.models.resnest import Bottleneck
+from resnest_fast.nn.split_attention import SplitAttentionConv2d
+
+__all__ = ["optimize_for_inference", "FrozenConv2d", "FrozenBottleneck"]
+
+
+def _fold(conv: nn.Conv2d, bn: Optional[_BatchNorm]):
+    """(weight, bias) of conv followed by bn in eval mode."""
+    w = conv.weight.detach()
+    b = conv.bias.detach() if conv.bias is not None else None
+    if bn is None:
+        return w.clone(), None if b is None else b.clone()
+    if bn.running_mean is None:
+        raise ValueError(f"cannot fold {bn}: it has no running statistics (track_running_stats=False)")
+    invstd = torch.rsqrt(bn.running_var.double() + bn.eps)
+    scale = invstd * (bn.weight.double() if bn.weight is not None else 1.0)
+    shift = -bn.running_mean.double() * scale + (bn.bias.double() if bn.bias is not None else 0.0)
+    if b is not None:
+        shift = shift + b.double() * scale
+    w = (w.double() * scale.view(-1, 1, 1, 1)).to(w.dtype)
+    return w, shift.to(conv.weight.dtype)
+
+
+class FrozenConv2d(nn.Module):
+    """An eval-only conv with BN folded in and optional post-ops: `relu(conv(x) [+ other])`.
+
+    On CPU the weight is prepacked for oneDNN and the output is channels_last; elsewhere it is F.conv2d."""
+
+    def __init__(self, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, relu: bool = False):
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"FrozenConv2d needs zero padding given as ints, got {conv.padding!r}")
+        weight, bias = _fold(conv, bn)
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size = conv.kernel_size
+        self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
+        self.groups = conv.groups
+        self.relu = relu
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self._packed = None
+        self._pack()
+
+    def _pack(self):
+        self._packed = None
+        if self.weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+            return
+        try:
+            self._packed = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight, self.padding, self.stride, self.dilation, self.groups, None
+            )
+        except RuntimeError:  # e.g. bfloat16 without the CPU support oneDNN needs: run unpacked
+            self._packed = None
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._pack()  # the packed copy follows .to(dtype/device)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, relu={self.relu}, "
+                f"prepacked={self._packed is not None}")
+
+    def forward(self, x: Tensor, other: Optional[Tensor] = None) -> Tensor:
+        if self._packed is not None and x.dtype == self.weight.dtype and x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+            unary = "relu" if self.relu else "none"
+            if other is None:
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, self._packed, self.bias, self.padding, self.stride, self.dilation, self.groups, unary, [],
+                    "")
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, other.contiguous(memory_format=torch.channels_last), self._packed, self.bias, self.padding,
+                self.stride, self.dilation, self.groups, "add", None, unary if self.relu else None, [], "")
+        out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if other is not None:
+            out = out + other
+        return torch.relu_(out) if self.relu else out
+
+
+class FrozenBottleneck(nn.Module):
+    """A ResNeSt bottleneck for inference: relu(conv1+bn1) -> split attention (prepacked conv) -> [avg-pool] ->
+    relu(conv3+bn3 + shortcut) with the add and the ReLU as post-ops of conv3."""
+
+    def __init__(self, block: Bottleneck):
+        super().__init__()
+        self.conv1 = FrozenConv2d(block.conv1, block.bn1, relu=True)
+        self.conv2 = block.conv2
+        self.avd_layer = block.avd_layer if block.avg_down_stride else None
+        self.conv3 = FrozenConv2d(block.conv3, block.bn3, relu=True)
+        self.downsample = None if block.downsample is None else _freeze(block.downsample)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv2(self.conv1(x))
+        if self.avd_layer is not None:
+            out = self.avd_layer(out)
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.conv3(out, identity)
+
+
+def _is_conv_module(m: nn.Module) -> bool:
+    """mmcv's / training.heads' ConvModule: conv -> norm -> activation, with those attribute names."""
+    if type(m).__name__ != "ConvModule" or type(getattr(m, "conv", None)) is not nn.Conv2d:
+        return False
+    order = getattr(m, "order", ("conv", "norm", "act"))
+    norm = getattr(m, "bn", None)
+    act = getattr(m, "activate", None)
+    norm_ok = norm is None or isinstance(norm, _BatchNorm)
+    act_ok = act is None or isinstance(act, nn.ReLU)
+    return tuple(order) == ("conv", "norm", "act") and norm_ok and act_ok and not getattr(m, "with_spectral_norm",
+                                                                                          False)
+
+
+def _freeze_sequential(seq: nn.Sequential) -> nn.Sequential:
+    """conv [-> BN] [-> ReLU] runs inside a Sequential become FrozenConv2d; other children are frozen in turn."""
+    out, items, i = [], list(seq), 0
+    while i < len(items):
+        m = items[i]
+        if type(m) is nn.Conv2d:
+            bn = items[i + 1] if i + 1 < len(items) and isinstance(items[i + 1], _BatchNorm) else None
+            j = i + 1 + (bn is not None)
+            relu = j < len(items) and isinstance(items[j], nn.ReLU)
+            out.append(FrozenConv2d(m, bn, relu=relu))
+            i = j + relu
+        else:
+            out.append(_freeze(m))
+            i += 1
+    return nn.Sequential(*out)
+
+
+def _freeze(m: nn.Module) -> nn.Module:
+    if isinstance(m, Bottleneck):
+        return FrozenBottleneck(m)
+    if isinstance(m, SplitAttentionConv2d):
+        m.conv = FrozenConv2d(m.conv)  # bn0 stays: the fused ops apply it (and the ReLU) on the fly
+        return m
+    if _is_conv_module(m):
+        return FrozenConv2d(m.conv, getattr(m, "bn", None), relu=getattr(m, "activate", None) is not None)
+    if type(m) is nn.Sequential:
+        return _freeze_sequential(m)
+    if type(m) is nn.Conv2d:
+        return FrozenConv2d(m)
+    for name, child in list(m.named_children()):
+        new = _freeze(child)
+        if new is not child:
+            setattr(m, name, new)
+    return m
+
+
+@torch.no_grad()
+def optimize_for_inference(model: nn.Module, inplace: bool = False, keep_auxiliary_head: bool = False) -> nn.Module:
+    """An inference-only version of `model` (a segmentor, a ResNeSt backbone, or any module built from them and
+    mmcv-style ConvModules): eval mode, BN folded into the convs, ReLU/residual adds as conv post-ops, conv
+    weights prepacked for oneDNN on CPU, activations channels_last. Its outputs equal the model's within fp32
+    rounding. `inplace=False` (default) leaves `model` untouched and works on a deep copy."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if not keep_auxiliary_head and getattr(model, "auxiliary_head", None) is not None:
+        model.auxiliary_head = None  # never run at inference; its prepacked weights would only take memory
+    frozen = _freeze(model)
+    frozen.eval()
+    return frozen
