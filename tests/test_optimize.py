@@ -70,4 +70,4 @@ def test_inplace_and_gradients_are_off():
     assert not any(p.requires_grad for p in fast.parameters())
     with pytest.raises(TypeError, match="nn.Module"):
         optimize_for_inference(None)
-    assert "prepacked=" in repr(fast)
+    assert "prepack=" in repr(fast)
