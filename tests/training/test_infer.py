@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from resnest_fast.__main__ import main as cli
 from resnest_fast.training import build_model, infer
 from resnest_fast.training.config import CONFIG_DIR
 from resnest_fast.training.data.meta import ADE20K_PALETTE, CITYSCAPES_PALETTE
@@ -105,7 +106,7 @@ def test_folder_whole_mode_matches_the_model_at_the_original_size(setup, tmp_pat
     config, checkpoint, model, folder, images = setup
     before = snapshot(folder)
     out = tmp_path / "out"
-    assert infer.main([str(config), str(checkpoint), str(folder), "--out-dir", str(out), "--opacity", "0.3"]) == 0
+    assert cli(["infer", str(config), str(checkpoint), str(folder), "--out-dir", str(out), "--opacity", "0.3"]) == 0
     assert "3 processed, 0 skipped (outputs exist), 0 failed" in capsys.readouterr().out
     assert snapshot(folder) == before  # inputs only read
     assert files_under(out) == ["a_overlay.png", "a_pred.png", "x/img_overlay.png", "x/img_pred.png",
@@ -162,8 +163,8 @@ def test_existing_outputs_are_kept_unless_overwrite(setup, tmp_path):
     inputs.mkdir()
     (inputs / "a.png").write_bytes((folder / "a.png").read_bytes())
     out = inputs / "out"  # inside the input folder: its files must not be read back as inputs
-    args = [str(config), str(checkpoint), str(inputs), "--out-dir", str(out), "--no-progress"]
-    assert infer.main(args) == 0
+    args = ["infer", str(config), str(checkpoint), str(inputs), "--out-dir", str(out), "--no-progress"]
+    assert cli(args) == 0
     pred, overlay = outputs(out, "a.png")
     good = pred.read_bytes()
     pred.write_bytes(b"an older result")
@@ -175,7 +176,7 @@ def test_existing_outputs_are_kept_unless_overwrite(setup, tmp_path):
     overlay.unlink()  # one output missing: only that one is written
     summary = infer.run(config, checkpoint, [inputs], out, progress=False)
     assert summary["written"] == [str(overlay)] and pred.read_bytes() == b"an older result"
-    assert infer.main(args + ["--overwrite"]) == 0
+    assert cli(args + ["--overwrite"]) == 0
     assert pred.read_bytes() == good
     assert files_under(inputs) == ["a.png", "out/a_overlay.png", "out/a_pred.png"]  # no temporary file left
 
@@ -219,7 +220,7 @@ def test_a_wrong_checkpoint_exits_2_and_writes_nothing(setup, tmp_path, capsys, 
     checkpoint = tmp_path / "wrong.pth"
     message = make(setup, checkpoint)
     out = tmp_path / "out"
-    assert infer.main([str(config), str(checkpoint), str(folder), "--out-dir", str(out)]) == 2
+    assert cli(["infer", str(config), str(checkpoint), str(folder), "--out-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and str(checkpoint) in err, err
     assert not out.exists()
@@ -228,7 +229,7 @@ def test_a_wrong_checkpoint_exits_2_and_writes_nothing(setup, tmp_path, capsys, 
 def test_a_bad_config_exits_2(setup, tmp_path, capsys):
     _, checkpoint, _, folder, _ = setup
     out = tmp_path / "out"
-    assert infer.main([str(tmp_path / "missing.py"), str(checkpoint), str(folder), "--out-dir", str(out)]) == 2
+    assert cli(["infer", str(tmp_path / "missing.py"), str(checkpoint), str(folder), "--out-dir", str(out)]) == 2
     assert "missing.py" in capsys.readouterr().err
     assert not out.exists()
 
@@ -237,8 +238,7 @@ def test_command_in_a_fresh_process(setup, tmp_path):
     config, checkpoint, model, folder, images = setup
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "resnest_fast.training.infer", str(config), str(checkpoint),
-         str(folder / "x" / "img.png"),
+        [sys.executable, "-m", "resnest_fast", "infer", str(config), str(checkpoint), str(folder / "x" / "img.png"),
          "--out-dir", str(out), "--scale", "none", "--palette", "ade20k", "--device", "cpu"],
         capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
