@@ -1,0 +1,542 @@
+"""Inference command: image files in, a palette PNG of class indices and an overlay out (issue 3).
+
+Each image goes through mmseg's test pipeline and post-processing, so a label map here is the one mmseg would
+predict and score:
+  decode (pillow, RGB, EXIF orientation applied; `data.io.load_image`)
+  -> resize of the uint8 image keeping its ratio to the config's test scale (`data.scale`, mmcv's rescale rule,
+     `data.transforms.resize_image`), unless --scale says otherwise
+  -> whole-image or sliding-window logits (`EncoderDecoder.inference`)
+  -> logits resized bilinearly back to the original size with the model's align_corners -> argmax.
+mmseg predicts at the original resolution (its `postprocess_result` resizes the logits to `ori_shape`), so the
+label map always has the input's size.
+
+Outputs, per image, under --out-dir with the input folders' structure mirrored (two `img.png` in different
+folders never collide): `<stem>_pred.png`, a 'P' PNG whose pixel values are the class indices (it doubles as a
+label map) and whose palette is the dataset's; `<stem>_overlay.png|jpg`, the image blended with the colour map as
+mmseg's visualiser does (`(img * (1 - opacity) + color * opacity)` truncated to uint8).
+
+Files are written to a temporary name in the destination folder and moved into place (`os.replace`, or a hard
+link when existing files must be kept, so "never overwrite" holds even against a concurrent writer): an
+interrupted run leaves no partial output. Input files are only read.
+
+Python: `segment_image`, `colorize`, `overlay`, `run`. Command line: `resnest-fast infer --help` (or
+`python -m resnest_fast.training.infer`).
+"""
+import argparse
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from resnest_fast.checkpoint import CheckpointError, load_checkpoint
+from resnest_fast.training.config import load_config
+from resnest_fast.training.data.io import CorruptFileError, load_image
+from resnest_fast.training.data.meta import ADE20K_PALETTE, CITYSCAPES_PALETTE
+from resnest_fast.training.data.transforms import rescale_size, resize_image
+from resnest_fast.training.heads import resize
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PALETTES",
+    "SetupError",
+    "segment_image",
+    "colorize",
+    "overlay",
+    "generated_palette",
+    "resolve_palette",
+    "load_model",
+    "plan_outputs",
+    "run",
+    "add_arguments",
+    "main",
+]
+
+IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+PALETTES = {"cityscapes": CITYSCAPES_PALETTE, "ade20k": ADE20K_PALETTE}
+# num_classes -> palette name for --palette auto (the two datasets of mmseg's ResNeSt table)
+_PALETTE_BY_CLASSES = {len(CITYSCAPES_PALETTE): "cityscapes", len(ADE20K_PALETTE): "ade20k"}
+Scale = Union[None, float, Tuple[int, int]]
+
+
+class SetupError(ValueError):
+    """The run cannot start (bad arguments, config, checkpoint or device); nothing has been written."""
+
+
+# ------------------------------------------------------------------------------------------------ one image
+
+
+def segment_image(
+    model,
+    img: np.ndarray,
+    *,
+    mode: Optional[str] = None,
+    scale: Scale = None,
+    crop_size: Optional[Sequence[int]] = None,
+    stride: Optional[Sequence[int]] = None,
+) -> np.ndarray:
+    """Label map of one image, mmseg's test pipeline and post-processing.
+
+    model: an EncoderDecoder in eval mode (on any device; the image follows it).
+    img: (H, W, 3) uint8 RGB.
+    mode: 'whole' or 'slide' (None: the model's test_cfg); crop_size, stride: (h, w) of the sliding windows.
+    scale: None keeps the original size; a pair bounds the long and the short edge of the resized image (ratio
+        kept, so the order of the pair does not matter: (2048, 1024) == (1024, 2048)); a number is a factor.
+    Returns (H, W) class indices at the original size: uint8 when num_classes <= 256, else int64.
+    """
+    if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8):
+        what = f"{img.dtype} array of shape {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+        raise ValueError(f"img must be an (H, W, 3) uint8 RGB array, got a {what}")
+    h, w = img.shape[:2]
+    resized = img if scale is None else resize_image(img, rescale_size((w, h), scale)[0])
+    device = next(model.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).unsqueeze(0).contiguous().to(device)
+    with torch.inference_mode():
+        logits = model.inference(x, mode=mode, crop_size=crop_size, stride=stride)
+        if tuple(logits.shape[2:]) != (h, w):
+            logits = resize(logits, (h, w), model.align_corners)
+        labels = logits.argmax(1)[0]
+    return labels.to(torch.uint8 if model.num_classes <= 256 else torch.int64).cpu().numpy()
+
+
+def colorize(labels: np.ndarray, palette) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 colours, palette: (N, 3) RGB with N > every index."""
+    pal = np.asarray(palette, dtype=np.uint8)
+    if pal.ndim != 2 or pal.shape[1] != 3:
+        raise ValueError(f"palette must be (N, 3) RGB colours, got shape {pal.shape}")
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(pal)):
+        raise ValueError(f"labels range over [{labels.min()}, {labels.max()}] but the palette has {len(pal)} colours")
+    return pal[labels]
+
+
+def overlay(img: np.ndarray, color: np.ndarray, opacity: float = 0.5) -> np.ndarray:
+    """The image blended with a colour map, mmseg's visualiser formula:
+    uint8(img * (1 - opacity) + color * opacity), truncated (not rounded) as mmseg's `.astype(np.uint8)`.
+    img, color: (H, W, 3) uint8. opacity in [0, 1] (0: the image, 1: the colour map)."""
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    if img.shape != color.shape:
+        raise ValueError(f"img {img.shape} and color {color.shape} must have the same shape")
+    return (img * (1 - opacity) + color * opacity).astype(np.uint8)
+
+
+def generated_palette(num_classes: int) -> np.ndarray:
+    """mmseg's palette for datasets without one (BaseSegDataset: numpy's legacy generator seeded with 42,
+    randint(0, 255, (N, 3))), without touching numpy's global random state."""
+    return np.random.RandomState(42).randint(0, 255, size=(num_classes, 3)).astype(np.uint8)
+
+
+def _checkpoint_palette(meta: Optional[dict]) -> Optional[np.ndarray]:
+    """The palette an mmseg checkpoint carries: meta['dataset_meta']['palette'] (mmseg 1.x) or meta['PALETTE']
+    (0.x); None when there is none or it is not a list of RGB triples."""
+    meta = meta or {}
+    dataset_meta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
+    found = dataset_meta.get("palette", meta.get("PALETTE"))
+    try:
+        pal = np.asarray(found, dtype=np.int64)
+    except (TypeError, ValueError):
+        return None
+    if found is None or pal.ndim != 2 or pal.shape[1] != 3 or len(pal) == 0 or pal.min() < 0 or pal.max() > 255:
+        return None
+    return pal.astype(np.uint8)
+
+
+def resolve_palette(choice: str, num_classes: int, cfg: Optional[dict] = None,
+                    meta: Optional[dict] = None) -> Tuple[str, np.ndarray]:
+    """(name, (N, 3) uint8 palette) for --palette: 'cityscapes', 'ade20k', or 'auto'. 'auto' follows mmseg's
+    `init_model`: the palette saved in the checkpoint's meta (mmseg 1.x `dataset_meta`, 0.x `PALETTE`) if it covers
+    the classes, else the dataset found by class count (19 -> Cityscapes, 150 -> ADE20k), asking the config's
+    data.type first; where mmseg then falls back to Cityscapes' colours, any other count gets mmseg's generated
+    palette (Cityscapes has too few colours for more than 19 classes)."""
+    if choice == "auto":
+        saved = _checkpoint_palette(meta)
+        if saved is not None and len(saved) >= num_classes:
+            return "checkpoint", saved
+        dataset = str(((cfg or {}).get("data") or {}).get("type", "")).lower()
+        if dataset in PALETTES and len(PALETTES[dataset]) == num_classes:
+            choice = dataset
+        else:
+            choice = _PALETTE_BY_CLASSES.get(num_classes, "generated")
+        if choice == "generated":
+            return choice, generated_palette(num_classes)
+    if choice not in PALETTES:
+        raise ValueError(f"palette must be one of {sorted(PALETTES) + ['auto']}, got {choice!r}")
+    pal = np.asarray(PALETTES[choice], dtype=np.uint8)
+    if num_classes > len(pal):
+        raise ValueError(f"the {choice} palette has {len(pal)} colours but the model predicts {num_classes} classes "
+                         "(use --palette auto for a generated palette)")
+    return choice, pal
+
+
+# -------------------------------------------------------------------------------------------------- outputs
+
+
+def _label_image(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
+    """'P' image whose pixel values are the class indices; a palette image holds at most 256 of them, so larger
+    label sets are written as 16-bit grayscale (still a label map, without colours)."""
+    if labels.dtype != np.uint8:
+        return Image.fromarray(labels.astype(np.uint16))
+    h, w = labels.shape
+    im = Image.frombytes("P", (w, h), np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
+    im.putpalette(palette[:256].reshape(-1).tolist())
+    return im
+
+
+def _write_atomically(path: Path, image: Image.Image, fmt: str, overwrite: bool, **save_args) -> bool:
+    """Writes `image` to `path` through a temporary file in the same folder. Without `overwrite` an existing
+    `path` is kept (False is returned): the file is put in place with a hard link, which fails rather than
+    replace, so even a file that appears meanwhile is not overwritten."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask applies, as for open()
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=fmt, **save_args)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: check, then move
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@dataclass(frozen=True)
+class _Job:
+    source: Path
+    pred: Path
+    overlay: Path
+
+
+def _walk_images(folder: Path, skip: Path, failures: List[Tuple[str, str]]) -> List[Path]:
+    """Image files under `folder`, sorted (folders depth-first by name), hidden files and folders left out (our
+    temporary files, macOS's '._*'), and the output folder left out when it lies inside. Folders that cannot be
+    listed are added to `failures`."""
+    found = []
+
+    def unreadable(err: OSError):
+        failures.append((str(err.filename), f"cannot list folder {err.filename}: {err.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and Path(dirpath, d) != skip)
+        found += [Path(dirpath, f) for f in sorted(filenames)
+                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return found
+
+
+def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, os.PathLike],
+                 overlay_format: str = "auto") -> Tuple[List[_Job], List[Tuple[str, str]]]:
+    """(jobs, failures): the images to process with their two output paths, and the inputs that cannot be
+    (missing paths, output-name clashes). Nothing is read or written.
+
+    Files given by name are taken whatever their extension; folders are searched recursively for
+    IMAGE_EXTENSIONS. Outputs mirror the inputs' folders relative to their common ancestor (a file's ancestor is
+    its folder). Two images of one folder with the same stem (a.png, a.jpg) keep their extension in the output
+    name (a.png_pred.png, a.jpg_pred.png)."""
+    if overlay_format not in ("auto", "png", "jpg"):
+        raise ValueError(f"overlay_format must be 'auto', 'png' or 'jpg', got {overlay_format!r}")
+    out_dir = Path(os.path.abspath(out_dir))
+    failures: List[Tuple[str, str]] = []
+    sources: List[Tuple[Path, Path]] = []  # (image, root its output path is relative to)
+    for given in inputs:
+        path = Path(os.path.abspath(given))
+        if path.is_dir():
+            if path == out_dir:
+                raise ValueError(f"--out-dir {str(out_dir)!r} is an input folder: outputs would be read as inputs "
+                                 "by the next run; choose another folder")
+            sources += [(p, path) for p in _walk_images(path, out_dir, failures)]
+        elif path.is_file():
+            sources.append((path, path.parent))
+        else:
+            failures.append((str(given), f"input not found: {given}"))
+    seen, unique = set(), []
+    for src, root in sources:
+        key = os.path.realpath(src)
+        if key not in seen:
+            seen.add(key)
+            unique.append((src, root))
+    if not unique:
+        return [], failures
+    common = Path(os.path.commonpath([str(root) for _, root in unique]))
+    stems: Dict[Tuple[Path, str], int] = {}
+    for src, _ in unique:
+        stems[(src.parent, src.stem)] = stems.get((src.parent, src.stem), 0) + 1
+    jobs, claimed = [], {}
+    inputs_set = {str(src) for src, _ in unique}
+    for src, _ in unique:
+        folder = out_dir / src.parent.relative_to(common)
+        base = src.name if stems[(src.parent, src.stem)] > 1 else src.stem
+        ext = overlay_format if overlay_format != "auto" else (
+            "jpg" if src.suffix.lower() in (".jpg", ".jpeg") else "png")
+        job = _Job(src, folder / f"{base}_pred.png", folder / f"{base}_overlay.{ext}")
+        clash = next((claimed[p] for p in (job.pred, job.overlay) if p in claimed), None)
+        if clash is not None:
+            failures.append((str(src), f"{src}: its outputs would have the same names as those of {clash}"))
+        elif str(job.pred) in inputs_set or str(job.overlay) in inputs_set:
+            failures.append((str(src), f"{src}: an output would replace an input file ({job.pred.name})"))
+        else:
+            claimed[job.pred] = claimed[job.overlay] = src
+            jobs.append(job)
+    return jobs, failures
+
+
+# ----------------------------------------------------------------------------------------------------- runs
+
+
+def load_model(config, checkpoint, backend: Optional[str] = None, device: Optional[str] = None):
+    """(model in eval mode on `device`, config dict, checkpoint meta). Raises CheckpointError, ValueError,
+    TypeError, KeyError or OSError on a bad config or checkpoint; device None: CUDA when available, else the CPU."""
+    from resnest_fast.training import build_model
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU (use --device cpu)")
+    if checkpoint is None:
+        raise ValueError("a checkpoint is required (a segmenter with random weights predicts nothing useful)")
+    cfg = config if isinstance(config, dict) else load_config(config)
+    if not isinstance(cfg.get("model"), dict):
+        raise ValueError(f"config {cfg.get('filename', '<dict>')!r} has no `model = dict(...)`")
+    model = build_model(cfg, backend=backend)
+    meta = load_checkpoint(model, checkpoint, strict=True).meta
+    return model.eval().to(device), cfg, meta
+
+
+def _config_scale(cfg: dict) -> Scale:
+    scale = (cfg.get("data") or {}).get("scale")
+    return None if scale is None else tuple(int(s) for s in scale)
+
+
+def _slide_defaults(model, cfg: dict, crop_size, stride):
+    """The model's test_cfg windows; without them the config's training crop, with a stride of 2/3 of it
+    (mmseg's ADE20k slide settings: 512 -> 341)."""
+    test_cfg = model.test_cfg
+    if crop_size is None:
+        crop_size = test_cfg.get("crop_size") or cfg.get("crop_size") or (cfg.get("data") or {}).get("crop_size")
+        if crop_size is None:
+            raise ValueError("slide mode needs --crop-size: the config has neither test_cfg.crop_size nor crop_size")
+    crop_size = tuple(int(c) for c in crop_size)
+    if stride is None:
+        stride = test_cfg.get("stride") if test_cfg.get("crop_size") == crop_size else None
+        stride = stride or tuple(max(1, int(c * 2 / 3)) for c in crop_size)
+    stride = tuple(int(s) for s in stride)
+    if len(crop_size) != 2 or len(stride) != 2 or min(crop_size + stride) < 1:
+        raise ValueError(f"crop_size and stride must be pairs of positive ints, got {crop_size} and {stride}")
+    if any(s > c for s, c in zip(stride, crop_size)):
+        raise ValueError(f"stride {stride} larger than crop_size {crop_size} would leave pixels uncovered")
+    return crop_size, stride
+
+
+def run(
+    config,
+    checkpoint,
+    inputs: Sequence[Union[str, os.PathLike]],
+    out_dir: Union[str, os.PathLike],
+    *,
+    mode: Optional[str] = None,
+    crop_size: Optional[Sequence[int]] = None,
+    stride: Optional[Sequence[int]] = None,
+    scale: Union[str, Scale] = "config",
+    palette: str = "auto",
+    opacity: float = 0.5,
+    overlay_format: str = "auto",
+    backend: Optional[str] = None,
+    device: Optional[str] = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log=None,
+) -> dict:
+    """Segments every image of `inputs` (files and/or folders) and writes its two outputs under `out_dir`.
+
+    config: a shipped config's name, a .py file or a loaded dict; checkpoint: mmseg's format or a state_dict.
+    mode: 'whole' / 'slide' (None: the config's test_cfg); crop_size, stride: slide windows (h, w), by default
+    the config's. scale: 'config' (the config's data.scale), None (original size), a pair or a factor (see
+    segment_image). palette: 'auto', 'cityscapes', 'ade20k'. overlay_format: 'auto' (jpg for JPEG inputs, png
+    otherwise), 'png', 'jpg'. overwrite: replace existing outputs (default: keep and report them).
+    log: a file for messages (default stderr).
+
+    Setup problems (arguments, config, checkpoint, device, no image found) raise SetupError before anything is
+    written. An image that cannot be read, segmented or written is reported and counted, and the others go on.
+    Returns the summary: processed, skipped, failed (counts), failures [(path, message)], written and
+    skipped_files (paths), seconds, seconds_per_image, out_dir, mode, scale, palette.
+    """
+    log = log or sys.stderr
+    started = time.perf_counter()
+    try:
+        if mode not in (None, "whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        if not 0.0 <= opacity <= 1.0:
+            raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+        if isinstance(scale, str) and scale not in ("config", "none"):
+            raise ValueError(f"scale must be 'config', 'none', a pair of edges or a factor, got {scale!r}")
+        jobs, failures = plan_outputs(inputs, out_dir, overlay_format)
+        model, cfg, meta = load_model(config, checkpoint, backend=backend, device=device)
+        palette_name, pal = resolve_palette(palette, model.num_classes, cfg, meta)
+        if scale == "config":
+            scale = _config_scale(cfg)
+        elif scale == "none":
+            scale = None
+        mode = mode or model.test_cfg["mode"]
+        if mode == "slide":
+            crop_size, stride = _slide_defaults(model, cfg, crop_size, stride)
+        elif crop_size is not None or stride is not None:
+            raise ValueError("a crop size and a stride (--crop-size, --stride) apply to mode 'slide' only")
+    except (CheckpointError, ValueError, TypeError, KeyError, OSError) as exc:
+        raise SetupError(str(exc)) from exc
+    if not jobs and not failures:
+        raise SetupError(f"no image found in {[str(i) for i in inputs]} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    for path, message in failures:
+        tqdm.write(f"error: {message}", file=log)
+
+    written, skipped_files = [], []
+    processed = skipped = 0
+    busy = 0.0
+    for job in tqdm(jobs, desc="infer", unit="img", disable=not progress, file=log, dynamic_ncols=True):
+        todo = [p for p in (job.pred, job.overlay) if overwrite or not p.exists()]
+        kept = [p for p in (job.pred, job.overlay) if p not in todo]
+        if not todo:
+            skipped += 1
+            skipped_files += [str(p) for p in kept]
+            tqdm.write(f"skipped {job.source}: {', '.join(str(p) for p in kept)} exist (--overwrite replaces them)",
+                       file=log)
+            continue
+        t0 = time.perf_counter()
+        try:
+            img = load_image(job.source)
+            labels = segment_image(model, img, mode=mode, scale=scale, crop_size=crop_size, stride=stride)
+            for path in todo:
+                if path == job.pred:
+                    image, fmt, save_args = _label_image(labels, pal), "PNG", {}
+                else:
+                    image = Image.fromarray(overlay(img, colorize(labels, pal), opacity))
+                    jpeg = path.suffix == ".jpg"
+                    fmt, save_args = ("JPEG", {"quality": 95, "subsampling": 0}) if jpeg else ("PNG", {})
+                if _write_atomically(path, image, fmt, overwrite, **save_args):
+                    written.append(str(path))
+                else:
+                    kept.append(path)
+            if kept:
+                skipped_files += [str(p) for p in kept]
+                tqdm.write(f"kept existing {', '.join(str(p) for p in kept)}", file=log)
+            processed += 1
+            busy += time.perf_counter() - t0
+        except (CorruptFileError, OSError, ValueError, RuntimeError) as exc:
+            message = str(exc) if str(job.source) in str(exc) else f"{job.source}: {exc}"
+            failures.append((str(job.source), message))
+            tqdm.write(f"error: {message}", file=log)
+
+    return dict(
+        processed=processed,
+        skipped=skipped,
+        failed=len(failures),
+        failures=failures,
+        written=written,
+        skipped_files=skipped_files,
+        seconds=time.perf_counter() - started,
+        seconds_per_image=busy / processed if processed else 0.0,
+        out_dir=str(out_dir),
+        mode=mode,
+        scale=scale,
+        palette=palette_name,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def _scale_arg(values: List[str]):
+    if len(values) == 1 and values[0].lower() in ("config", "none"):
+        return values[0].lower()
+    if len(values) == 2:
+        try:
+            pair = tuple(int(v) for v in values)
+        except ValueError:
+            pair = None
+        if pair and min(pair) > 0:
+            return pair
+    raise argparse.ArgumentTypeError(f"--scale takes 'config', 'none' or two positive ints H W, got {values}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("config", help="a shipped config's name (resnest_s101-d8_...) or a .py config file")
+    parser.add_argument("checkpoint", help="checkpoint file (mmseg's format or a state_dict)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help=f"image files and/or folders (searched recursively for {', '.join(IMAGE_EXTENSIONS)})")
+    parser.add_argument("--out-dir", required=True, help="where <stem>_pred.png and <stem>_overlay.* go "
+                        "(the inputs' folder structure is mirrored)")
+    parser.add_argument("--mode", choices=("whole", "slide"), default=None,
+                        help="whole-image or sliding-window inference (default: the config's test_cfg)")
+    parser.add_argument("--crop-size", nargs=2, type=int, metavar=("H", "W"), help="slide window (default: the "
+                        "config's test_cfg crop_size, else its training crop)")
+    parser.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"),
+                        help="slide stride (default: the config's, else 2/3 of the window)")
+    parser.add_argument("--scale", nargs="+", default=["config"], metavar="SCALE",
+                        help="'H W': resize keeping the ratio so the image fits these two edges (their order does not "
+                        "matter); 'config': the config's test scale, data.scale (default); 'none': the original size")
+    parser.add_argument("--palette", choices=("auto", "cityscapes", "ade20k"), default="auto",
+                        help="colours (auto, mmseg's rule: the checkpoint's saved palette, else the config's dataset, "
+                        "else by class count: 19 Cityscapes, 150 ADE20k, others mmseg's generated palette)")
+    parser.add_argument("--opacity", type=float, default=0.5, help="colour weight in the overlay, 0-1 (default 0.5)")
+    parser.add_argument("--overlay-format", choices=("auto", "png", "jpg"), default="auto",
+                        help="auto: jpg for JPEG inputs, png otherwise")
+    parser.add_argument("--backend", choices=("auto", "cpu", "cuda", "triton", "reference"), default=None,
+                        help="split-attention backend (default: RESNEST_FAST_BACKEND or auto)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="default: cuda when a GPU is visible, else cpu")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast infer") -> int:
+    """Exit code: 0 all done, 1 some images failed, 2 nothing done (bad arguments, config or checkpoint)."""
+    try:
+        scale = _scale_arg(args.scale)
+        summary = run(
+            args.config, args.checkpoint, args.inputs, args.out_dir, mode=args.mode, crop_size=args.crop_size,
+            stride=args.stride, scale=scale, palette=args.palette, opacity=args.opacity,
+            overlay_format=args.overlay_format, backend=args.backend, device=args.device, overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    except (SetupError, argparse.ArgumentTypeError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    per = f"{summary['seconds_per_image']:.2f} s per image" if summary["processed"] else "no image segmented"
+    print(f"{summary['processed']} processed, {summary['skipped']} skipped (outputs exist), {summary['failed']} "
+          f"failed; {per}, {summary['seconds']:.1f} s in all; outputs in {summary['out_dir']}")
+    if summary["failures"]:
+        print("failed:", file=sys.stderr)
+        for _, message in summary["failures"]:
+            print(f"  {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m resnest_fast.training.infer",
+                                                   description=__doc__.split("\n\n")[0]))
+    return run_from_args(parser.parse_args(argv), prog=parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
