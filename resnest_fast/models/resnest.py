@@ -16,6 +16,7 @@ import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from resnest_fast.nn.bn_relu_conv import bn_relu_conv
 from resnest_fast.nn.split_attention import SplitAttentionConv2d, build_norm
 
 __all__ = ["Bottleneck", "ResLayer", "ResNeSt"]
@@ -91,8 +92,9 @@ class Bottleneck(nn.Module):
         return self.bn3
 
     def _inner_forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.conv2(out)
+        # bn1 -> relu -> the split attention's conv without keeping the ReLU output for backward (bn_relu_conv)
+        y = bn_relu_conv(self.conv1(x), self.bn1, self.conv2.conv)
+        out = self.conv2.attend(y)
         if self.avg_down_stride:
             out = self.avd_layer(out)
         out = self.bn3(self.conv3(out))
@@ -329,7 +331,14 @@ class ResNeSt(nn.Module):
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         if x.dim() != 4:
             raise ValueError(f"ResNeSt expects x of shape (B, C, H, W), got {tuple(x.shape)}")
-        x = self.maxpool(self.stem(x))
+        # the stem is mmseg's Sequential (its state_dict names); run so that only BN inputs are kept for backward
+        s = self.stem
+        if self.training and torch.is_grad_enabled() and len(s) == 9:
+            x = bn_relu_conv(bn_relu_conv(s[0](x), s[1], s[3]), s[4], s[6])
+            x = s[8](s[7](x))
+        else:
+            x = s(x)
+        x = self.maxpool(x)
         outs = []
         for i, name in enumerate(self.res_layers):
             x = getattr(self, name)(x)

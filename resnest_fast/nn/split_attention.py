@@ -238,17 +238,16 @@ class SplitAttentionConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"SplitAttentionConv2d expects x of shape (B, C, H, W), got {tuple(x.shape)}")
-        batch = x.shape[0]
-        if self.training and batch == 1 and self.bn1.training:
+        return self.attend(self.conv(x))
+
+    def attend(self, y: Tensor) -> Tensor:
+        """Everything after the conv: y (B, radix*C, H, W) -> (B, C, H, W). The benchmarks time this part."""
+        if self.training and y.shape[0] == 1 and self.bn1.training:
             raise ValueError(
                 "SplitAttentionConv2d: batch size 1 in training mode: bn1 normalises the (B, inter_channels) "
                 "attention vector over the batch and cannot do so with one sample. Train with batch >= 2, or put "
                 "the norm layers in eval mode (e.g. the backbone's norm_eval=True, or module.eval())."
             )
-        return self.attend(self.conv(x))
-
-    def attend(self, y: Tensor) -> Tensor:
-        """Everything after the conv: y (B, radix*C, H, W) -> (B, C, H, W). The benchmarks time this part."""
         if self._syncbn_across_processes():
             # Statistics must be reduced across processes: let SyncBatchNorm do it, then fuse the rest.
             y = F.relu(self.bn0(y))
