@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from resnest_fast.nn.sync_batchnorm import SyncBatchNorm
+
 __all__ = ["bn_relu_conv", "lean_bn_relu_conv_applies"]
 
 
@@ -29,7 +31,7 @@ def lean_bn_relu_conv_applies(x: Tensor, bn: nn.Module, conv: nn.Module) -> bool
     return (
         torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
-        and (type(bn) is nn.BatchNorm2d or (type(bn) is nn.SyncBatchNorm and not _syncing()))
+        and (type(bn) is nn.BatchNorm2d or (type(bn) in (nn.SyncBatchNorm, SyncBatchNorm) and not _syncing()))
         and bn.training
         and bn.affine
         and type(conv) is nn.Conv2d

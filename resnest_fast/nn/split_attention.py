@@ -20,16 +20,18 @@ from torch import Tensor, nn
 
 from resnest_fast import _extension as ext
 from resnest_fast.backend import _validated, resolve_backend
+from resnest_fast.nn.sync_batchnorm import SyncBatchNorm
 from resnest_fast.ops import splat_bn_stats, splat_combine, splat_pool
 
 __all__ = ["SplitAttentionConv2d", "RSoftmax", "build_norm"]
 
-_NORM_TYPES = {"BN": nn.BatchNorm2d, "BN2d": nn.BatchNorm2d, "SyncBN": nn.SyncBatchNorm}
+# SyncBN: torch's SyncBatchNorm on CUDA, our own synchronisation on CPU (gloo), a plain BatchNorm on one process.
+_NORM_TYPES = {"BN": nn.BatchNorm2d, "BN2d": nn.BatchNorm2d, "SyncBN": SyncBatchNorm}
 
 
 def build_norm(norm_cfg: Optional[dict], num_features: int, arg_name: str = "norm_cfg") -> nn.Module:
     """The subset of mmcv's build_norm_layer that ResNeSt uses: BN / BN2d / SyncBN, eps, momentum,
-    requires_grad."""
+    requires_grad. SyncBN builds resnest_fast.nn.SyncBatchNorm (an nn.SyncBatchNorm that also syncs CPU tensors)."""
     if norm_cfg is None:
         raise ValueError(f"{arg_name} must be a dict like dict(type='BN'), got None (bn0 and bn1 are required)")
     if not isinstance(norm_cfg, dict) or "type" not in norm_cfg:
@@ -242,13 +244,14 @@ class SplitAttentionConv2d(nn.Module):
 
     def attend(self, y: Tensor) -> Tensor:
         """Everything after the conv: y (B, radix*C, H, W) -> (B, C, H, W). The benchmarks time this part."""
-        if self.training and y.shape[0] == 1 and self.bn1.training:
+        syncing = self._syncbn_across_processes()
+        if self.training and y.shape[0] == 1 and self.bn1.training and not syncing:
             raise ValueError(
                 "SplitAttentionConv2d: batch size 1 in training mode: bn1 normalises the (B, inter_channels) "
                 "attention vector over the batch and cannot do so with one sample. Train with batch >= 2, or put "
                 "the norm layers in eval mode (e.g. the backbone's norm_eval=True, or module.eval())."
             )
-        if self._syncbn_across_processes():
+        if syncing:
             # Statistics must be reduced across processes: let SyncBatchNorm do it, then fuse the rest.
             y = F.relu(self.bn0(y))
             scale = shift = None
