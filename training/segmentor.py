@@ -117,8 +117,12 @@ class EncoderDecoder(nn.Module):
         return f"num_classes={self.num_classes}, test_cfg={self.test_cfg}, crop_size={self.crop_size}"
 
     # ------------------------------------------------------------------------------------------------ inputs
-    def preprocess(self, img: Tensor) -> Tensor:
-        """(B, 3, H, W) 0-255 image (uint8 or float) -> normalised float input, in the model's dtype."""
+    def preprocess(self, img: Tensor, img_shape: Optional[Sequence[Tuple[int, int]]] = None) -> Tensor:
+        """(B, 3, H, W) 0-255 image (uint8 or float) -> normalised float input, in the model's dtype.
+
+        img_shape: each sample's (h, w) before the batch was padded (what `data.collate` records). mmseg
+        normalises first and pads with 0 afterwards, so the padded area (outside each img_shape) is set to 0
+        after normalisation; without img_shape the whole tensor is normalised as it is."""
         if not isinstance(img, Tensor) or img.dim() != 4 or img.shape[1] != 3:
             shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
             raise ValueError(f"img must be a (B, 3, H, W) tensor of 0-255 RGB values, got {shape}")
@@ -126,7 +130,16 @@ class EncoderDecoder(nn.Module):
         x = img.to(dtype) if not img.is_floating_point() else img
         if self.bgr_to_rgb:
             x = x.flip(1)
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        if img_shape is not None:
+            if len(img_shape) != x.shape[0]:
+                raise ValueError(f"img_shape has {len(img_shape)} entries for a batch of {x.shape[0]} images")
+            for i, (h, w) in enumerate(img_shape):
+                if h < x.shape[2]:
+                    x[i, :, h:, :] = 0
+                if w < x.shape[3]:
+                    x[i, :, :, w:] = 0
+        return x
 
     # ------------------------------------------------------------------------------------------------- model
     def extract_feat(self, x: Tensor) -> Tuple[Tensor, ...]:
@@ -145,12 +158,14 @@ class EncoderDecoder(nn.Module):
         return self.encode_decode(self.preprocess(img))
 
     # ------------------------------------------------------------------------------------------------- train
-    def loss(self, img: Tensor, labels: Tensor) -> Dict[str, Tensor]:
+    def loss(self, img: Tensor, labels: Tensor,
+             img_shape: Optional[Sequence[Tuple[int, int]]] = None) -> Dict[str, Tensor]:
         """img (B, 3, H, W) RGB 0-255, labels (B, H, W) int64 (255 = ignore) -> mmseg's loss dict:
-        decode.loss_ce, decode.acc_seg, aux.loss_ce, aux.acc_seg. `sum_losses` adds the *loss* entries."""
+        decode.loss_ce, decode.acc_seg, aux.loss_ce, aux.acc_seg. `sum_losses` adds the *loss* entries.
+        img_shape: the sizes before padding of a padded batch (see `preprocess`)."""
         if labels.dim() != 3 or labels.shape[0] != img.shape[0]:
             raise ValueError(f"labels must be (B, H, W) with B = {img.shape[0]}, got {tuple(labels.shape)}")
-        feats = self.extract_feat(self.preprocess(img))
+        feats = self.extract_feat(self.preprocess(img, img_shape))
         losses = {}
         heads = [("decode", self.decode_head)] + ([("aux", self.auxiliary_head)] if self.auxiliary_head else [])
         for prefix, head in heads:  # the decode head first: the heads' dropout draws in mmseg's order

@@ -111,3 +111,41 @@ def test_train_losses_and_gradients_match_mmseg(name):
     # (~1e-14 after the stem, ~5e-8 after layer4 for mmseg against itself in another summation order).
     for (n, b_ref), (_, b) in zip(ref.state_dict().items(), ours.state_dict().items()):
         assert_max_abs(n, b.double(), b_ref.double(), tol=1e-6)
+
+
+def test_padded_batch_is_normalised_then_zero_padded_as_mmseg():
+    """collate pads uint8 images with 0; mmseg normalises first and pads afterwards with 0. With img_shape the
+    segmentor zeroes the padding after normalising, so the model sees mmseg's input (and the loss is mmseg's)."""
+    from torch.nn import functional as F
+
+    from resnest_fast.training.data import collate
+    from tests.small_models import small_model_cfg
+
+    g = torch.Generator().manual_seed(0)
+    items = [
+        {"img": torch.randint(0, 256, (3, 20, 28), generator=g, dtype=torch.uint8),
+         "gt_semantic_seg": torch.randint(0, 5, (20, 28), generator=g)},
+        {"img": torch.randint(0, 256, (3, 32, 24), generator=g, dtype=torch.uint8),
+         "gt_semantic_seg": torch.randint(0, 5, (32, 24), generator=g)},
+    ]
+    batch = collate(items, size=(32, 32))
+    cfg = small_model_cfg("fcn", num_classes=5)
+    cfg["decode_head"]["dropout_ratio"] = cfg["auxiliary_head"]["dropout_ratio"] = 0
+    model = build_segmentor(cfg)
+    expected = torch.stack([
+        F.pad((it["img"].float()[None] - MEAN) / STD, (0, 32 - it["img"].shape[2], 0, 32 - it["img"].shape[1]))[0]
+        for it in items
+    ])
+    x = model.preprocess(batch["img"], batch["img_shape"])
+    torch.testing.assert_close(x, expected)
+    assert not torch.equal(model.preprocess(batch["img"]), expected)  # without img_shape the padding is -mean/std
+    model.train()
+    state = copy.deepcopy(model.state_dict())
+    ours = model.loss(batch["img"], batch["gt_semantic_seg"], batch["img_shape"])
+    model.load_state_dict(state)
+    feats = model.extract_feat(expected)
+    for prefix, head in (("decode", model.decode_head), ("aux", model.auxiliary_head)):
+        ref = head.loss(head(feats), batch["gt_semantic_seg"])
+        torch.testing.assert_close(ours[f"{prefix}.loss_ce"], ref)
+    with pytest.raises(ValueError, match="img_shape has 1 entries for a batch of 2"):
+        model.preprocess(batch["img"], batch["img_shape"][:1])
