@@ -230,7 +230,7 @@ class SplitAttentionConv2d(nn.Module):
 
     def _syncbn_across_processes(self) -> bool:
         return (
-            isinstance(self.bn0, nn.SyncBatchNorm)
+            isinstance(self.bn0, (nn.SyncBatchNorm, SyncBatchNorm))
             and self.training
             and dist.is_available()
             and dist.is_initialized()

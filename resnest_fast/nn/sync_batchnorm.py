@@ -16,8 +16,9 @@ Running statistics are updated as nn.BatchNorm2d does on the combined batch (unb
 cumulative average when momentum is None), identically on every process. In eval mode, or when no process group of
 more than one process exists, this is a plain BatchNorm.
 
-The class is a subclass of nn.SyncBatchNorm with the same parameters and buffers, so state_dicts and
-`isinstance(m, nn.SyncBatchNorm)` checks are unchanged; `build_norm(dict(type='SyncBN'))` builds it.
+The class has nn.SyncBatchNorm's arguments, parameters and buffers (state_dicts are unchanged) but is not its
+subclass: DistributedDataParallel refuses every nn.SyncBatchNorm in a CPU module. `build_norm(dict(type='SyncBN'))`
+builds it.
 """
 from typing import Optional
 
@@ -25,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["SyncBatchNorm", "sync_batch_norm"]
 
@@ -135,31 +137,46 @@ def sync_batch_norm(
     return _SyncBatchNormFunction.apply(x, weight, bias, running_mean, running_var, eps, momentum, group)
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """nn.SyncBatchNorm (same arguments, parameters and buffers) that synchronises CPU tensors too.
+class SyncBatchNorm(_BatchNorm):
+    """nn.SyncBatchNorm's arguments, parameters, buffers and behaviour, synchronising CPU tensors too.
 
     CUDA (and HPU/XPU) tensors take torch's implementation; CPU tensors in training mode, with torch.distributed
-    initialised, take `sync_batch_norm` (a plain BatchNorm when the group has one process)."""
+    initialised, take `sync_batch_norm` (a plain BatchNorm when the group has one process).
+
+    It is deliberately not a subclass of nn.SyncBatchNorm: DistributedDataParallel refuses any nn.SyncBatchNorm in
+    a CPU module ("SyncBatchNorm layers only work with GPU modules"), which is the very case this class serves.
+    Code that asks "is this a SyncBN?" should test `isinstance(m, (nn.SyncBatchNorm, SyncBatchNorm))`."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, process_group=None, device=None, dtype=None, **kwargs):
+        # kwargs: what the BatchNorm of this torch adds (torch 2.13: bias=)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype,
+                         **kwargs)
+        self.process_group = process_group
+
+    _check_input_dim = nn.SyncBatchNorm._check_input_dim
+    _check_non_zero_input_channels = nn.SyncBatchNorm._check_non_zero_input_channels
 
     def _group(self):
         return self.process_group if self.process_group is not None else dist.group.WORLD
 
     def forward(self, input: Tensor) -> Tensor:
-        if (
-            input.device.type in _TORCH_SYNC_DEVICES
-            or not self.training
-            or not (dist.is_available() and dist.is_initialized())
-        ):
-            return super().forward(input)
+        if input.device.type in _TORCH_SYNC_DEVICES:
+            return nn.SyncBatchNorm.forward(self, input)
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.track_running_stats:
+        if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        running_mean = self.running_mean if self.track_running_stats else None
-        running_var = self.running_var if self.track_running_stats else None
-        group = self._group()
-        if dist.get_world_size(group) == 1:
-            return F.batch_norm(input, running_mean, running_var, self.weight, self.bias, True, factor, self.eps)
-        return sync_batch_norm(input, self.weight, self.bias, running_mean, running_var, self.eps, factor, group)
+        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        # buffers are updated in training mode only, and used for normalising in eval mode
+        running_mean = self.running_mean if not self.training or self.track_running_stats else None
+        running_var = self.running_var if not self.training or self.track_running_stats else None
+        syncing = (self.training and dist.is_available() and dist.is_initialized()
+                   and dist.get_world_size(self._group()) > 1)
+        if not syncing:
+            return F.batch_norm(input, running_mean, running_var, self.weight, self.bias, batch_stats, factor,
+                                self.eps)
+        return sync_batch_norm(input, self.weight, self.bias, running_mean, running_var, self.eps, factor,
+                               self._group())

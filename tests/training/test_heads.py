@@ -252,7 +252,7 @@ def test_build_head_accepts_mmseg_defaults_and_syncbn():
                    conv_cfg=None, act_cfg=dict(type="ReLU"), input_transform=None, sampler=None, out_channels=19,
                    init_cfg=dict(type="Normal", std=0.01, override=dict(name="conv_seg")))
     head = build_head(cfg)
-    assert isinstance(head, ASPPHead) and isinstance(head.bottleneck.bn, torch.nn.SyncBatchNorm)
+    assert isinstance(head, ASPPHead) and type(head.bottleneck.bn).__name__ == "SyncBatchNorm"
     assert set(HEADS) == {"FCNHead", "PSPHead", "ASPPHead", "DepthwiseSeparableASPPHead"}
 
 
