@@ -18,3 +18,4 @@ from .transforms import (
     build_pipeline,
 )
 from .samplers import InfiniteSampler
+from .builder import DATASET_TYPES, build_dataset, check_data_config, train_pipeline

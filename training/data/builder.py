@@ -1,0 +1,80 @@
+"""Datasets from a config's `data` dict (what `_base_/datasets/*.py` and the synthetic configs define).
+
+data = dict(type='cityscapes' | 'ade20k', root, train_split, val_split, scale, ratio_range, crop_size,
+            cat_max_ratio, batch_size, num_workers, tta_ratios)
+     | dict(type='synthetic', num_classes, size, train_samples, val_samples, train_seed, val_seed, crop_size,
+            batch_size, num_workers, tta_ratios)
+Training sets get mmseg's training pipeline built from these keys (RandomResize(scale, ratio_range) ->
+RandomCrop(crop_size, cat_max_ratio) -> RandomFlip(0.5) -> PhotoMetricDistortion; the synthetic set, generated at
+its final size, only RandomFlip(0.5)). Validation sets get no pipeline: evaluation resizes each image to `scale`
+itself and scores at the original resolution, as mmseg does.
+"""
+import os
+from typing import Optional
+
+from .datasets import ADE20KDataset, CityscapesDataset
+from .synthetic import SyntheticDataset
+from .transforms import Compose, PhotoMetricDistortion, RandomCrop, RandomFlip, RandomResize
+
+__all__ = ["DATASET_TYPES", "build_dataset", "train_pipeline", "check_data_config"]
+
+DATASET_TYPES = ("cityscapes", "ade20k", "synthetic")
+_REAL = {"cityscapes": CityscapesDataset, "ade20k": ADE20KDataset}
+
+
+def check_data_config(cfg: dict) -> dict:
+    """The config's `data` dict, or a ValueError saying what is missing."""
+    data = cfg.get("data")
+    where = cfg.get("filename", "the config")
+    if data is None:
+        raise ValueError(
+            f"{where} has no `data = dict(...)`: training and evaluation need a dataset (inherit one of "
+            "training/configs/_base_/datasets/*.py, or see the synthetic configs)")
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: `data` must be a dict, got {type(data).__name__}")
+    kind = str(data.get("type", "")).lower()
+    if kind not in DATASET_TYPES:
+        raise ValueError(f"{where}: data.type must be one of {DATASET_TYPES}, got {data.get('type')!r}")
+    if "batch_size" not in data:
+        raise ValueError(f"{where}: data.batch_size (images per process) is missing")
+    return data
+
+
+def train_pipeline(data: dict) -> Compose:
+    """mmseg's training pipeline for a real dataset, from the data dict's scale, ratio_range, crop_size and
+    cat_max_ratio."""
+    return Compose([
+        RandomResize(tuple(data["scale"]), ratio_range=tuple(data.get("ratio_range", (0.5, 2.0))), keep_ratio=True),
+        RandomCrop(tuple(data["crop_size"]), cat_max_ratio=data.get("cat_max_ratio", 0.75), ignore_index=255),
+        RandomFlip(prob=0.5),
+        PhotoMetricDistortion(),
+    ])
+
+
+def build_dataset(data: dict, split: str, root: Optional[str] = None, seed: int = 0):
+    """The 'train' or 'val' dataset of a data dict. root overrides data['root'] (real datasets); seed seeds the
+    training augmentations (a sample's draws depend on (seed, pass, index) only). Raises FileNotFoundError
+    naming the folder when the data is not where the config (or root) says."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    kind = str(data.get("type", "")).lower()
+    if kind == "synthetic":
+        size = tuple(data.get("size", (64, 64)))
+        common = dict(size=size, num_classes=int(data.get("num_classes", 6)))
+        if split == "train":
+            return SyntheticDataset(int(data.get("train_samples", 1000)), seed=data.get("train_seed", 0),
+                                    pipeline=Compose([RandomFlip(prob=0.5)]), **common)
+        return SyntheticDataset(int(data.get("val_samples", 50)), seed=data.get("val_seed", 1), **common)
+    if kind not in _REAL:
+        raise ValueError(f"data.type must be one of {DATASET_TYPES}, got {data.get('type')!r}")
+    root = root if root is not None else data.get("root")
+    if not root:
+        raise ValueError(f"data.root is not set for the {kind} dataset (pass --data-root DIR)")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"{kind} data root {root!r} does not exist (the config's data.root, or --data-root; relative paths are "
+            f"taken from the current folder {os.getcwd()!r})")
+    split_name = data.get(f"{split}_split", {"train": "train", "val": "val"}[split] if kind == "cityscapes"
+                          else {"train": "training", "val": "validation"}[split])
+    pipeline = train_pipeline(data) if split == "train" else None
+    return _REAL[kind](root, split=split_name, pipeline=pipeline, seed=seed)
