@@ -122,7 +122,8 @@ def test_split_attention_distributed_path_matches_one_process(tmp_path):
         torch.testing.assert_close(ranks[r]["y"], y[sl].detach(), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ranks[r]["dx"], x.grad[sl], rtol=1e-4, atol=1e-5)
         for name, b in ref.named_buffers():
-            torch.testing.assert_close(ranks[r]["buffers"][name], b, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+            torch.testing.assert_close(ranks[r]["buffers"][name], b, rtol=1e-5, atol=1e-6,
+                                       msg=lambda m, n=name: f"{n}: {m}")
     # fc1's bias feeds bn1, which cancels it: its gradient is 0 plus rounding of the size of the other gradients
     largest = max(float(p.grad.abs().max()) for p in ref.parameters())
     for name, p in ref.named_parameters():

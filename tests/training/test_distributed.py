@@ -1,0 +1,120 @@
+"""Distributed training on the CPU (gloo): 2 processes x 2 images give the gradients, the updated weights and the
+BN statistics of 1 process on the 4 images (SyncBN across the processes, DDP averaging the gradients); the
+training command under torchrun matches a single-process run of the same combined batches."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from resnest_fast.training import build_segmentor
+from resnest_fast.training.data import SyntheticDataset, collate
+from resnest_fast.training.distributed import init_distributed
+from resnest_fast.training.schedule import build_optimizer
+from resnest_fast.training.train import _LossModule
+from tests.distributed import run_distributed
+from tests.small_models import small_model_cfg
+from tests.training.train_helpers import child_env, tiny_config
+
+SGD = dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=0.0005)
+
+
+def _model_cfg():
+    cfg = small_model_cfg("fcn", num_classes=6)  # SyncBN everywhere, as the shipped configs
+    cfg["decode_head"]["dropout_ratio"] = cfg["auxiliary_head"]["dropout_ratio"] = 0  # no random masks to match
+    return cfg
+
+
+def _step(model, losses):
+    loss = model.sum_losses(losses)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return loss.detach(), grads
+
+
+def _ddp_worker(rank, world_size, tmp):
+    data = torch.load(os.path.join(tmp, "batch.pt"))
+    model = build_segmentor(_model_cfg())
+    model.load_state_dict(data["state"])
+    model.train()
+    ddp = DistributedDataParallel(_LossModule(model), forward_sync_buffers=False)
+    optimizer = build_optimizer(model.parameters(), SGD)
+    mine = slice(2 * rank, 2 * rank + 2)
+    loss, grads = _step(model, ddp(data["img"][mine], data["labels"][mine], data["img_shape"][mine]))
+    optimizer.step()
+    torch.save({"loss": loss, "grads": grads, "state": model.state_dict()}, os.path.join(tmp, f"rank{rank}.pt"))
+
+
+def test_two_process_ddp_step_equals_one_process_on_the_combined_batch(tmp_path, one_thread):
+    torch.manual_seed(0)
+    items = [SyntheticDataset(4, size=(32, 32), num_classes=6, seed=5)[i] for i in range(4)]
+    items[1]["gt_semantic_seg"][:5] = 255  # some ignored pixels
+    batch = collate(items, size=(32, 32))
+    model = build_segmentor(_model_cfg())
+    torch.save({"state": model.state_dict(), "img": batch["img"], "labels": batch["gt_semantic_seg"],
+                "img_shape": batch["img_shape"]}, tmp_path / "batch.pt")
+    run_distributed(_ddp_worker, 2, tmp_path, str(tmp_path))
+
+    model.train()
+    optimizer = build_optimizer(model.parameters(), SGD)
+    loss, grads = _step(model, model.loss(batch["img"], batch["gt_semantic_seg"], batch["img_shape"]))
+    optimizer.step()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss, rtol=1e-5, atol=1e-6)
+    # fp32 sums of many terms in another order (and the synchronised path instead of the fused one): compare each
+    # gradient within 1e-4 of its own size plus 1e-5 of the largest (biases before a BN are 0 plus rounding)
+    largest = max(float(g.abs().max()) for g in grads.values())
+    for name, g in grads.items():
+        for r in range(2):  # DDP left the averaged gradient on both ranks
+            torch.testing.assert_close(ranks[r]["grads"][name], g, rtol=1e-4, atol=1e-5 * largest,
+                                       msg=lambda m, n=name: f"{n}: {m}")
+    for name, value in model.state_dict().items():  # weights after the SGD step, and BN running statistics
+        for r in range(2):
+            if value.is_floating_point():
+                torch.testing.assert_close(ranks[r]["state"][name], value, rtol=1e-5, atol=1e-6,
+                                           msg=lambda m, n=name: f"{n}: {m}")
+            else:
+                assert torch.equal(ranks[r]["state"][name], value), name
+
+
+def test_a_process_outside_torchrun_is_a_run_of_one(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    info = init_distributed("cpu")
+    assert (info.rank, info.world_size, info.backend, info.is_main) == (0, 1, None, True)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE='two' is not an integer"):
+        init_distributed("cpu")
+
+
+def _train(cfg, work, batch_size, nproc=None):
+    args = ["-m", "resnest_fast.training.train", cfg, "--work-dir", str(work), "--batch-size", str(batch_size),
+            "--no-progress", "--cfg-options", "model.decode_head.dropout_ratio=0",
+            "model.auxiliary_head.dropout_ratio=0"]
+    if nproc:
+        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] + args
+    return subprocess.run([sys.executable] + args, env=child_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_torchrun_training_matches_one_process_on_the_combined_batches(tmp_path):
+    """The InfiniteSampler gives rank r of 2 the stream's elements r, r + 2, ...: with 2 images per process the two
+    ranks' batches together are the 4 images a single process with batch 4 takes, iteration after iteration."""
+    cfg = tiny_config(tmp_path, schedule="dict(max_iters=3, val_interval=3, checkpoint_interval=3)")
+    two = _train(cfg, tmp_path / "two", 2, nproc=2)
+    assert two.returncode == 0, two.stderr
+    one = _train(cfg, tmp_path / "one", 4)
+    assert one.returncode == 0, one.stderr
+    files = sorted(os.listdir(tmp_path / "two"))
+    assert len([f for f in files if f.endswith(".log.jsonl")]) == 1  # rank 0 alone logs and saves
+    assert "iter_3.pth" in files and "4 images" in two.stderr  # each val image scored once across the 2 ranks
+    a = torch.load(tmp_path / "two" / "iter_3.pth", weights_only=True)
+    b = torch.load(tmp_path / "one" / "iter_3.pth", weights_only=True)
+    assert a["meta"]["world_size"] == 2 and len(a["rng_states"]) == 2
+    for name, value in b["state_dict"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(a["state_dict"][name], value, rtol=1e-4, atol=1e-5,
+                                       msg=lambda m, n=name: f"{n}: {m}")
+        else:
+            assert torch.equal(a["state_dict"][name], value), name
