@@ -99,6 +99,44 @@ def test_a_work_dir_holding_a_run_is_refused_without_resume(tmp_path, one_thread
     assert (tmp_path / "other" / "notes.txt").read_text().startswith("a folder")
 
 
+def _ade_tree(root, rng):
+    """ADEChallengeData2016 with 3 training and 2 validation images of odd sizes (labels 0..4, 0 = "other")."""
+    from tests.training.data.files import smooth_image, write_jpg, write_png
+
+    for split, n in (("training", 3), ("validation", 2)):
+        for i in range(n):
+            h, w = 20 + 3 * i, 30 - 2 * i
+            write_jpg(str(root / "ADEChallengeData2016" / "images" / split / f"ADE_{split}_{i}.jpg"),
+                      smooth_image(rng, h, w))
+            write_png(str(root / "ADEChallengeData2016" / "annotations" / split / f"ADE_{split}_{i}.png"),
+                      rng.integers(0, 5, (h, w)).astype("uint8"))
+
+
+def test_a_real_layout_dataset_trains_with_mmsegs_pipeline_and_padded_batches(tmp_path, one_thread):
+    """The ADE20k config (random resize, cat_max_ratio crops, flip, photometric distortion, reduce_zero_label)
+    on a tiny tree, with a small model: crops of images resized below the crop size are padded (the second
+    batch holds a 28x32 crop of a 32x32 batch), validation
+    resizes to the test scale and scores at the original size; then --load-from starts a new run from it."""
+    import numpy as np
+
+    _ade_tree(tmp_path / "ade", np.random.default_rng(0))
+    small = ["model.backbone.depth=50", "model.backbone.stem_channels=16", "model.backbone.base_channels=8",
+             "model.decode_head.in_channels=256", "model.decode_head.channels=16",
+             "model.auxiliary_head.in_channels=128", "model.auxiliary_head.channels=8",
+             "model.data_preprocessor.size=(32, 32)", "data.crop_size=(32, 32)", "data.scale=(48, 24)",
+             "data.num_workers=0", "data.batch_size=2", "schedule.val_interval=2", "schedule.checkpoint_interval=2",
+             "runtime.log_interval=1", "runtime.num_threads=1"]
+    summary = train("resnest_s101-d8_fcn_4xb4-160k_ade20k-512x512", work_dir=tmp_path / "w", max_iters=2,
+                    data_root=str(tmp_path / "ade"), cfg_options=small, log=io.StringIO(), progress=False)
+    assert summary["iter"] == 2 and summary["metrics"]["num_images"] == 2
+    assert all(np.isfinite(r["loss"]) for r in _records(tmp_path / "w") if r["mode"] == "train")
+    log = io.StringIO()
+    train("resnest_s101-d8_fcn_4xb4-160k_ade20k-512x512", work_dir=tmp_path / "w2", max_iters=1,
+          load_from=tmp_path / "w" / "iter_2.pth", data_root=str(tmp_path / "ade"), cfg_options=small, log=log,
+          progress=False)
+    assert f"weights from {tmp_path / 'w' / 'iter_2.pth'}: all keys matched" in log.getvalue()
+
+
 def test_setup_errors_name_their_cause(tmp_path):
     cfg = load_config(SYNTHETIC)
     no_data = {k: v for k, v in cfg.items() if k != "data"}
