@@ -114,9 +114,9 @@ def _ade_tree(root, rng):
 
 def test_a_real_layout_dataset_trains_with_mmsegs_pipeline_and_padded_batches(tmp_path, one_thread):
     """The ADE20k config (random resize, cat_max_ratio crops, flip, photometric distortion, reduce_zero_label)
-    on a tiny tree, with a small model: crops of images resized below the crop size are padded (the second
-    batch holds a 28x32 crop of a 32x32 batch), validation
-    resizes to the test scale and scores at the original size; then --load-from starts a new run from it."""
+    on a tiny tree, with a small model: crops of images resized below the crop size are padded (the second batch
+    holds a 28x32 crop), validation resizes to the test scale and scores at the original size; then --load-from
+    starts a new run from its checkpoint."""
     import numpy as np
 
     _ade_tree(tmp_path / "ade", np.random.default_rng(0))
