@@ -290,9 +290,10 @@ def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast test") -> 
                       num_workers=args.num_workers, backend=args.backend, device=args.device,
                       progress=not args.no_progress)
     except SetupError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun every rank has the same error
+            print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", "0")) == 0:
+    if os.environ.get("RANK", "0") in ("", "0"):
         def pct(v):
             return "nan" if v is None else f"{100 * v:.2f}"
 

@@ -42,7 +42,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -163,17 +163,28 @@ def _plain(value):
 class _Run:
     """The work directory of one training run: refuses another run's folder, writes its files."""
 
-    def __init__(self, work_dir: Path, cfg: dict, resume, is_main: bool):
+    def __init__(self, work_dir: Path, is_main: bool):
         self.dir = work_dir
         self.is_main = is_main
         self.log_path: Optional[Path] = None
         self._log = None
+
+    @staticmethod
+    def check(work_dir: Path, resume) -> Tuple[Optional[str], Optional[str]]:
+        """(why the run cannot use work_dir or None, the checkpoint to resume from or None). Rank 0 asks and
+        tells the others: a file it writes meanwhile must not change another rank's answer."""
         ours = [RUN_FILE, ckpt.LATEST] + [p.name for _, p in ckpt.list_checkpoints(work_dir)]
         existing = [name for name in ours if (work_dir / name).exists()]
         if existing and not resume:
             shown = ", ".join(existing[:4]) + (", ..." if len(existing) > 4 else "")
-            raise ValueError(f"work dir {str(work_dir)!r} already holds a training run ({shown}): pass --resume to "
-                             "continue it, or choose another --work-dir")
+            return (f"work dir {str(work_dir)!r} already holds a training run ({shown}): pass --resume to continue "
+                    "it, or choose another --work-dir"), None
+        if not resume:
+            return None, None
+        if not isinstance(resume, bool):
+            return None, str(resume)
+        found = ckpt.find_latest(work_dir)
+        return None, None if found is None else str(found)
 
     def start(self, cfg: dict, summary: dict) -> None:
         if not self.is_main:
@@ -292,14 +303,25 @@ def train(
             if runtime.get("num_threads"):
                 torch.set_num_threads(int(runtime["num_threads"]))
 
+        except (CheckpointError, ValueError, TypeError, KeyError, OSError) as exc:
+            raise SetupError(str(exc)) from exc
+        # From here on every rank must take the same way: rank 0 alone looks at the work dir, and an error on any
+        # rank is an error on all (a rank that gave up would leave the others waiting in a collective).
+        try:
             info = init_distributed(device)
+        except (ValueError, RuntimeError) as exc:
+            raise SetupError(str(exc)) from exc
+        work = Path(work_dir) if work_dir is not None else Path("work_dirs") / cfg.get("name", "run")
+        problem, resume_from = broadcast_object(_Run.check(work, resume) if info.is_main else None)
+        error = None
+        try:
+            if problem:
+                raise ValueError(problem)
             if amp == "fp16" and info.device.type != "cuda":
                 raise ValueError("--amp fp16 needs a CUDA GPU (fp16 autocast with a GradScaler); on the CPU use "
                                  "--amp bf16")
             seed_everything(seed_value, deterministic)
-            work = Path(work_dir) if work_dir is not None else Path("work_dirs") / cfg.get("name", "run")
-            run = _Run(work, cfg, resume, info.is_main)
-
+            run = _Run(work, info.is_main)
             train_set = build_dataset(data, "train", root=data_root, seed=seed_value)
             val_set = build_dataset(data, "val", root=data_root) if val_interval > 0 else None
             model = build_segmentor(cfg["model"], backend=backend)
@@ -322,22 +344,20 @@ def train(
             scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
 
             start_iter, rng_states = 0, None
-            resume_from = None
-            if resume:
-                # rank 0 decides, so that every process reads the same file
-                found = ckpt.find_latest(work) if isinstance(resume, bool) and info.is_main else None
-                resume_from = Path(resume) if not isinstance(resume, bool) else broadcast_object(found)
-                if resume_from is None and info.is_main:
-                    tqdm.write(f"--resume: no checkpoint in {work}, starting from scratch", file=log)
+            if resume and resume_from is None and info.is_main:
+                tqdm.write(f"--resume: no checkpoint in {work}, starting from scratch", file=log)
             if resume_from is not None:
-                state = _read_training_state(resume_from)
+                state = _read_training_state(Path(resume_from))
                 start_iter, rng_states = _restore(state, model, optimizer, scheduler, scaler, info)
                 if info.is_main:
                     tqdm.write(f"resumed from {resume_from} at iteration {start_iter}", file=log)
             if start_iter > total_iters:
                 raise ValueError(f"the checkpoint is at iteration {start_iter}, beyond max_iters={total_iters}")
         except (CheckpointError, ValueError, TypeError, KeyError, OSError) as exc:
-            raise SetupError(str(exc)) from exc
+            error = str(exc)
+        errors = [e for e in all_gather_object(error) if e]
+        if errors:
+            raise SetupError(error or f"another process could not start: {errors[0]}")
 
         run.start(cfg, dict(config=cfg.get("name"), seed=seed_value, world_size=info.world_size,
                             batch_size=batch, max_iters=total_iters, created=time.strftime("%Y-%m-%d %H:%M:%S")))
@@ -542,6 +562,10 @@ class _Loop:
 # ------------------------------------------------------------------------------------------------ command line
 
 
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("config", help="a shipped config's name (resnest_s101-d8_..., or the synthetic one) or a "
                         ".py config file")
@@ -576,13 +600,11 @@ def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast train") ->
                         data_root=args.data_root, batch_size=args.batch_size, num_workers=args.num_workers,
                         cfg_options=args.cfg_options, device=args.device, backend=args.backend,
                         progress=not args.no_progress)
-    except SetupError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    if int(os.environ.get("RANK", "0")) == 0:
+    except (SetupError, TrainingError) as exc:
+        if _is_rank0():  # every rank has the same error: one message
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, SetupError) else 1
+    if _is_rank0():
         metrics = summary["metrics"]
         val = "" if not metrics else (f"; mIoU {100 * metrics['mIoU']:.2f}, aAcc {100 * metrics['aAcc']:.2f}, "
                                       f"mAcc {100 * metrics['mAcc']:.2f} on {metrics['num_images']} val images")

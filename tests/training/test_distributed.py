@@ -89,10 +89,11 @@ def test_a_process_outside_torchrun_is_a_run_of_one(monkeypatch):
         init_distributed("cpu")
 
 
-def _train(cfg, work, batch_size, nproc=None):
+def _train(cfg, work, batch_size, nproc=None, dropout=False, extra=()):
     args = ["-m", "resnest_fast.training.train", cfg, "--work-dir", str(work), "--batch-size", str(batch_size),
-            "--no-progress", "--cfg-options", "model.decode_head.dropout_ratio=0",
-            "model.auxiliary_head.dropout_ratio=0"]
+            "--no-progress", *extra]
+    if not dropout:
+        args += ["--cfg-options", "model.decode_head.dropout_ratio=0", "model.auxiliary_head.dropout_ratio=0"]
     if nproc:
         args = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] + args
     return subprocess.run([sys.executable] + args, env=child_env(), capture_output=True, text=True, timeout=300)
@@ -118,3 +119,20 @@ def test_torchrun_training_matches_one_process_on_the_combined_batches(tmp_path)
                                        msg=lambda m, n=name: f"{n}: {m}")
         else:
             assert torch.equal(a["state_dict"][name], value), name
+
+
+def test_a_two_process_run_resumes_bit_identically_and_refuses_a_used_work_dir(tmp_path):
+    """Dropout on, so that each rank's restored random state matters, as does each rank's sampler position."""
+    cfg = tiny_config(tmp_path, schedule="dict(max_iters=4, val_interval=0, checkpoint_interval=2)")
+    straight = _train(cfg, tmp_path / "a", 2, nproc=2, dropout=True, extra=["--deterministic"])
+    assert straight.returncode == 0, straight.stderr
+    resumed = _train(cfg, tmp_path / "b", 2, nproc=2, dropout=True,
+                     extra=["--deterministic", "--resume", str(tmp_path / "a" / "iter_2.pth")])
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "a" / "iter_4.pth", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "iter_4.pth", weights_only=True)["state_dict"]
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name
+    again = _train(cfg, tmp_path / "a", 2, nproc=2)
+    assert again.returncode != 0
+    assert again.stderr.count("error: work dir") == 1, again.stderr  # both ranks refuse; rank 0 says so
