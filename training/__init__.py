@@ -1,5 +1,6 @@
-"""resnest_fast.training: the segmentation side (decode heads, the encoder-decoder segmentor, configs with mmseg's
-file names; training and evaluation come with the training issue)."""
+"""resnest_fast.training: the segmentation side: decode heads, the encoder-decoder segmentor, configs with mmseg's
+file names, data, and the commands `infer` (training.infer), `train` (training.train: mmseg's schedule, DDP under
+torchrun, checkpoints and exact resume) and `test` (training.evaluate: mIoU, whole/slide, multi-scale + flip TTA)."""
 from typing import Optional
 
 from resnest_fast.training.config import list_configs, load_config
