@@ -11,27 +11,31 @@ Which path, and what it needs where the model runs:
                          (reference=True: plain ATen nodes)            (torch only)
     torch.jit.script     not supported: SplitAttentionConv2d raises an error that points here
 
-Every path exports the model in eval mode (BatchNorm folded from running statistics, dropout off) and puts back
-each submodule's own training flag afterwards.
+Every path exports the model in eval mode (BatchNorm on running statistics, bn0 folded into the fused ops'
+scale/shift, dropout off) and puts back each submodule's own training flag afterwards.
 
 The fused ops are ordinary dispatcher ops with fake kernels (resnest_fast/ops/_common.py), so torch.export traces
 them as single nodes whatever the shapes; the program holds whichever op the model's backend resolves to
 (`splat_pool` for the cpu/cuda kernels, `triton_splat_pool` for Triton), or none at all when it resolves to the
 reference.
 
-Why ONNX Runtime or TensorRT will not run this model as fast as it could: neither knows our fused kernels, so the
-ONNX graph carries the reference decomposition of split attention — the eager form that makes about 9.5 passes over
-the (B, radix*C, H, W) conv output (affine, relu, view/sum, mean, softmax, mul, sum) where the fused ops make two.
-A runtime's own fusion may win some of it back, and its convolutions may be faster or slower than oneDNN's; see
-`python -m benchmarks.onnx_runtime` for what this machine measures. To keep the fused kernels in deployment, use
-export_program (Python, or AOTInductor with resnest_fast loaded).
+Why an ONNX runtime (or TensorRT) may not be faster than PyTorch here: it does not have our fused kernels, so the
+ONNX graph carries the reference decomposition of split attention, the eager form that makes about 9.5 passes over
+the (B, radix*C, H, W) conv output (affine, relu, view/sum, mean, MLP, softmax, mul, sum) where the fused ops make
+two. Measured on this project's 2-core CPU VM (`python -m benchmarks.onnx_runtime --threads 1` and `--threads 2`,
+docs/results/onnx-runtime-*-2026-11-28.csv): after the conv of one block (2 x 512 x 64 x 128), ONNX Runtime took
+2.0-3.3x the time of the fused kernels (and 1/6 of eager PyTorch's reference). The whole model is another matter:
+convolutions dominate it, the ONNX exporter folds BatchNorm into the convs (eager PyTorch runs them separately) and
+ONNX Runtime's grouped conv was faster than oneDNN's, so a ResNeSt-50-D8 FCN at 256 x 512 ran in 0.83-0.86x of our
+eager time. Keep the fused kernels with export_program (Python with resnest_fast imported); use ONNX where a
+runtime without them is the requirement.
 """
 import contextlib
 import importlib.util
 import os
 import pathlib
 import re
-import tempfile
+import uuid
 import warnings
 import zipfile
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
@@ -114,10 +118,10 @@ def _write_atomically(path: pathlib.Path, overwrite: bool, write) -> pathlib.Pat
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
+    # A fresh name rather than mkstemp's file, so the result gets the usual permissions (umask), not 0600.
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
     try:
-        write(pathlib.Path(tmp))
+        write(tmp)
         if path.exists() and not overwrite:  # appeared while we were writing
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         os.replace(tmp, path)
@@ -214,11 +218,12 @@ def load_program(path: PathLike) -> ExportedProgram:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no exported program at {path}")
-    with zipfile.ZipFile(path) as archive:
-        used = set()
-        for name in archive.namelist():
-            if "/models/" in name and name.endswith(".json"):
-                used.update(_OP_IN_PROGRAM.findall(archive.read(name).decode("utf-8", "replace")))
+    used = set()
+    if zipfile.is_zipfile(path):  # the pt2 archive; anything else is left to torch.export.load to judge
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if "/models/" in name and name.endswith(".json"):
+                    used.update(_OP_IN_PROGRAM.findall(archive.read(name).decode("utf-8", "replace")))
     missing = sorted(n for n in used if not _registered(n))
     if missing:
         raise RuntimeError(
