@@ -5,9 +5,10 @@
     resnest_fast.ops.splat_pool / splat_combine      # the fused ops
     resnest_fast.set_default_backend("reference")    # or RESNEST_FAST_BACKEND=...
     python -m resnest_fast info                      # what was built and what runs
+    resnest_fast.export.export_program / export_onnx # deployment (torch.export, ONNX, TorchScript tracing)
 """
 from resnest_fast import _extension  # noqa: F401  (loads _C, warns once if it is missing)
-from resnest_fast import nn, ops
+from resnest_fast import export, nn, ops
 from resnest_fast.backend import BACKENDS, get_default_backend, resolve_backend, set_default_backend
 from resnest_fast.checkpoint import CheckpointError, load_checkpoint
 from resnest_fast.conversion import convert
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "nn",
     "ops",
+    "export",
     "BACKENDS",
     "get_default_backend",
     "set_default_backend",

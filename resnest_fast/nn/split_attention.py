@@ -220,8 +220,12 @@ class SplitAttentionConv2d(nn.Module):
 
     def _fused_backward_applies(self, y: Tensor) -> bool:
         """The two-pass backward (C++ kernels of the device) runs in eager mode when a gradient is needed; torch.compile
-        traces the op-level path instead (its autograd is registered per op)."""
-        if not torch.is_grad_enabled() or torch.compiler.is_compiling() or not self.bn0.affine:
+        and torch.export trace the op-level path instead (its autograd is registered per op). torch.jit.trace must
+        not see the autograd.Function either: it cannot record a Python function that takes a module (it fails with
+        an opaque `unordered_map::at`), whereas the ops themselves are TorchScript-visible."""
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return False
+        if not self.bn0.affine:
             return False
         if not (y.requires_grad or any(p.requires_grad for p in self._fused_params())):
             return False
@@ -235,6 +239,16 @@ class SplitAttentionConv2d(nn.Module):
             and dist.is_available()
             and dist.is_initialized()
             and dist.get_world_size() > 1
+        )
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling anything, so the user gets this message
+        # instead of a TorchScript compiler error deep inside the attention code.
+        raise RuntimeError(
+            "SplitAttentionConv2d cannot be compiled by torch.jit.script (its Python-level backend choice and fused "
+            "training backward are not TorchScript). For deployment use resnest_fast.export.export_program(model, "
+            "img) (torch.export, the fused ops kept), resnest_fast.export.export_onnx(...), or TorchScript through "
+            "tracing: resnest_fast.export.trace_torchscript(model, img) (torch.jit.trace in eval mode)."
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,0 +1,393 @@
+"""Deployment of ResNeSt models (segmentors, backbones, single modules): torch.export with the fused ops kept,
+ONNX through the pure-PyTorch reference, TorchScript through tracing.
+
+Which path, and what it needs where the model runs:
+
+    path                 split attention in the artifact               needs at load / run time
+    export_program       torch.ops.resnest_fast.splat_pool / combine   torch + resnest_fast imported (its _C)
+    to_reference(prog)   the references' ATen ops                      torch only
+    export_onnx          the references as ONNX ops (opset 18+)        any ONNX runtime
+    trace_torchscript    resnest_fast::splat_pool / combine nodes      torch + resnest_fast imported
+                         (reference=True: plain ATen nodes)            (torch only)
+    torch.jit.script     not supported: SplitAttentionConv2d raises an error that points here
+
+Every path exports the model in eval mode (BatchNorm on running statistics, bn0 folded into the fused ops'
+scale/shift, dropout off) and puts back each submodule's own training flag afterwards.
+
+The fused ops are ordinary dispatcher ops with fake kernels (resnest_fast/ops/_common.py), so torch.export traces
+them as single nodes whatever the shapes; the program holds whichever op the model's backend resolves to
+(`splat_pool` for the cpu/cuda kernels, `triton_splat_pool` for Triton), or none at all when it resolves to the
+reference.
+
+Why an ONNX runtime (or TensorRT) may not be faster than PyTorch here: it does not have our fused kernels, so the
+ONNX graph carries the reference decomposition of split attention, the eager form that makes about 9.5 passes over
+the (B, radix*C, H, W) conv output (affine, relu, view/sum, mean, MLP, softmax, mul, sum) where the fused ops make
+two. Measured on this project's 2-core CPU VM (`python -m benchmarks.onnx_runtime --threads 1` and `--threads 2`,
+docs/results/onnx-runtime-*-2026-11-28.csv): after the conv of one block (2 x 512 x 64 x 128), ONNX Runtime took
+2.0-3.3x the time of the fused kernels (and 1/6 of eager PyTorch's reference). The whole model is another matter:
+convolutions dominate it, the ONNX exporter folds BatchNorm into the convs (eager PyTorch runs them separately) and
+ONNX Runtime's grouped conv was faster than oneDNN's, so a ResNeSt-50-D8 FCN at 256 x 512 ran in 0.83-0.86x of our
+eager time. Keep the fused kernels with export_program (Python with resnest_fast imported); use ONNX where a
+runtime without them is the requirement.
+"""
+import contextlib
+import importlib.util
+import os
+import pathlib
+import re
+import uuid
+import warnings
+import zipfile
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch.export import Dim, ExportedProgram
+
+from resnest_fast import _extension as ext
+from resnest_fast.nn.split_attention import SplitAttentionConv2d
+from resnest_fast.ops import splat_combine_reference, splat_pool_reference
+
+__all__ = [
+    "export_program",
+    "save_program",
+    "load_program",
+    "to_reference",
+    "fused_op_counts",
+    "export_onnx",
+    "OnnxValidationError",
+    "trace_torchscript",
+    "reference_ops",
+]
+
+PathLike = Union[str, os.PathLike]
+
+# The forward ops an eval-mode model can put in a program, and their pure-PyTorch references (same signature).
+_REFERENCES = {
+    "splat_pool": splat_pool_reference,
+    "splat_combine": splat_combine_reference,
+    "triton_splat_pool": splat_pool_reference,
+    "triton_splat_combine": splat_combine_reference,
+}
+_OP_IN_PROGRAM = re.compile(r"torch\.ops\.resnest_fast\.(\w+)\.")
+_ONNX_HINT = "pip install onnx onnxscript"
+_ORT_HINT = "pip install onnxruntime"
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+
+def _as_args(example_input) -> Tuple[Any, ...]:
+    return (example_input,) if isinstance(example_input, Tensor) else tuple(example_input)
+
+
+def _check_module(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """model.eval() for the duration; each submodule's own flag is put back afterwards (mixed flags such as
+    norm_eval or frozen stages survive, which model.train(mode) would not guarantee)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _registered(name: str) -> bool:
+    return hasattr(torch.ops.resnest_fast, name)
+
+
+def _ops_missing_reason(names: Sequence[str]) -> str:
+    if any(not n.startswith("triton_") for n in names) and not ext.HAS_C:
+        return f"resnest_fast._C is not available ({ext.C_IMPORT_ERROR}); rebuild with `pip install .`"
+    if any(n.startswith("triton_") for n in names):
+        return ("the Triton ops are registered only where triton is installed and CUDA (or TRITON_INTERPRET=1 set "
+                "before importing resnest_fast) is available")
+    return "this build of resnest_fast does not define them"
+
+
+def _write_atomically(path: pathlib.Path, overwrite: bool, write) -> pathlib.Path:
+    """write(tmp_path) into a temporary file next to `path`, then os.replace: readers never see a partial file,
+    and an existing file is replaced only with overwrite=True."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh name rather than mkstemp's file, so the result gets the usual permissions (umask), not 0600.
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        if path.exists() and not overwrite:  # appeared while we were writing
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- torch.export
+
+
+def _image_dynamic_shapes(spec: str, args: Tuple[Any, ...]):
+    dims = {"hw": (2, 3), "bhw": (0, 2, 3)}[spec]
+    if not args or not isinstance(args[0], Tensor) or args[0].dim() != 4:
+        raise ValueError(f"dynamic_shapes={spec!r} needs a 4-D image (B, C, H, W) as the first input")
+    if 0 in dims and args[0].shape[0] < 2:
+        raise ValueError(
+            "dynamic_shapes='bhw' needs an example batch of at least 2: torch.export specialises a size of 1"
+        )
+    first = {d: Dim.DYNAMIC for d in dims}
+    return (first,) + (None,) * (len(args) - 1)
+
+
+def export_program(model: nn.Module, example_input, dynamic_shapes=None) -> ExportedProgram:
+    """torch.export of `model` in eval mode, the split-attention ops kept as fused `torch.ops.resnest_fast.*` calls.
+
+    Args:
+        model: a segmentor (forward: RGB 0-255 image (B, 3, H, W) -> logits (B, num_classes, H, W)), a ResNeSt
+            backbone, a SplitAttentionConv2d or any module containing them. Exported in eval mode; each
+            submodule's training flag is restored afterwards.
+        example_input: a tensor, or a tuple of the forward's positional arguments.
+        dynamic_shapes: None (every size static), torch.export's own spec, or a shorthand for an image input:
+            "hw" (height and width dynamic) or "bhw" (batch too; needs an example batch >= 2). The shorthands
+            use Dim.DYNAMIC, so a size the model would specialise raises instead of being silently fixed. The
+            program checks at every call that the sizes are in the ranges it was exported for
+            (program.range_constraints; e.g. H, W >= 9 for the small PSP/ASPP test models).
+    Returns: the torch.export.ExportedProgram; `program.module()(img)` runs it.
+
+    The fused ops trace through their fake kernels. To save and load: save_program / load_program, or
+    torch.export.save / torch.export.load in a process that has imported resnest_fast first (the ops are
+    registered by that import; without it, load fails to resolve torch.ops.resnest_fast.*). For a program that
+    loads with torch alone, pass it through to_reference().
+    """
+    _check_module(model)
+    args = _as_args(example_input)
+    if isinstance(dynamic_shapes, str):
+        if dynamic_shapes not in ("hw", "bhw"):
+            raise ValueError(f"dynamic_shapes shorthand must be 'hw' or 'bhw', got {dynamic_shapes!r}")
+        dynamic_shapes = _image_dynamic_shapes(dynamic_shapes, args)
+    with _eval_mode(model):
+        return torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
+
+
+def fused_op_counts(program: ExportedProgram) -> Dict[str, int]:
+    """How many calls of each resnest_fast op the program's graph holds, e.g. {'splat_pool': 33,
+    'splat_combine': 33} for ResNeSt-101 (one of each per split-attention block)."""
+    counts: Dict[str, int] = {}
+    for node in program.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            if node.target.namespace == "resnest_fast":
+                name = node.target._opname
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def to_reference(program: ExportedProgram) -> ExportedProgram:
+    """The program with every fused resnest_fast forward op replaced by its pure-PyTorch reference
+    (run_decompositions with a table of just those ops; everything else is left as it is).
+
+    The result needs only torch to load and run, and is what export_onnx hands to the ONNX exporter. A program
+    without fused ops is returned unchanged."""
+    if not fused_op_counts(program):
+        return program
+    table = {getattr(torch.ops.resnest_fast, name).default: ref for name, ref in _REFERENCES.items()
+             if _registered(name)}
+    return program.run_decompositions(table)
+
+
+def save_program(program: ExportedProgram, path: PathLike, overwrite: bool = False) -> pathlib.Path:
+    """torch.export.save to `path` (conventionally *.pt2), written atomically; an existing file is replaced only
+    with overwrite=True. Load it with load_program (or torch.export.load after `import resnest_fast`)."""
+    if not isinstance(program, ExportedProgram):
+        raise TypeError(f"program must be a torch.export.ExportedProgram, got {type(program).__name__}")
+    return _write_atomically(pathlib.Path(path), overwrite, lambda tmp: torch.export.save(program, tmp))
+
+
+def load_program(path: PathLike) -> ExportedProgram:
+    """torch.export.load of a program saved by save_program / torch.export.save.
+
+    Importing resnest_fast (which this function's module does) registers the fused ops that the program calls;
+    if one of them is not registered here (resnest_fast._C missing, or a Triton op where Triton cannot run), this
+    raises a RuntimeError that names the ops and why, instead of torch's deserialisation error.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported program at {path}")
+    used = set()
+    if zipfile.is_zipfile(path):  # the pt2 archive; anything else is left to torch.export.load to judge
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if "/models/" in name and name.endswith(".json"):
+                    used.update(_OP_IN_PROGRAM.findall(archive.read(name).decode("utf-8", "replace")))
+    missing = sorted(n for n in used if not _registered(n))
+    if missing:
+        raise RuntimeError(
+            f"{path} calls torch.ops.resnest_fast.{{{', '.join(missing)}}}, which this process does not register: "
+            f"{_ops_missing_reason(missing)}. Where the fused ops cannot run, export with "
+            f"resnest_fast.export.to_reference(program) instead (a program that needs only torch)."
+        )
+    return torch.export.load(path)
+
+
+# ---------------------------------------------------------------------------------------------------------- ONNX
+
+
+class OnnxValidationError(RuntimeError):
+    """ONNX Runtime's output differs from PyTorch's by more than the tolerance (nothing was written)."""
+
+
+def _require(module: str, hint: str, what: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"{what} needs the {module!r} package, which is not installed: {hint}")
+
+
+def _onnxruntime_outputs(path: pathlib.Path, args: Tuple[Any, ...]) -> list:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), tensors)}
+    return [torch.from_numpy(o) for o in session.run(None, feeds)]
+
+
+def export_onnx(
+    model: Union[nn.Module, ExportedProgram],
+    example_input,
+    path: PathLike,
+    opset: Optional[int] = None,
+    dynamic: bool = False,
+    overwrite: bool = False,
+    validate: Optional[bool] = None,
+    atol: float = 1e-4,
+) -> pathlib.Path:
+    """ONNX export of an eval-mode model, split attention written as its pure-PyTorch reference.
+
+    The fused ops have no ONNX counterpart, so the model is exported with export_program (fused ops, fake
+    kernels) and to_reference() decomposes them into the references' ATen ops before torch.onnx.export
+    (dynamo exporter) converts the program. This was chosen over switching every module to backend='reference'
+    during the trace (reference_ops): it needs no knowledge of the model's modules, also converts a program
+    loaded from disk, and leaves the model untouched.
+
+    Args:
+        model: a module (exported in eval mode, as export_program does) or an ExportedProgram (e.g. from
+            load_program; its dynamic shapes are the ones it was exported with).
+        example_input: a tensor or a tuple of positional arguments (used for the trace and the validation).
+        path: the .onnx file, written atomically and self-contained (weights inside: fine below 2 GB, which every
+            ResNeSt segmentor is).
+        opset: ONNX opset (18 or later); None: torch.onnx's default (20 with torch 2.13).
+        dynamic: height and width dynamic (export_program's dynamic_shapes='hw'); for a dynamic batch, export
+            with export_program(..., dynamic_shapes='bhw') and pass the program.
+        overwrite: replace an existing file (otherwise FileExistsError).
+        validate: run the file with ONNX Runtime on example_input and compare with PyTorch (the eager model, or
+            the program): None = when onnxruntime is installed, True = always (ImportError without it).
+        atol: validation tolerance: max |onnx - torch| <= atol * max(1, max |torch|).
+    Returns the path. Raises ImportError (with the pip command) without onnx/onnxscript, OnnxValidationError
+    (before anything is written at `path`) when the outputs differ.
+
+    Speed: ONNX runtimes (TensorRT too) get the ~9.5-pass eager decomposition of split attention, not our two fused
+    passes; see the module docstring and `python -m benchmarks.onnx_runtime`.
+    """
+    _require("onnx", _ONNX_HINT, "export_onnx")
+    _require("onnxscript", _ONNX_HINT, "export_onnx (torch.onnx's exporter)")
+    if validate is None:
+        validate = importlib.util.find_spec("onnxruntime") is not None
+    elif validate:
+        _require("onnxruntime", _ORT_HINT, "export_onnx(validate=True)")
+    path = pathlib.Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    args = _as_args(example_input)
+    if isinstance(model, ExportedProgram):
+        if dynamic:
+            raise ValueError("dynamic=True applies when exporting a module; a program keeps the dynamic shapes it "
+                             "was exported with (export_program(..., dynamic_shapes='hw'))")
+        program = model
+    else:
+        program = export_program(model, args, dynamic_shapes="hw" if dynamic else None)
+    onnx_program = torch.onnx.export(to_reference(program), args, dynamo=True, opset_version=opset,
+                                     external_data=False, verbose=False)
+
+    def write(tmp: pathlib.Path) -> None:
+        onnx_program.save(tmp, external_data=False)
+        if validate:
+            _validate(model, program, args, tmp, atol)
+
+    return _write_atomically(path, overwrite, write)
+
+
+def _validate(model, program: ExportedProgram, args, onnx_path: pathlib.Path, atol: float) -> None:
+    with torch.no_grad():
+        if isinstance(model, nn.Module):
+            with _eval_mode(model):
+                expected = model(*args)
+        else:
+            expected = program.module()(*args)
+    expected = [expected] if isinstance(expected, Tensor) else list(expected)
+    got = _onnxruntime_outputs(onnx_path, args)
+    if len(got) != len(expected):
+        raise OnnxValidationError(f"ONNX Runtime returned {len(got)} outputs, PyTorch {len(expected)}")
+    for i, (g, e) in enumerate(zip(got, expected)):
+        if tuple(g.shape) != tuple(e.shape):
+            raise OnnxValidationError(f"output {i}: ONNX Runtime shape {tuple(g.shape)}, PyTorch {tuple(e.shape)}")
+        err = (g.to(e.dtype) - e).abs().max().item() if e.numel() else 0.0
+        bound = atol * max(1.0, e.abs().max().item() if e.numel() else 0.0)
+        if not err <= bound:
+            raise OnnxValidationError(
+                f"output {i}: ONNX Runtime differs from PyTorch by {err:.3g} (> {bound:.3g}); nothing was written. "
+                f"Pass validate=False to write the file anyway."
+            )
+
+
+# --------------------------------------------------------------------------------------------------- TorchScript
+
+
+@contextlib.contextmanager
+def reference_ops(model: nn.Module) -> Iterator[nn.Module]:
+    """Every SplitAttentionConv2d of `model` runs the pure-PyTorch reference (backend='reference') inside the
+    block; each module's previous backend is restored on exit, also when the block raises.
+
+    For tools that trace Python and cannot load resnest_fast where the result runs (torch.jit.trace for a
+    TorchScript file that plain libtorch loads, torch.onnx.export(dynamo=False), third-party tracers). Ops called
+    directly through resnest_fast.ops with backend=None follow the global default instead
+    (resnest_fast.set_default_backend)."""
+    _check_module(model)
+    blocks = [m for m in model.modules() if isinstance(m, SplitAttentionConv2d)]
+    previous = [m.backend for m in blocks]
+    try:
+        for m in blocks:
+            m.backend = "reference"
+        yield model
+    finally:
+        for m, backend in zip(blocks, previous):
+            m.backend = backend
+
+
+def trace_torchscript(model: nn.Module, example_input, reference: bool = False) -> torch.jit.ScriptModule:
+    """TorchScript of `model` by torch.jit.trace, in eval mode and without autograd.
+
+    The fused ops are dispatcher ops and appear in the trace as `resnest_fast::splat_pool` /
+    `resnest_fast::splat_combine` nodes: the ScriptModule runs, and torch.jit.load loads it, in a process that
+    has imported resnest_fast. With reference=True the trace holds the pure-PyTorch reference instead (loads with
+    torch or libtorch alone; the ~9.5-pass eager form). Sizes are recorded as traced values where the code reads
+    them from tensors, so the result runs at other input sizes too (checked in tests/test_export.py), but control
+    flow is frozen at the example's (as with any trace). torch.jit.script is not supported: it raises an error
+    that points to this function and to export_program. TorchScript is deprecated as of torch 2.13 (torch.jit.trace
+    warns so): prefer export_program for new deployments.
+    """
+    _check_module(model)
+    args = _as_args(example_input)
+    context = reference_ops(model) if reference else contextlib.nullcontext()
+    with context, _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
+        # Our input checks, and SyncBatchNorm's (the configs' norm), compare channel counts and ranks, which a trace
+        # rightly freezes; the tracer's warnings about them would bury any warning about the user's own code.
+        for module in (r"resnest_fast(\.|$)", r"torch\.nn\.modules\.batchnorm$"):
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=module)
+        return torch.jit.trace(model, args, check_trace=False)

@@ -1,0 +1,335 @@
+"""resnest_fast.export: torch.export with the fused ops kept (static and dynamic sizes, save/load in this and in a
+fresh process), ONNX through the reference decomposition checked with ONNX Runtime, TorchScript by tracing, and
+the errors of the paths that cannot work (torch.jit.script, missing packages, missing ops, existing files).
+
+Small segmentors (ResNeSt-50 layout at widths 16/8, one per head type) keep the file fast; the eight shipped
+configs at full size are behind `-m heavy`."""
+import copy
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import resnest_fast.export as rexport
+from resnest_fast import _extension as ext
+from resnest_fast.export import (
+    OnnxValidationError,
+    export_onnx,
+    export_program,
+    fused_op_counts,
+    load_program,
+    reference_ops,
+    save_program,
+    to_reference,
+    trace_torchscript,
+)
+from resnest_fast.nn import SplitAttentionConv2d
+from resnest_fast.training import build_model, build_segmentor, list_configs, load_config
+from tests.parity import randomize, randomize_model
+
+pytestmark = pytest.mark.skipif(not ext.HAS_CPU_KERNELS,
+                                reason="resnest_fast._C is not built: there are no fused ops to export")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FCN = "resnest_s101-d8_fcn_4xb2-80k_cityscapes-512x1024"
+HEAD_CONFIGS = {
+    "PSPHead": "resnest_s101-d8_pspnet_4xb2-80k_cityscapes512x1024",
+    "ASPPHead": "resnest_s101-d8_deeplabv3_4xb2-80k_cityscapes-512x1024",
+    "DepthwiseSeparableASPPHead": "resnest_s101-d8_deeplabv3plus_4xb2-80k_cityscapes-512x1024",
+}
+HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime: "
+                                                      "pip install onnx onnxscript onnxruntime")
+
+
+def small_segmentor(head_config=FCN):
+    """The shipped config's model at ResNeSt-50 depth and tiny widths, with random weights and BN statistics."""
+    cfg = copy.deepcopy(load_config(FCN)["model"])
+    if head_config != FCN:
+        cfg["decode_head"] = copy.deepcopy(load_config(head_config)["model"]["decode_head"])
+    cfg["backbone"].update(depth=50, stem_channels=16, base_channels=8)
+    cfg["decode_head"].update(in_channels=256, channels=16)
+    if cfg["decode_head"]["type"] == "DepthwiseSeparableASPPHead":
+        cfg["decode_head"].update(c1_in_channels=32)
+    cfg["auxiliary_head"].update(in_channels=128, channels=8)
+    return randomize_model(build_segmentor(cfg)).eval()
+
+
+def image(*shape):
+    return torch.rand(*shape) * 255
+
+
+def blocks(model):
+    return [m for m in model.modules() if isinstance(m, SplitAttentionConv2d)]
+
+
+def max_abs(a, b):
+    return (a - b).abs().max().item()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny shapes: one thread is fastest, and on shared cores a second OpenMP thread that is descheduled stalls
+    every op at its barrier (100x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def segmentor():
+    torch.manual_seed(0)
+    return small_segmentor()
+
+
+@pytest.fixture(scope="module")
+def program(segmentor):
+    return export_program(segmentor, image(1, 3, 64, 96))
+
+
+@pytest.fixture(scope="module")
+def portable(program):
+    return to_reference(program)
+
+
+def eager(model, *args):
+    with torch.no_grad():
+        return model(*args)
+
+
+# ------------------------------------------------------------------------------------------------- torch.export
+
+
+def test_program_matches_eager_and_keeps_one_pool_and_one_combine_per_block(segmentor, program):
+    x = image(1, 3, 64, 96)
+    assert max_abs(program.module()(x), eager(segmentor, x)) <= 1e-5
+    n = len(blocks(segmentor))
+    assert n == 16  # ResNeSt-50: 3 + 4 + 6 + 3 bottlenecks
+    assert fused_op_counts(program) == {"splat_pool": n, "splat_combine": n}
+
+
+@pytest.mark.parametrize("head", sorted(HEAD_CONFIGS))
+def test_every_head_type_exports(head):
+    model = small_segmentor(HEAD_CONFIGS[head])
+    assert type(model.decode_head).__name__ == head
+    x = image(1, 3, 64, 96)
+    program = export_program(model, x)
+    assert max_abs(program.module()(x), eager(model, x)) <= 1e-5
+    assert fused_op_counts(program) == {"splat_pool": 16, "splat_combine": 16}
+
+
+def test_dynamic_batch_height_and_width(segmentor):
+    program = export_program(segmentor, image(2, 3, 64, 96), dynamic_shapes="bhw")
+    for shape in [(1, 3, 72, 100), (3, 3, 33, 47)]:
+        x = image(*shape)
+        out = program.module()(x)
+        assert out.shape == (shape[0], segmentor.num_classes, *shape[2:])
+        assert max_abs(out, eager(segmentor, x)) <= 1e-5
+
+
+def test_dynamic_shorthand_errors():
+    block = SplitAttentionConv2d(16, 16, 3, padding=1).eval()
+    with pytest.raises(ValueError, match="at least 2"):
+        export_program(block, torch.randn(1, 16, 8, 8), dynamic_shapes="bhw")
+    with pytest.raises(ValueError, match="'hw' or 'bhw'"):
+        export_program(block, torch.randn(2, 16, 8, 8), dynamic_shapes="hwc")
+
+
+def test_export_uses_eval_mode_and_restores_every_training_flag():
+    model = randomize(SplitAttentionConv2d(16, 16, 3, padding=1, radix=2, groups=2)).train()
+    model.bn1.eval()  # mixed flags, as norm_eval or frozen stages leave them
+    x = torch.randn(2, 16, 8, 8)
+    program = export_program(model, x)
+    assert model.training and model.bn0.training and not model.bn1.training
+    model.eval()
+    assert max_abs(program.module()(x), eager(model, x)) <= 1e-5
+    assert model.bn0.num_batches_tracked.item() == 7  # the trace did not update running statistics
+
+
+def test_export_with_parameters_requiring_grad_traces_the_ops_not_the_fused_backward(segmentor):
+    # In eager mode with grad enabled, the module takes its autograd.Function path; the trace must not.
+    assert all(p.requires_grad for p in segmentor.parameters())
+    with torch.enable_grad():
+        program = export_program(segmentor, image(1, 3, 32, 32))
+    assert fused_op_counts(program) == {"splat_pool": 16, "splat_combine": 16}
+
+
+def test_save_load_round_trip_and_no_overwrite(program, segmentor, tmp_path):
+    path = save_program(program, tmp_path / "fcn.pt2")
+    assert sorted(os.listdir(tmp_path)) == ["fcn.pt2"]  # no temporary file left behind
+    loaded = load_program(path)
+    assert fused_op_counts(loaded) == fused_op_counts(program)
+    x = image(1, 3, 64, 96)
+    assert max_abs(loaded.module()(x), eager(segmentor, x)) <= 1e-5
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_program(program, path)
+    assert path.read_bytes() == before
+    save_program(program, path, overwrite=True)
+
+
+FRESH_PROCESS = """
+import sys, torch
+fused, portable, x_path, out_path = sys.argv[1:]
+out = torch.export.load(portable).module()(torch.load(x_path))  # plain ATen: torch alone loads it
+assert "resnest_fast" not in sys.modules
+try:
+    torch.export.load(fused)
+except Exception:
+    print("plain-load-failed")
+import resnest_fast
+torch.save((torch.export.load(fused).module()(torch.load(x_path)), out), out_path)
+"""
+
+
+def test_load_in_a_fresh_process(program, portable, segmentor, tmp_path):
+    """The fused program loads once resnest_fast is imported (its ops registered), not before; the to_reference
+    program loads with torch alone."""
+    fused = save_program(program, tmp_path / "fcn.pt2")
+    plain = save_program(portable, tmp_path / "fcn_reference.pt2")
+    x = image(1, 3, 64, 96)
+    torch.save(x, tmp_path / "x.pt")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(fused), str(plain), str(tmp_path / "x.pt"),
+                           str(tmp_path / "out.pt")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "plain-load-failed" in done.stdout
+    want = eager(segmentor, x)
+    for got in torch.load(tmp_path / "out.pt"):
+        assert max_abs(got, want) <= 1e-5
+
+
+def test_load_program_names_the_ops_this_process_lacks(program, tmp_path, monkeypatch):
+    path = save_program(program, tmp_path / "fcn.pt2")
+    monkeypatch.setattr(rexport, "_registered", lambda name: name != "splat_combine")
+    with pytest.raises(RuntimeError, match=r"splat_combine.*to_reference"):
+        load_program(path)
+    with pytest.raises(FileNotFoundError):
+        load_program(tmp_path / "missing.pt2")
+
+
+def test_to_reference_needs_only_aten(portable, segmentor):
+    assert fused_op_counts(portable) == {}
+    x = image(1, 3, 64, 96)
+    assert max_abs(portable.module()(x), eager(segmentor, x)) <= 1e-5
+    assert to_reference(portable) is portable
+
+
+# ---------------------------------------------------------------------------------------------------------- ONNX
+
+
+@needs_onnx
+def test_onnx_of_a_segmentor_matches_eager(portable, segmentor, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    # The program already decomposed (to save time here; the block tests below go through the decomposition
+    # inside export_onnx). export_onnx validates with onnxruntime too.
+    path = export_onnx(portable, image(1, 3, 64, 96), tmp_path / "fcn.onnx")
+    proto = onnx.load(path)
+    assert not any(node.domain.startswith("resnest") for node in proto.graph.node)
+    x = image(1, 3, 64, 96)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    assert max_abs(got, eager(segmentor, x)) <= 1e-4
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export_onnx(portable, x, path)
+    assert path.read_bytes() == before
+
+
+@needs_onnx
+def test_onnx_dynamic_height_and_width_of_a_block(tmp_path):
+    import onnxruntime as ort
+
+    block = randomize(SplitAttentionConv2d(32, 32, 3, padding=1, radix=4, groups=2)).eval()  # groups > 1: layout
+    path = export_onnx(block, torch.randn(1, 32, 12, 10), tmp_path / "block.onnx", opset=18, dynamic=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 32, 12, 10), (1, 32, 7, 9)]:
+        x = torch.randn(shape)
+        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+        assert max_abs(got, eager(block, x)) <= 1e-4
+    assert sorted(os.listdir(tmp_path)) == ["block.onnx"]
+
+
+@needs_onnx
+def test_onnx_validation_failure_writes_nothing(tmp_path, monkeypatch):
+    block = randomize(SplitAttentionConv2d(16, 16, 3, padding=1)).eval()
+    real = rexport._onnxruntime_outputs
+    monkeypatch.setattr(rexport, "_onnxruntime_outputs", lambda path, args: [o + 1 for o in real(path, args)])
+    with pytest.raises(OnnxValidationError, match="nothing was written"):
+        export_onnx(block, torch.randn(1, 16, 6, 6), tmp_path / "block.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+def test_onnx_without_the_packages_says_what_to_install(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    block = SplitAttentionConv2d(16, 16, 3, padding=1).eval()
+    with pytest.raises(ImportError, match="pip install onnx onnxscript"):
+        export_onnx(block, torch.randn(1, 16, 6, 6), tmp_path / "block.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+# -------------------------------------------------------------------------------------------- reference_ops
+
+
+def test_reference_ops_restores_backends_even_when_the_export_raises():
+    model = torch.nn.Sequential(SplitAttentionConv2d(16, 16, 3, padding=1, backend="cpu"),
+                                SplitAttentionConv2d(16, 16, 3, padding=1)).eval()
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        with reference_ops(model):
+            assert [m.backend for m in model] == ["reference", "reference"]
+            export_program(model, torch.randn(16, 8, 8))  # 3-D: the module rejects it while tracing
+    assert [m.backend for m in model] == ["cpu", None]
+
+
+# --------------------------------------------------------------------------------------------------- TorchScript
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+def test_torchscript_trace_keeps_the_fused_ops_and_runs_at_other_sizes(segmentor, tmp_path):
+    traced = trace_torchscript(segmentor, image(1, 3, 64, 96))
+    kinds = [n.kind() for n in traced.inlined_graph.nodes()]
+    assert kinds.count("resnest_fast::splat_pool") == kinds.count("resnest_fast::splat_combine") == 16
+    torch.jit.save(traced, tmp_path / "fcn.ts")
+    loaded = torch.jit.load(tmp_path / "fcn.ts")
+    for shape in [(1, 3, 64, 96), (2, 3, 40, 72)]:
+        x = image(*shape)
+        assert max_abs(loaded(x), eager(segmentor, x)) <= 1e-5
+    reference = trace_torchscript(segmentor, image(1, 3, 64, 96), reference=True)
+    assert not any("resnest_fast" in n.kind() for n in reference.inlined_graph.nodes())
+    assert all(m.backend is None for m in blocks(segmentor))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+def test_torchscript_script_points_to_the_working_paths(segmentor):
+    with pytest.raises(RuntimeError, match="export_program.*trace_torchscript"):
+        torch.jit.script(segmentor)
+
+
+# ------------------------------------------------------------------------------------------------------- heavy
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("name", list_configs())
+def test_full_size_config_exports_with_dynamic_height_and_width(name):
+    model = randomize_model(build_model(name)).eval()
+    x = image(1, 3, 512, 1024)
+    program = export_program(model, x, dynamic_shapes="hw")
+    assert fused_op_counts(program) == {"splat_pool": 33, "splat_combine": 33}  # ResNeSt-101: 3 + 4 + 23 + 3
+    for x in (x, image(1, 3, 256, 384)):
+        want = eager(model, x)
+        assert max_abs(program.module()(x), want) <= 1e-5 * max(1.0, want.abs().max().item())
+
+
+@pytest.mark.heavy
+@needs_onnx
+def test_full_size_onnx(tmp_path):
+    model = randomize_model(build_model(FCN)).eval()
+    export_onnx(model, image(1, 3, 512, 1024), tmp_path / "fcn.onnx")  # raises if ONNX Runtime disagrees
