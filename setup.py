@@ -89,7 +89,19 @@ def extension_modules():
     # No -std: torch's cpp_extension adds the standard its headers need (C++17 for 2.13, C++20 for 2.14), and
     # Py_LIMITED_API (py_limited_api=True below). -fno-trapping-math lets GCC turn the ReLU mask's compare into a
     # vector select (a signalling compare may not be speculated otherwise, and the loop stays scalar + branchy).
-    cxx_flags += ["-fopenmp-simd", "-fno-trapping-math", "-ffp-contract=off"]
+    cxx_flags += ["-fno-trapping-math", "-ffp-contract=off"]
+    # at::parallel_for is a header template: it runs in parallel only where the extension itself is compiled with
+    # the threading backend torch was built with (_OPENMP -> INTRA_OP_PARALLEL in ATen/ParallelOpenMP.h).
+    # Without -fopenmp every kernel ran on one thread. Linking -fopenmp resolves to the libgomp.so.1 that torch
+    # has already loaded (same soname), so there is one OpenMP runtime in the process.
+    link_flags = []
+    if "OpenMP" in torch.__config__.parallel_info() and sys.platform != "win32":
+        cxx_flags += ["-fopenmp"]
+        link_flags += ["-fopenmp"]
+        log("torch's intra-op threading is OpenMP: kernels compiled with -fopenmp")
+    else:
+        cxx_flags += ["-fopenmp-simd"]
+        log("torch's intra-op threading is not OpenMP: kernels compiled with -fopenmp-simd (vectorised only)")
     sources = sorted(glob.glob("csrc/ops/*.cpp")) + sorted(glob.glob("csrc/ops/cpu/*.cpp"))
     include_dirs = [os.path.join(HERE, "csrc")]
     extra = {"cxx": cxx_flags}
@@ -114,6 +126,7 @@ def extension_modules():
         sources,
         include_dirs=include_dirs,
         extra_compile_args=extra,
+        extra_link_args=link_flags,
         py_limited_api=True,
     )
     cmdclass = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}

@@ -8,7 +8,8 @@
 //   channels_last:     one work item per (sample, run of positions); each position holds radix*C contiguous
 //                      values, and reductions over positions go to per-item partial buffers that are summed at
 //                      the end (deterministic: the split into items depends only on the shape).
-// Inner loops are `omp simd` loops over contiguous memory (built with -fopenmp-simd: no OpenMP runtime), and the
+// Inner loops are `omp simd` loops over contiguous memory, at::parallel_for splits the items over torch's OpenMP
+// threads (setup.py compiles with -fopenmp where torch uses OpenMP: the header template is serial otherwise), and the
 // bool options (affine, relu) are template parameters so the loops have no branches.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
