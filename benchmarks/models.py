@@ -145,6 +145,7 @@ def bench_model(head, size=(256, 512), compile=False, rounds=5, warmup=2, check_
         parts.append(f"ours-compiled vs {kind}-compiled {medians[f'{kind}-compiled'] / medians['ours-compiled']:.2f}x")
     report.note(f"{head} eval 1x3x{size[0]}x{size[1]}: " + ", ".join(parts))
     del providers, fast, ours, ref
+    torch._dynamo.reset()  # the compiled graphs hold frozen copies of every weight
     gc.collect()
     return medians
 
@@ -177,6 +178,8 @@ def saved_bytes(head, batch=2, size=(256, 512)):
                           "ratio": round(ours_b / ref_b, 4)})
     report.note(f"{head} train {batch}x3x{size[0]}x{size[1]}: bytes saved for backward ours {ours_b / 2**20:.0f} MiB, "
                 f"{kind} {ref_b / 2**20:.0f} MiB, ratio {ours_b / ref_b:.3f}")
+    del ours, ref
+    gc.collect()
     return ours_b, ref_b
 
 

@@ -8,6 +8,7 @@ included), and a ResNeSt-D8 FCN segmentor at full widths (depth --depth). Provid
 same weights and input:
   torch-fused      the model as shipped: eager PyTorch, split attention on the C++ CPU kernels (backend 'auto');
   torch-reference  eager PyTorch with backend='reference': the decomposition the ONNX file holds;
+  torch-optimized  resnest_fast.optimize_for_inference(model): BN folded, conv post-ops, prepacked oneDNN weights;
   onnxruntime      the file written by resnest_fast.export.export_onnx, on ONNX Runtime's CPU provider with all
                    graph optimisations and as many intra-op threads as torch uses.
 Each is warmed up, then timed over --iters calls, the providers taking turns within each iteration; the median is
@@ -25,6 +26,7 @@ import time
 
 import torch
 
+from resnest_fast import optimize_for_inference
 from resnest_fast.export import export_onnx, reference_ops
 from resnest_fast.nn import SplitAttentionConv2d
 from resnest_fast.training import build_segmentor, load_config
@@ -99,6 +101,7 @@ def bench(name, model, x, args, tmpdir, rows):
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}
 
+    fast = optimize_for_inference(model)
     with torch.no_grad():
         want = model(x)
 
@@ -109,6 +112,7 @@ def bench(name, model, x, args, tmpdir, rows):
         providers = {
             "torch-fused": lambda: model(x),
             "torch-reference": run_reference,
+            "torch-optimized": lambda: fast(x),
             "onnxruntime": lambda: torch.from_numpy(session.run(None, feed)[0]),
         }
         errors = {provider: (fn() - want).abs().max().item() for provider, fn in providers.items()}

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from resnest_fast.checkpoint import CheckpointError
 from resnest_fast.training.checkpoints import atomic_write_text
+from resnest_fast.training.cli import add_runtime_arguments
 from resnest_fast.training.data.builder import build_dataset, check_data_config
 from resnest_fast.training.data.transforms import rescale_size, resize_image
 from resnest_fast.training.heads import resize
@@ -274,11 +275,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", help="write the metrics as JSON to this file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--num-workers", type=int, default=None, help="data loading processes (default: the config's)")
-    parser.add_argument("--backend", choices=("auto", "cpu", "cuda", "triton", "reference"), default=None,
-                        help="split-attention backend (default: RESNEST_FAST_BACKEND or auto)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                        help="default: cuda when a GPU is visible, else cpu")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runtime_arguments(parser)
     return parser
 
 

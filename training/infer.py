@@ -37,6 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from resnest_fast.checkpoint import CheckpointError, load_checkpoint
+from resnest_fast.training.cli import add_runtime_arguments
 from resnest_fast.training.config import load_config
 from resnest_fast.training.data.io import CorruptFileError, load_image
 from resnest_fast.training.data.meta import ADE20K_PALETTE, CITYSCAPES_PALETTE
@@ -499,12 +500,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--opacity", type=float, default=0.5, help="colour weight in the overlay, 0-1 (default 0.5)")
     parser.add_argument("--overlay-format", choices=("auto", "png", "jpg"), default="auto",
                         help="auto: jpg for JPEG inputs, png otherwise")
-    parser.add_argument("--backend", choices=("auto", "cpu", "cuda", "triton", "reference"), default=None,
-                        help="split-attention backend (default: RESNEST_FAST_BACKEND or auto)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                        help="default: cuda when a GPU is visible, else cpu")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runtime_arguments(parser)
     return parser
 
 

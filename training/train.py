@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from resnest_fast.checkpoint import CheckpointError, load_checkpoint
 from resnest_fast.training import checkpoints as ckpt
+from resnest_fast.training.cli import add_runtime_arguments
 from resnest_fast.training.config import load_config
 from resnest_fast.training.data.builder import build_dataset, check_data_config
 from resnest_fast.training.data.collate import collate
@@ -584,11 +585,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, help="data loading processes per training process")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config entries, e.g. schedule.val_interval=500 runtime.log_interval=10")
-    parser.add_argument("--backend", choices=("auto", "cpu", "cuda", "triton", "reference"), default=None,
-                        help="split-attention backend (default: RESNEST_FAST_BACKEND or auto)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                        help="default: cuda when a GPU is visible, else cpu")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runtime_arguments(parser)
     return parser
 
 
