@@ -7,7 +7,8 @@ afterwards is then the peak of what ran since. Where the kernel refuses, `reset_
 stays the lifetime peak: callers record which of the two they measured.
 
 RSS counts pages actually touched (an untouched allocation costs nothing) and memory the allocator keeps after a
-free; it is what the operating system charges the process, not what tensors hold at a given moment.
+free; it is what the operating system charges the process, not what tensors hold at a given moment. The kernel
+batches its RSS counters (up to 64 pages per thread), so the figures are good to a few hundred kB.
 """
 STATUS = "/proc/self/status"
 

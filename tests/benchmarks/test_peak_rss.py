@@ -37,10 +37,12 @@ def _run(script):
 
 def test_peak_sees_a_known_allocation_and_reset_forgets_a_freed_one():
     out = _run(SCRIPT)
-    assert out["growth"] >= 96 * MIB
+    # The kernel batches its RSS counters (up to 64 pages per thread), so the figures lag by a few hundred kB.
+    slack = MIB
+    assert out["growth"] >= 96 * MIB - slack
     assert out["growth"] < 96 * MIB + 16 * MIB  # nothing else of that size happened
-    assert out["rss_holding"] >= 96 * MIB
-    assert out["peak_after_free"] >= 96 * MIB  # a peak survives the free
+    assert out["rss_holding"] >= 96 * MIB - slack
+    assert out["peak_after_free"] >= 96 * MIB - slack  # a peak survives the free
     if not (out["reset"] and out["reset_after_free"]):
         pytest.skip("this kernel refuses to reset the peak RSS (/proc/self/clear_refs)")
     assert out["peak_after_reset"] < 32 * MIB  # the freed block is no longer part of the peak
