@@ -32,7 +32,7 @@ RSS is per process, hence one process per measurement; it includes the Python in
 libraries (mmseg imports more than ours), so compare growth_mib across providers, peak_mib within one. Compiled
 providers are timed only. Train mode (--memory): the bytes autograd keeps for backward (each storage once) for the
 loss of a batch of 2, ours / mmseg.
-Rows go to benchmarks/results/models.csv (with machine, versions and git revision).
+Rows go to benchmarks/results/models.csv (--results-dir to change; machine, versions and git revision added).
 
     python -m benchmarks.models --models deeplabv3 --size 256 512 --compile --memory   # run.sh's figure
     python -m benchmarks.models --models all                                           # eight models, crop sizes
@@ -195,6 +195,12 @@ def _check_logits(label, got, want, kind):
         raise AssertionError(f"{label}: logits differ from {kind}'s by {err:.3g}; not timing")
 
 
+def _progress(line):
+    """A summary line, printed now (a full run takes long) and again in the summary at the end."""
+    report.note(line)
+    print(line, file=sys.stderr, flush=True)
+
+
 def bench_model(name, size=None, compile=False, rounds=None, warmup=5, device="cpu", peak_memory=True,
                 memory_calls=2):
     """Times the providers for config `name` (or a key of MODEL_CONFIGS / HEAD_CONFIGS) and, with `peak_memory`,
@@ -240,7 +246,7 @@ def bench_model(name, size=None, compile=False, rounds=None, warmup=5, device="c
     parts = [f"{k} {v:.3f}s ({medians[kind] / v:.2f}x)" for k, v in medians.items()]
     if compile:
         parts.append(f"ours-compiled vs {kind}-compiled {medians[f'{kind}-compiled'] / medians['ours-compiled']:.2f}x")
-    report.note(f"{model} eval {shape} on {device}, median of {rounds}: " + ", ".join(parts))
+    _progress(f"{model} eval {shape} on {device}, median of {rounds}: " + ", ".join(parts))
 
     with tempfile.TemporaryDirectory(prefix="resnest_fast_models_") as tmp:
         if peak_memory:
@@ -266,7 +272,7 @@ def bench_model(name, size=None, compile=False, rounds=None, warmup=5, device="c
                                       "growth_mib": res["growth_mib"],
                                       "growth_vs_reference": round(res["growth_mib"] /
                                                                    max(measured[kind]["growth_mib"], 1e-9), 3)})
-            report.note(f"{model} eval {shape} memory ({measured[kind]['measure']}): " + ", ".join(
+            _progress(f"{model} eval {shape} memory ({measured[kind]['measure']}): " + ", ".join(
                 f"{p} peak {r['peak_mib']:.0f} MiB, growth {r['growth_mib']:.0f} MiB" for p, r in measured.items()))
     return medians
 
@@ -379,8 +385,8 @@ def saved_bytes(name, batch=2, size=(256, 512)):
     report.add("models", {"bench": "train_saved_bytes", "model": name, "input": f"{batch}x3x{size[0]}x{size[1]}",
                           "provider": f"ours/{kind}", "ours_bytes": ours_b, "reference_bytes": ref_b,
                           "ratio": round(ours_b / ref_b, 4)})
-    report.note(f"{model} train {batch}x3x{size[0]}x{size[1]}: bytes saved for backward ours {ours_b / 2**20:.0f} "
-                f"MiB, {kind} {ref_b / 2**20:.0f} MiB, ratio {ours_b / ref_b:.3f}")
+    _progress(f"{model} train {batch}x3x{size[0]}x{size[1]}: bytes saved for backward ours {ours_b / 2**20:.0f} "
+              f"MiB, {kind} {ref_b / 2**20:.0f} MiB, ratio {ours_b / ref_b:.3f}")
     del ours, ref
     gc.collect()
     return ours_b, ref_b

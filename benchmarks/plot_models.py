@@ -39,7 +39,7 @@ def _short(config):
 
 
 def _group_key(row, several_mallocs):
-    label = f"{_short(row['model'])}\n{row['input']}"
+    label = _short(row["model"]).replace("-", "\n", 1) + "\n" + row["input"]
     if several_mallocs:
         label += "\n" + ("tuned malloc" if row.get("malloc", "glibc default") != "glibc default" else "glibc malloc")
     return label
