@@ -1,25 +1,53 @@
-"""Model-level benchmark: the segmenters of mmseg's ResNeSt table, mmseg's model against ours, side by side in one
-process, with the same weights (mmseg's random init copied into ours with strict=True) and the same input.
+"""Model-level benchmark with mmseg's method: the eight segmenters of mmseg's ResNeSt table (FCN, PSPNet, DeepLabV3,
+DeepLabV3+ on ResNeSt-101-D8, Cityscapes and ADE20k), mmseg's model against ours, same weights (mmseg's random
+init copied into ours with strict=True), same input.
 
-Providers (eval forward, batch 1, no grad):
-  mmseg                mmseg 1.2.2's model (the reference; our `reference` backend stands in if mmseg is absent)
+Providers (eval forward, batch 1, no grad; mmseg's `forward(mode='tensor')`, i.e. the decode logits, and our
+`decode`, the same computation: mmseg's benchmark.py times `mode='predict'`, which adds a resize and an argmax that
+are the same code for both):
+  mmseg                mmseg 1.2.2's model (the reference; our `reference` backend stands in if mmseg is absent,
+                       and the rows then say "reference-backend")
   ours                 ours in eager mode, fused split attention
   ours-optimized       resnest_fast.optimize_for_inference(ours): BN folded, post-ops, prepacked convs
-  mmseg-compiled       torch.compile of mmseg's model with torch._inductor.config.freezing = True
-  ours-compiled        the same compile of ours
-Timing follows mmseg's method scaled to a CPU (a few seconds per forward): warm-up calls, then timed calls with
-perf_counter (torch.cuda.synchronize on GPU); the providers take turns round by round so that a change in the
-machine's load hits all of them alike, and medians are compared. Every provider's logits are checked against
-mmseg's before any timing. Train mode: the bytes autograd keeps for backward (each storage once) for the loss of
-a batch, ours / mmseg.
+  mmseg-compiled       (--compile) torch.compile of mmseg's model with torch._inductor.config.freezing = True
+  ours-compiled        (--compile) the same compile of ours
+Every provider's logits are checked against mmseg's before anything is timed or measured.
 
-    python -m benchmarks.models --models deeplabv3 --size 256 512 --compile      # the issue's figure
-    python -m benchmarks.models --models fcn pspnet deeplabv3 deeplabv3plus      # eager + optimized, all heads
+Timing (mmseg's tools/analysis_tools/benchmark.py: batch 1, 5 warm-up iterations, then N timed ones, synchronised,
+fps = timed iterations / their total time): --warmup 5, --rounds N (default 5 on CPU, 200 on CUDA as mmseg),
+perf_counter on CPU, CUDA events on a GPU. The providers share one process and take turns round by round, so
+that a change in the machine's load hits all of them alike; speedups are ratios of medians, fps is mmseg's mean.
+Input size: the config's crop size (512x1024 Cityscapes, 512x512 ADE20k) unless --size H W.
+
+Peak memory (default on; --no-peak-memory to skip): each (model, provider) runs in its own process, which loads
+the weights the timing process saved, runs --memory-calls inference calls on the same input and returns its logits
+for the check. Measured there:
+  CPU   after_build_mib = RSS (VmRSS) once the model is built, its weights loaded, the input made;
+        peak_mib        = peak RSS (VmHWM) over the inference calls, the peak first reset to the current RSS
+                          (/proc/self/clear_refs; if the kernel refuses, the lifetime peak, said in the row);
+        growth_mib      = peak_mib - after_build_mib: what inference adds (activations, oneDNN caches,
+                          ours-optimized's weight prepacking at its first call, memory the allocator keeps).
+  CUDA  the same with torch.cuda.memory_allocated / max_memory_allocated (peak stats reset after building).
+RSS is per process, hence one process per measurement; it includes the Python interpreter and the imported
+libraries (mmseg imports more than ours), so compare growth_mib across providers, peak_mib within one. Compiled
+providers are timed only. Train mode (--memory): the bytes autograd keeps for backward (each storage once) for the
+loss of a batch of 2, ours / mmseg.
+Rows go to benchmarks/results/models.csv (--results-dir to change; machine, versions and git revision added).
+
+    python -m benchmarks.models --models deeplabv3 --size 256 512 --compile --memory   # run.sh's figure
+    python -m benchmarks.models --models all                                           # eight models, crop sizes
+    python -m benchmarks.models --models all --size 128 256 --rounds 2                 # a quick check
+    python -m benchmarks.plot_models benchmarks/results/models*.csv -o benchmarks/results/models.png
 """
 import argparse
 import copy
 import gc
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 
@@ -28,14 +56,60 @@ import torch
 from benchmarks import report
 from benchmarks.memory import saved_storage_bytes
 
-HEAD_CONFIGS = {
-    "fcn": "resnest_s101-d8_fcn_4xb2-80k_cityscapes-512x1024",
-    "pspnet": "resnest_s101-d8_pspnet_4xb2-80k_cityscapes512x1024",
-    "deeplabv3": "resnest_s101-d8_deeplabv3_4xb2-80k_cityscapes-512x1024",
-    "deeplabv3plus": "resnest_s101-d8_deeplabv3plus_4xb2-80k_cityscapes-512x1024",
+# The eight configs of training/configs/resnest/ (mmseg's file names), by "<head>-<dataset>".
+MODEL_CONFIGS = {
+    "fcn-cityscapes": "resnest_s101-d8_fcn_4xb2-80k_cityscapes-512x1024",
+    "pspnet-cityscapes": "resnest_s101-d8_pspnet_4xb2-80k_cityscapes512x1024",
+    "deeplabv3-cityscapes": "resnest_s101-d8_deeplabv3_4xb2-80k_cityscapes-512x1024",
+    "deeplabv3plus-cityscapes": "resnest_s101-d8_deeplabv3plus_4xb2-80k_cityscapes-512x1024",
+    "fcn-ade20k": "resnest_s101-d8_fcn_4xb4-160k_ade20k-512x512",
+    "pspnet-ade20k": "resnest_s101-d8_pspnet_4xb4-160k_ade20k-512x512",
+    "deeplabv3-ade20k": "resnest_s101-d8_deeplabv3_4xb4-160k_ade20k-512x512",
+    "deeplabv3plus-ade20k": "resnest_s101-d8_deeplabv3plus_4xb4-160k_ade20k-512x512",
 }
+# A bare head name means its Cityscapes config, as before the ADE20k ones were added.
+HEAD_CONFIGS = {head: MODEL_CONFIGS[f"{head}-cityscapes"] for head in ("fcn", "pspnet", "deeplabv3", "deeplabv3plus")}
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
 STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+CHECK_TOL = 1e-3
+MEMORY_PROVIDERS = ("ours", "ours-optimized")  # after the reference
+
+
+def resolve_models(names):
+    """Config names for --models: "all", "<head>-<dataset>" (e.g. deeplabv3-ade20k), a bare head (its Cityscapes
+    config) or any shipped config name. ValueError naming --models otherwise."""
+    from resnest_fast.training import list_configs
+
+    out = []
+    for name in names:
+        if name == "all":
+            found = list(MODEL_CONFIGS.values())
+        elif name in MODEL_CONFIGS:
+            found = [MODEL_CONFIGS[name]]
+        elif name in HEAD_CONFIGS:
+            found = [HEAD_CONFIGS[name]]
+        elif name in list_configs():
+            found = [name]
+        else:
+            raise ValueError(f"--models: unknown model {name!r}; expected 'all', one of "
+                             f"{', '.join(list(HEAD_CONFIGS) + list(MODEL_CONFIGS))}, or a config name of "
+                             "resnest_fast.training.list_configs()")
+        out += [c for c in found if c not in out]
+    return out
+
+
+def short_name(config):
+    """"deeplabv3-ade20k" for a config of MODEL_CONFIGS, the config name otherwise."""
+    return next((k for k, v in MODEL_CONFIGS.items() if v == config), config)
+
+
+def crop_size(config):
+    from resnest_fast.training import load_config
+
+    size = load_config(config).get("crop_size")
+    if size is None:
+        raise ValueError(f"config {config!r} has no crop_size: pass --size H W")
+    return tuple(size)
 
 
 def reference_model(name):
@@ -86,7 +160,23 @@ def _compiled(fn):
     return torch.compile(fn)
 
 
-def time_providers(providers, x, warmup=2, rounds=5):
+def _timed_call(fn, x):
+    """Seconds of one call, synchronised: CUDA events on a GPU (mmseg synchronises around perf_counter; events
+    measure the same span without the host's share of the sync), perf_counter on CPU."""
+    if x.is_cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn(x)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t = time.perf_counter()
+    fn(x)
+    return time.perf_counter() - t
+
+
+def time_providers(providers, x, warmup=5, rounds=5):
     """{name: [seconds per call]}: each provider warmed up, then one call each per round, round-robin."""
     times = {name: [] for name in providers}
     with torch.no_grad():
@@ -95,25 +185,39 @@ def time_providers(providers, x, warmup=2, rounds=5):
                 fn(x)
         for _ in range(rounds):
             for name, fn in providers.items():
-                if x.is_cuda:
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                fn(x)
-                if x.is_cuda:
-                    torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - t)
+                times[name].append(_timed_call(fn, x))
     return times
 
 
-def bench_model(head, size=(256, 512), compile=False, rounds=5, warmup=2, check_tol=1e-3):
-    """Times the providers for one model; returns {provider: median seconds} and adds CSV rows."""
+def _check_logits(label, got, want, kind):
+    err = (got.float() - want.float()).abs().max().item()
+    if not err <= CHECK_TOL * max(1.0, want.abs().max().item()):
+        raise AssertionError(f"{label}: logits differ from {kind}'s by {err:.3g}; not timing")
+
+
+def _progress(line):
+    """A summary line, printed now (a full run takes long) and again in the summary at the end."""
+    report.note(line)
+    print(line, file=sys.stderr, flush=True)
+
+
+def bench_model(name, size=None, compile=False, rounds=None, warmup=5, device="cpu", peak_memory=True,
+                memory_calls=2):
+    """Times the providers for config `name` (or a key of MODEL_CONFIGS / HEAD_CONFIGS) and, with `peak_memory`,
+    measures each one's memory in its own process; returns {provider: median seconds} and adds CSV rows."""
     from resnest_fast import optimize_for_inference
 
-    name = HEAD_CONFIGS[head]
+    name = resolve_models([name])[0]
+    size = tuple(size) if size else crop_size(name)
+    rounds = rounds or (200 if device == "cuda" else 5)
+    model = short_name(name)
     torch.manual_seed(0)
     ref, kind, ref_forward, ours = build_pair(name)
+    ref.to(device)
+    ours.to(device)
     img = torch.rand(1, 3, *size) * 255
-    x = (img - MEAN) / STD
+    x = ((img - MEAN) / STD).to(device)
+    shape = f"1x3x{size[0]}x{size[1]}"
     providers = {kind: ref_forward, "ours": ours.decode}
     fast = optimize_for_inference(ours)
     providers["ours-optimized"] = fast.decode
@@ -129,30 +233,135 @@ def bench_model(head, size=(256, 512), compile=False, rounds=5, warmup=2, check_
     with torch.no_grad():
         want = ref_forward(x)
         for label, fn in providers.items():
-            err = (fn(x) - want).abs().max().item()
-            if err > check_tol * max(1.0, want.abs().max().item()):
-                raise AssertionError(f"{head} {label}: logits differ from {kind}'s by {err:.3g}; not timing")
+            _check_logits(f"{model} {label}", fn(x), want, kind)
     times = time_providers(providers, x, warmup=warmup, rounds=rounds)
     medians = {k: statistics.median(v) for k, v in times.items()}
     for label, ts in times.items():
-        report.add("models", {"bench": "eval_forward", "model": name, "input": f"1x3x{size[0]}x{size[1]}",
-                              "provider": label, "median_s": round(medians[label], 4), "min_s": round(min(ts), 4),
-                              "rounds": len(ts), "fps": round(1 / medians[label], 3),
+        report.add("models", {"bench": "eval_forward", "model": name, "input": shape, "device": device,
+                              "provider": label, "warmup": warmup, "rounds": len(ts),
+                              "median_s": round(medians[label], 4), "mean_s": round(statistics.mean(ts), 4),
+                              "min_s": round(min(ts), 4), "fps": round(len(ts) / sum(ts), 3),
                               "speedup_vs_reference": round(medians[kind] / medians[label], 3),
                               "compile_s": round(compile_s.get(label, 0.0), 1)})
     parts = [f"{k} {v:.3f}s ({medians[kind] / v:.2f}x)" for k, v in medians.items()]
     if compile:
         parts.append(f"ours-compiled vs {kind}-compiled {medians[f'{kind}-compiled'] / medians['ours-compiled']:.2f}x")
-    report.note(f"{head} eval 1x3x{size[0]}x{size[1]}: " + ", ".join(parts))
-    del providers, fast, ours, ref
-    torch._dynamo.reset()  # the compiled graphs hold frozen copies of every weight
-    gc.collect()
+    _progress(f"{model} eval {shape} on {device}, median of {rounds}: " + ", ".join(parts))
+
+    with tempfile.TemporaryDirectory(prefix="resnest_fast_models_") as tmp:
+        if peak_memory:
+            weights, inp = os.path.join(tmp, "weights.pt"), os.path.join(tmp, "input.pt")
+            torch.save({k: v.cpu() for k, v in ref.state_dict().items()}, weights)
+            torch.save(x.cpu(), inp)
+            want = want.cpu()
+        # The compiled graphs hold frozen copies of every weight: free them before the measuring processes start.
+        del providers, fast, ours, ref, ref_forward
+        torch._dynamo.reset()
+        gc.collect()
+        if peak_memory:
+            measured = {}
+            for provider in (kind,) + MEMORY_PROVIDERS:
+                res = measure_in_subprocess(name, provider, weights, inp, os.path.join(tmp, f"{provider}.pt"),
+                                            device=device, calls=memory_calls)
+                _check_logits(f"{model} {provider} (memory process)", torch.load(res.pop("output")), want, kind)
+                measured[provider] = res
+            for provider, res in measured.items():
+                report.add("models", {"bench": "eval_peak_memory", "model": name, "input": shape, "device": device,
+                                      "provider": provider, "calls": memory_calls, "measure": res["measure"],
+                                      "after_build_mib": res["after_build_mib"], "peak_mib": res["peak_mib"],
+                                      "growth_mib": res["growth_mib"],
+                                      "growth_vs_reference": round(res["growth_mib"] /
+                                                                   max(measured[kind]["growth_mib"], 1e-9), 3)})
+            _progress(f"{model} eval {shape} memory ({measured[kind]['measure']}): " + ", ".join(
+                f"{p} peak {r['peak_mib']:.0f} MiB, growth {r['growth_mib']:.0f} MiB" for p, r in measured.items()))
     return medians
 
 
-def saved_bytes(head, batch=2, size=(256, 512)):
+def measure_in_subprocess(name, provider, weights, inp, output, device="cpu", calls=2):
+    """Runs `_memory_worker` in a fresh Python process; returns its result dict (output: the logits file)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, dir=os.path.dirname(output)) as f:
+        spec_path = f.name
+        json.dump({"model": name, "provider": provider, "weights": weights, "input": inp, "output": output,
+                   "device": device, "calls": calls, "threads": torch.get_num_threads(),
+                   "result": spec_path + ".result"}, f)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.models", "--memory-worker", spec_path], cwd=root,
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory process for {name} {provider} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    with open(spec_path + ".result") as f:
+        return json.load(f)
+
+
+def _build_for_memory(name, provider, weights):
+    """(module, forward) of `provider` for config `name`, with the saved weights, as the timing process has it."""
+    from resnest_fast import optimize_for_inference
+    from resnest_fast.training import build_segmentor, load_config
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if provider in ("mmseg", "reference-backend"):
+        model, kind, forward = reference_model(name)
+        if kind != provider:
+            raise RuntimeError(f"memory process: asked for {provider} but this environment builds {kind}")
+    elif provider in MEMORY_PROVIDERS:
+        model = build_segmentor(load_config(name)["model"])
+        forward = None
+    else:
+        raise ValueError(f"provider {provider!r} has no memory measurement")
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    if provider == "ours-optimized":
+        model = optimize_for_inference(model, inplace=True)
+    if forward is None:
+        forward = model.decode
+    return model, forward
+
+
+def _memory_worker(spec_path):
+    """One (model, provider) in this fresh process: build, reset the peak, run the calls, record."""
+    from benchmarks.peak_rss import current_rss_bytes, peak_rss_bytes, reset_peak
+
+    with open(spec_path) as f:
+        spec = json.load(f)
+    torch.set_num_threads(spec["threads"])
+    device = spec["device"]
+    model, forward = _build_for_memory(spec["model"], spec["provider"], spec["weights"])
+    model.to(device)
+    x = torch.load(spec["input"], weights_only=True).to(device)
+    gc.collect()  # the loaded state_dict is gone; what remains is the model, the input and the libraries
+    mib = 2.0 ** 20
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        after_build = torch.cuda.memory_allocated()
+        measure = "cuda max_memory_allocated over the calls, reset after building"
+    else:
+        after_build = current_rss_bytes()
+        exact = reset_peak()
+        measure = ("peak RSS over the calls (VmHWM reset after building)" if exact else
+                   "lifetime peak RSS (VmHWM; clear_refs refused, the build is included)")
+    with torch.no_grad():
+        for _ in range(spec["calls"]):
+            out = forward(x)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = peak_rss_bytes()
+    torch.save(out.cpu(), spec["output"])
+    result = {"measure": measure, "after_build_mib": round(after_build / mib, 1), "peak_mib": round(peak / mib, 1),
+              "growth_mib": round((peak - after_build) / mib, 1), "output": spec["output"]}
+    tmp = spec["result"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, spec["result"])
+
+
+def saved_bytes(name, batch=2, size=(256, 512)):
     """(ours, reference) bytes autograd keeps for backward of the training loss, each storage counted once."""
-    name = HEAD_CONFIGS[head]
+    name = resolve_models([name])[0]
+    model = short_name(name)
     torch.manual_seed(0)
     ref, kind, _, ours = build_pair(name)
     ref.train()
@@ -176,30 +385,64 @@ def saved_bytes(head, batch=2, size=(256, 512)):
     report.add("models", {"bench": "train_saved_bytes", "model": name, "input": f"{batch}x3x{size[0]}x{size[1]}",
                           "provider": f"ours/{kind}", "ours_bytes": ours_b, "reference_bytes": ref_b,
                           "ratio": round(ours_b / ref_b, 4)})
-    report.note(f"{head} train {batch}x3x{size[0]}x{size[1]}: bytes saved for backward ours {ours_b / 2**20:.0f} MiB, "
-                f"{kind} {ref_b / 2**20:.0f} MiB, ratio {ours_b / ref_b:.3f}")
+    _progress(f"{model} train {batch}x3x{size[0]}x{size[1]}: bytes saved for backward ours {ours_b / 2**20:.0f} "
+              f"MiB, {kind} {ref_b / 2**20:.0f} MiB, ratio {ours_b / ref_b:.3f}")
     del ours, ref
     gc.collect()
     return ours_b, ref_b
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["deeplabv3"], choices=sorted(HEAD_CONFIGS))
-    parser.add_argument("--size", nargs=2, type=int, default=[256, 512], metavar=("H", "W"))
+    parser.add_argument("--models", nargs="+", default=["deeplabv3"],
+                        help="'all', <head>-<dataset> (fcn|pspnet|deeplabv3|deeplabv3plus - cityscapes|ade20k), a "
+                             "bare head (its Cityscapes config) or a config name (default: deeplabv3)")
+    parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                        help="input size (default: each config's crop size)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (freezing) both models")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=None, help="timed iterations (default 5 on CPU, 200 on CUDA)")
+    parser.add_argument("--warmup", type=int, default=5, help="warm-up iterations per provider (mmseg: 5)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--peak-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="peak memory of inference, one process per model and provider (default on)")
+    parser.add_argument("--memory-calls", type=int, default=2, help="inference calls in each memory process")
     parser.add_argument("--memory", action="store_true", help="also count bytes saved for backward in training")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--results-dir", default=None, help="where models.csv goes (default benchmarks/results)")
+    parser.add_argument("--memory-worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_worker:
+        return args
+    try:
+        args.models = resolve_models(args.models)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.size is not None and min(args.size) < 1:
+        parser.error(f"--size: H and W must be positive, got {args.size[0]} {args.size[1]}")
+    for flag, value, least in (("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0),
+                               ("--memory-calls", args.memory_calls, 1), ("--threads", args.threads, 1)):
+        if value is not None and value < least:
+            parser.error(f"{flag} must be at least {least}, got {value}")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.memory_worker:
+        _memory_worker(args.memory_worker)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
-    for head in args.models:
-        bench_model(head, tuple(args.size), compile=args.compile, rounds=args.rounds, warmup=args.warmup)
+    for name in args.models:
+        bench_model(name, args.size, compile=args.compile, rounds=args.rounds, warmup=args.warmup,
+                    device=args.device, peak_memory=args.peak_memory, memory_calls=args.memory_calls)
         if args.memory:
-            saved_bytes(head)
-    report.flush()
+            saved_bytes(name, size=tuple(args.size) if args.size else crop_size(name))
+    report.flush(args.results_dir)
     for line in report.summary_lines():
         print(line)
 
