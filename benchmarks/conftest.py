@@ -1,9 +1,13 @@
 """Benchmarks run only with `pytest --benchmark-only` (plain `pytest` lists them as skipped). Each module adds
 rows to RESULTS; at the end of the session they are written, with the machine, versions and git revision, to
 benchmarks/results/<name>.csv (written to a temporary file first, then renamed) and summarised on screen."""
+import pathlib
+
 import pytest
 
 from benchmarks import report
+
+HERE = pathlib.Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(config, items):
@@ -11,7 +15,8 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="benchmark: run with `pytest benchmarks --benchmark-only`")
     for item in items:
-        if "benchmarks" in str(item.fspath):
+        # the benchmarks themselves, not the tests of their helpers in tests/benchmarks/ (which run by default)
+        if HERE in pathlib.Path(str(item.fspath)).resolve().parents:
             item.add_marker(skip)
 
 
