@@ -50,7 +50,7 @@ STEM = "parity-miou"
 DEFAULT_CONFIG = "resnest_s50-d8-w16_fcn_1xb8-400_synthetic-64x64"
 REFERENCES = ("auto", "mmseg", "reference-backend")
 TOLERANCE = 0.5  # mIoU points, the bound
-COLUMNS = ["row", "config", "reference", "ours_backend", "seed", "max_iters", "iter", "loss_reference", "loss_ours",
+COLUMNS = ["row", "config", "reference", "ours_backend", "seed", "max_iters", "threads", "iter", "loss_reference", "loss_ours",
            "loss_abs_diff", "aAcc_reference", "mIoU_reference", "mAcc_reference", "aAcc_ours", "mIoU_ours",
            "mAcc_ours", "mIoU_diff_points", "tolerance_points", "within_tolerance", "loss_max_abs_diff",
            "loss_first_abs_diff", "seconds_reference", "seconds_ours", "control_threads", "loss_control",
@@ -243,7 +243,9 @@ def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = N
     diffs = [abs(a - b) for a, b in zip(ref_losses, our_losses)]
     m_ref, m_ours = results["reference"]["metrics"], results["ours"]["metrics"]
     miou_diff = 100 * (m_ours["mIoU"] - m_ref["mIoU"])
+    threads = int((cfg.get("runtime") or {}).get("num_threads") or torch.get_num_threads())
     summary = dict(config=cfg["name"], reference=kind, ours_backend=ours_backend, seed=seed, max_iters=max_iters,
+                   threads=threads,
                    metrics=dict(reference=m_ref, ours=m_ours), losses=dict(reference=ref_losses, ours=our_losses),
                    mIoU_diff_points=miou_diff, tolerance_points=tolerance, within_tolerance=abs(miou_diff) <= tolerance,
                    loss_max_abs_diff=max(diffs), loss_first_abs_diff=diffs[0],
@@ -262,7 +264,7 @@ def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = N
 
 
 def _rows(summary: dict) -> List[dict]:
-    common = {k: summary[k] for k in ("config", "reference", "ours_backend", "seed", "max_iters")}
+    common = {k: summary[k] for k in ("config", "reference", "ours_backend", "seed", "max_iters", "threads")}
     control = summary["losses"].get("control")
     if control:
         common["control_threads"] = summary["control_threads"]
@@ -323,7 +325,7 @@ def write_plot(summary: dict, path: str) -> str:
                        f"mIoU {100 * m['control']['mIoU']:.2f}")
     top.set_ylabel("total training loss")
     top.legend()
-    top.set_title(f"{summary['config']}, seed {summary['seed']}: mIoU difference "
+    top.set_title(f"{summary['config']}, seed {summary['seed']}, {summary['threads']} thread(s): mIoU difference "
                   f"{summary['mIoU_diff_points']:+.2f} points (tolerance {summary['tolerance_points']})", fontsize=9)
     bottom.plot(iters, [b - a for a, b in zip(ref, ours)], lw=0.8, color="black", label="ours - reference")
     if control:
@@ -345,7 +347,8 @@ def write_plot(summary: dict, path: str) -> str:
 
 def summary_lines(summary: dict) -> List[str]:
     m = summary["metrics"]
-    lines = [f"parity: {summary['config']}, {summary['max_iters']} iterations, seed {summary['seed']}; reference = "
+    lines = [f"parity: {summary['config']}, {summary['max_iters']} iterations, seed {summary['seed']}, "
+             f"{summary['threads']} thread(s); reference = "
              f"{summary['reference']}, ours = backend {summary['ours_backend']}"]
     for label in summary["metrics"]:
         lines.append(f"  {label:9s}  mIoU {100 * m[label]['mIoU']:6.2f}  aAcc {100 * m[label]['aAcc']:6.2f}  "

@@ -115,6 +115,7 @@ def test_a_tiny_run_gives_both_curves_a_summary_a_csv_and_a_png(tmp_path, refere
         rows = list(csv.DictReader(f))
     assert [r["row"] for r in rows] == ["iteration"] * 3 + ["summary"]
     assert [int(r["iter"]) for r in rows[:3]] == [1, 2, 3]
+    assert int(rows[-1]["threads"]) == summary["threads"] == 1  # the synthetic config trains on one thread
     assert {"machine", "git", "torch"} <= set(rows[0]) and rows[0]["machine"]
     assert float(rows[1]["loss_ours"]) == pytest.approx(summary["losses"]["ours"][1])
     assert rows[-1]["reference"] == kind and float(rows[-1]["mIoU_ours"]) == summary["metrics"]["ours"]["mIoU"]
