@@ -242,6 +242,7 @@ def train(
     backend: Optional[str] = None,
     progress: bool = True,
     log=None,
+    model: Optional[nn.Module] = None,
 ) -> dict:
     """Trains the segmenter of `cfg` (a shipped config's name, a .py file or a loaded dict) and returns the
     summary: iterations (done in this call), iter (final), seconds, metrics (last validation), peak_memory_mib,
@@ -253,8 +254,15 @@ def train(
     the config's schedule/runtime/data; cfg_options: `key.sub=value` overrides applied first; data_root replaces
     data.root. Problems found before the first iteration raise SetupError (nothing written, except that a
     resumed run may have cleaned its temporary files); a non-finite loss raises TrainingError.
+
+    model: a segmentor to train instead of building cfg['model'] (trained in place; `backend` must then be None).
+    It needs EncoderDecoder's training interface: loss(img, labels, img_shape) -> dict of tensors, sum_losses,
+    num_classes, crop_size, and for validation inference(img, mode, crop_size, stride) and align_corners. The
+    parity experiment (benchmarks/parity_miou.py) passes mmseg's model behind such an adapter, so that the
+    reference and ours go through this one loop.
     """
     log = log or sys.stderr
+    prebuilt, model = model, None
     info: Optional[DistInfo] = None
     run: Optional[_Run] = None
     # process-wide settings this call changes, given back at the end (train() may run inside a larger program)
@@ -303,6 +311,10 @@ def train(
             val_interval = int(schedule.get("val_interval", 0) or 0)
             if runtime.get("num_threads"):
                 torch.set_num_threads(int(runtime["num_threads"]))
+            if prebuilt is not None and backend is not None:
+                raise ValueError(f"backend={backend!r} cannot apply to a prebuilt model: build it with that backend")
+            if prebuilt is not None and not isinstance(prebuilt, nn.Module):
+                raise TypeError(f"model must be an nn.Module (a segmentor), got {type(prebuilt).__name__}")
 
         except (CheckpointError, ValueError, TypeError, KeyError, OSError) as exc:
             raise SetupError(str(exc)) from exc
@@ -325,13 +337,13 @@ def train(
             run = _Run(work, info.is_main)
             train_set = build_dataset(data, "train", root=data_root, seed=seed_value)
             val_set = build_dataset(data, "val", root=data_root) if val_interval > 0 else None
-            model = build_segmentor(cfg["model"], backend=backend)
+            model = prebuilt if prebuilt is not None else build_segmentor(cfg["model"], backend=backend)
             classes = getattr(train_set, "CLASSES", None)
             if classes and len(classes) != model.num_classes:
                 raise ValueError(f"the model predicts {model.num_classes} classes but the {data['type']} dataset "
                                  f"has {len(classes)} (model.decode_head.num_classes)")
             crop_size = model.crop_size or tuple(data.get("crop_size") or ()) or None
-            if model.pretrained:
+            if getattr(model, "pretrained", None):
                 report = load_checkpoint(model.backbone, model.pretrained, strict=False)
                 if info.is_main:
                     tqdm.write(f"backbone weights from {model.pretrained}: {report}", file=log)

@@ -159,6 +159,26 @@ def test_setup_errors_name_their_cause(tmp_path):
     assert not (tmp_path / "a").exists()  # nothing was written
 
 
+def test_a_prebuilt_model_is_the_one_trained_and_saved(tmp_path, one_thread):
+    """train(model=...) (what the mIoU parity experiment uses to run mmseg's model through this loop): the object
+    passed in is trained in place and is what the checkpoint holds; a backend cannot apply to it."""
+    cfg = tiny_config(tmp_path)
+    model = build_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    summary = train(cfg, work_dir=tmp_path / "w", model=model, max_iters=2, progress=False, log=io.StringIO(),
+                    cfg_options=["schedule.val_interval=0"])
+    saved = torch.load(summary["last_checkpoint"], weights_only=True)["state_dict"]
+    assert saved.keys() == before.keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(saved[key], value), key
+    assert not torch.equal(before["decode_head.conv_seg.weight"], model.decode_head.conv_seg.weight)
+    with pytest.raises(SetupError, match="backend='reference' cannot apply to a prebuilt model"):
+        train(cfg, work_dir=tmp_path / "w2", model=model, backend="reference")
+    with pytest.raises(SetupError, match="model must be an nn.Module"):
+        train(cfg, work_dir=tmp_path / "w2", model="EncoderDecoder")
+    assert not (tmp_path / "w2").exists()
+
+
 def test_cli_exit_codes_and_messages(tmp_path):
     missing = tmp_path / "nowhere"
     done = run_cli(["train", "resnest_s101-d8_fcn_4xb2-80k_cityscapes-512x1024", "--data-root", missing,

@@ -1,0 +1,143 @@
+"""benchmarks.parity_miou: the adapter that puts mmseg's segmentor into our training loop computes mmseg's own
+loss and logits (mmseg's `loss()` on SegDataSamples, `encode_decode`, for the same weights and batch), and a
+3-iteration run of the experiment at a tiny size gives loss curves of the right length, a summary, the CSV and
+the PNG. mmseg-specific parts skip with the install command when mmseg is absent."""
+import csv
+import io
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks import parity_miou
+from tests.mmseg_reference import import_mmseg, mmseg_available
+from tests.training.train_helpers import tiny_config
+
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:mmseg.*"),
+              pytest.mark.filterwarnings("ignore::UserWarning:mmcv.*"),
+              pytest.mark.filterwarnings("ignore::UserWarning:mmengine.*")]
+
+MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)  # RGB, mmseg's config values
+STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _mmseg_pair(tmp_path):
+    structures = import_mmseg("mmseg.structures")
+    pixel_data = import_mmseg("mmengine.structures").PixelData
+    ref, kind, ours = parity_miou.build_models(tiny_config(tmp_path), reference="mmseg", seed=0)
+    assert kind == "mmseg" and isinstance(ref, parity_miou.MMSegAdapter)
+    return ref, ours, structures, pixel_data
+
+
+def test_the_adapter_gives_mmsegs_own_loss_for_a_padded_batch(tmp_path, one_thread):
+    adapter, _, structures, pixel_data = _mmseg_pair(tmp_path)
+    mm = adapter.mmseg.train()
+    g = torch.Generator().manual_seed(1)
+    # a batch as our collate makes it: 32x32 crops, the second image 28x24 padded with 0, its labels with 255
+    img = torch.randint(0, 256, (2, 3, 32, 32), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, adapter.num_classes, (2, 32, 32), generator=g)
+    labels[0, :3] = 255
+    img[1, :, 28:], img[1, :, :, 24:], labels[1, 28:], labels[1, :, 24:] = 0, 0, 255, 255
+    img_shape = [(32, 32), (28, 24)]
+    # mmseg's own way: RGB normalised, then padded with 0 (mmseg's pad_val), samples carrying the labels
+    x = torch.stack([F.pad((im[:, :h, :w].float() - MEAN) / STD, (0, 32 - w, 0, 32 - h))
+                     for im, (h, w) in zip(img, img_shape)])
+    samples = []
+    for lab in labels:
+        sample = structures.SegDataSample(metainfo=dict(img_shape=(32, 32)))
+        sample.gt_sem_seg = pixel_data(data=lab[None])
+        samples.append(sample)
+    torch.manual_seed(7)  # the heads' Dropout2d: the same masks for both calls
+    want = mm.loss(x, samples)
+    torch.manual_seed(7)
+    got = adapter.loss(img, labels, img_shape)
+    assert sorted(got) == sorted(want) == ["aux.acc_seg", "aux.loss_ce", "decode.acc_seg", "decode.loss_ce"]
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
+    total = want["decode.loss_ce"] + want["aux.loss_ce"]
+    torch.testing.assert_close(adapter.sum_losses(got), total, rtol=1e-5, atol=1e-6)
+
+
+def test_the_adapter_infers_mmsegs_logits_whole_and_slide(tmp_path, one_thread):
+    adapter, _, _, _ = _mmseg_pair(tmp_path)
+    mm = adapter.mmseg.eval()
+    img = torch.randint(0, 256, (1, 3, 40, 48), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    x = ((img[0].float() - MEAN) / STD)[None]
+    with torch.no_grad():
+        want = mm.encode_decode(x, [dict(img_shape=(40, 48))])
+        got = adapter.inference(img)
+        assert got.shape == (1, adapter.num_classes, 40, 48)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # slide: 32x32 windows, stride 16 -> 2x2 windows, logits averaged where they overlap
+        total = torch.zeros_like(want)
+        count = torch.zeros(1, 1, 40, 48)
+        for y1, x1 in ((0, 0), (0, 16), (8, 0), (8, 16)):
+            total[:, :, y1:y1 + 32, x1:x1 + 32] += mm.encode_decode(x[:, :, y1:y1 + 32, x1:x1 + 32],
+                                                                    [dict(img_shape=(32, 32))])
+            count[:, :, y1:y1 + 32, x1:x1 + 32] += 1
+        slide = adapter.inference(img, mode="slide", crop_size=(32, 32), stride=(16, 16))
+        torch.testing.assert_close(slide, total / count, rtol=1e-5, atol=1e-5)
+    assert mm.test_cfg["mode"] == "whole"  # the override lasts one call
+
+
+@pytest.mark.parametrize("reference, control", [("auto", False), ("reference-backend", True)])
+def test_a_tiny_run_gives_both_curves_a_summary_a_csv_and_a_png(tmp_path, reference, control):
+    summary = parity_miou.run_experiment(tiny_config(tmp_path), max_iters=3, seed=0, reference=reference,
+                                         control=control, out_dir=str(tmp_path / "out"), progress=False,
+                                         log=io.StringIO())
+    kind = "mmseg" if reference == "auto" and mmseg_available() else "reference-backend"
+    assert summary["reference"] == kind
+    labels = ("reference", "ours", "control") if control else ("reference", "ours")
+    assert tuple(summary["losses"]) == tuple(summary["metrics"]) == labels
+    for label in labels:
+        assert len(summary["losses"][label]) == 3
+        assert all(0 < v < 10 for v in summary["losses"][label])  # 7 classes: ln 7 ~ 1.9 per head at the start
+        assert {"aAcc", "mIoU", "mAcc"} <= set(summary["metrics"][label])
+        assert 0 <= summary["metrics"][label]["mIoU"] <= 1
+    # the same weights, batch and dropout masks: the first losses agree to fp32 rounding (mmseg's or the
+    # reference backend's ops against the fused ones); a different batch or init would differ by ~0.1
+    assert summary["loss_first_abs_diff"] < 1e-4
+    diff = 100 * (summary["metrics"]["ours"]["mIoU"] - summary["metrics"]["reference"]["mIoU"])
+    assert summary["mIoU_diff_points"] == pytest.approx(diff)
+    assert summary["within_tolerance"] == (abs(diff) <= 0.5)
+    assert summary["loss_max_abs_diff"] == pytest.approx(
+        max(abs(a - b) for a, b in zip(summary["losses"]["reference"], summary["losses"]["ours"])))
+    with open(summary["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["row"] for r in rows] == ["iteration"] * 3 + ["summary"]
+    assert [int(r["iter"]) for r in rows[:3]] == [1, 2, 3]
+    assert int(rows[-1]["threads"]) == summary["threads"] == 1  # the synthetic config trains on one thread
+    assert {"machine", "git", "torch"} <= set(rows[0]) and rows[0]["machine"]
+    assert float(rows[1]["loss_ours"]) == pytest.approx(summary["losses"]["ours"][1])
+    assert rows[-1]["reference"] == kind and float(rows[-1]["mIoU_ours"]) == summary["metrics"]["ours"]["mIoU"]
+    with open(summary["png"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    if control:  # the reference again with 2 threads instead of the config's 1: fp32 rounding apart, no more
+        assert summary["control_threads"] == 2 and int(rows[-1]["control_threads"]) == 2
+        assert summary["losses"]["control"][0] == pytest.approx(summary["losses"]["reference"][0], abs=1e-4)
+        assert float(rows[2]["loss_control"]) == pytest.approx(summary["losses"]["control"][2])
+        assert float(rows[-1]["mIoU_control"]) == summary["metrics"]["control"]["mIoU"]
+    else:
+        assert rows[0]["loss_control"] == rows[-1]["mIoU_control"] == ""
+    text = "\n".join(parity_miou.summary_lines(summary))
+    assert kind in text and "mIoU difference" in text and ("control" in text) == control
+
+
+def test_bad_arguments_are_named(capsys):
+    for argv, name in ((["--max-iters", "0"], "--max-iters"), (["--config", "no-such-config"], "--config"),
+                       (["--tolerance", "-1"], "--tolerance")):
+        with pytest.raises(SystemExit) as exc:
+            parity_miou.main(argv)
+        assert exc.value.code == 2
+        assert name in capsys.readouterr().err
+    with pytest.raises(ValueError, match="reference must be one of"):
+        parity_miou.build_models(parity_miou.DEFAULT_CONFIG, reference="mmseg2")
