@@ -1,9 +1,13 @@
 """Benchmarks run only with `pytest --benchmark-only` (plain `pytest` lists them as skipped). Each module adds
 rows to RESULTS; at the end of the session they are written, with the machine, versions and git revision, to
 benchmarks/results/<name>.csv (written to a temporary file first, then renamed) and summarised on screen."""
+import pathlib
+
 import pytest
 
 from benchmarks import report
+
+HERE = pathlib.Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(config, items):
@@ -11,7 +15,8 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="benchmark: run with `pytest benchmarks --benchmark-only`")
     for item in items:
-        if "benchmarks" in str(item.fspath):
+        # This directory only: tests/benchmarks/ holds ordinary tests of the benchmark helpers.
+        if HERE in pathlib.Path(str(item.fspath)).resolve().parents:
             item.add_marker(skip)
 
 
@@ -23,3 +28,13 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_terminal_summary(terminalreporter):
     for line in report.summary_lines():
         terminalreporter.write_line(line)
+
+
+def pytest_addoption(parser):
+    import os
+
+    parser.addoption(
+        "--bench-shapes", default=os.environ.get("RESNEST_FAST_BENCH_SHAPES", "quick"),
+        help="shapes of the op-level benchmarks (benchmarks/test_bench_ops.py): quick (small; the default), stages "
+             "(ResNeSt-101-D8's split-attention shapes at the seed's crops) or all; the environment variable "
+             "RESNEST_FAST_BENCH_SHAPES sets the default")
