@@ -313,16 +313,16 @@ def map_bytes(ops: List[Op]) -> int:
 
 
 def model_rows(sizes, batch=1, dtype_bytes=4, bandwidth=3.35e12):
-    """Per (size, stage) and per size in total: bytes and implied time of eager and fused, inference and
-    training."""
+    """Per size: one block of each distinct shape, each stage, and the total; bytes and implied time of eager and
+    fused, inference and training."""
     rows = []
     for height, width in sizes:
         blocks = resnest101_d8_blocks(batch, height, width)
-        stages = {}
+        groups = {f"one {label} block": [b] for label, b, _count in distinct_blocks(blocks)}
         for blk in blocks:
-            stages.setdefault(blk.stage, []).append(blk)
-        stages["total"] = blocks
-        for stage, members in stages.items():
+            groups.setdefault(blk.stage, []).append(blk)
+        groups["total"] = blocks
+        for stage, members in groups.items():
             row = {"kind": LABEL, "input": f"{batch}x3x{height}x{width}", "dtype_bytes": dtype_bytes,
                    "bandwidth_Bps": f"{bandwidth:.4g}", "stage": stage, "blocks": len(members),
                    "y_shapes": " ".join(sorted({"x".join(map(str, b.y_shape)) for b in members}))}
@@ -339,21 +339,21 @@ def model_rows(sizes, batch=1, dtype_bytes=4, bandwidth=3.35e12):
 
 
 def format_table(rows) -> List[str]:
-    lines = [f"Split attention after the conv, ResNeSt-101-D8: bytes moved and the time they imply at "
+    lines = [f"Split attention after the conv, ResNeSt-101-D8: bytes moved (MiB) and the time they imply (ms) at "
              f"{float(rows[0]['bandwidth_Bps']) / 1e12:.2f} TB/s. {LABEL.upper()}.",
-             f"{'input':>14} {'stage':>7} {'blocks':>6} | {'inference eager':>16} {'fused':>16} {'ratio':>6} | "
-             f"{'training eager':>16} {'fused':>16} {'ratio':>6}"]
+             f"{'input':>13} {'':>20} {'blocks':>6} | {'inference: eager':>22} {'fused':>20} {'ratio':>6} | "
+             f"{'training: eager':>22} {'fused':>20} {'ratio':>6}"]
 
     def cell(nbytes, us):
-        return f"{nbytes / 2**20:8.1f}MiB {us:6.1f}us" if us < 1e4 else f"{nbytes / 2**30:7.2f}GiB {us / 1e3:5.1f}ms"
+        return f"{nbytes / 2**20:9.1f} MiB {us / 1e3:6.3f} ms"
 
     for r in rows:
         lines.append(
-            f"{r['input']:>14} {r['stage']:>7} {r['blocks']:>6} | "
-            f"{cell(r['inference_eager_bytes'], r['inference_eager_us']):>16} "
-            f"{cell(r['inference_fused_bytes'], r['inference_fused_us']):>16} {r['inference_ratio']:>5.2f}x | "
-            f"{cell(r['training_eager_bytes'], r['training_eager_us']):>16} "
-            f"{cell(r['training_fused_bytes'], r['training_fused_us']):>16} {r['training_ratio']:>5.2f}x")
+            f"{r['input']:>13} {r['stage']:>20} {r['blocks']:>6} | "
+            f"{cell(r['inference_eager_bytes'], r['inference_eager_us']):>22} "
+            f"{cell(r['inference_fused_bytes'], r['inference_fused_us']):>20} {r['inference_ratio']:>5.2f}x | "
+            f"{cell(r['training_eager_bytes'], r['training_eager_us']):>22} "
+            f"{cell(r['training_fused_bytes'], r['training_fused_us']):>20} {r['training_ratio']:>5.2f}x")
     return lines
 
 

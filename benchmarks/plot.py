@@ -77,7 +77,7 @@ def plot_ops(path, output, plt):
     providers = [p for p in ordered("provider") if p != "eager"]
     series = [(p, d) for p in providers for d in dtypes]
     width = 0.8 / len(series)
-    fig, axes = plt.subplots(len(ops), len(modes), figsize=(max(6.0, 0.5 * len(shapes) * len(series)) * len(modes)
+    fig, axes = plt.subplots(len(ops), len(modes), figsize=(max(6.0, 0.3 * len(shapes) * len(series)) * len(modes)
                                                            / 2 + 2, 3.2 * len(ops)), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, op in enumerate(ops):
