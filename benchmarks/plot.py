@@ -65,6 +65,8 @@ def _benches(path):
 
 def plot_ops(path, output, plt):
     """One panel per (op, mode): speedup over eager (log scale) per shape, a bar per provider and dtype."""
+    from matplotlib import ticker
+
     with open(path) as f:
         rows = [r for r in csv.DictReader(f) if r.get("bench") == "splat_op" and r.get("speedup_vs_eager")]
     if not rows:
@@ -98,6 +100,8 @@ def plot_ops(path, output, plt):
                     ax.bar_label(bars, fmt="%.1f", fontsize=6)
             ax.axhline(1.0, color="black", linewidth=0.8)
             ax.set_yscale("log")
+            for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis_formatter(ticker.FormatStrFormatter("%g"))
             ax.set_xticks(range(len(shapes)), shapes, rotation=30, ha="right", fontsize=7)
             ax.set_title(f"{op}, {mode}", fontsize=9)
             if j == 0:
