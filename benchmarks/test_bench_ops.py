@@ -25,7 +25,8 @@ Shapes (--bench-shapes, or the environment variable RESNEST_FAST_BENCH_SHAPES; d
             tests/benchmarks/test_memory_model.py): "city-*" Cityscapes 512x1024 batch 2, "ade-*" ADE20k 512x512
             batch 4 (per GPU)
     all     both
-Rows go to benchmarks/results/ops.csv (median and min ms, speedup_vs_eager, speedup_vs_compiled of the same case).
+Rows go to benchmarks/results/ops.csv (quick; ops-stages.csv, ops-all.csv for the other sets): median and min ms,
+speedup_vs_eager and speedup_vs_compiled of the same case, machine, versions, git revision.
 Plot: python -m benchmarks.plot benchmarks/results/ops.csv -o benchmarks/results/ops.png
 
     pytest benchmarks/test_bench_ops.py --benchmark-only [--bench-shapes stages]
@@ -50,6 +51,9 @@ MODES = ("forward", "backward", "full")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: LOW_PRECISION_FLOOR[torch.bfloat16]}
 CROPS = {"city": (2, 512, 1024), "ade": (4, 512, 512)}  # the seed's configs: batch per GPU, crop size
+# |bn0 pre-activation| >= gap/2 in the inputs (_away_from_the_kink): far above fp32 rounding, and in bfloat16
+# above what rounding y itself moves it (half an ulp of |y| < 8 is 2**-6, times bn0's slope, at most ~2.1 here)
+KINK_GAP = {torch.float32: 1e-3, torch.bfloat16: 0.08}
 ROUNDS = {"quick": {"forward": 20, "backward": 10, "full": 10}, "stages": {"forward": 10, "backward": 5, "full": 5}}
 
 
@@ -71,6 +75,8 @@ def pytest_generate_tests(metafunc):
         raise pytest.UsageError(f"--bench-shapes (or RESNEST_FAST_BENCH_SHAPES) must be one of {sorted(sets)}, "
                                 f"got {name!r}")
     shapes = sets[name]
+    global _csv_stem
+    _csv_stem = "ops" if name == "quick" else f"ops-{name}"
     # one list in this order: the cached references below only ever hold the current (shape, dtype, op)
     cases = [(s, d, op, mode, p) for s in shapes for d in DTYPES for op in OPS for mode in MODES for p in PROVIDERS]
     metafunc.parametrize("case", [(s, shapes[s], d, op, mode, p) for s, d, op, mode, p in cases],
@@ -87,9 +93,37 @@ def _inputs(shape_block, dtype, op):
     gen = torch.Generator().manual_seed(1)
     y = torch.randn(b, k, h, w, generator=gen).to(DEVICE, dtype)
     logits = torch.randn(b, k, generator=gen).to(DEVICE, dtype) if op.startswith("combine") else None
+    y = _away_from_the_kink(block, y, KINK_GAP[dtype])
     out_shape = (b, k // shape_block.radix) + ((h, w) if op.startswith("combine") else ())
     grad_out = torch.randn(out_shape, generator=gen).to(DEVICE, dtype)
     return block, y, logits, grad_out
+
+
+@torch.no_grad()
+def _away_from_the_kink(block, y, gap):
+    """y with every bn0 pre-activation at least gap/2 away from 0 (the few closer are moved to +-gap).
+
+    At ReLU's kink the gradient depends on how the pre-activation was rounded: eager computes
+    (y - mean) * invstd * weight + bias, the fused ops y * scale + shift, and among millions of elements a few
+    land on opposite sides of 0, each moving one entry of grad y by a whole term. That is tie-breaking, not
+    accuracy; with the inputs kept off the kink, the gate compares gradients element by element.
+    """
+    bn = copy.deepcopy(block.bn0).double()
+    for attempt in range(4):
+        y64 = y.double()
+        if bn.training:
+            var, mean = torch.var_mean(y64, dim=(0, 2, 3), correction=0)
+        else:
+            var, mean = bn.running_var, bn.running_mean
+        slope = bn.weight / torch.sqrt(var + bn.eps)
+        pre = (y64 - mean[:, None, None]) * slope[:, None, None] + bn.bias[:, None, None]
+        near = pre.abs() < (gap / 2 if attempt else gap)
+        if not near.any():
+            return y
+        target = torch.where(pre < 0, -gap, gap)
+        moved = y64 + torch.where(near, (target - pre) / slope[:, None, None], torch.zeros_like(pre))
+        y = moved.to(y.dtype)
+    raise RuntimeError("could not move the benchmark input off ReLU's kink")
 
 
 _compiled = {}
@@ -166,6 +200,7 @@ def _sync():
 # ------------------------------------------------------------------------------------------------- recording
 
 _groups = {}  # (shape, dtype, op, mode) -> {provider: row}
+_csv_stem = "ops"  # ops.csv for the quick set, ops-stages.csv / ops-all.csv: one set's run never replaces another's
 
 
 def _record(benchmark, shape_name, shape_block, dtype_name, op, mode, provider):
@@ -175,7 +210,7 @@ def _record(benchmark, shape_name, shape_block, dtype_name, op, mode, provider):
            "groups": shape_block.groups, "dtype": dtype_name, "device": DEVICE.type, "provider": provider,
            "median_ms": round(stats.median * 1e3, 4), "min_ms": round(stats.min * 1e3, 4), "rounds": stats.rounds,
            "speedup_vs_eager": "", "speedup_vs_compiled": ""}
-    report.add("ops", row)
+    report.add(_csv_stem, row)
     group = _groups.setdefault((shape_name, dtype_name, op, mode), {})
     group[provider] = row
     # every row of the case gets its ratios as soon as the eager / compiled medians are known (the CSV is written

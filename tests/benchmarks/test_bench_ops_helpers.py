@@ -77,6 +77,7 @@ def test_speedups_and_plot(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "SUMMARY", [])
     monkeypatch.setattr(bench, "_groups", {})
     monkeypatch.setattr(bench, "PROVIDERS", ["eager", "compiled", "ours-cpu"])
+    monkeypatch.setattr(bench, "_csv_stem", "ops")
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)  # report.flush names the file after it
     block = bench.shape_sets()["quick"]["quick"]
     for dtype in ("fp32", "bf16"):
@@ -113,6 +114,7 @@ def test_a_benchmark_case_runs_end_to_end(monkeypatch):
     """One tiny case through the same code path the benchmark takes (check, then timing), with a stand-in timer."""
     monkeypatch.setattr(report, "RESULTS", {})
     monkeypatch.setattr(bench, "_groups", {})
+    monkeypatch.setattr(bench, "_csv_stem", "ops")
     calls = []
 
     class Timer:
@@ -130,3 +132,26 @@ def test_a_benchmark_case_runs_end_to_end(monkeypatch):
         bench.test_op(Timer(), ("tiny", tiny, "bf16", "pool-train", mode, "ours-cpu"))
     assert calls == [10, 5, 5]
     assert [r["mode"] for r in report.RESULTS["ops"]] == list(bench.MODES)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("train", [False, True])
+def test_inputs_keep_off_the_relu_kink(dtype, train):
+    """Every bn0 pre-activation of the benchmark input, computed in float64 the way BatchNorm does, is at least
+    half the gap away from 0, and only a few elements (those that were closer) changed."""
+    block = make_block(channels=32, dtype=dtype, train=train)
+    torch.manual_seed(3)
+    y = (torch.randn(2, 64, 40, 40) * 3).to(dtype)
+    gap = bench.KINK_GAP[dtype]
+    moved = bench._away_from_the_kink(block, y, gap)
+    assert not moved.requires_grad  # an input, not a function of bn0's parameters
+    bn = block.bn0
+    y64 = moved.double()
+    if train:
+        var, mean = torch.var_mean(y64, dim=(0, 2, 3), correction=0)
+    else:
+        var, mean = bn.running_var.double(), bn.running_mean.double()
+    pre = torch.nn.functional.batch_norm(y64, mean, var, bn.weight.double(), bn.bias.double(), False, 0.0, bn.eps)
+    assert pre.abs().min().item() >= gap / 2
+    changed = (moved != y).float().mean().item()
+    assert 0 < changed < (0.01 if dtype == torch.float32 else 0.1)
