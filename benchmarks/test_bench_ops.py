@@ -15,8 +15,9 @@ triton only on a GPU: never the interpreter; the pure-PyTorch "reference" backen
 again and is left out). dtypes: fp32 and bf16.
 Before anything is timed, each provider's output (and, for backward and full, its gradients) is compared with
 eager run in float64 on the same (rounded) inputs and weights, by flash-attention's rule:
-|got - ref64| <= 2 |eager - ref64| + floor * max(1, max |ref64|), floor 1e-5 in fp32 and tests/tolerances.py's
-FLOOR in bf16. A provider that disagrees fails its test and is not timed.
+|got - ref64| <= 2 |eager - ref64| + floor * max(1, max |ref64|), floor 1e-4 in fp32 (see FLOOR) and
+tests/tolerances.py's FLOOR in bf16. A provider that disagrees fails its test and is not timed. The inputs keep
+every bn0 pre-activation off ReLU's kink (_away_from_the_kink), so gradients are compared, not tie-breaking.
 
 Shapes (--bench-shapes, or the environment variable RESNEST_FAST_BENCH_SHAPES; default quick):
     quick   one small shape, y = 2x128x32x32 (radix 2): the whole suite stays short on 2 cores
@@ -49,7 +50,9 @@ PROVIDERS = ["eager", "compiled"] + [f"ours-{b}" for b in OURS]
 OPS = ("pool-eval", "pool-train", "combine-eval")
 MODES = ("forward", "backward", "full")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-FLOOR = {torch.float32: 1e-5, torch.bfloat16: LOW_PRECISION_FLOOR[torch.bfloat16]}
+# fp32: bn0's weight / bias gradients are sums over B*H*W (up to 65536) terms, and the summation order alone (another
+# reduction tree, torch.compile's, ours) moves them by more than twice eager's own error at the stage shapes
+FLOOR = {torch.float32: 1e-4, torch.bfloat16: LOW_PRECISION_FLOOR[torch.bfloat16]}
 CROPS = {"city": (2, 512, 1024), "ade": (4, 512, 512)}  # the seed's configs: batch per GPU, crop size
 # |bn0 pre-activation| >= gap/2 in the inputs (_away_from_the_kink): far above fp32 rounding, and in bfloat16
 # above what rounding y itself moves it (half an ulp of |y| < 8 is 2**-6, times bn0's slope, at most ~2.1 here)
