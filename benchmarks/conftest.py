@@ -28,3 +28,13 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_terminal_summary(terminalreporter):
     for line in report.summary_lines():
         terminalreporter.write_line(line)
+
+
+def pytest_addoption(parser):
+    import os
+
+    parser.addoption(
+        "--bench-shapes", default=os.environ.get("RESNEST_FAST_BENCH_SHAPES", "quick"),
+        help="shapes of the op-level benchmarks (benchmarks/test_bench_ops.py): quick (small; the default), stages "
+             "(ResNeSt-101-D8's split-attention shapes at the seed's crops) or all; the environment variable "
+             "RESNEST_FAST_BENCH_SHAPES sets the default")

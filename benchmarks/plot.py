@@ -1,6 +1,11 @@
-"""Turns benchmark CSVs into a PNG: median time per provider, forward and full, one panel per CSV.
+"""Turns benchmark CSVs into a PNG.
+
+splat.csv (post-conv benchmark): median time per provider, forward and full, one panel per CSV.
+ops.csv (op-level benchmark, benchmarks/test_bench_ops.py): speedup over eager per shape, provider and dtype, one
+panel per op x mode.
 
     python -m benchmarks.plot benchmarks/results/splat.csv [more.csv ...] -o benchmarks/results/splat.png
+    python -m benchmarks.plot benchmarks/results/ops.csv -o benchmarks/results/ops.png
 """
 import argparse
 import csv
@@ -20,6 +25,12 @@ def main(argv=None):
     paths = [p for p in args.csv if os.path.exists(p)]
     if not paths:
         raise SystemExit(f"none of {args.csv} exists: run the benchmarks first")
+    ops_paths = [p for p in paths if _benches(p) == {"splat_op"}]
+    if ops_paths:
+        if len(paths) != 1:
+            raise SystemExit(f"plot an op-level CSV ({ops_paths[0]}) on its own, one per output file")
+        plot_ops(ops_paths[0], args.output, plt)
+        return
     fig, axes = plt.subplots(1, len(paths), figsize=(6 * len(paths), 4), squeeze=False)
     for ax, path in zip(axes[0], paths):
         with open(path) as f:
@@ -45,6 +56,65 @@ def main(argv=None):
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, args.output)
     print(f"wrote {args.output}")
+
+
+def _benches(path):
+    with open(path) as f:
+        return {r.get("bench") for r in csv.DictReader(f)}
+
+
+def plot_ops(path, output, plt):
+    """One panel per (op, mode): speedup over eager (log scale) per shape, a bar per provider and dtype."""
+    from matplotlib import ticker
+
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("bench") == "splat_op" and r.get("speedup_vs_eager")]
+    if not rows:
+        raise SystemExit(f"{path} has no op-level rows with a speedup (the eager provider must have run)")
+
+    def ordered(key):
+        return list(dict.fromkeys(r[key] for r in rows))
+
+    ops, modes, shapes, dtypes = ordered("op"), ordered("mode"), ordered("shape"), ordered("dtype")
+    providers = [p for p in ordered("provider") if p != "eager"]
+    series = [(p, d) for p in providers for d in dtypes]
+    width = 0.8 / len(series)
+    fig, axes = plt.subplots(len(ops), len(modes), figsize=(max(6.0, 0.3 * len(shapes) * len(series)) * len(modes)
+                                                           / 2 + 2, 3.2 * len(ops)), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, op in enumerate(ops):
+        for j, mode in enumerate(modes):
+            ax = axes[i][j]
+            for k, (provider, dtype) in enumerate(series):
+                xs, vals = [], []
+                for n, shape in enumerate(shapes):
+                    match = [r for r in rows if (r["op"], r["mode"], r["shape"], r["provider"], r["dtype"])
+                             == (op, mode, shape, provider, dtype)]
+                    if match:
+                        xs.append(n + (k - (len(series) - 1) / 2) * width)
+                        vals.append(float(match[0]["speedup_vs_eager"]))
+                bars = ax.bar(xs, vals, width=width, color=colours[providers.index(provider) % len(colours)],
+                              hatch="//" if dtype != dtypes[0] else None, edgecolor="white",
+                              label=f"{provider} {dtype}")
+                if len(shapes) <= 4:
+                    ax.bar_label(bars, fmt="%.1f", fontsize=6)
+            ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.set_yscale("log")
+            for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis_formatter(ticker.FormatStrFormatter("%g"))
+            ax.set_xticks(range(len(shapes)), shapes, rotation=30, ha="right", fontsize=7)
+            ax.set_title(f"{op}, {mode}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel("speedup over eager (x)")
+            if i == 0 and j == len(modes) - 1:
+                ax.legend(fontsize=7)
+    fig.suptitle(f"split-attention ops vs mmseg eager (median time ratio; > 1 is faster); {rows[0]['machine'][:70]}; "
+                 f"git {rows[0]['git']}", fontsize=8)
+    fig.tight_layout()
+    tmp = output + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, output)
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@ Inputs are the conv output y (B, R*C, H, W) and the block's bn0 / attention-MLP 
 the same (B, C, H, W) output. "eager" is mmseg's forward after the conv, verbatim in structure (bn0 -> relu ->
 view/sum -> adaptive_avg_pool -> fc1 -> bn1 -> relu -> fc2 -> rSoftMax -> mul -> sum); "compiled" is
 torch.compile of that same function; "ours-<backend>" is SplitAttentionConv2d's fused path.
+The op-level pieces (eager_pool_op / fused_pool_op, eager_combine_op / fused_combine_op) are the parts of that
+forward each fused op replaces, bn0 -> relu included on both sides.
 """
 import torch
 import torch.nn.functional as F
 
 from resnest_fast.nn import SplitAttentionConv2d
+from resnest_fast.ops import splat_combine, splat_pool
 
 
 def make_block(channels=256, radix=2, groups=1, dtype=torch.float32, train=False, channels_last=False, seed=0):
@@ -29,28 +32,75 @@ def make_block(channels=256, radix=2, groups=1, dtype=torch.float32, train=False
 def eager_post_conv(block, y):
     """mmseg's SplitAttentionConv2d.forward after self.conv."""
     x = F.relu(block.bn0(y))
+    gap, splits = eager_split_pool(x, block.radix)
+    gap = F.relu(block.bn1(block.fc1(gap)))
+    atten = eager_rsoftmax(block.fc2(gap), block.radix, block.groups)
+    return eager_weighted_sum(atten, splits if block.radix > 1 else x, block.radix)
+
+
+# mmseg's forward in the pieces that the fused ops replace (the op-level benchmarks time them separately):
+# split_pool is what splat_pool fuses, rsoftmax + weighted_sum what splat_combine fuses, both after bn0 -> relu.
+
+
+def eager_split_pool(x, radix):
+    """mmseg: view/sum over the radix splits, then adaptive_avg_pool2d. x (B, R*C, H, W) activated ->
+    (gap (B, C, 1, 1), splits (B, R, C, H, W) or None when radix == 1)."""
     batch = x.size(0)
-    radix = block.radix
     if radix > 1:
         splits = x.view(batch, radix, -1, *x.shape[2:])
         gap = splits.sum(dim=1)
     else:
-        gap = x
-    gap = F.adaptive_avg_pool2d(gap, 1)
-    gap = F.relu(block.bn1(block.fc1(gap)))
-    atten = block.fc2(gap)
+        splits, gap = None, x
+    return F.adaptive_avg_pool2d(gap, 1), splits
+
+
+def eager_rsoftmax(logits, radix, groups):
+    """mmseg's rSoftMax on fc2's output (B, R*C, 1, 1) -> attention (B, R*C, 1, 1)."""
+    batch = logits.size(0)
     if radix > 1:
-        atten = atten.view(batch, block.groups, radix, -1).transpose(1, 2)
+        atten = logits.view(batch, groups, radix, -1).transpose(1, 2)
         atten = F.softmax(atten, dim=1).reshape(batch, -1)
     else:
-        atten = torch.sigmoid(atten)
-    atten = atten.view(batch, -1, 1, 1)
+        atten = torch.sigmoid(logits)
+    return atten.view(batch, -1, 1, 1)
+
+
+def eager_weighted_sum(atten, splits, radix):
+    """mmseg: sum over r of attention * split r; splits is (B, R, C, H, W) (radix > 1) or x (radix == 1)."""
+    batch = atten.size(0)
     if radix > 1:
         attens = atten.view(batch, radix, -1, *atten.shape[2:])
         out = torch.sum(attens * splits, dim=1)
     else:
-        out = atten * x
+        out = atten * splits
     return out.contiguous()
+
+
+def eager_pool_op(block, y):
+    """What splat_pool computes, the mmseg way: bn0 -> relu -> view/sum -> adaptive_avg_pool. -> (B, C)."""
+    return eager_split_pool(F.relu(block.bn0(y)), block.radix)[0].flatten(1)
+
+
+def eager_combine_op(block, y, logits):
+    """What splat_combine computes, the mmseg way: bn0 -> relu, rSoftMax(logits (B, R*C)) -> mul -> sum."""
+    x = F.relu(block.bn0(y))
+    splits = x.view(x.size(0), block.radix, -1, *x.shape[2:]) if block.radix > 1 else x
+    atten = eager_rsoftmax(logits[:, :, None, None], block.radix, block.groups)
+    return eager_weighted_sum(atten, splits, block.radix)
+
+
+def fused_pool_op(block, y):
+    """splat_pool with bn0 as the module computes it per call: (scale, shift) from the running statistics
+    (eval) or from splat_bn_stats' batch statistics, running statistics updated (train)."""
+    scale, shift, _ = block._bn0_scale_shift(y)
+    return splat_pool(y, scale, shift, radix=block.radix, relu=True, backend=block.backend)
+
+
+def fused_combine_op(block, y, logits):
+    """splat_combine with bn0's (scale, shift) as the module computes it per call."""
+    scale, shift, _ = block._bn0_scale_shift(y)
+    return splat_combine(y, logits, scale, shift, radix=block.radix, groups=block.groups, relu=True,
+                         backend=block.backend)
 
 
 def fused_post_conv(block, y):

@@ -193,6 +193,11 @@ class SplitAttentionConv2d(nn.Module):
                     bn.running_var.lerp_((var * (n / (n - 1))).to(bn.running_var.dtype), factor)
         else:
             var, mean = bn.running_var, bn.running_mean
+            if var.dtype in (torch.float16, torch.bfloat16):
+                # fold in float32, as BatchNorm computes internally: a scale/shift rounded to half/bfloat16 moves
+                # every pre-activation by ~0.4 % of the shift, which flips ReLU masks (and their gradients) that
+                # mmseg's bn0 -> relu keeps
+                var, mean = var.float(), mean.float()
             invstd = torch.rsqrt(var + bn.eps)
         if bn.affine:
             scale = bn.weight * invstd

@@ -187,6 +187,23 @@ def test_deepcopy_and_half_precision_eval():
     assert (out.float() - ref).abs().max().item() <= 0.05 * ref.abs().max().item()
 
 
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_bfloat16_eval_keeps_mmseg_relu_masks(backend):
+    """A model cast to bfloat16 (parameters and running statistics bfloat16), eval mode: mmseg's bn0 computes in
+    float32 internally, so the fused path must fold bn0 in float32 too, or pre-activations near zero change sign
+    and the gradient of y differs by whole entries there (found by benchmarks/test_bench_ops.py's gate)."""
+    ref, ours = pair(16, 16, 2, 1, 1, 1, backend=backend)
+    ref, ours = ref.eval().to(torch.bfloat16), ours.eval().to(torch.bfloat16)
+    torch.manual_seed(1)
+    y = torch.randn(4, 32, 24, 24, dtype=torch.bfloat16, requires_grad=True)
+    ours.attend(y).backward(torch.randn(4, 16, 24, 24, dtype=torch.bfloat16))
+    with torch.no_grad():
+        active = ref.bn0(y) > 0  # mmseg's bn0 -> relu: where the gradient of y can be nonzero
+    # (a zero gradient at an active unit can be an exact bfloat16 cancellation; a gradient at an inactive one not)
+    leaks = (y.grad != 0) & ~active
+    assert not leaks.any(), f"{leaks.sum().item()} of {y.numel()} units mmseg's bn0 -> relu turns off get a gradient"
+
+
 def test_autocast_bfloat16_train_is_finite():
     _, ours = pair(16, 16, 2, 1, 1, 1)
     ours.train()

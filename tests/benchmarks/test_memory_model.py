@@ -1,0 +1,186 @@
+"""benchmarks.memory_model against what really runs: the real eager_post_conv and the real fused path are run
+under a TorchDispatchMode that sums, for every aten / resnest_fast op, the distinct bytes of its input and output
+tensors (views move nothing); the model's per-block counts must equal those sums. The per-block shape list must
+equal what forward hooks on the real ResNeSt-101-D8 report."""
+import math
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from benchmarks import memory_model as mm
+from benchmarks.providers import eager_post_conv, fused_post_conv, make_block
+from resnest_fast.backend import available_backends
+from resnest_fast.nn import SplitAttentionConv2d
+
+needs_cpu_kernels = pytest.mark.skipif("cpu" not in available_backends("cpu"),
+                                       reason="the fused path's counts are those of the C++ ops (not built)")
+
+
+def _distinct_bytes(t):
+    """Bytes of the distinct elements a tensor addresses (a broadcast dimension, stride 0, counts once)."""
+    n = 1
+    for size, stride in zip(t.shape, t.stride()):
+        if stride != 0:
+            n *= size
+    return n * t.element_size()
+
+
+class ByteCounter(TorchDispatchMode):
+    """Sums input + output bytes of every op, split into (.., H, W) maps and the rest."""
+
+    def __init__(self, hw):
+        super().__init__()
+        self.hw = hw
+        self.map = self.small = 0
+        self.ops = []
+
+    def _is_map(self, t):
+        return t.dim() >= 2 and tuple(t.shape[-2:]) == self.hw and all(s != 0 for s in t.stride()[-2:])
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.is_view or func is torch.ops.aten._unsafe_view.default:
+            return out  # aliases its input: no data moves
+        tensors = [t for t in tree_flatten((args, kwargs))[0] + tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        m = sum(_distinct_bytes(t) for t in tensors if self._is_map(t))
+        s = sum(_distinct_bytes(t) for t in tensors if not self._is_map(t))
+        self.map += m
+        self.small += s
+        self.ops.append((str(func), m, s))
+        return out
+
+
+def _count(block, y, fused, train):
+    fn = fused_post_conv if fused else eager_post_conv
+    counter = ByteCounter(tuple(y.shape[-2:]))
+    params = [p for name, p in block.named_parameters() if not name.startswith("conv.")]
+    b, k, h, w = y.shape
+    grad_out = torch.randn(b, k // block.radix, h, w)  # made outside the counter: not part of the block's traffic
+    with counter:
+        if train:
+            out = fn(block, y)
+            torch.autograd.grad(out, [y] + params, grad_out)
+        else:
+            with torch.no_grad():
+                fn(block, y)
+    return counter
+
+
+def _block(b, c, h, w, radix, groups):
+    return mm.Block("layer", b, c, h, w, radix=radix, groups=groups)
+
+
+# H, W chosen so that no per-channel tensor ends in (H, W): the map / small split is unambiguous
+@pytest.mark.parametrize("radix,groups", [(2, 1), (4, 2), (1, 1)])
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_inference_counts_equal_the_ops_that_run(fused, radix, groups):
+    if fused and "cpu" not in available_backends("cpu"):
+        pytest.skip("the fused path's counts are those of the C++ ops (not built)")
+    b, c, h, w = 2, 16, 5, 7
+    block = make_block(channels=c, radix=radix, groups=groups, train=False)
+    block.backend = "cpu" if fused else None
+    y = torch.randn(b, radix * c, h, w)
+    counter = _count(block, y, fused, train=False)
+    ops = (mm.fused_inference_ops if fused else mm.eager_inference_ops)(_block(b, c, h, w, radix, groups), 4)
+    assert mm.map_bytes(ops) == counter.map, counter.ops
+    assert mm.total_bytes(ops) == counter.map + counter.small, counter.ops
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("radix", [2, 4])
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_training_counts_equal_the_ops_that_run(fused, radix):
+    b, c, h, w = 2, 16, 5, 7
+    block = make_block(channels=c, radix=radix, groups=1, train=True)
+    block.backend = "cpu"
+    y = torch.randn(b, radix * c, h, w, requires_grad=True)
+    counter = _count(block, y, fused, train=True)
+    ops = (mm.fused_training_ops if fused else mm.eager_training_ops)(_block(b, c, h, w, radix, 1), 4)
+    assert mm.map_bytes(ops) == counter.map, counter.ops
+    assert mm.total_bytes(ops) == counter.map + counter.small, counter.ops
+
+
+def test_headline_pass_counts():
+    """The passes over y the README quotes: eager inference 9.5, fused 2.5 (radix 2, map bytes / bytes of y)."""
+    blk = _block(2, 64, 32, 32, 2, 1)
+    y_bytes = 2 * 128 * 32 * 32 * 4
+    assert mm.map_bytes(mm.eager_inference_ops(blk)) / y_bytes == 9.5
+    assert mm.map_bytes(mm.fused_inference_ops(blk)) / y_bytes == 2.5
+
+
+def _hooked_shapes(model, x):
+    shapes = []
+    hooks = [m.conv.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(out.shape)))
+             for m in model.modules() if isinstance(m, SplitAttentionConv2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes, sum(isinstance(m, SplitAttentionConv2d) for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def resnest101_d8_model():
+    from resnest_fast.models import resnest101_d8
+
+    return resnest101_d8()
+
+
+@pytest.mark.parametrize("size", [(2, 512, 1024), (4, 512, 512), (1, 1024, 2048)])
+def test_block_shapes_equal_hooks_on_the_real_model_full_size(size, resnest101_d8_model):
+    """At the real sizes, on the meta device (shapes only, nothing computed)."""
+    import copy
+
+    batch, height, width = size
+    model = copy.deepcopy(resnest101_d8_model).to("meta")
+    shapes, n_modules = _hooked_shapes(model, torch.empty(batch, 3, height, width, device="meta"))
+    blocks = mm.resnest101_d8_blocks(batch, height, width)
+    assert n_modules == len(blocks) == 33
+    assert [b.y_shape for b in blocks] == shapes
+    assert [b.inter_channels for b in blocks] == [m.fc1.out_channels for m in model.modules()
+                                                  if isinstance(m, SplitAttentionConv2d)]
+
+
+def test_block_shapes_equal_hooks_on_the_real_model_odd_size(resnest101_d8_model):
+    """Odd sizes on real CPU tensors: the rounding of the stem, max-pool and layer2's average pool."""
+    shapes, _ = _hooked_shapes(resnest101_d8_model, torch.randn(1, 3, 45, 37))
+    assert [b.y_shape for b in mm.resnest101_d8_blocks(1, 45, 37)] == shapes
+
+
+def test_distinct_blocks_cover_every_block_once():
+    blocks = mm.resnest101_d8_blocks(2, 512, 1024)
+    distinct = mm.distinct_blocks(blocks)
+    assert sum(count for _, _, count in distinct) == 33
+    assert [(label, b.y_shape, count) for label, b, count in distinct] == [
+        ("layer1", (2, 128, 128, 256), 3), ("layer2.0", (2, 256, 128, 256), 1), ("layer2.1+", (2, 256, 64, 128), 3),
+        ("layer3", (2, 512, 64, 128), 23), ("layer4", (2, 1024, 64, 128), 3)]
+
+
+def test_cli_writes_the_labelled_csv_and_rejects_bad_arguments(tmp_path, capsys):
+    out = tmp_path / "mm.csv"
+    mm.main(["--size", "64", "128", "--batch", "2", "--bandwidth", "1e12", "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert mm.LABEL.upper() in printed
+    import csv
+
+    rows = list(csv.DictReader(out.open()))
+    assert [r["stage"] for r in rows] == ["one layer1 block", "one layer2.0 block", "one layer2.1+ block",
+                                          "one layer3 block", "one layer4 block",
+                                          "layer1", "layer2", "layer3", "layer4", "total"]
+    assert [int(r["blocks"]) for r in rows] == [1] * 5 + [3, 4, 23, 3, 33]
+    assert all(r["kind"] == mm.LABEL for r in rows)
+    total = rows[-1]
+    blocks = mm.resnest101_d8_blocks(2, 64, 128)
+    expected = sum(mm.total_bytes(mm.eager_training_ops(b)) for b in blocks)
+    assert int(total["training_eager_bytes"]) == expected
+    assert math.isclose(float(total["training_eager_us"]), expected / 1e12 * 1e6, rel_tol=1e-3)
+    for bad in (["--batch", "0"], ["--bandwidth", "-1"], ["--size", "64"], ["--dtype-bytes", "3"]):
+        with pytest.raises(SystemExit):
+            mm.main(bad + ["--output", str(out)])
+        assert "argument" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="radix >= 2"):
+        mm.eager_training_ops(mm.Block("x", 2, 8, 4, 4, radix=1))
