@@ -133,6 +133,29 @@ def test_float32_scale_with_low_precision_x(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_low_precision_output_is_rounded_to_nearest_even(backend, dtype, layout):
+    """With equal logits (softmax exactly 1/2) and no affine/ReLU, out = (x0 + x1) / 2 is exact in float32, so the
+    kernel's result must be torch's own float32 -> dtype rounding of it, bit for bit: ties to even, NaN kept.
+    (The CPU kernels round bfloat16 with their own vectorised code.)"""
+    torch.manual_seed(0)
+    x = torch.randn(2, 2 * 16, 9, 7).to(dtype)
+    x[0, 0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    logits = torch.zeros(2, 2 * 16, dtype=dtype)
+    got = splat_combine(x, logits, radix=2, relu=False, backend=backend)
+    x32 = x.float()
+    want = ((x32[:, :16] + x32[:, 16:]) * 0.5).to(dtype)
+    inexact = want.float() != (x32[:, :16] + x32[:, 16:]) * 0.5
+    assert inexact.sum() > 100, "the inputs must exercise rounding"
+    assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+    ok = ~want.isnan()
+    assert torch.equal(got[ok], want[ok]), f"{(got[ok] != want[ok]).sum()} values rounded differently"
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("radix,groups", [(1, 1), (2, 2), (4, 2)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_gradcheck_float64(backend, radix, groups, layout):
