@@ -22,13 +22,6 @@ MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)  # RGB, mmseg's con
 STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _mmseg_pair(tmp_path):
     structures = import_mmseg("mmseg.structures")

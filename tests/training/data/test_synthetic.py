@@ -77,15 +77,6 @@ def test_bad_arguments():
         SyntheticDataset(1, size=(4, 4))
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny convolutions gain nothing from a second thread, and on a shared 2-core machine OpenMP threads waiting
-    # for a busy core make this test 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_a_small_segmenter_learns_it_far_above_chance(one_thread):
     torch.manual_seed(0)
