@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from benchmarks import report
+from benchmarks.stage_shapes import SHAPE_SETS
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -31,10 +32,9 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_addoption(parser):
-    import os
-
+    # One choice for both suites (test_bench_ops.py, test_bench_module.py), read by their pytest_generate_tests:
+    # the shape sets are parametrised at collection, before any fixture exists.
     parser.addoption(
-        "--bench-shapes", default=os.environ.get("RESNEST_FAST_BENCH_SHAPES", "quick"),
-        help="shapes of the op-level benchmarks (benchmarks/test_bench_ops.py): quick (small; the default), stages "
-             "(ResNeSt-101-D8's split-attention shapes at the seed's crops) or all; the environment variable "
-             "RESNEST_FAST_BENCH_SHAPES sets the default")
+        "--bench-shapes", default="quick", choices=SHAPE_SETS,
+        help="shapes of the op and module benchmarks (benchmarks/stage_shapes.py): quick (small; the default), "
+             "stages (ResNeSt-101-D8's split-attention shapes at the seed's crops) or all")

@@ -1,7 +1,8 @@
 """Memory-traffic model of split attention after the conv: mmseg's eager op sequence vs the fused path.
 
 A MODEL, NOT A MEASUREMENT: no GPU was measured. For every split-attention block of ResNeSt-101-D8 at an input
-size, it counts the bytes each op of the post-conv part reads and writes, op by op, as ATen runs it:
+size (benchmarks/stage_shapes.resnest101_d8_blocks), it counts the bytes each op of the post-conv part reads and
+writes, op by op, as ATen runs it:
 
 - eager (mmseg's SplitAttentionConv2d after self.conv): bn0 -> relu -> view/sum -> adaptive_avg_pool -> fc1 ->
   bn1 -> relu -> fc2 -> rSoftMax -> mul -> sum; in training also the backward ops autograd runs (each re-reads
@@ -30,80 +31,13 @@ alone, assuming every op streams at peak and nothing stays in cache.
 """
 import argparse
 import csv
-import math
 import os
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List
+
+from benchmarks.stage_shapes import Block, distinct_blocks, resnest101_d8_blocks
 
 LABEL = "model, not a measurement; no GPU was measured"
-
-# ResNeSt-101-D8 (mmseg's resnest_s101-d8 backbone, resnest_fast.models.resnest101_d8): per stage the bottleneck
-# width (the split-attention conv's channels C), the number of blocks, and the stride of its first block.
-RESNEST101_D8_STAGES = ((64, 3, 1), (128, 4, 2), (256, 23, 1), (512, 3, 1))
-RADIX, GROUPS, REDUCTION = 2, 1, 4
-
-
-@dataclass(frozen=True)
-class Block:
-    """One split-attention conv: its name (layerS.I) and the conv output y = (batch, radix*C, H, W)."""
-
-    name: str
-    batch: int
-    channels: int  # C
-    height: int
-    width: int
-    radix: int = RADIX
-    groups: int = GROUPS
-
-    @property
-    def y_shape(self) -> Tuple[int, int, int, int]:
-        return (self.batch, self.radix * self.channels, self.height, self.width)
-
-    @property
-    def inter_channels(self) -> int:
-        return max(self.channels * self.radix // REDUCTION, 32)  # mmseg's rule, in_channels == channels here
-
-    @property
-    def stage(self) -> str:
-        return self.name.split(".")[0]
-
-
-def resnest101_d8_blocks(batch: int, height: int, width: int) -> List[Block]:
-    """Every split-attention conv of ResNeSt-101-D8 for a (batch, 3, height, width) input, in forward order.
-
-    The deep stem halves the resolution with a stride-2 conv, then max-pool halves it again (each
-    ceil(n / 2)); layer2's first block runs its split-attention conv at stride 1 and average-pools afterwards
-    (avg_down_stride), so it sees the 1/4 resolution; everything after runs at 1/8 (dilation, not stride).
-    """
-    for name, v in (("batch", batch), ("height", height), ("width", width)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    h, w = math.ceil(math.ceil(height / 2) / 2), math.ceil(math.ceil(width / 2) / 2)
-    blocks = []
-    for stage, (channels, count, stride) in enumerate(RESNEST101_D8_STAGES, start=1):
-        for i in range(count):
-            blocks.append(Block(f"layer{stage}.{i}", batch, channels, h, w))
-            if i == 0 and stride == 2:
-                h, w = math.ceil(h / 2), math.ceil(w / 2)
-    return blocks
-
-
-def distinct_blocks(blocks: List[Block]) -> List[Tuple[str, Block, int]]:
-    """(label, block, count) per distinct y shape, labelled by the stage (or block) where it occurs."""
-    seen = {}
-    for b in blocks:
-        key = (b.y_shape, b.radix, b.groups)
-        if key in seen:
-            seen[key][2] += 1
-        else:
-            seen[key] = [b.name, b, 1]
-    out = []
-    for name, b, count in seen.values():
-        stage_blocks = [x for x in blocks if x.stage == b.stage]
-        same = all((x.y_shape, x.radix, x.groups) == (b.y_shape, b.radix, b.groups) for x in stage_blocks)
-        out.append((b.stage if same else name if count == 1 else f"{b.stage}.{name.split('.')[1]}+", b, count))
-    return out
-
 
 # ------------------------------------------------------------------------------------------------ op counting
 

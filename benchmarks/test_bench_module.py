@@ -11,26 +11,24 @@ benchmarks/providers.py.
 Train mode uses batch statistics and updates the running ones, as in training; the gradient of the input is
 computed too, as inside a network.
 
-Shapes (benchmarks/stage_shapes.py): RESNEST_FAST_BENCH_SHAPES=quick (default: two small blocks), stages (the
-distinct split-attention inputs of ResNeSt-101-D8 at the Cityscapes 512x1024 batch-2 and ADE20k 512x512 batch-4
-crops) or all.
+Shapes (--bench-shapes, as for test_bench_ops.py; benchmarks.stage_shapes.module_shapes): quick (default: two
+small blocks), stages (the distinct split-attention inputs, with their dilation, of ResNeSt-101-D8 at the Cityscapes
+512x1024 batch-2 and ADE20k 512x512 batch-4 crops) or all.
 
     pytest benchmarks/test_bench_module.py --benchmark-only                        # quick set, a few minutes
-    RESNEST_FAST_BENCH_SHAPES=stages pytest benchmarks/test_bench_module.py --benchmark-only
+    pytest benchmarks/test_bench_module.py --benchmark-only --bench-shapes stages
 Rows go to benchmarks/results/module.csv (with machine, versions and git revision) at the end of the session.
 """
-import pytest
 import torch
 
 from benchmarks import report
 from benchmarks.providers import eager_post_conv
-from benchmarks.stage_shapes import QUICK, module_shapes
+from benchmarks.stage_shapes import MODULE_QUICK, module_shapes
 from resnest_fast.backend import available_backends
 from resnest_fast.nn import SplitAttentionConv2d
 from tests.mmseg_reference import import_mmseg_resnest, mmseg_available
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SHAPES = module_shapes()
 OURS = [b for b in available_backends(DEVICE) if not (b == "triton" and DEVICE == "cpu")]
 PROVIDERS = ["mmseg", "mmseg-compiled"] + [f"ours-{b}" for b in OURS]
 # The quick shapes take milliseconds: more rounds steady their medians on a shared machine at little cost.
@@ -42,6 +40,14 @@ WARMUP = 2
 # the input gradient 1 % off, 5e-5 of the norm), while a real error (a layout or a formula) is of order 1.
 TOL = {"out": 1e-4, "grad": 1e-3}
 _medians = {}
+
+
+def pytest_generate_tests(metafunc):
+    # the shape set comes from --bench-shapes (benchmarks/conftest.py), checked there; ids "<provider>-<shape>"
+    shapes = module_shapes(metafunc.config.getoption("bench_shapes"))
+    if "provider" in metafunc.fixturenames:
+        metafunc.parametrize("provider", PROVIDERS)
+    metafunc.parametrize("shape_name,shape", list(shapes.items()), ids=list(shapes))
 
 
 def _ours_block(shape, train):
@@ -133,36 +139,29 @@ def _synced(fn):
 
 
 def _rounds(shape_name, mode):
-    return ROUNDS["quick" if shape_name in QUICK else "stage"][mode]
+    return ROUNDS["quick" if shape_name in MODULE_QUICK else "stage"][mode]
 
 
-def _record(benchmark, shape_name, mode, provider):
-    shape = SHAPES[shape_name]
+def _record(benchmark, shape_name, shape, mode, provider):
     median_ms = benchmark.stats.stats.median * 1e3
     _medians[(shape_name, mode, provider)] = median_ms
     report.add("module", {"bench": "split_attention_block", "shape": shape_name,
-                          "x_shape": "x".join(map(str, shape[:4])), "dilation": shape.dilation, "radix": 2,
+                          "x_shape": "x".join(map(str, shape.x_shape)), "dilation": shape.dilation, "radix": 2,
                           "groups": 1, "dtype": "float32", "device": DEVICE, "mode": mode, "provider": provider,
                           "median_ms": round(median_ms, 3), "min_ms": round(benchmark.stats.stats.min * 1e3, 3),
                           "rounds": benchmark.stats.stats.rounds})
 
 
-@pytest.mark.parametrize("shape_name", list(SHAPES))
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_forward(benchmark, provider, shape_name):
-    shape = SHAPES[shape_name]
+def test_forward(benchmark, provider, shape_name, shape):
     x = _input(shape)
     fn, _ = _provider(provider, shape, train=False)
     with torch.no_grad():
         _check(fn(x), _oracle(shape, train=False)(x), f"{shape_name} eval {provider}", TOL["out"])
         benchmark.pedantic(_synced(fn), args=(x,), rounds=_rounds(shape_name, "forward"), warmup_rounds=WARMUP)
-    _record(benchmark, shape_name, "forward", provider)
+    _record(benchmark, shape_name, shape, "forward", provider)
 
 
-@pytest.mark.parametrize("shape_name", list(SHAPES))
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_full(benchmark, provider, shape_name):
-    shape = SHAPES[shape_name]
+def test_full(benchmark, provider, shape_name, shape):
     x = _input(shape).requires_grad_(True)
     fn, weight = _provider(provider, shape, train=True)
     oracle = _oracle(shape, train=True)
@@ -181,11 +180,10 @@ def test_full(benchmark, provider, shape_name):
         fn(x).backward(grad)
 
     benchmark.pedantic(_synced(step), rounds=_rounds(shape_name, "full"), warmup_rounds=WARMUP)
-    _record(benchmark, shape_name, "full", provider)
+    _record(benchmark, shape_name, shape, "full", provider)
 
 
-@pytest.mark.parametrize("shape_name", list(SHAPES))
-def test_summary(benchmark, shape_name):
+def test_summary(benchmark, shape_name, shape):
     """Ratios of the medians measured above (mmseg's time / the provider's: above 1 is faster than mmseg)."""
     benchmark.pedantic(lambda: None, rounds=1)
     m = {(mode, p): v for (s, mode, p), v in _medians.items() if s == shape_name}
@@ -196,6 +194,7 @@ def test_summary(benchmark, shape_name):
                 if base != provider and (mode, provider) in m and (mode, base) in m:
                     parts.append(f"{mode} {m[(mode, base)] / m[(mode, provider)]:.2f}x {base}")
         if parts:
-            report.note(f"module {shape_name} ({SHAPES[shape_name].label}) {provider}: " + ", ".join(parts))
+            x_shape = "x".join(map(str, shape.x_shape))
+            report.note(f"module {shape_name} ({x_shape}-d{shape.dilation}) {provider}: " + ", ".join(parts))
             report.add("module", {"bench": "ratios", "shape": shape_name, "provider": provider,
                                   "detail": "; ".join(parts)})

@@ -19,11 +19,11 @@ eager run in float64 on the same (rounded) inputs and weights, by flash-attentio
 tests/tolerances.py's FLOOR in bf16. A provider that disagrees fails its test and is not timed. The inputs keep
 every bn0 pre-activation off ReLU's kink (_away_from_the_kink), so gradients are compared, not tie-breaking.
 
-Shapes (--bench-shapes, or the environment variable RESNEST_FAST_BENCH_SHAPES; default quick):
+Shapes (--bench-shapes, default quick; benchmarks.stage_shapes.op_shapes):
     quick   one small shape, y = 2x128x32x32 (radix 2): the whole suite stays short on 2 cores
     stages  the split-attention conv outputs of ResNeSt-101-D8 at the seed's crops, each distinct shape once
-            (benchmarks.memory_model.resnest101_d8_blocks, checked against hooks on the real model by
-            tests/benchmarks/test_memory_model.py): "city-*" Cityscapes 512x1024 batch 2, "ade-*" ADE20k 512x512
+            (benchmarks.stage_shapes.resnest101_d8_blocks, checked against hooks on the real model by
+            tests/benchmarks/test_stage_shapes.py): "city-*" Cityscapes 512x1024 batch 2, "ade-*" ADE20k 512x512
             batch 4 (per GPU)
     all     both
 Rows go to benchmarks/results/ops.csv (quick; ops-stages.csv, ops-all.csv for the other sets): median and min ms,
@@ -34,12 +34,11 @@ Plot: python -m benchmarks.plot benchmarks/results/ops.csv -o benchmarks/results
 """
 import copy
 
-import pytest
 import torch
 
 from benchmarks import report
-from benchmarks.memory_model import Block, distinct_blocks, resnest101_d8_blocks
 from benchmarks.providers import eager_combine_op, eager_pool_op, fused_combine_op, fused_pool_op, make_block
+from benchmarks.stage_shapes import op_shapes
 from resnest_fast.backend import available_backends
 from tests.tolerances import FLOOR as LOW_PRECISION_FLOOR
 
@@ -53,31 +52,17 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # fp32: bn0's weight / bias gradients are sums over B*H*W (up to 65536) terms, and the summation order alone (another
 # reduction tree, torch.compile's, ours) moves them by more than twice eager's own error at the stage shapes
 FLOOR = {torch.float32: 1e-4, torch.bfloat16: LOW_PRECISION_FLOOR[torch.bfloat16]}
-CROPS = {"city": (2, 512, 1024), "ade": (4, 512, 512)}  # the seed's configs: batch per GPU, crop size
 # |bn0 pre-activation| >= gap/2 in the inputs (_away_from_the_kink): far above fp32 rounding, and in bfloat16
 # above what rounding y itself moves it (half an ulp of |y| < 8 is 2**-6, times bn0's slope, at most ~2.1 here)
 KINK_GAP = {torch.float32: 1e-3, torch.bfloat16: 0.08}
 ROUNDS = {"quick": {"forward": 20, "backward": 10, "full": 10}, "stages": {"forward": 10, "backward": 5, "full": 5}}
 
 
-def shape_sets():
-    quick = {"quick": Block("quick", 2, 64, 32, 32)}
-    stages = {}
-    for crop, (batch, height, width) in CROPS.items():
-        for label, block, _count in distinct_blocks(resnest101_d8_blocks(batch, height, width)):
-            stages[f"{crop}-{label}"] = block
-    return {"quick": quick, "stages": stages, "all": {**quick, **stages}}
-
-
 def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
-    name = metafunc.config.getoption("bench_shapes", "quick")
-    sets = shape_sets()
-    if name not in sets:
-        raise pytest.UsageError(f"--bench-shapes (or RESNEST_FAST_BENCH_SHAPES) must be one of {sorted(sets)}, "
-                                f"got {name!r}")
-    shapes = sets[name]
+    name = metafunc.config.getoption("bench_shapes")  # checked against stage_shapes.SHAPE_SETS by conftest.py
+    shapes = op_shapes(name)
     global _csv_stem
     _csv_stem = "ops" if name == "quick" else f"ops-{name}"
     # one list in this order: the cached references below only ever hold the current (shape, dtype, op)

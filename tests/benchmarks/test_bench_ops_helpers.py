@@ -1,5 +1,5 @@
-"""The op-level benchmark's pieces that decide what is timed and reported: the shape sets, the accuracy gate
-before timing, the speedup columns, the eager op pieces, and the plot of ops.csv."""
+"""The op-level benchmark's pieces that decide what is timed and reported (its shape sets: test_stage_shapes.py):
+the accuracy gate before timing, the speedup columns, the eager op pieces, and the plot of ops.csv."""
 import csv
 import types
 
@@ -10,21 +10,8 @@ from benchmarks import plot, report
 from benchmarks import test_bench_ops as bench
 from benchmarks.providers import (eager_combine_op, eager_pool_op, eager_post_conv, fused_combine_op,
                                   fused_pool_op, make_block)
+from benchmarks.stage_shapes import Block, op_shapes
 from resnest_fast.backend import available_backends
-
-
-def test_shape_sets():
-    sets = bench.shape_sets()
-    assert list(sets["quick"]) == ["quick"] and sets["quick"]["quick"].y_shape == (2, 128, 32, 32)
-    stages = {name: b.y_shape for name, b in sets["stages"].items()}
-    # Cityscapes 512x1024 batch 2 and ADE20k 512x512 batch 4: 1/4 resolution in layer1 and layer2's first
-    # block, 1/8 after; 2*C channels; layer3 at Cityscapes is the issue's 2x512x64x128
-    assert stages == {
-        "city-layer1": (2, 128, 128, 256), "city-layer2.0": (2, 256, 128, 256), "city-layer2.1+": (2, 256, 64, 128),
-        "city-layer3": (2, 512, 64, 128), "city-layer4": (2, 1024, 64, 128),
-        "ade-layer1": (4, 128, 128, 128), "ade-layer2.0": (4, 256, 128, 128), "ade-layer2.1+": (4, 256, 64, 64),
-        "ade-layer3": (4, 512, 64, 64), "ade-layer4": (4, 1024, 64, 64)}
-    assert set(sets["all"]) == set(sets["quick"]) | set(sets["stages"])
 
 
 def test_no_interpreter_and_no_reference_among_the_timed_backends():
@@ -79,7 +66,7 @@ def test_speedups_and_plot(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "PROVIDERS", ["eager", "compiled", "ours-cpu"])
     monkeypatch.setattr(bench, "_csv_stem", "ops")
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)  # report.flush names the file after it
-    block = bench.shape_sets()["quick"]["quick"]
+    block = op_shapes("quick")["quick"]
     for dtype in ("fp32", "bf16"):
         for provider, seconds in (("ours-cpu", 0.001), ("eager", 0.010), ("compiled", 0.004)):
             bench._record(_fake_benchmark(seconds), "quick", block, dtype, "pool-eval", "forward", provider)
@@ -127,7 +114,7 @@ def test_a_benchmark_case_runs_end_to_end(monkeypatch):
                 target(*a, **k)
             calls.append(rounds)
 
-    tiny = bench.Block("tiny", 2, 8, 4, 6)
+    tiny = Block("tiny", 2, 8, 4, 6)
     for mode in bench.MODES:
         bench.test_op(Timer(), ("tiny", tiny, "bf16", "pool-train", mode, "ours-cpu"))
     assert calls == [10, 5, 5]

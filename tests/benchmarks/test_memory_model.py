@@ -1,7 +1,7 @@
 """benchmarks.memory_model against what really runs: the real eager_post_conv and the real fused path are run
 under a TorchDispatchMode that sums, for every aten / resnest_fast op, the distinct bytes of its input and output
-tensors (views move nothing); the model's per-block counts must equal those sums. The per-block shape list must
-equal what forward hooks on the real ResNeSt-101-D8 report."""
+tensors (views move nothing); the model's per-block counts must equal those sums. (The per-block shapes come from
+benchmarks/stage_shapes.py, checked against forward hooks on the real backbones by test_stage_shapes.py.)"""
 import math
 
 import pytest
@@ -11,8 +11,8 @@ from torch.utils._pytree import tree_flatten
 
 from benchmarks import memory_model as mm
 from benchmarks.providers import eager_post_conv, fused_post_conv, make_block
+from benchmarks.stage_shapes import Block, resnest101_d8_blocks
 from resnest_fast.backend import available_backends
-from resnest_fast.nn import SplitAttentionConv2d
 
 needs_cpu_kernels = pytest.mark.skipif("cpu" not in available_backends("cpu"),
                                        reason="the fused path's counts are those of the C++ ops (not built)")
@@ -69,7 +69,7 @@ def _count(block, y, fused, train):
 
 
 def _block(b, c, h, w, radix, groups):
-    return mm.Block("layer", b, c, h, w, radix=radix, groups=groups)
+    return Block("layer", b, c, h, w, radix=radix, groups=groups)
 
 
 # H, W chosen so that no per-channel tensor ends in (H, W): the map / small split is unambiguous
@@ -110,56 +110,6 @@ def test_headline_pass_counts():
     assert mm.map_bytes(mm.fused_inference_ops(blk)) / y_bytes == 2.5
 
 
-def _hooked_shapes(model, x):
-    shapes = []
-    hooks = [m.conv.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(out.shape)))
-             for m in model.modules() if isinstance(m, SplitAttentionConv2d)]
-    try:
-        with torch.no_grad():
-            model.eval()(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return shapes, sum(isinstance(m, SplitAttentionConv2d) for m in model.modules())
-
-
-@pytest.fixture(scope="module")
-def resnest101_d8_model():
-    from resnest_fast.models import resnest101_d8
-
-    return resnest101_d8()
-
-
-@pytest.mark.parametrize("size", [(2, 512, 1024), (4, 512, 512), (1, 1024, 2048)])
-def test_block_shapes_equal_hooks_on_the_real_model_full_size(size, resnest101_d8_model):
-    """At the real sizes, on the meta device (shapes only, nothing computed)."""
-    import copy
-
-    batch, height, width = size
-    model = copy.deepcopy(resnest101_d8_model).to("meta")
-    shapes, n_modules = _hooked_shapes(model, torch.empty(batch, 3, height, width, device="meta"))
-    blocks = mm.resnest101_d8_blocks(batch, height, width)
-    assert n_modules == len(blocks) == 33
-    assert [b.y_shape for b in blocks] == shapes
-    assert [b.inter_channels for b in blocks] == [m.fc1.out_channels for m in model.modules()
-                                                  if isinstance(m, SplitAttentionConv2d)]
-
-
-def test_block_shapes_equal_hooks_on_the_real_model_odd_size(resnest101_d8_model):
-    """Odd sizes on real CPU tensors: the rounding of the stem, max-pool and layer2's average pool."""
-    shapes, _ = _hooked_shapes(resnest101_d8_model, torch.randn(1, 3, 45, 37))
-    assert [b.y_shape for b in mm.resnest101_d8_blocks(1, 45, 37)] == shapes
-
-
-def test_distinct_blocks_cover_every_block_once():
-    blocks = mm.resnest101_d8_blocks(2, 512, 1024)
-    distinct = mm.distinct_blocks(blocks)
-    assert sum(count for _, _, count in distinct) == 33
-    assert [(label, b.y_shape, count) for label, b, count in distinct] == [
-        ("layer1", (2, 128, 128, 256), 3), ("layer2.0", (2, 256, 128, 256), 1), ("layer2.1+", (2, 256, 64, 128), 3),
-        ("layer3", (2, 512, 64, 128), 23), ("layer4", (2, 1024, 64, 128), 3)]
-
-
 def test_cli_writes_the_labelled_csv_and_rejects_bad_arguments(tmp_path, capsys):
     out = tmp_path / "mm.csv"
     mm.main(["--size", "64", "128", "--batch", "2", "--bandwidth", "1e12", "--output", str(out)])
@@ -174,7 +124,7 @@ def test_cli_writes_the_labelled_csv_and_rejects_bad_arguments(tmp_path, capsys)
     assert [int(r["blocks"]) for r in rows] == [1] * 5 + [3, 4, 23, 3, 33]
     assert all(r["kind"] == mm.LABEL for r in rows)
     total = rows[-1]
-    blocks = mm.resnest101_d8_blocks(2, 64, 128)
+    blocks = resnest101_d8_blocks(2, 64, 128)
     expected = sum(mm.total_bytes(mm.eager_training_ops(b)) for b in blocks)
     assert int(total["training_eager_bytes"]) == expected
     assert math.isclose(float(total["training_eager_us"]), expected / 1e12 * 1e6, rel_tol=1e-3)
@@ -183,4 +133,4 @@ def test_cli_writes_the_labelled_csv_and_rejects_bad_arguments(tmp_path, capsys)
             mm.main(bad + ["--output", str(out)])
         assert "argument" in capsys.readouterr().err
     with pytest.raises(ValueError, match="radix >= 2"):
-        mm.eager_training_ops(mm.Block("x", 2, 8, 4, 4, radix=1))
+        mm.eager_training_ops(Block("x", 2, 8, 4, 4, radix=1))
