@@ -108,10 +108,11 @@ class Crop(NamedTuple):
     batch: int  # images per GPU
     height: int
     width: int
-    short: str  # the op benchmark's prefix ("city-layer3" in README.md and docs/results/)
+    short: str  # the op suite's prefix: "city-layer3" (the module suite's names use the key: "cityscapes-s3")
 
 
-# The seed's training crops: mmseg's Cityscapes and ADE20k configs.
+# The seed's training crops: mmseg's Cityscapes and ADE20k configs. Both suites keep the shape names they had, so
+# that earlier CSVs (docs/results/) and README.md's `-k city-layer3` still name the same shapes.
 CROPS = {"cityscapes": Crop(2, 512, 1024, "city"), "ade20k": Crop(4, 512, 512, "ade")}
 
 # Small enough that the whole quick suite (compile included) takes a few minutes on 2 cores: x = 2x64x32x32,
