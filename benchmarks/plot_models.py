@@ -14,7 +14,7 @@ import os
 
 REFERENCES = ("mmseg", "reference-backend")
 PROVIDER_ORDER = ("mmseg", "reference-backend", "ours", "ours-optimized", "mmseg-compiled",
-                  "reference-backend-compiled", "ours-compiled")
+                  "reference-backend-compiled", "ours-compiled", "ours-optimized-compiled")
 
 
 def read_rows(paths):

@@ -23,10 +23,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
+#include "ops/cpu/cpu_utils.h"
 #include "ops/splat_checks.h"
 #include "ops/splat_math.h"
 
@@ -37,27 +34,6 @@ constexpr int64_t kChunk = 512;         // NCHW combine: positions accumulated i
 constexpr int64_t kGrainElems = 32768;  // elements of x per parallel task, at least
 constexpr int64_t kLanes = 64;          // NCHW pool: partial sums kept apart (4 AVX-512 / 8 AVX2 registers)
 
-
-// Runtime ISA dispatch without an ODR hazard: GCC compiles run_items once per target (AVX-512, AVX2, baseline)
-// plus a resolver picked at load time, and the always-inlined work lambdas are vectorised inside each clone at
-// its width. (A lambda cannot carry target_clones itself; everything from ATen stays compiled once.)
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define RF_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#define RF_ALWAYS_INLINE __attribute__((always_inline))
-#else
-#define RF_CLONES
-#define RF_ALWAYS_INLINE
-#endif
-
-template <typename F>
-RF_CLONES void run_items(const F& f, int64_t begin, int64_t end) {
-  f(begin, end);
-}
-
-template <typename F>
-void parallel_items(int64_t begin, int64_t end, int64_t grain, const F& f) {
-  at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) { run_items(f, b, e); });
-}
 
 // Stores an fp32 (or double) result as scalar_t. c10's float -> bfloat16 conversion branches on NaN inside a
 // call the compiler does not vectorise, which made every bfloat16 write loop scalar (combine forward ran 6x
@@ -74,27 +50,6 @@ inline scalar_t splat_store(acc_t v) {
   } else {
     return static_cast<scalar_t>(v);
   }
-}
-
-// A fresh output of tens of MB comes straight from mmap, and its first write faults it in 4 KiB at a time: for a
-// 33 MB gradient that was ~8 ms here, serialised whatever the thread count, against ~1.5 ms for the write itself.
-// Asking for transparent huge pages on the still untouched range (THP in "madvise" mode, the common default)
-// cuts the faults 512-fold. Memory that is already mapped (reused heap blocks) is unaffected; a failure is
-// harmless. Outputs below kHugeMin are left alone.
-constexpr size_t kHugePage = size_t(1) << 21;
-constexpr size_t kHugeMin = size_t(4) << 20;
-
-void prefer_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const size_t n = t.nbytes();
-  if (n < kHugeMin) return;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t begin = (p + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t end = (p + n) & ~(kHugePage - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
 }
 
 int64_t grain_for(int64_t elems_per_item) {
