@@ -7,6 +7,13 @@ from resnest_fast import _extension as ext
 from resnest_fast.backend import ENV_VAR, available_backends, get_default_backend, resolve_backend
 
 
+def _has_winograd() -> bool:
+    """Whether optimize_for_inference can run the wide 3x3 convs as Winograd F(2x2, 3x3) (resnest_fast.ops.winograd)."""
+    from resnest_fast.ops.winograd import HAS_WINOGRAD_KERNELS
+
+    return HAS_WINOGRAD_KERNELS
+
+
 def build_info() -> dict:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     runs = {}
@@ -25,6 +32,7 @@ def build_info() -> dict:
         "extension_error": None if ext.HAS_C else str(ext.C_IMPORT_ERROR),
         "cpu_kernels": ext.HAS_CPU_KERNELS,
         "cuda_kernels": ext.HAS_CUDA_KERNELS,
+        "winograd_cpu_kernel": _has_winograd(),
         "triton_installed": ext.HAS_TRITON,
         "triton_interpreter": ext.triton_interpreting(),
         "default_backend": f"{get_default_backend()} ({ENV_VAR})",

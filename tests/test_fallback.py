@@ -30,6 +30,13 @@ SCRIPT = textwrap.dedent(
     m = resnest_fast.nn.SplitAttentionConv2d(8, 8, 3, padding=1).eval()
     out = m(torch.randn(2, 8, 5, 5))
     assert out.shape == (2, 8, 5, 5)
+    from resnest_fast.ops import winograd
+    assert not winograd.HAS_WINOGRAD_KERNELS
+    conv = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU()).eval()
+    fast = resnest_fast.optimize_for_inference(conv)  # no Winograd without the kernel: oneDNN / F.conv2d
+    assert fast[0].winograd_weight is None
+    x = torch.randn(1, 64, 6, 6)
+    assert (fast(x) - conv(x)).abs().max().item() < 1e-4
     print("fallback OK")
     """
 )
@@ -48,7 +55,8 @@ def test_info_command_prints_what_runs():
     import json
 
     info = json.loads(proc.stdout)
-    for key in ("extension_C", "cpu_kernels", "cuda_kernels", "triton_installed", "runs", "default_backend"):
+    for key in ("extension_C", "cpu_kernels", "cuda_kernels", "winograd_cpu_kernel", "triton_installed", "runs",
+                "default_backend"):
         assert key in info
     assert info["runs"]["cpu"] in ("cpu", "reference")
 
