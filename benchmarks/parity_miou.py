@@ -62,13 +62,12 @@ REFERENCES = ("auto", "mmseg", "reference-backend")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TOLERANCE = 0.5  # mIoU points, the issue's bound
 COINCIDE = 1e-6  # |loss difference| up to which two curves count as coinciding (float64 rounding starts at ~1e-16)
-COLUMNS = ["row", "config", "reference", "ours_backend", "ours_fused_ops", "dtype", "seed", "max_iters", "threads", "iter", "loss_reference", "loss_ours",
-           "loss_abs_diff", "aAcc_reference", "mIoU_reference", "mAcc_reference", "aAcc_ours", "mIoU_ours",
-           "mAcc_ours", "mIoU_diff_points", "tolerance_points", "within_tolerance", "loss_max_abs_diff",
-           "loss_first_abs_diff", "loss_coincide_iters", "seconds_reference", "seconds_ours", "control_threads", "loss_control",
-           "aAcc_control", "mIoU_control", "mAcc_control", "mIoU_diff_control_points", "loss_max_abs_diff_control",
-           "loss_coincide_iters_control",
-           "seconds_control"]
+COLUMNS = ["row", "config", "reference", "ours_backend", "ours_fused_ops", "dtype", "seed", "max_iters", "threads",
+           "iter", "loss_reference", "loss_ours", "loss_abs_diff", "aAcc_reference", "mIoU_reference", "mAcc_reference",
+           "aAcc_ours", "mIoU_ours", "mAcc_ours", "mIoU_diff_points", "tolerance_points", "within_tolerance",
+           "loss_max_abs_diff", "loss_first_abs_diff", "loss_coincide_iters", "seconds_reference", "seconds_ours",
+           "control_threads", "loss_control", "aAcc_control", "mIoU_control", "mAcc_control",
+           "mIoU_diff_control_points", "loss_max_abs_diff_control", "loss_coincide_iters_control", "seconds_control"]
 
 
 class MMSegAdapter(nn.Module):
@@ -157,15 +156,17 @@ class MMSegAdapter(nn.Module):
 # ------------------------------------------------------------------------------------------------ experiment
 
 
-def build_models(config: str, reference: str = "auto", seed: int = 0):
+def build_models(config: str, reference: str = "auto", seed: int = 0, dtype: str = "float32"):
     """(reference model, its kind, ours): the reference initialised once (torch seeded with `seed`), ours given
-    its weights with strict=True. reference: 'auto' (mmseg if installed, else our reference backend), 'mmseg'
-    (an error without it) or 'reference-backend'."""
+    its weights with strict=True, then both converted to `dtype` ('float32' or 'float64'). reference: 'auto'
+    (mmseg if installed, else our reference backend), 'mmseg' (an error without it) or 'reference-backend'."""
     from benchmarks.models import reference_model
     from resnest_fast.training import build_segmentor, load_config
 
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     cfg = load_config(config)
     torch.manual_seed(seed)
     if reference == "reference-backend":
@@ -180,6 +181,10 @@ def build_models(config: str, reference: str = "auto", seed: int = 0):
     ours.load_state_dict(ref.state_dict(), strict=True)
     if kind == "mmseg":
         ref = MMSegAdapter(ref)
+    # converted after the weights are shared (the same fp32 draws, widened exactly); parameters and buffers
+    # (BN statistics, both preprocessors' mean/std) follow, and so does everything computed from them
+    ref.to(DTYPES[dtype])
+    ours.to(DTYPES[dtype])
     return ref, kind, ours
 
 
@@ -274,8 +279,9 @@ def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = N
     """Runs the experiment; writes the CSV (and the PNG if `plot`) to out_dir (default benchmarks/results) and
     returns the summary: reference (kind), ours_backend, per-model losses and metrics, mIoU_diff_points
     (ours - reference, in points), within_tolerance, loss_max_abs_diff, loss_first_abs_diff, loss_coincide_iters,
-    dtype, ours_fused_ops (the custom ops ours' training step calls, with their dtypes), csv, png; with `control`,
-    also control_threads, mIoU_diff_control_points, loss_max_abs_diff_control and loss_coincide_iters_control.
+    dtype, ours_fused_ops (fused_ops_used: the custom ops ours' training step calls, with their dtypes), csv, png;
+    with `control`, also control_threads, mIoU_diff_control_points, loss_max_abs_diff_control and
+    loss_coincide_iters_control.
     dtype: 'float32' or 'float64', what both models (and the control) are converted to after the weights are
     shared, and trained and evaluated in."""
     from resnest_fast.backend import resolve_backend
@@ -289,13 +295,7 @@ def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = N
     seed = int((cfg.get("runtime") or {}).get("seed", 0)) if seed is None else seed
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
         raise ValueError(f"tolerance must be a number >= 0 (mIoU points), got {tolerance!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    ref, kind, ours = build_models(config, reference, seed)
-    # converted after the weights are shared (the same fp32 draws, widened exactly); parameters and buffers
-    # (BN statistics, both preprocessors' mean/std) follow, and so does everything computed from them
-    ref.to(DTYPES[dtype])
-    ours.to(DTYPES[dtype])
+    ref, kind, ours = build_models(config, reference, seed, dtype)
     ours_backend = resolve_backend(None, torch.device("cpu"))
     crop = ours.crop_size or tuple((cfg.get("data") or {}).get("crop_size") or (32, 32))
     ours_ops = fused_ops_used(ours, crop)
@@ -320,7 +320,7 @@ def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = N
     miou_diff = 100 * (m_ours["mIoU"] - m_ref["mIoU"])
     threads = int((cfg.get("runtime") or {}).get("num_threads") or torch.get_num_threads())
     summary = dict(config=cfg["name"], reference=kind, ours_backend=ours_backend, seed=seed, max_iters=max_iters,
-                   threads=threads, dtype=dtype, ours_fused_ops=_describe_ops(ours_ops),
+                   threads=threads, dtype=dtype, ours_fused_ops=ours_ops,
                    metrics=dict(reference=m_ref, ours=m_ours), losses=dict(reference=ref_losses, ours=our_losses),
                    mIoU_diff_points=miou_diff, tolerance_points=tolerance, within_tolerance=abs(miou_diff) <= tolerance,
                    loss_max_abs_diff=max(diffs), loss_first_abs_diff=diffs[0],
@@ -341,8 +341,8 @@ def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = N
 
 
 def _rows(summary: dict) -> List[dict]:
-    common = {k: summary[k] for k in ("config", "reference", "ours_backend", "ours_fused_ops", "dtype", "seed",
-                                      "max_iters", "threads")}
+    common = {k: summary[k] for k in ("config", "reference", "ours_backend", "dtype", "seed", "max_iters", "threads")}
+    common["ours_fused_ops"] = _describe_ops(summary["ours_fused_ops"])
     control = summary["losses"].get("control")
     if control:
         common["control_threads"] = summary["control_threads"]
@@ -440,7 +440,7 @@ def summary_lines(summary: dict) -> List[str]:
     lines = [f"parity: {summary['config']}, {summary['dtype']}, {summary['max_iters']} iterations, seed "
              f"{summary['seed']}, {summary['threads']} thread(s); reference = {summary['reference']}, ours = backend "
              f"{summary['ours_backend']}",
-             f"  fused ops in ours' training step: {summary['ours_fused_ops']}"]
+             f"  fused ops in ours' training step: {_describe_ops(summary['ours_fused_ops'])}"]
     for label in summary["metrics"]:
         lines.append(f"  {label:9s}  mIoU {100 * m[label]['mIoU']:6.2f}  aAcc {100 * m[label]['aAcc']:6.2f}  "
                      f"mAcc {100 * m[label]['mAcc']:6.2f}  final loss {summary['losses'][label][-1]:.4f}  "
@@ -453,8 +453,8 @@ def summary_lines(summary: dict) -> List[str]:
                  f"{summary['loss_coincide_iters']} iterations")
     if "control" in m:
         lines.append(f"  control ({summary['reference']} with {summary['control_threads']} threads, "
-                     f"{summary['dtype']} rounding only): mIoU {summary['mIoU_diff_control_points']:+.2f} points, loss curves max |diff| "
-                     f"{summary['loss_max_abs_diff_control']:.3g}, within {COINCIDE:g} for the first "
+                     f"{summary['dtype']} rounding only): mIoU {summary['mIoU_diff_control_points']:+.2f} points, "
+                     f"loss curves max |diff| {summary['loss_max_abs_diff_control']:.3g}, within {COINCIDE:g} for the first "
                      f"{summary['loss_coincide_iters_control']} iterations")
     lines.append(f"  wrote {summary['csv']}" + (f" and {summary['png']}" if summary.get("png") else ""))
     return lines
