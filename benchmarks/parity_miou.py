@@ -410,9 +410,10 @@ def write_plot(summary: dict, path: str) -> str:
                        f"mIoU {100 * m['control']['mIoU']:.2f}")
     top.set_ylabel("total training loss")
     top.legend()
-    top.set_title(f"{summary['config']}, {summary['dtype']}, seed {summary['seed']}, {summary['threads']} thread(s): "
-                  f"mIoU difference "
-                  f"{summary['mIoU_diff_points']:+.2f} points (tolerance {summary['tolerance_points']})", fontsize=9)
+    top.set_title(f"{summary['config']}, {summary['dtype']}, seed {summary['seed']}, {summary['threads']} thread(s)\n"
+                  f"mIoU difference {summary['mIoU_diff_points']:+.2f} points "
+                  f"(tolerance {summary['tolerance_points']}); "
+                  f"losses within {COINCIDE:g} for the first {summary['loss_coincide_iters']} iterations", fontsize=9)
     # log scale: how the difference grows from rounding (1e-16 in float64, 1e-7 in float32) to O(1) is the
     # information; exact zeros are drawn at the floor
     floor = 1e-17
@@ -454,7 +455,8 @@ def summary_lines(summary: dict) -> List[str]:
     if "control" in m:
         lines.append(f"  control ({summary['reference']} with {summary['control_threads']} threads, "
                      f"{summary['dtype']} rounding only): mIoU {summary['mIoU_diff_control_points']:+.2f} points, "
-                     f"loss curves max |diff| {summary['loss_max_abs_diff_control']:.3g}, within {COINCIDE:g} for the first "
+                     f"loss curves max |diff| {summary['loss_max_abs_diff_control']:.3g}, within {COINCIDE:g} for the "
+                     f"first "
                      f"{summary['loss_coincide_iters_control']} iterations")
     lines.append(f"  wrote {summary['csv']}" + (f" and {summary['png']}" if summary.get("png") else ""))
     return lines
