@@ -15,22 +15,32 @@ What runs:
              process, CPU, the config's threads; the loss of every iteration from train()'s JSON-lines log.
   evaluation training.evaluate.evaluate on the config's validation split after the last iteration: aAcc, mIoU,
              mAcc (fractions in the CSV, percent on screen).
+  dtype      --dtype float64 converts both models (and the control) to float64 after the weights are shared (the
+             fp32 initial draws, widened exactly), and they train and evaluate in it: parameters, BN statistics,
+             both preprocessors' mean/std and so every activation and gradient (mmseg's `.float()` of the uint8
+             image is exact and promotes to float64 against its float64 mean). Rounding differences start at
+             ~1e-16 instead of ~1e-7. Ours still runs the fused C++ kernels (they dispatch double); the printout
+             and CSV name the custom ops one training step of ours calls and their dtypes (none: a fallback).
   control    with --control, the reference trained a third time from the same weights with another thread count:
-             ATen then sums in another order, so this run differs from the reference by fp32 rounding alone. Its
+             ATen then sums in another order, so this run differs from the reference by rounding alone. Its
              distance to the reference is the noise floor that ours' distance is to be read against.
 The two runs are not expected to agree bit for bit: the fused kernels sum in another order than mmseg's eager ops,
-and fp32 rounding differences grow over the iterations (batch-statistics BN and ReLU masks amplify them; mmseg
+and rounding differences grow over the iterations (batch-statistics BN and ReLU masks amplify them; mmseg
 against itself with 2 threads instead of 1 differs as much). The first iteration's losses agree to rounding (same
-weights, batch and dropout masks); the claim checked is |mIoU(ours) - mIoU(reference)| <= 0.5 points at the end.
+weights, batch and dropout masks); how many leading iterations the curves stay within 1e-6 (loss_coincide_iters)
+says how long the two runs remain the same computation; the claim checked is |mIoU(ours) - mIoU(reference)| <=
+0.5 points at the end.
 
     python -m benchmarks.parity_miou                                 # the synthetic config's 400 iterations
     python -m benchmarks.parity_miou --control                       # also the reference's fp32 noise floor
+    python -m benchmarks.parity_miou --dtype float64 --control       # the same in float64
     python -m benchmarks.parity_miou --max-iters 50 --seed 1 --out-dir /tmp/parity
 
-Writes <out-dir>/parity-miou.csv (one row per iteration: both losses and their difference; a summary row; each
-with machine, versions and git revision, as benchmarks.report writes them) and <out-dir>/parity-miou.png (both
-loss curves in one plot, and their difference), both written to a temporary file and renamed. Exit code 0 when
-the mIoU difference is within the tolerance, 1 when it is not, 2 on bad arguments.
+Writes <out-dir>/parity-miou.csv (parity-miou-float64.csv with --dtype float64; one row per iteration: both losses
+and their difference; a summary row; each with machine, versions and git revision, as benchmarks.report writes
+them) and the PNG of the same name (both loss curves in one plot, their |difference| on a log scale below), both
+written to a temporary file and renamed. Exit code 0 when the mIoU difference is within the tolerance, 1 when it
+is not, 2 on bad arguments.
 """
 import argparse
 import copy
@@ -49,13 +59,15 @@ from benchmarks import report
 STEM = "parity-miou"
 DEFAULT_CONFIG = "resnest_s50-d8-w16_fcn_1xb8-400_synthetic-64x64"
 REFERENCES = ("auto", "mmseg", "reference-backend")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TOLERANCE = 0.5  # mIoU points, the issue's bound
-COLUMNS = ["row", "config", "reference", "ours_backend", "seed", "max_iters", "threads", "iter", "loss_reference", "loss_ours",
-           "loss_abs_diff", "aAcc_reference", "mIoU_reference", "mAcc_reference", "aAcc_ours", "mIoU_ours",
-           "mAcc_ours", "mIoU_diff_points", "tolerance_points", "within_tolerance", "loss_max_abs_diff",
-           "loss_first_abs_diff", "seconds_reference", "seconds_ours", "control_threads", "loss_control",
-           "aAcc_control", "mIoU_control", "mAcc_control", "mIoU_diff_control_points", "loss_max_abs_diff_control",
-           "seconds_control"]
+COINCIDE = 1e-6  # |loss difference| up to which two curves count as coinciding (float64 rounding starts at ~1e-16)
+COLUMNS = ["row", "config", "reference", "ours_backend", "ours_fused_ops", "dtype", "seed", "max_iters", "threads",
+           "iter", "loss_reference", "loss_ours", "loss_abs_diff", "aAcc_reference", "mIoU_reference", "mAcc_reference",
+           "aAcc_ours", "mIoU_ours", "mAcc_ours", "mIoU_diff_points", "tolerance_points", "within_tolerance",
+           "loss_max_abs_diff", "loss_first_abs_diff", "loss_coincide_iters", "seconds_reference", "seconds_ours",
+           "control_threads", "loss_control", "aAcc_control", "mIoU_control", "mAcc_control",
+           "mIoU_diff_control_points", "loss_max_abs_diff_control", "loss_coincide_iters_control", "seconds_control"]
 
 
 class MMSegAdapter(nn.Module):
@@ -144,15 +156,17 @@ class MMSegAdapter(nn.Module):
 # ------------------------------------------------------------------------------------------------ experiment
 
 
-def build_models(config: str, reference: str = "auto", seed: int = 0):
+def build_models(config: str, reference: str = "auto", seed: int = 0, dtype: str = "float32"):
     """(reference model, its kind, ours): the reference initialised once (torch seeded with `seed`), ours given
-    its weights with strict=True. reference: 'auto' (mmseg if installed, else our reference backend), 'mmseg'
-    (an error without it) or 'reference-backend'."""
+    its weights with strict=True, then both converted to `dtype` ('float32' or 'float64'). reference: 'auto'
+    (mmseg if installed, else our reference backend), 'mmseg' (an error without it) or 'reference-backend'."""
     from benchmarks.models import reference_model
     from resnest_fast.training import build_segmentor, load_config
 
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     cfg = load_config(config)
     torch.manual_seed(seed)
     if reference == "reference-backend":
@@ -167,7 +181,60 @@ def build_models(config: str, reference: str = "auto", seed: int = 0):
     ours.load_state_dict(ref.state_dict(), strict=True)
     if kind == "mmseg":
         ref = MMSegAdapter(ref)
+    # converted after the weights are shared (the same fp32 draws, widened exactly); parameters and buffers
+    # (BN statistics, both preprocessors' mean/std) follow, and so does everything computed from them
+    ref.to(DTYPES[dtype])
+    ours.to(DTYPES[dtype])
     return ref, kind, ours
+
+
+def fused_ops_used(model: nn.Module, crop_size: Tuple[int, int], batch: int = 2) -> Dict[str, List[str]]:
+    """The project's custom ops (namespace `resnest_fast`) that one training step of `model` (a deep copy: the
+    model and its BN statistics are left as they were) calls, each with the dtypes of its floating-point tensor
+    arguments: {op name: sorted dtype names}. Empty when the ops ran on the pure-PyTorch reference (which calls no
+    custom op), so it tells the fused C++ kernels from a silent fallback. The batch is random (own generator: the
+    global one, which the dropout draws of the training runs come from, is not touched)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: Dict[str, set] = {}
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "resnest_fast":
+                dtypes = seen.setdefault(func.name().split("::")[1].split(".")[0], set())
+                for a in list(args) + list((kwargs or {}).values()):
+                    if isinstance(a, Tensor) and a.is_floating_point():
+                        dtypes.add(str(a.dtype).replace("torch.", ""))
+            return func(*args, **(kwargs or {}))
+
+    probe = copy.deepcopy(model).train()
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (batch, 3, *crop_size), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, probe.num_classes, (batch, *crop_size), generator=g)
+    rng = torch.get_rng_state()
+    try:
+        with Record():
+            probe.sum_losses(probe.loss(img, labels)).backward()
+    finally:
+        torch.set_rng_state(rng)
+    return {k: sorted(v) for k, v in sorted(seen.items())}
+
+
+def _describe_ops(ops: Dict[str, List[str]]) -> str:
+    if not ops:
+        return "none (the pure-PyTorch reference ran)"
+    return "; ".join(f"{k} ({'/'.join(v)})" for k, v in ops.items())
+
+
+def coinciding_iterations(a: Sequence[float], b: Sequence[float], bound: float = COINCIDE) -> int:
+    """How many leading iterations two loss curves stay within `bound` of each other: how long the runs remain
+    the same computation before rounding differences, amplified by the training dynamics, take over."""
+    n = 0
+    for x, y in zip(a, b):
+        if abs(x - y) > bound:
+            break
+        n += 1
+    return n
 
 
 def _train_losses(log_file: str) -> List[Tuple[int, float]]:
@@ -207,11 +274,16 @@ def train_and_evaluate(cfg: dict, model: nn.Module, *, max_iters: int, seed: int
 
 def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = None, seed: Optional[int] = None,
                    reference: str = "auto", out_dir: Optional[str] = None, tolerance: float = TOLERANCE,
-                   control: bool = False, progress: bool = True, plot: bool = True, log=None) -> dict:
+                   control: bool = False, dtype: str = "float32", progress: bool = True, plot: bool = True,
+                   log=None) -> dict:
     """Runs the experiment; writes the CSV (and the PNG if `plot`) to out_dir (default benchmarks/results) and
     returns the summary: reference (kind), ours_backend, per-model losses and metrics, mIoU_diff_points
-    (ours - reference, in points), within_tolerance, loss_max_abs_diff, loss_first_abs_diff, csv, png; with
-    `control`, also control_threads, mIoU_diff_control_points and loss_max_abs_diff_control."""
+    (ours - reference, in points), within_tolerance, loss_max_abs_diff, loss_first_abs_diff, loss_coincide_iters,
+    dtype, ours_fused_ops (fused_ops_used: the custom ops ours' training step calls, with their dtypes), csv, png;
+    with `control`, also control_threads, mIoU_diff_control_points, loss_max_abs_diff_control and
+    loss_coincide_iters_control.
+    dtype: 'float32' or 'float64', what both models (and the control) are converted to after the weights are
+    shared, and trained and evaluated in."""
     from resnest_fast.backend import resolve_backend
     from resnest_fast.training import load_config
 
@@ -223,8 +295,11 @@ def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = N
     seed = int((cfg.get("runtime") or {}).get("seed", 0)) if seed is None else seed
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
         raise ValueError(f"tolerance must be a number >= 0 (mIoU points), got {tolerance!r}")
-    ref, kind, ours = build_models(config, reference, seed)
+    ref, kind, ours = build_models(config, reference, seed, dtype)
     ours_backend = resolve_backend(None, torch.device("cpu"))
+    crop = ours.crop_size or tuple((cfg.get("data") or {}).get("crop_size") or (32, 32))
+    ours_ops = fused_ops_used(ours, crop)
+    print(f"ours ({dtype}, backend {ours_backend}) calls the fused ops: {_describe_ops(ours_ops)}", file=log)
     runs = [("reference", ref, cfg, kind), ("ours", ours, cfg, f"ours, backend {ours_backend}")]
     if control:
         threads = int((cfg.get("runtime") or {}).get("num_threads") or torch.get_num_threads())
@@ -245,10 +320,11 @@ def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = N
     miou_diff = 100 * (m_ours["mIoU"] - m_ref["mIoU"])
     threads = int((cfg.get("runtime") or {}).get("num_threads") or torch.get_num_threads())
     summary = dict(config=cfg["name"], reference=kind, ours_backend=ours_backend, seed=seed, max_iters=max_iters,
-                   threads=threads,
+                   threads=threads, dtype=dtype, ours_fused_ops=ours_ops,
                    metrics=dict(reference=m_ref, ours=m_ours), losses=dict(reference=ref_losses, ours=our_losses),
                    mIoU_diff_points=miou_diff, tolerance_points=tolerance, within_tolerance=abs(miou_diff) <= tolerance,
                    loss_max_abs_diff=max(diffs), loss_first_abs_diff=diffs[0],
+                   loss_coincide_iters=coinciding_iterations(ref_losses, our_losses),
                    seconds={k: v["seconds"] for k, v in results.items()})
     if control:
         control_losses = results["control"]["losses"]
@@ -256,15 +332,17 @@ def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = N
         summary["metrics"]["control"] = results["control"]["metrics"]
         summary.update(control_threads=control_threads,
                        mIoU_diff_control_points=100 * (results["control"]["metrics"]["mIoU"] - m_ref["mIoU"]),
-                       loss_max_abs_diff_control=max(abs(a - b) for a, b in zip(ref_losses, control_losses)))
+                       loss_max_abs_diff_control=max(abs(a - b) for a, b in zip(ref_losses, control_losses)),
+                       loss_coincide_iters_control=coinciding_iterations(ref_losses, control_losses))
     out_dir = out_dir or os.path.join(report.HERE, "results")
     summary["csv"] = write_csv(summary, out_dir)
-    summary["png"] = write_plot(summary, os.path.join(out_dir, f"{STEM}.png")) if plot else None
+    summary["png"] = write_plot(summary, os.path.join(out_dir, f"{_stem(dtype)}.png")) if plot else None
     return summary
 
 
 def _rows(summary: dict) -> List[dict]:
-    common = {k: summary[k] for k in ("config", "reference", "ours_backend", "seed", "max_iters", "threads")}
+    common = {k: summary[k] for k in ("config", "reference", "ours_backend", "dtype", "seed", "max_iters", "threads")}
+    common["ours_fused_ops"] = _describe_ops(summary["ours_fused_ops"])
     control = summary["losses"].get("control")
     if control:
         common["control_threads"] = summary["control_threads"]
@@ -275,6 +353,7 @@ def _rows(summary: dict) -> List[dict]:
     last = dict(common, row="summary", iter=summary["max_iters"], tolerance_points=summary["tolerance_points"],
                 mIoU_diff_points=round(summary["mIoU_diff_points"], 4), within_tolerance=summary["within_tolerance"],
                 loss_max_abs_diff=summary["loss_max_abs_diff"], loss_first_abs_diff=summary["loss_first_abs_diff"],
+                loss_coincide_iters=summary["loss_coincide_iters"],
                 loss_reference=summary["losses"]["reference"][-1], loss_ours=summary["losses"]["ours"][-1])
     for label in summary["metrics"]:
         for metric in ("aAcc", "mIoU", "mAcc"):
@@ -282,10 +361,16 @@ def _rows(summary: dict) -> List[dict]:
         last[f"seconds_{label}"] = round(summary["seconds"][label], 1)
     if control:
         last.update(loss_control=control[-1], mIoU_diff_control_points=round(summary["mIoU_diff_control_points"], 4),
-                    loss_max_abs_diff_control=summary["loss_max_abs_diff_control"])
+                    loss_max_abs_diff_control=summary["loss_max_abs_diff_control"],
+                    loss_coincide_iters_control=summary["loss_coincide_iters_control"])
     rows.append(last)
     # every row with every column, in COLUMNS' order (report.flush orders columns by the first row)
     return [{k: row.get(k, "") for k in COLUMNS} for row in rows]
+
+
+def _stem(dtype: str) -> str:
+    # fp32 keeps the original file name; other dtypes get their own files, so that both can sit in one folder
+    return STEM if dtype == "float32" else f"{STEM}-{dtype}"
 
 
 def write_csv(summary: dict, out_dir: str) -> str:
@@ -295,17 +380,17 @@ def write_csv(summary: dict, out_dir: str) -> str:
     report.RESULTS.clear()
     try:
         for row in _rows(summary):
-            report.add(STEM, row)
+            report.add(_stem(summary["dtype"]), row)
         report.flush(out_dir)
     finally:
         report.RESULTS.clear()
         report.RESULTS.update(pending)
     tag = "-tuned-malloc" if os.environ.get("GLIBC_TUNABLES") else ""  # report.flush's file name rule
-    return os.path.join(out_dir, f"{STEM}{tag}.csv")
+    return os.path.join(out_dir, f"{_stem(summary['dtype'])}{tag}.csv")
 
 
 def write_plot(summary: dict, path: str) -> str:
-    """Both loss curves in one panel, their difference in a second; temporary file + rename."""
+    """Both loss curves in one panel, their |difference| (log scale) in a second; temporary file + rename."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -325,15 +410,21 @@ def write_plot(summary: dict, path: str) -> str:
                        f"mIoU {100 * m['control']['mIoU']:.2f}")
     top.set_ylabel("total training loss")
     top.legend()
-    top.set_title(f"{summary['config']}, seed {summary['seed']}, {summary['threads']} thread(s): mIoU difference "
-                  f"{summary['mIoU_diff_points']:+.2f} points (tolerance {summary['tolerance_points']})", fontsize=9)
-    bottom.plot(iters, [b - a for a, b in zip(ref, ours)], lw=0.8, color="black", label="ours - reference")
+    top.set_title(f"{summary['config']}, {summary['dtype']}, seed {summary['seed']}, {summary['threads']} thread(s)\n"
+                  f"mIoU difference {summary['mIoU_diff_points']:+.2f} points "
+                  f"(tolerance {summary['tolerance_points']}); "
+                  f"losses within {COINCIDE:g} for the first {summary['loss_coincide_iters']} iterations", fontsize=9)
+    # log scale: how the difference grows from rounding (1e-16 in float64, 1e-7 in float32) to O(1) is the
+    # information; exact zeros are drawn at the floor
+    floor = 1e-17
+    bottom.semilogy(iters, [max(abs(b - a), floor) for a, b in zip(ref, ours)], lw=0.8, color="black",
+                    label="|ours - reference|")
     if control:
-        bottom.plot(iters, [c - a for a, c in zip(ref, control)], lw=0.8, color="grey", ls=":",
-                    label="control - reference")
-        bottom.legend(fontsize=7)
-    bottom.axhline(0, lw=0.5, color="grey")
-    bottom.set_ylabel("loss difference")
+        bottom.semilogy(iters, [max(abs(c - a), floor) for a, c in zip(ref, control)], lw=0.8, color="grey",
+                        ls=":", label="|control - reference|")
+    bottom.axhline(COINCIDE, lw=0.5, color="grey", ls="--")
+    bottom.legend(fontsize=7)
+    bottom.set_ylabel("|loss difference|")
     bottom.set_xlabel("iteration")
     fig.suptitle(f"{report.machine()[:90]}; git {report.git_revision()}", fontsize=7)
     fig.tight_layout()
@@ -347,9 +438,10 @@ def write_plot(summary: dict, path: str) -> str:
 
 def summary_lines(summary: dict) -> List[str]:
     m = summary["metrics"]
-    lines = [f"parity: {summary['config']}, {summary['max_iters']} iterations, seed {summary['seed']}, "
-             f"{summary['threads']} thread(s); reference = "
-             f"{summary['reference']}, ours = backend {summary['ours_backend']}"]
+    lines = [f"parity: {summary['config']}, {summary['dtype']}, {summary['max_iters']} iterations, seed "
+             f"{summary['seed']}, {summary['threads']} thread(s); reference = {summary['reference']}, ours = backend "
+             f"{summary['ours_backend']}",
+             f"  fused ops in ours' training step: {_describe_ops(summary['ours_fused_ops'])}"]
     for label in summary["metrics"]:
         lines.append(f"  {label:9s}  mIoU {100 * m[label]['mIoU']:6.2f}  aAcc {100 * m[label]['aAcc']:6.2f}  "
                      f"mAcc {100 * m[label]['mAcc']:6.2f}  final loss {summary['losses'][label][-1]:.4f}  "
@@ -358,11 +450,14 @@ def summary_lines(summary: dict) -> List[str]:
     lines.append(f"  mIoU difference (ours - reference) {summary['mIoU_diff_points']:+.2f} points: {verdict} "
                  f"+-{summary['tolerance_points']}")
     lines.append(f"  loss curves: max |diff| {summary['loss_max_abs_diff']:.3g}, at iteration 1 "
-                 f"{summary['loss_first_abs_diff']:.3g}")
+                 f"{summary['loss_first_abs_diff']:.3g}, within {COINCIDE:g} for the first "
+                 f"{summary['loss_coincide_iters']} iterations")
     if "control" in m:
-        lines.append(f"  control ({summary['reference']} with {summary['control_threads']} threads, fp32 rounding "
-                     f"only): mIoU {summary['mIoU_diff_control_points']:+.2f} points, loss curves max |diff| "
-                     f"{summary['loss_max_abs_diff_control']:.3g}")
+        lines.append(f"  control ({summary['reference']} with {summary['control_threads']} threads, "
+                     f"{summary['dtype']} rounding only): mIoU {summary['mIoU_diff_control_points']:+.2f} points, "
+                     f"loss curves max |diff| {summary['loss_max_abs_diff_control']:.3g}, within {COINCIDE:g} for the "
+                     f"first "
+                     f"{summary['loss_coincide_iters_control']} iterations")
     lines.append(f"  wrote {summary['csv']}" + (f" and {summary['png']}" if summary.get("png") else ""))
     return lines
 
@@ -379,6 +474,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="allowed |mIoU difference|, in points")
     parser.add_argument("--control", action="store_true", help="also train the reference again with another "
                         "thread count: the differences fp32 rounding alone makes (a third training run)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                        help="the dtype both models (and the control) are converted to after sharing the weights, "
+                        "and trained and evaluated in (float64: rounding noise ~1e-16 instead of ~1e-7)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.max_iters is not None and args.max_iters < 1:
@@ -395,7 +493,7 @@ def main(argv=None) -> int:
     try:
         summary = run_experiment(args.config, max_iters=args.max_iters, seed=args.seed, reference=args.reference,
                                  out_dir=args.out_dir, tolerance=args.tolerance, control=args.control,
-                                 progress=not args.no_progress)
+                                 dtype=args.dtype, progress=not args.no_progress)
     except ValueError as exc:  # e.g. --reference mmseg without mmseg
         parser.error(str(exc))
     for line in summary_lines(summary):

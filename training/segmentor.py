@@ -126,8 +126,9 @@ class EncoderDecoder(nn.Module):
         if not isinstance(img, Tensor) or img.dim() != 4 or img.shape[1] != 3:
             shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
             raise ValueError(f"img must be a (B, 3, H, W) tensor of 0-255 RGB values, got {shape}")
-        dtype = self.decode_head.conv_seg.weight.dtype
-        x = img.to(dtype) if not img.is_floating_point() else img
+        # the model's dtype for uint8 and float images alike: a float32 image must not reach a float64 (or
+        # bfloat16) model's first conv in float32
+        x = img.to(self.decode_head.conv_seg.weight.dtype)
         if self.bgr_to_rgb:
             x = x.flip(1)
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)

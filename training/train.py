@@ -495,7 +495,7 @@ class _Loop:
     # -- the loop -------------------------------------------------------------------------------------------
     def _reduce_means(self, sums: Dict[str, torch.Tensor], count: int) -> Dict[str, float]:
         keys = sorted(sums)
-        packed = torch.stack([sums[k].float() for k in keys]) / count
+        packed = torch.stack([sums[k] for k in keys]) / count
         if self.info.world_size > 1:
             torch.distributed.all_reduce(packed)
             packed /= self.info.world_size
@@ -506,7 +506,9 @@ class _Loop:
         bar = tqdm(total=self.total_iters, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
                    disable=not (progress and info.is_main), file=self.log)
         started = time.perf_counter()
-        sums: Dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=info.device))
+        # float64 sums: the logged means keep a float64 model's loss exactly (the parity experiment compares loss
+        # curves to ~1e-15) and add no fp32 rounding of their own over long log intervals
+        sums: Dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64, device=info.device))
         times: List[float] = []
         data_times: List[float] = []
         last_loss = None
@@ -534,9 +536,9 @@ class _Loop:
                     self.optimizer.step()
                 self.scheduler.step()
                 iteration += 1
-                sums["loss"] += loss.detach().float()
+                sums["loss"] += loss.detach().double()
                 for k, v in losses.items():
-                    sums[k] += v.detach().float().mean()
+                    sums[k] += v.detach().double().mean()
                 times.append(time.perf_counter() - t0)
                 data_times.append(t1 - t0)
                 bar.update(1)

@@ -1,9 +1,14 @@
 """benchmarks.parity_miou: the adapter that puts mmseg's segmentor into our training loop computes mmseg's own
 loss and logits (mmseg's `loss()` on SegDataSamples, `encode_decode`, for the same weights and batch), and a
 3-iteration run of the experiment at a tiny size gives loss curves of the right length, a summary, the CSV and
-the PNG. mmseg-specific parts skip with the install command when mmseg is absent."""
+the PNG. With dtype float64 both models stay float64 through the training loop and evaluation (parameters, BN
+statistics, mean/std, the logged loss), ours runs the fused kernels in float64 (the op probe tells them from the
+pure-PyTorch fallback), and the first losses agree far below fp32 rounding. mmseg-specific parts skip with the
+install command when mmseg is absent."""
+import copy
 import csv
 import io
+import itertools
 import warnings
 
 import pytest
@@ -134,3 +139,64 @@ def test_bad_arguments_are_named(capsys):
         assert name in capsys.readouterr().err
     with pytest.raises(ValueError, match="reference must be one of"):
         parity_miou.build_models(parity_miou.DEFAULT_CONFIG, reference="mmseg2")
+
+
+def test_float64_models_stay_float64_through_training_and_evaluation(tmp_path, one_thread):
+    from resnest_fast.training import load_config
+
+    config = tiny_config(tmp_path)
+    ref, _, ours = parity_miou.build_models(config, reference="auto", seed=0, dtype="float64")
+    for model in (ref, ours):
+        result = parity_miou.train_and_evaluate(load_config(config), model, max_iters=1, seed=0, progress=False,
+                                                log=io.StringIO())
+        floats = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()]
+        assert floats and {t.dtype for t in floats} == {torch.float64}  # BN statistics and mean/std included
+        # the logged loss kept float64 precision (a float32 loss, or a float32 log, rounds to 24 bits)
+        assert float(torch.tensor(result["losses"][0], dtype=torch.float32)) != result["losses"][0]
+        assert 0 <= result["metrics"]["mIoU"] <= 1
+
+
+@pytest.mark.parametrize("backend, dtype", [("reference", torch.float64), ("cpu", torch.float64),
+                                            ("cpu", torch.float32)])
+def test_fused_ops_used_tells_the_kernels_from_the_fallback(tmp_path, one_thread, backend, dtype):
+    from resnest_fast import _extension as ext
+    from resnest_fast.training import build_segmentor, load_config
+
+    if backend == "cpu" and not ext.HAS_CPU_KERNELS:
+        pytest.skip("resnest_fast._C was not built with CPU kernels")
+    model = build_segmentor(load_config(tiny_config(tmp_path))["model"], backend=backend).to(dtype)
+    before = copy.deepcopy(model.state_dict())
+    ops = parity_miou.fused_ops_used(model, (32, 32))
+    if backend == "reference":
+        assert ops == {}  # the pure-PyTorch path calls no custom op
+    else:  # forward (pool, combine, BN statistics) and the two-pass backward, all in the model's dtype
+        assert {"splat_pool", "splat_combine", "splat_bn_stats", "splat_backward_input"} <= set(ops)
+        assert all(v == [str(dtype).replace("torch.", "")] for v in ops.values()), ops
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # probed on a copy: BN statistics untouched
+
+
+def test_a_tiny_float64_run_agrees_far_below_fp32_rounding(tmp_path):
+    summary = parity_miou.run_experiment(tiny_config(tmp_path), max_iters=2, seed=0, dtype="float64",
+                                         out_dir=str(tmp_path / "out"), plot=False, progress=False,
+                                         log=io.StringIO())
+    assert summary["dtype"] == "float64"
+    # fp32 gives ~2e-7 here (one ulp of a loss of 2.5); float64 runs of the same function agree to ~1e-15
+    assert summary["loss_first_abs_diff"] < 1e-12
+    assert summary["loss_coincide_iters"] == 2
+    assert summary["csv"].endswith("parity-miou-float64.csv")
+    with open(summary["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["dtype"] for r in rows} == {"float64"}
+    assert rows[-1]["ours_fused_ops"] and "float32" not in rows[-1]["ours_fused_ops"]
+    assert "float64" in "\n".join(parity_miou.summary_lines(summary))
+
+
+def test_a_bad_dtype_is_rejected_by_name(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parity_miou.main(["--dtype", "float16"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--dtype" in err and "float16" in err and "float64" in err
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        parity_miou.build_models(parity_miou.DEFAULT_CONFIG, dtype="half")

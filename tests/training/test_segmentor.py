@@ -151,3 +151,21 @@ def test_padded_batch_is_normalised_then_zero_padded_as_mmseg():
         torch.testing.assert_close(ours[f"{prefix}.loss_ce"], ref)
     with pytest.raises(ValueError, match="img_shape has 1 entries for a batch of 2"):
         model.preprocess(batch["img"], batch["img_shape"][:1])
+
+
+def test_preprocess_follows_the_model_dtype():
+    """After .double(), the mean/std buffers are float64 and every image (uint8 or float32) comes out in float64,
+    equal to the normalisation computed in float64 from mmseg's mean/std (a float32 image left in float32 would
+    reach the float64 conv and fail)."""
+    from tests.small_models import small_model_cfg
+
+    model = build_segmentor(small_model_cfg("fcn", num_classes=5)).double()
+    assert model.mean.dtype == model.std.dtype == torch.float64
+    img = torch.randint(0, 256, (1, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    expected = (img.double() - MEAN.double()) / STD.double()
+    for given in (img, img.float()):
+        x = model.preprocess(given)
+        assert x.dtype == torch.float64
+        torch.testing.assert_close(x, expected, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        assert model.eval()(img.float()).dtype == torch.float64
