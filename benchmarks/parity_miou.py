@@ -63,6 +63,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TOLERANCE = 0.5  # mIoU points, the issue's bound
 COINCIDE = 1e-6  # |loss difference| up to which two curves count as coinciding (float64 rounding starts at ~1e-16)
 COLUMNS = ["row", "config", "reference", "ours_backend", "ours_fused_ops", "dtype", "seed", "max_iters", "threads",
+           "lr", "pretrain_iters", "mIoU_pretrained",
            "iter", "loss_reference", "loss_ours", "loss_abs_diff", "aAcc_reference", "mIoU_reference", "mAcc_reference",
            "aAcc_ours", "mIoU_ours", "mAcc_ours", "mIoU_diff_points", "tolerance_points", "within_tolerance",
            "loss_max_abs_diff", "loss_first_abs_diff", "loss_coincide_iters", "seconds_reference", "seconds_ours",
@@ -274,8 +275,8 @@ def train_and_evaluate(cfg: dict, model: nn.Module, *, max_iters: int, seed: int
 
 def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = None, seed: Optional[int] = None,
                    reference: str = "auto", out_dir: Optional[str] = None, tolerance: float = TOLERANCE,
-                   control: bool = False, dtype: str = "float32", progress: bool = True, plot: bool = True,
-                   log=None) -> dict:
+                   control: bool = False, dtype: str = "float32", pretrain_iters: int = 0,
+                   lr: Optional[float] = None, progress: bool = True, plot: bool = True, log=None) -> dict:
     """Runs the experiment; writes the CSV (and the PNG if `plot`) to out_dir (default benchmarks/results) and
     returns the summary: reference (kind), ours_backend, per-model losses and metrics, mIoU_diff_points
     (ours - reference, in points), within_tolerance, loss_max_abs_diff, loss_first_abs_diff, loss_coincide_iters,
@@ -283,7 +284,10 @@ def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = N
     with `control`, also control_threads, mIoU_diff_control_points, loss_max_abs_diff_control and
     loss_coincide_iters_control.
     dtype: 'float32' or 'float64', what both models (and the control) are converted to after the weights are
-    shared, and trained and evaluated in."""
+    shared, and trained and evaluated in. pretrain_iters > 0: the reference is first trained alone for that many
+    iterations of the config's schedule and the compared runs start from the weights it reaches (ours loads them
+    strictly): fine-tuning from trained weights, as segmenters are trained, instead of from a random init (the
+    summary's `pretrained` has its metrics). lr: the compared runs' base learning rate instead of the config's."""
     from resnest_fast.backend import resolve_backend
     from resnest_fast.training import load_config
 
@@ -295,7 +299,22 @@ def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = N
     seed = int((cfg.get("runtime") or {}).get("seed", 0)) if seed is None else seed
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
         raise ValueError(f"tolerance must be a number >= 0 (mIoU points), got {tolerance!r}")
+    if pretrain_iters < 0:
+        raise ValueError(f"pretrain_iters must be >= 0, got {pretrain_iters!r}")
+    if lr is not None and not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
     ref, kind, ours = build_models(config, reference, seed, dtype)
+    pretrained = None
+    if pretrain_iters:
+        print(f"pretraining the reference ({kind}) for {pretrain_iters} iterations: the shared starting point", file=log)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="mmseg.*|mmcv.*|mmengine.*")
+            pretrained = train_and_evaluate(cfg, ref, max_iters=pretrain_iters, seed=seed, progress=progress, log=log)
+        ours.load_state_dict((ref.mmseg if isinstance(ref, MMSegAdapter) else ref).state_dict(), strict=True)
+        print(f"  pretrained: mIoU {100 * pretrained['metrics']['mIoU']:.2f}", file=log)
+    if lr is not None:
+        cfg = copy.deepcopy(cfg)
+        cfg.setdefault("schedule", {}).setdefault("optimizer", {})["lr"] = float(lr)
     ours_backend = resolve_backend(None, torch.device("cpu"))
     crop = ours.crop_size or tuple((cfg.get("data") or {}).get("crop_size") or (32, 32))
     ours_ops = fused_ops_used(ours, crop)
@@ -320,7 +339,8 @@ def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = N
     miou_diff = 100 * (m_ours["mIoU"] - m_ref["mIoU"])
     threads = int((cfg.get("runtime") or {}).get("num_threads") or torch.get_num_threads())
     summary = dict(config=cfg["name"], reference=kind, ours_backend=ours_backend, seed=seed, max_iters=max_iters,
-                   threads=threads, dtype=dtype, ours_fused_ops=ours_ops,
+                   threads=threads, dtype=dtype, ours_fused_ops=ours_ops, pretrain_iters=pretrain_iters,
+                   lr=float(cfg["schedule"]["optimizer"]["lr"]), pretrained=pretrained,
                    metrics=dict(reference=m_ref, ours=m_ours), losses=dict(reference=ref_losses, ours=our_losses),
                    mIoU_diff_points=miou_diff, tolerance_points=tolerance, within_tolerance=abs(miou_diff) <= tolerance,
                    loss_max_abs_diff=max(diffs), loss_first_abs_diff=diffs[0],
@@ -341,7 +361,10 @@ def run_experiment(config: str = DEFAULT_CONFIG, *, max_iters: Optional[int] = N
 
 
 def _rows(summary: dict) -> List[dict]:
-    common = {k: summary[k] for k in ("config", "reference", "ours_backend", "dtype", "seed", "max_iters", "threads")}
+    common = {k: summary[k] for k in ("config", "reference", "ours_backend", "dtype", "seed", "max_iters", "threads",
+                                      "lr", "pretrain_iters")}
+    if summary.get("pretrained"):
+        common["mIoU_pretrained"] = summary["pretrained"]["metrics"]["mIoU"]
     common["ours_fused_ops"] = _describe_ops(summary["ours_fused_ops"])
     control = summary["losses"].get("control")
     if control:
@@ -442,6 +465,10 @@ def summary_lines(summary: dict) -> List[str]:
              f"{summary['seed']}, {summary['threads']} thread(s); reference = {summary['reference']}, ours = backend "
              f"{summary['ours_backend']}",
              f"  fused ops in ours' training step: {_describe_ops(summary['ours_fused_ops'])}"]
+    start = (f"the reference's weights after {summary['pretrain_iters']} iterations of training alone (mIoU "
+             f"{100 * summary['pretrained']['metrics']['mIoU']:.2f})" if summary.get("pretrained")
+             else "the reference's random init")
+    lines.append(f"  both start from {start}; base lr {summary['lr']:g}")
     for label in summary["metrics"]:
         lines.append(f"  {label:9s}  mIoU {100 * m[label]['mIoU']:6.2f}  aAcc {100 * m[label]['aAcc']:6.2f}  "
                      f"mAcc {100 * m[label]['mAcc']:6.2f}  final loss {summary['losses'][label][-1]:.4f}  "
@@ -477,12 +504,20 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="the dtype both models (and the control) are converted to after sharing the weights, "
                         "and trained and evaluated in (float64: rounding noise ~1e-16 instead of ~1e-7)")
+    parser.add_argument("--pretrain-iters", type=int, default=0,
+                        help="first train the reference alone for this many iterations and start both compared runs "
+                        "from the weights it reaches (fine-tuning, as segmenters are trained; default 0: random init)")
+    parser.add_argument("--lr", type=float, help="base learning rate of the compared runs (default: the config's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.max_iters is not None and args.max_iters < 1:
         parser.error(f"--max-iters must be a positive number of iterations, got {args.max_iters}")
     if args.tolerance < 0:
         parser.error(f"--tolerance must be >= 0, got {args.tolerance}")
+    if args.pretrain_iters < 0:
+        parser.error(f"--pretrain-iters must be >= 0, got {args.pretrain_iters}")
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
     try:
         from resnest_fast.training import load_config
 
@@ -493,7 +528,8 @@ def main(argv=None) -> int:
     try:
         summary = run_experiment(args.config, max_iters=args.max_iters, seed=args.seed, reference=args.reference,
                                  out_dir=args.out_dir, tolerance=args.tolerance, control=args.control,
-                                 dtype=args.dtype, progress=not args.no_progress)
+                                 dtype=args.dtype, pretrain_iters=args.pretrain_iters, lr=args.lr,
+                                 progress=not args.no_progress)
     except ValueError as exc:  # e.g. --reference mmseg without mmseg
         parser.error(str(exc))
     for line in summary_lines(summary):
