@@ -9,7 +9,11 @@ A ResNeSt-101-D8 segmenter spends ~85 % of its CPU time in convolutions. In eval
   what Inductor's freezing does), and activations are kept channels_last, so no convolution reorders its weight
   or its input on every call;
 - the split-attention blocks keep their fused ops (channels_last in, channels_last out), with the big grouped
-  conv prepacked too; the auxiliary head, which inference never runs, is dropped.
+  conv prepacked too; the auxiliary head, which inference never runs, is dropped;
+- on CPU in fp32, every 3x3 stride-1 conv with enough input channels per group (the split-attention convs of
+  stages 2-4, the heads' 3x3 convs) runs as Winograd F(2x2, 3x3) (resnest_fast.ops.winograd): 2.25x fewer
+  multiply-adds than oneDNN's direct conv, which is what an AVX2 CPU spends its time on here; at input sizes where
+  the tiling would waste too much (big dilations on small maps) it stays on oneDNN. `winograd=False` turns it off.
 The result is for inference only (no gradients, eval mode, its state_dict is not the checkpoint's). On CUDA, or
 where oneDNN cannot pack a weight (e.g. bfloat16 on a CPU without AVX-512), the folded convs run through
 F.conv2d instead.
