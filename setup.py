@@ -11,6 +11,7 @@ Every decision is printed.
 """
 import glob
 import os
+import re
 import shutil
 import sys
 
@@ -18,6 +19,8 @@ from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+# resnest_fast/version.py is the one place the version is written
+VERSION = re.search(r'__version__ = "([^"]+)"', open(os.path.join(HERE, "resnest_fast", "version.py")).read()).group(1)
 
 
 def log(msg):
@@ -144,7 +147,7 @@ packages += ["resnest_fast.training"] + [
 
 setup(
     name="resnest_fast",
-    version="0.1.0",
+    version=VERSION,
     description="Fused split-attention kernels behind a drop-in ResNeSt backbone",
     packages=packages,
     package_dir={"resnest_fast.kernels": "kernels", "resnest_fast.training": "training"},
@@ -152,9 +155,9 @@ setup(
     # pillow: image/label decoding and PNG writing; tqdm: progress bars; cityscapesscripts: the official Cityscapes
     # label table (ids, trainIds, colours) instead of a hand-typed copy
     install_requires=["torch>=2.4", "numpy", "pillow", "tqdm", "cityscapesscripts"],
-    package_data={"resnest_fast.training": ["configs/*/*.py", "configs/*/*/*.py"]},
+    package_data={"resnest_fast.segmentation": ["configs/*/*.py", "configs/*/*/*.py"]},
     extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "numpy"]},
-    entry_points={"console_scripts": ["resnest-fast=resnest_fast.__main__:main"]},
+    entry_points={"console_scripts": ["resnest-fast=resnest_fast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},

@@ -15,7 +15,8 @@ echo "== building and installing resnest_fast as a wheel, checked from outside t
 (cd "${TMPDIR:-/tmp}" && "$PYTHON" -c "
 import resnest_fast, resnest_fast.kernels
 from resnest_fast import _extension as ext
-from resnest_fast.training import list_configs, load_config
+from resnest_fast.segmentation import list_configs, load_config
+import resnest_fast.training, resnest_fast.cli
 assert ext.HAS_C and ext.HAS_CPU_KERNELS, ext.C_IMPORT_ERROR
 assert len(list_configs()) >= 8 and load_config(list_configs()[0])['model'], 'configs missing from the wheel'
 print('wheel install OK:', resnest_fast.__file__)")

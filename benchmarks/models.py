@@ -44,7 +44,6 @@ Rows go to benchmarks/results/models.csv (--results-dir to change; machine, vers
     python -m benchmarks.plot_models benchmarks/results/models*.csv -o benchmarks/results/models.png
 """
 import argparse
-import copy
 import gc
 import json
 import os
@@ -53,14 +52,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 import torch
 
 from benchmarks import report
 from benchmarks.memory import saved_storage_bytes
+from resnest_fast.testing.mmseg_reference import MmsegUnavailable, build_mmseg_segmentor
 
-# The eight configs of training/configs/resnest/ (mmseg's file names), by "<head>-<dataset>".
+# The eight configs of resnest_fast/segmentation/configs/resnest/ (mmseg's file names), by "<head>-<dataset>".
 MODEL_CONFIGS = {
     "fcn-cityscapes": "resnest_s101-d8_fcn_4xb2-80k_cityscapes-512x1024",
     "pspnet-cityscapes": "resnest_s101-d8_pspnet_4xb2-80k_cityscapes512x1024",
@@ -82,7 +81,7 @@ MEMORY_PROVIDERS = ("ours", "ours-optimized")  # after the reference
 def resolve_models(names):
     """Config names for --models: "all", "<head>-<dataset>" (e.g. deeplabv3-ade20k), a bare head (its Cityscapes
     config) or any shipped config name. ValueError naming --models otherwise."""
-    from resnest_fast.training import list_configs
+    from resnest_fast.segmentation import list_configs
 
     out = []
     for name in names:
@@ -97,7 +96,7 @@ def resolve_models(names):
         else:
             raise ValueError(f"--models: unknown model {name!r}; expected 'all', one of "
                              f"{', '.join(list(HEAD_CONFIGS) + list(MODEL_CONFIGS))}, or a config name of "
-                             "resnest_fast.training.list_configs()")
+                             "resnest_fast.segmentation.list_configs()")
         out += [c for c in found if c not in out]
     return out
 
@@ -108,7 +107,7 @@ def short_name(config):
 
 
 def crop_size(config):
-    from resnest_fast.training import load_config
+    from resnest_fast.segmentation import load_config
 
     size = load_config(config).get("crop_size")
     if size is None:
@@ -119,36 +118,20 @@ def crop_size(config):
 def reference_model(name):
     """(model, kind, forward): mmseg's model for config `name` if mmseg is installed, else ours on the pure-PyTorch
     reference backend. `forward(x)` takes the normalised input and returns the decode logits."""
-    from resnest_fast.training import build_segmentor, load_config
+    from resnest_fast.segmentation import build_segmentor, load_config
 
     cfg = load_config(name)["model"]
     try:
-        from tests.mmseg_reference import _install_mmcv_ops_standin, mmseg_available
-
-        if not mmseg_available():
-            raise ImportError
-        _install_mmcv_ops_standin()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from mmseg.registry import MODELS
-            from mmseg.utils import register_all_modules
-
-            register_all_modules()
-            ref_cfg = copy.deepcopy(cfg)
-            ref_cfg["backbone"]["norm_cfg"] = dict(type="BN", requires_grad=True)
-            for head in ("decode_head", "auxiliary_head"):
-                ref_cfg[head]["norm_cfg"] = dict(type="BN", requires_grad=True)
-            ref_cfg["data_preprocessor"]["bgr_to_rgb"] = True
-            model = MODELS.build(ref_cfg)
-        model.eval()
-        return model, "mmseg", lambda x: model(x, mode="tensor")
-    except ImportError:
+        model = build_mmseg_segmentor(cfg)
+    except MmsegUnavailable:
         model = build_segmentor(cfg, backend="reference").eval()
         return model, "reference-backend", model.decode
+    model.eval()
+    return model, "mmseg", lambda x: model(x, mode="tensor")
 
 
 def build_pair(name):
-    from resnest_fast.training import build_segmentor, load_config
+    from resnest_fast.segmentation import build_segmentor, load_config
 
     ref, kind, ref_forward = reference_model(name)
     ours = build_segmentor(load_config(name)["model"])
@@ -303,7 +286,7 @@ def measure_in_subprocess(name, provider, weights, inp, output, device="cpu", ca
 def _build_for_memory(name, provider, weights):
     """(module, forward) of `provider` for config `name`, with the saved weights, as the timing process has it."""
     from resnest_fast import optimize_for_inference
-    from resnest_fast.training import build_segmentor, load_config
+    from resnest_fast.segmentation import build_segmentor, load_config
 
     state = torch.load(weights, map_location="cpu", weights_only=True)
     if provider in ("mmseg", "reference-backend"):

@@ -29,7 +29,7 @@ import torch
 from resnest_fast import optimize_for_inference
 from resnest_fast.export import export_onnx, reference_ops
 from resnest_fast.nn import SplitAttentionConv2d
-from resnest_fast.training import build_segmentor, load_config
+from resnest_fast.segmentation import build_segmentor, load_config
 
 from benchmarks import report
 

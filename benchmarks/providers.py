@@ -92,13 +92,13 @@ def eager_combine_op(block, y, logits):
 def fused_pool_op(block, y):
     """splat_pool with bn0 as the module computes it per call: (scale, shift) from the running statistics
     (eval) or from splat_bn_stats' batch statistics, running statistics updated (train)."""
-    scale, shift, _ = block._bn0_scale_shift(y)
+    scale, shift, _ = block.bn0_scale_shift(y)
     return splat_pool(y, scale, shift, radix=block.radix, relu=True, backend=block.backend)
 
 
 def fused_combine_op(block, y, logits):
     """splat_combine with bn0's (scale, shift) as the module computes it per call."""
-    scale, shift, _ = block._bn0_scale_shift(y)
+    scale, shift, _ = block.bn0_scale_shift(y)
     return splat_combine(y, logits, scale, shift, radix=block.radix, groups=block.groups, relu=True,
                          backend=block.backend)
 

@@ -26,7 +26,7 @@ from benchmarks.providers import eager_post_conv
 from benchmarks.stage_shapes import MODULE_QUICK, module_shapes
 from resnest_fast.backend import available_backends
 from resnest_fast.nn import SplitAttentionConv2d
-from tests.mmseg_reference import import_mmseg_resnest, mmseg_available
+from resnest_fast.testing.mmseg_reference import import_mmseg, mmseg_available
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 OURS = [b for b in available_backends(DEVICE) if not (b == "triton" and DEVICE == "cpu")]
@@ -64,7 +64,7 @@ def _ours_block(shape, train):
 
 
 def _mmseg_block(ours, shape, train):
-    resnest = import_mmseg_resnest()
+    resnest = import_mmseg("mmseg.models.backbones.resnest")
     block = resnest.SplitAttentionConv2d(shape.channels, shape.channels, 3, padding=shape.dilation,
                                          dilation=shape.dilation, groups=1, radix=2, reduction_factor=4,
                                          norm_cfg=dict(type="BN"))

@@ -16,7 +16,7 @@ again and is left out). dtypes: fp32 and bf16.
 Before anything is timed, each provider's output (and, for backward and full, its gradients) is compared with
 eager run in float64 on the same (rounded) inputs and weights, by flash-attention's rule:
 |got - ref64| <= 2 |eager - ref64| + floor * max(1, max |ref64|), floor 1e-4 in fp32 (see FLOOR) and
-tests/tolerances.py's FLOOR in bf16. A provider that disagrees fails its test and is not timed. The inputs keep
+resnest_fast/testing/tolerances.py's FLOOR in bf16. A provider that disagrees fails its test and is not timed. The inputs keep
 every bn0 pre-activation off ReLU's kink (_away_from_the_kink), so gradients are compared, not tie-breaking.
 
 Shapes (--bench-shapes, default quick; benchmarks.stage_shapes.op_shapes):
@@ -40,7 +40,7 @@ from benchmarks import report
 from benchmarks.providers import eager_combine_op, eager_pool_op, fused_combine_op, fused_pool_op, make_block
 from benchmarks.stage_shapes import op_shapes
 from resnest_fast.backend import available_backends
-from tests.tolerances import FLOOR as LOW_PRECISION_FLOOR
+from resnest_fast.testing.tolerances import FLOOR as LOW_PRECISION_FLOOR
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 OURS = [b for b in available_backends(DEVICE.type)

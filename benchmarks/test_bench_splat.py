@@ -1,4 +1,5 @@
-"""Split attention after the conv, at the issue's shape: B=2, radix 2, C=256, 64x128 (y: 2x512x64x128), fp32.
+"""Split attention after the conv, at the headline shape (named "issue" in the CSVs): B=2, radix 2, C=256,
+64x128 (y: 2x512x64x128), fp32.
 
 Providers, side by side in one process: mmseg-style eager, torch.compile of that eager code, ours (the fused
 ops with the backends available here), and a plain copy of y into a preallocated tensor (the bandwidth yardstick).

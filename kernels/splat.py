@@ -13,15 +13,16 @@ references, the oracle of tests/kernels/test_splat_triton.py) and of csrc/ops/sp
   - relu keeps NaN (where(pre < 0, 0, pre)) and its derivative is 0 where pre <= 0, like torch's
     threshold_backward; masked-out tile entries are zeroed before any reduction because act(0) = relu(shift)
     need not be 0;
-  - every sum is accumulated in fp32 (fp64 for float64 inputs, so gradcheck works), every reduction of a program
-    is over positions it owns, and cross-program sums (dscale/dshift over samples) are partial buffers summed
-    afterwards by torch: the results are deterministic.
+  - every sum is accumulated in accumulation_dtype(x.dtype) (fp32, fp64 for float64 inputs so gradcheck works),
+    every reduction of a program is over positions it owns, and cross-program sums (dscale/dshift over samples)
+    are partial buffers summed afterwards by torch: the results are deterministic.
 Layouts: the launchers make x dense in kernel_layout(x) (NCHW or channels_last); in both, H and W collapse into a
 single position axis p with stride stride_p, so one kernel addresses x as b*stride_b + ch*stride_c + p*stride_p.
-Outputs get the layouts of the fake kernels in resnest_fast/ops/_common.py.
+Outputs get the layouts of the fake kernels in resnest_fast/ops/registrations.py.
 
-The ops are torch.library.custom_op around the launchers (not triton_op/wrap_triton, which fail opcheck and
-torch.compile under TRITON_INTERPRET=1; see HOUSE_STYLE.md item 4); fakes and autograd are the shared ones.
+The launchers are plain functions: resnest_fast/ops/registrations.py makes them the ops
+resnest_fast::triton_splat_*, with the fakes and autograd the C++ ops have. This file imports nothing of
+resnest_fast but the leaf resnest_fast.op_rules, so the arrow from the ops to the kernels is the only one.
 """
 from typing import Optional, Tuple
 
@@ -30,9 +31,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from resnest_fast.ops._common import check_common, check_logits, kernel_layout, register
+from resnest_fast.op_rules import accumulation_dtype, check_common, check_logits, kernel_layout
 
-__all__ = ["splat_pool", "splat_pool_backward", "splat_combine", "splat_combine_backward"]
+__all__ = ["splat_pool", "splat_pool_backward", "splat_combine", "splat_combine_backward", "block_sizes"]
 
 
 # ------------------------------------------------------------------------------------------------ jit helpers
@@ -331,10 +332,11 @@ def _combine_bwd_kernel(
 
 
 def _acc_dtype(x: Tensor):
-    return tl.float64 if x.dtype == torch.float64 else tl.float32
+    """accumulation_dtype(x.dtype) as the kernels' ACC constexpr."""
+    return {torch.float32: tl.float32, torch.float64: tl.float64}[accumulation_dtype(x.dtype)]
 
 
-def _block_sizes(C: int, P: int, channels_last: bool) -> Tuple[int, int]:
+def block_sizes(C: int, P: int, channels_last: bool) -> Tuple[int, int]:
     """(BLOCK_C, BLOCK_P): the contiguous axis gets the long side of the tile (channels for channels_last,
     positions for NCHW), and small tensors get a single tile, which also keeps the interpreter fast."""
     if channels_last:
@@ -382,11 +384,6 @@ def _check_grad(name: str, t: Tensor, shape, x: Tensor) -> None:
         raise TypeError(f"{name} must have x's dtype ({x.dtype}), got {t.dtype}")
 
 
-@torch.library.custom_op(
-    "resnest_fast::triton_splat_pool",
-    mutates_args=(),
-    schema="(Tensor x, Tensor? scale, Tensor? shift, int radix, bool relu) -> Tensor",
-)
 def splat_pool(x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], radix: int, relu: bool) -> Tensor:
     """gap (B, C) = mean over (h, w) of sum over r of act(x[:, r*C + c]); x (B, R*C, H, W), any layout."""
     check_common(x, scale, shift, radix)
@@ -397,7 +394,7 @@ def splat_pool(x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], radi
         return gap
     if P == 0:
         raise RuntimeError(f"resnest_fast: splat_pool needs H*W > 0, got x of shape {tuple(x.shape)}")
-    block_c, block_p = _block_sizes(C, P, fmt == torch.channels_last)
+    block_c, block_p = block_sizes(C, P, fmt == torch.channels_last)
     _pool_fwd_kernel[(B, triton.cdiv(C, block_c))](
         xc, scale, shift, gap, C, P, 1.0 / P, *_flat_strides(xc),
         RADIX=radix, AFFINE=scale is not None, RELU=relu, ACC=_acc_dtype(x), BLOCK_C=block_c, BLOCK_P=block_p,
@@ -405,12 +402,6 @@ def splat_pool(x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], radi
     return gap
 
 
-@torch.library.custom_op(
-    "resnest_fast::triton_splat_pool_backward",
-    mutates_args=(),
-    schema="(Tensor grad_gap, Tensor x, Tensor? scale, Tensor? shift, int radix, bool relu) "
-    "-> (Tensor, Tensor, Tensor)",
-)
 def splat_pool_backward(
     grad_gap: Tensor, x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], radix: int, relu: bool
 ) -> Tuple[Tensor, Tensor, Tensor]:
@@ -424,10 +415,10 @@ def splat_pool_backward(
     if xc.numel() == 0:
         return dx, dscale, dshift
     affine = scale is not None
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(x.dtype)
     dsc_part = torch.empty((B, radix * C), dtype=acc, device=x.device) if affine else None
     dsh_part = torch.empty((B, radix * C), dtype=acc, device=x.device) if affine else None
-    block_c, block_p = _block_sizes(C, P, fmt == torch.channels_last)
+    block_c, block_p = block_sizes(C, P, fmt == torch.channels_last)
     _pool_bwd_kernel[(B, triton.cdiv(C, block_c))](
         grad_gap.contiguous(), xc, scale, shift, dx, dsc_part, dsh_part, C, P, 1.0 / P,
         *_flat_strides(xc), *_flat_strides(dx),
@@ -439,11 +430,6 @@ def splat_pool_backward(
     return dx, dscale, dshift
 
 
-@torch.library.custom_op(
-    "resnest_fast::triton_splat_combine",
-    mutates_args=(),
-    schema="(Tensor x, Tensor logits, Tensor? scale, Tensor? shift, int radix, int groups, bool relu) -> Tensor",
-)
 def splat_combine(
     x: Tensor, logits: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], radix: int, groups: int, relu: bool
 ) -> Tensor:
@@ -455,7 +441,7 @@ def splat_combine(
     out = torch.empty((B, C, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device, memory_format=fmt)
     if out.numel() == 0:
         return out
-    block_c, block_p = _block_sizes(C, P, fmt == torch.channels_last)
+    block_c, block_p = block_sizes(C, P, fmt == torch.channels_last)
     grid = (B, triton.cdiv(C, block_c), triton.cdiv(P, block_p))
     _combine_fwd_kernel[grid](
         xc, logits, scale, shift, out, C, P, C // groups, *_flat_strides(xc), *_flat_strides(out),
@@ -465,12 +451,6 @@ def splat_combine(
     return out
 
 
-@torch.library.custom_op(
-    "resnest_fast::triton_splat_combine_backward",
-    mutates_args=(),
-    schema="(Tensor grad_out, Tensor x, Tensor logits, Tensor? scale, Tensor? shift, int radix, int groups, "
-    "bool relu) -> (Tensor, Tensor, Tensor, Tensor)",
-)
 def splat_combine_backward(
     grad_out: Tensor,
     x: Tensor,
@@ -495,10 +475,10 @@ def splat_combine_backward(
     if xc.numel() == 0:
         return dx, dlogits, dscale, dshift
     affine = scale is not None
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(x.dtype)
     dsc_part = torch.empty((B, radix * C), dtype=acc, device=x.device) if affine else None
     dsh_part = torch.empty((B, radix * C), dtype=acc, device=x.device) if affine else None
-    block_c, block_p = _block_sizes(C, P, fmt == torch.channels_last)
+    block_c, block_p = block_sizes(C, P, fmt == torch.channels_last)
     _combine_bwd_kernel[(B, triton.cdiv(C, block_c))](
         go, xc, logits, scale, shift, dx, dlogits, dsc_part, dsh_part, C, P, C // groups,
         *_flat_strides(go), *_flat_strides(xc), *_flat_strides(dx),
@@ -509,11 +489,3 @@ def splat_combine_backward(
         dscale = dsc_part.sum(0).to(scale.dtype)
         dshift = dsh_part.sum(0).to(shift.dtype)
     return dx, dlogits, dscale, dshift
-
-
-register(
-    "resnest_fast::triton_splat_pool",
-    "resnest_fast::triton_splat_pool_backward",
-    "resnest_fast::triton_splat_combine",
-    "resnest_fast::triton_splat_combine_backward",
-)

@@ -6,6 +6,7 @@
     resnest_fast.set_default_backend("reference")    # or RESNEST_FAST_BACKEND=...
     python -m resnest_fast info                      # what was built and what runs
     resnest_fast.export.export_program / export_onnx # deployment (torch.export, ONNX, TorchScript tracing)
+    resnest_fast.segmentation.build_model(name)      # mmseg's ResNeSt segmenters, configs by mmseg's names
 """
 from resnest_fast import _extension  # noqa: F401  (loads _C, warns once if it is missing)
 from resnest_fast import export, nn, ops
@@ -14,8 +15,8 @@ from resnest_fast.checkpoint import CheckpointError, load_checkpoint
 from resnest_fast.conversion import convert
 from resnest_fast.info import build_info
 from resnest_fast.optimize import optimize_for_inference
+from resnest_fast.version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "nn",
     "ops",
@@ -29,4 +30,5 @@ __all__ = [
     "convert",
     "optimize_for_inference",
     "CheckpointError",
+    "__version__",
 ]

@@ -1,7 +1,7 @@
 """What was built and what can run: the C++ extension (CPU and CUDA kernels) and Triton.
 
 `import resnest_fast` must work without either; the pure-PyTorch reference then runs, and one warning names what
-is missing. Nothing here imports Triton (slow, and absent on many machines): `triton_available()` only looks.
+is missing. Nothing here imports Triton (slow, and absent on many machines): HAS_TRITON only looks for the package.
 """
 import importlib.util
 import os

@@ -15,7 +15,8 @@ BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 ENV_VAR = "RESNEST_FAST_BACKEND"
 
 
-def _validated(name, where):
+def normalize_backend(name, where="backend"):
+    """`name` lower-cased if it is one of BACKENDS, None for None; a ValueError that names `where` otherwise."""
     if name is None:
         return None
     if not isinstance(name, str) or name.lower() not in BACKENDS:
@@ -23,7 +24,7 @@ def _validated(name, where):
     return name.lower()
 
 
-_default = _validated(os.environ.get(ENV_VAR, "auto") or "auto", f"environment variable {ENV_VAR}")
+_default = normalize_backend(os.environ.get(ENV_VAR, "auto") or "auto", f"environment variable {ENV_VAR}")
 
 
 def get_default_backend():
@@ -34,13 +35,13 @@ def set_default_backend(name):
     """Sets the backend used when an op or module is given backend=None; returns the previous default."""
     global _default
     previous = _default
-    _default = _validated(name, "backend") or "auto"
+    _default = normalize_backend(name, "backend") or "auto"
     return previous
 
 
 def resolve_backend(backend, device):
     """The concrete backend ("cpu", "cuda", "triton" or "reference") that runs for tensors on `device`."""
-    name = _validated(backend, "backend") or _default
+    name = normalize_backend(backend, "backend") or _default
     dev = device.type
     if name == "auto":
         if dev == "cuda":
@@ -56,7 +57,8 @@ def resolve_backend(backend, device):
         if dev != name:
             raise ValueError(f"backend={name!r} runs on {name} tensors, but the input is on {device}")
         if not (ext.HAS_CPU_KERNELS if name == "cpu" else ext.HAS_CUDA_KERNELS):
-            why = "resnest_fast._C was not built" if not ext.HAS_C else f"resnest_fast._C was built without {name} kernels"
+            why = ("resnest_fast._C was not built" if not ext.HAS_C
+                   else f"resnest_fast._C was built without {name} kernels")
             hint = " (rebuild with FORCE_CUDA=1 pip install . where nvcc is)" if name == "cuda" else ""
             raise RuntimeError(f"backend={name!r} is not available: {why}{hint}")
         return name
@@ -73,8 +75,6 @@ def resolve_backend(backend, device):
 
 def available_backends(device_type):
     """Concrete backends that can run on tensors of `device_type` here."""
-    import torch
-
     out = ["reference"]
     if device_type == "cpu" and ext.HAS_CPU_KERNELS:
         out.append("cpu")
@@ -82,5 +82,4 @@ def available_backends(device_type):
         out.append("cuda")
     if ext.HAS_TRITON and (device_type == "cuda" or ext.triton_interpreting()):
         out.append("triton")
-    del torch
     return out

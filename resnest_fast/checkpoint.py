@@ -18,7 +18,7 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict", "compare_state_dicts"]
+__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict", "compare_state_dicts", "torch_load"]
 
 
 class CheckpointError(ValueError):
@@ -56,7 +56,8 @@ def _placeholders(path: str) -> List[Tuple[type, str]]:
     return out
 
 
-def _torch_load(path: str, map_location) -> object:
+def torch_load(path: str, map_location) -> object:
+    """torch.load with weights_only=True of a file that must exist and be a checkpoint; errors name the file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if os.path.isdir(path):
@@ -88,7 +89,7 @@ def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> Tuple[
     """(state_dict, meta) from a checkpoint file: mmseg's {'meta', 'state_dict', ...} or a bare state_dict, with
     DDP's `module.` prefix removed. Raises CheckpointError when the file holds no state_dict."""
     path = os.fspath(path)
-    obj = _torch_load(path, map_location)
+    obj = torch_load(path, map_location)
     meta = {}
     if isinstance(obj, Mapping) and "state_dict" in obj:
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}

@@ -14,7 +14,7 @@ Which path, and what it needs where the model runs:
 Every path exports the model in eval mode (BatchNorm on running statistics, bn0 folded into the fused ops'
 scale/shift, dropout off) and puts back each submodule's own training flag afterwards.
 
-The fused ops are ordinary dispatcher ops with fake kernels (resnest_fast/ops/_common.py), so torch.export traces
+The fused ops are ordinary dispatcher ops with fake kernels (resnest_fast/ops/registrations.py), so torch.export traces
 them as single nodes whatever the shapes; the program holds whichever op the model's backend resolves to
 (`splat_pool` for the cpu/cuda kernels, `triton_splat_pool` for Triton), or none at all when it resolves to the
 reference.
@@ -35,7 +35,6 @@ import importlib.util
 import os
 import pathlib
 import re
-import uuid
 import warnings
 import zipfile
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
@@ -47,6 +46,7 @@ from torch.export import Dim, ExportedProgram
 from resnest_fast import _extension as ext
 from resnest_fast.nn.split_attention import SplitAttentionConv2d
 from resnest_fast.ops import splat_combine_reference, splat_pool_reference
+from resnest_fast.utils import atomic_write
 
 __all__ = [
     "export_program",
@@ -113,21 +113,12 @@ def _ops_missing_reason(names: Sequence[str]) -> str:
 
 
 def _write_atomically(path: pathlib.Path, overwrite: bool, write) -> pathlib.Path:
-    """write(tmp_path) into a temporary file next to `path`, then os.replace: readers never see a partial file,
-    and an existing file is replaced only with overwrite=True."""
+    """write(tmp_path) then moved into place atomically; an existing file is replaced only with overwrite=True."""
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name rather than mkstemp's file, so the result gets the usual permissions (umask), not 0600.
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        if path.exists() and not overwrite:  # appeared while we were writing
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    if not atomic_write(path, write, overwrite=overwrite, to_path=True):  # appeared while we were writing
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     return path
 
 

@@ -29,6 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from resnest_fast.models.resnest import Bottleneck
 from resnest_fast.nn.split_attention import SplitAttentionConv2d
 from resnest_fast.ops import winograd as winograd_ops
+from resnest_fast.segmentation.decode_heads import ConvModule
 
 __all__ = ["optimize_for_inference", "FrozenConv2d", "FrozenBottleneck"]
 
@@ -167,8 +168,10 @@ class FrozenBottleneck(nn.Module):
 
 
 def _is_conv_module(m: nn.Module) -> bool:
-    """mmcv's / training.heads' ConvModule: conv -> norm -> activation, with those attribute names."""
-    if type(m).__name__ != "ConvModule" or type(getattr(m, "conv", None)) is not nn.Conv2d:
+    """Our decode heads' ConvModule, or mmcv's (a converted mmseg model keeps its heads): conv -> norm ->
+    activation, with those attribute names."""
+    is_mmcv = type(m).__name__ == "ConvModule" and type(m).__module__.startswith("mmcv.")
+    if not (isinstance(m, ConvModule) or is_mmcv) or type(getattr(m, "conv", None)) is not nn.Conv2d:
         return False
     order = getattr(m, "order", ("conv", "norm", "act"))
     norm = getattr(m, "bn", None)

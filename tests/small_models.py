@@ -2,7 +2,7 @@
 code paths as the ResNeSt-101-D8 segmenters at a fraction of the cost."""
 import copy
 
-from resnest_fast.training import load_config
+from resnest_fast.segmentation import load_config
 
 CONFIG_OF_HEAD = {
     "fcn": "resnest_s101-d8_fcn_4xb2-80k_cityscapes-512x1024",

@@ -10,7 +10,7 @@ import torch
 from resnest_fast import CheckpointError, load_checkpoint
 from resnest_fast.checkpoint import read_state_dict
 from resnest_fast.models import ResNeSt
-from resnest_fast.training import build_segmentor
+from resnest_fast.segmentation import build_segmentor
 from tests.parity import randomize_model
 from tests.small_models import small_model_cfg
 

@@ -14,7 +14,7 @@ from resnest_fast.conversion import from_module
 from resnest_fast.nn import SplitAttentionConv2d
 from tests.mmseg_reference import import_mmseg_resnest
 from tests.parity import randomize_model
-from tests.tolerances import assert_max_abs
+from resnest_fast.testing.tolerances import assert_max_abs
 
 
 def mmseg_backbone(**kwargs):

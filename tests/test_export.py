@@ -28,7 +28,7 @@ from resnest_fast.export import (
     trace_torchscript,
 )
 from resnest_fast.nn import SplitAttentionConv2d
-from resnest_fast.training import build_model, build_segmentor, list_configs, load_config
+from resnest_fast.segmentation import build_model, build_segmentor, list_configs, load_config
 from tests.parity import randomize, randomize_model
 
 pytestmark = pytest.mark.skipif(not ext.HAS_CPU_KERNELS,

@@ -8,10 +8,10 @@ import torch
 from resnest_fast import optimize_for_inference
 from resnest_fast.models import ResNeSt
 from resnest_fast.optimize import FrozenBottleneck, FrozenConv2d
-from resnest_fast.training import build_segmentor
+from resnest_fast.segmentation import build_segmentor
 from tests.parity import randomize_model
 from tests.small_models import small_model_cfg
-from tests.tolerances import assert_max_abs
+from resnest_fast.testing.tolerances import assert_max_abs
 
 
 def small(head):

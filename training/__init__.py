@@ -1,21 +1,32 @@
-"""resnest_fast.training: the segmentation side: decode heads, the encoder-decoder segmentor, configs with mmseg's
-file names, data, and the commands `infer` (training.infer), `train` (training.train: mmseg's schedule, DDP under
-torchrun, checkpoints and exact resume) and `test` (training.evaluate: mIoU, whole/slide, multi-scale + flip TTA)."""
-from typing import Optional
+"""resnest_fast.training: training and evaluating the segmentation models of resnest_fast.segmentation.
 
-from resnest_fast.training.config import list_configs, load_config
-from resnest_fast.training.segmentor import EncoderDecoder, build_segmentor
+The loop (`train`: mmseg's schedule, DDP under torchrun, checkpoints and exact resume), evaluation over a dataset
+(`evaluate`: mIoU, whole/slide, multi-scale + flip TTA), checkpoint files, data (datasets, mmseg's pipelines,
+samplers, the Cityscapes converter), the schedule and the distributed helpers. The commands that call them live in
+resnest_fast.cli.
 
-__all__ = ["EncoderDecoder", "build_segmentor", "build_model", "load_config", "list_configs"]
+The model-building names that used to live here (`build_model`, `build_segmentor`, `EncoderDecoder`,
+`load_config`, `list_configs`) moved to resnest_fast.segmentation; they still resolve here, with a
+DeprecationWarning, for one release.
+"""
+import warnings
+
+__all__ = []
+
+_MOVED = {
+    "build_model": "resnest_fast.segmentation",
+    "build_segmentor": "resnest_fast.segmentation",
+    "EncoderDecoder": "resnest_fast.segmentation",
+    "load_config": "resnest_fast.segmentation",
+    "list_configs": "resnest_fast.segmentation",
+}
 
 
-def build_model(config, checkpoint: Optional[str] = None, backend: Optional[str] = None, strict: bool = True):
-    """The segmentor of a config (a shipped config's name, a .py file, or an already loaded dict), with the
-    weights of `checkpoint` (mmseg's format or ours) loaded through resnest_fast.load_checkpoint."""
-    cfg = config if isinstance(config, dict) else load_config(config)
-    model = build_segmentor(cfg["model"], backend=backend)
-    if checkpoint is not None:
-        from resnest_fast.checkpoint import load_checkpoint
+def __getattr__(name):
+    if name in _MOVED:
+        from resnest_fast import segmentation
 
-        load_checkpoint(model, checkpoint, strict=strict)
-    return model
+        warnings.warn(f"resnest_fast.training.{name} moved to {_MOVED[name]}.{name}; the old name goes away in the "
+                      "next release", DeprecationWarning, stacklevel=2)
+        return getattr(segmentation, name)
+    raise AttributeError(f"module 'resnest_fast.training' has no attribute {name!r}")

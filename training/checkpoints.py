@@ -17,12 +17,13 @@ matches a checkpoint's, so nothing reads it, and `clean_temp_files` removes it w
 import os
 import random
 import re
-import secrets
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+from resnest_fast.utils import atomic_write
 
 __all__ = [
     "LATEST",
@@ -40,7 +41,7 @@ __all__ = [
 
 LATEST = "latest"
 _CHECKPOINT = re.compile(r"^iter_(\d+)\.pth$")
-_TEMP = re.compile(r"^\.(iter_\d+\.pth|latest)\.[0-9a-f]+\.tmp$")
+_TEMP = re.compile(r"^\.(iter_\d+\.pth|latest)\.[0-9a-f]+\.tmp$")  # resnest_fast.utils.atomic_write's names
 PathLike = Union[str, os.PathLike]
 
 
@@ -48,41 +49,13 @@ def checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration}.pth"
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some filesystems (and Windows) do not open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def atomic_save(obj, path: PathLike) -> None:
     """torch.save(obj) to `path` through a temporary file in the same folder and os.replace."""
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
-    _atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def list_checkpoints(work_dir: PathLike) -> List[Tuple[int, Path]]:

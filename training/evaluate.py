@@ -1,4 +1,4 @@
-"""Evaluation command: a checkpoint scored on a config's validation split, mmseg's way (issue 4).
+"""Evaluation: a checkpoint scored on a config's validation split, mmseg's way.
 
 For each validation image (batch 1, as mmseg's val dataloader):
   single scale: the image resized keeping its ratio to the config's test scale (`data.scale`; none for the
@@ -12,94 +12,30 @@ Predictions are scored against the label at its original resolution by SegEvalua
 IoU and Acc; mmseg's IoUMetric). Under torchrun each process scores every world_size-th image and the counts are
 summed across processes, so every image is scored once.
 
-Python: `predict_scores`, `evaluate`, `run`. Command line: `resnest-fast test --help` (or
-`python -m resnest_fast.training.evaluate`). Exit codes: 0 done, 2 nothing done (bad arguments, config,
-checkpoint or data).
+Python: `evaluate` (a model over a dataset), `run` (a config and a checkpoint; what `resnest-fast test` calls);
+one image: `resnest_fast.segmentation.predict_scores`.
 """
-import argparse
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from resnest_fast.checkpoint import CheckpointError
+from resnest_fast.segmentation import load_config, load_model, predict_scores, slide_defaults
 from resnest_fast.training.checkpoints import atomic_write_text
-from resnest_fast.training.cli import add_runtime_arguments
 from resnest_fast.training.data.builder import build_dataset, check_data_config
-from resnest_fast.training.data.transforms import rescale_size, resize_image
-from resnest_fast.training.heads import resize
-from resnest_fast.training.infer import SetupError, _slide_defaults, load_model
+from resnest_fast.training.distributed import cleanup, init_distributed
+from resnest_fast.training.errors import SetupError
 from resnest_fast.training.metrics import SegEvaluator
 
-__all__ = ["tta_size", "predict_scores", "evaluate", "metrics_summary", "run", "add_arguments", "main"]
-
-
-def tta_size(width: int, height: int, ratio: float) -> Tuple[int, int]:
-    """(w, h) of an image of width x height after mmcv's Resize(scale_factor=ratio, keep_ratio=True): the target
-    int(edge * ratio + 0.5), then mmcv's imrescale to that target (which may round an edge differently)."""
-    target = (int(width * float(ratio) + 0.5), int(height * float(ratio) + 0.5))
-    return rescale_size((width, height), target)[0]
-
-
-def _logits_at(model, img: np.ndarray, size, flip: bool, out_hw, mode, crop_size, stride) -> torch.Tensor:
-    """(1, C, *out_hw) logits of img resized to size (w, h) (None: as it is), flipped horizontally if asked,
-    the prediction flipped back and resized to out_hw."""
-    resized = img if size is None or tuple(size) == (img.shape[1], img.shape[0]) else resize_image(img, size)
-    device = next(model.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).unsqueeze(0).contiguous().to(device)
-    if flip:
-        x = x.flip(-1)
-    logits = model.inference(x, mode=mode, crop_size=crop_size, stride=stride)
-    if flip:
-        logits = logits.flip(-1)
-    if tuple(logits.shape[2:]) != tuple(out_hw):
-        logits = resize(logits, out_hw, model.align_corners)
-    return logits
-
-
-@torch.no_grad()
-def predict_scores(
-    model,
-    img: np.ndarray,
-    *,
-    scale=None,
-    mode: Optional[str] = None,
-    crop_size: Optional[Sequence[int]] = None,
-    stride: Optional[Sequence[int]] = None,
-    tta_ratios: Optional[Sequence[float]] = None,
-    flip: bool = False,
-) -> torch.Tensor:
-    """Class scores (num_classes, H, W) of one (H, W, 3) uint8 RGB image at its original size; argmax over dim 0
-    is the prediction.
-
-    Without TTA (tta_ratios None and flip False): the logits of the image resized to `scale` (a pair bounding the
-    long and short edges, a factor, or None for the original size). With TTA: the mean over ratios x flips of
-    softmax(logits), the ratios applying to the original image (mmseg 1.x; `scale` is then unused); flip alone
-    uses the ratio 1. mode, crop_size, stride: the model's inference settings (None: its test_cfg)."""
-    if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8):
-        what = f"{img.dtype} array of shape {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
-        raise ValueError(f"img must be an (H, W, 3) uint8 RGB array, got a {what}")
-    h, w = img.shape[:2]
-    if tta_ratios is None and not flip:
-        size = None if scale is None else rescale_size((w, h), scale)[0]
-        return _logits_at(model, img, size, False, (h, w), mode, crop_size, stride)[0]
-    ratios = tuple(tta_ratios) if tta_ratios else (1.0,)
-    flips = (False, True) if flip else (False,)
-    total = None
-    for ratio in ratios:
-        size = tta_size(w, h, ratio)
-        for flipped in flips:
-            probs = _logits_at(model, img, size, flipped, (h, w), mode, crop_size, stride).softmax(dim=1)
-            total = probs if total is None else total + probs
-    return (total / (len(ratios) * len(flips)))[0]
+__all__ = ["evaluate", "metrics_summary", "run"]
 
 
 def _first(item):
@@ -196,9 +132,6 @@ def run(
 
     Setup problems (config without data, missing data root, bad checkpoint, bad arguments, existing --out) raise
     SetupError before anything is written."""
-    from resnest_fast.training.config import load_config
-    from resnest_fast.training.distributed import cleanup, init_distributed
-
     log = log or sys.stderr
     started = time.perf_counter()
     info = None
@@ -223,7 +156,7 @@ def run(
                                  f"{len(dataset.CLASSES)}")
             mode = mode or model.test_cfg["mode"]
             if mode == "slide":
-                crop_size, stride = _slide_defaults(model, cfg, crop_size, stride)
+                crop_size, stride = slide_defaults(model, cfg, crop_size, stride)
             elif crop_size is not None or stride is not None:
                 raise ValueError("a crop size and a stride (--crop-size, --stride) apply to mode 'slide' only")
             tta_ratios = None
@@ -254,58 +187,3 @@ def run(
         if info is not None:
             cleanup(info)
         torch.set_num_threads(threads)
-
-
-# ------------------------------------------------------------------------------------------------ command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("config", help="a shipped config's name or a .py config file (it must define `data`)")
-    parser.add_argument("checkpoint", help="checkpoint file (ours, mmseg's format or a state_dict)")
-    parser.add_argument("--mode", choices=("whole", "slide"), default=None,
-                        help="whole-image or sliding-window inference (default: the config's test_cfg)")
-    parser.add_argument("--crop-size", nargs=2, type=int, metavar=("H", "W"),
-                        help="slide window (default: the config's test_cfg crop_size, else its training crop)")
-    parser.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"),
-                        help="slide stride (default: the config's, else 2/3 of the window)")
-    parser.add_argument("--tta", action="store_true",
-                        help="multi-scale (the config's data.tta_ratios of the original size) + flip test-time "
-                        "augmentation, probabilities averaged (mmseg's SegTTAModel)")
-    parser.add_argument("--data-root", help="dataset folder (default: the config's data.root)")
-    parser.add_argument("--out", help="write the metrics as JSON to this file")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    parser.add_argument("--num-workers", type=int, default=None, help="data loading processes (default: the config's)")
-    add_runtime_arguments(parser)
-    return parser
-
-
-def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast test") -> int:
-    """Exit code: 0 done, 2 nothing done (bad arguments, config, checkpoint or data)."""
-    try:
-        summary = run(args.config, args.checkpoint, mode=args.mode, crop_size=args.crop_size, stride=args.stride,
-                      tta=args.tta, data_root=args.data_root, out=args.out, overwrite=args.overwrite,
-                      num_workers=args.num_workers, backend=args.backend, device=args.device,
-                      progress=not args.no_progress)
-    except SetupError as exc:
-        if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun every rank has the same error
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    if os.environ.get("RANK", "0") in ("", "0"):
-        def pct(v):
-            return "nan" if v is None else f"{100 * v:.2f}"
-
-        tta = f" + TTA (ratios {summary['tta_ratios']}, flip)" if summary["tta"] else ""
-        print(f"{summary['config']}: aAcc {pct(summary['aAcc'])}  mIoU {pct(summary['mIoU'])}  "
-              f"mAcc {pct(summary['mAcc'])} on {summary['num_images']} images ({summary['mode']}{tta}; "
-              f"{summary['seconds']:.1f} s)" + (f"; metrics in {args.out}" if args.out else ""))
-    return 0
-
-
-def main(argv=None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m resnest_fast.training.evaluate",
-                                                   description=__doc__.split("\n\n")[0]))
-    return run_from_args(parser.parse_args(argv), prog=parser.prog)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

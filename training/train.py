@@ -28,7 +28,6 @@ Python: `train(cfg, ...)`. Command line: `resnest-fast train --help` (or `python
 distributed: `torchrun --nproc-per-node N -m resnest_fast.training.train CONFIG ...`. Exit codes: 0 done,
 1 training failed (e.g. the loss became NaN), 2 nothing done (bad arguments, config, data, checkpoint or work dir).
 """
-import argparse
 import ast
 import copy
 import datetime
@@ -51,19 +50,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from resnest_fast.checkpoint import CheckpointError, load_checkpoint
+from resnest_fast.segmentation import build_segmentor, load_config
 from resnest_fast.training import checkpoints as ckpt
-from resnest_fast.training.cli import add_runtime_arguments
-from resnest_fast.training.config import load_config
 from resnest_fast.training.data.builder import build_dataset, check_data_config
 from resnest_fast.training.data.collate import collate
 from resnest_fast.training.data.samplers import InfiniteSampler
 from resnest_fast.training.distributed import DistInfo, all_gather_object, broadcast_object, cleanup, init_distributed
 from resnest_fast.training.evaluate import evaluate, metrics_summary
-from resnest_fast.training.infer import SetupError
+from resnest_fast.training.errors import SetupError
 from resnest_fast.training.schedule import build_optimizer, build_scheduler
-from resnest_fast.training.segmentor import build_segmentor
 
-__all__ = ["TrainingError", "train", "apply_cfg_options", "seed_everything", "add_arguments", "main"]
+__all__ = ["SetupError", "TrainingError", "train", "apply_cfg_options", "seed_everything"]
 
 RUN_FILE = "run.json"
 
@@ -151,9 +148,9 @@ def _dataset_meta(dataset) -> dict:
 
 
 def _version() -> str:
-    import resnest_fast
+    from resnest_fast.version import __version__
 
-    return str(getattr(resnest_fast, "__version__", "unknown"))
+    return __version__
 
 
 def _plain(value):
@@ -277,7 +274,7 @@ def train(
             schedule = dict(cfg.get("schedule") or {})
             if not schedule:
                 raise ValueError(f"config {cfg.get('filename', '<dict>')!r} has no `schedule = dict(...)` "
-                                 "(inherit training/configs/_base_/schedules/*.py)")
+                                 "(inherit resnest_fast/segmentation/configs/_base_/schedules/*.py)")
             runtime = dict(cfg.get("runtime") or {})
             if max_iters is not None:
                 schedule["max_iters"] = max_iters
@@ -409,9 +406,9 @@ def train(
 
 
 def _read_training_state(path: Path) -> dict:
-    from resnest_fast.checkpoint import _torch_load
+    from resnest_fast.checkpoint import torch_load
 
-    state = _torch_load(str(path), "cpu")
+    state = torch_load(str(path), "cpu")
     missing = [k for k in ("meta", "state_dict", "optimizer", "param_schedulers") if k not in state]
     if not isinstance(state, dict) or missing:
         raise CheckpointError(f"{str(path)!r} is not a training checkpoint of this project (missing {missing}): "
@@ -572,65 +569,3 @@ class _Loop:
             self.run_dir.log(dict(mode="summary", **{k: v for k, v in summary.items() if k != "metrics"},
                                   mIoU=(self.last_metrics or {}).get("mIoU")))
         return summary
-
-
-# ------------------------------------------------------------------------------------------------ command line
-
-
-def _is_rank0() -> bool:
-    return os.environ.get("RANK", "0") in ("", "0")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("config", help="a shipped config's name (resnest_s101-d8_..., or the synthetic one) or a "
-                        ".py config file")
-    parser.add_argument("--work-dir", help="where checkpoints and logs go (default: work_dirs/<config name>)")
-    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
-                        help="continue a run: from CKPT, or without it from the work dir's latest checkpoint")
-    parser.add_argument("--load-from", metavar="CKPT", help="start from these weights (a fresh run otherwise)")
-    parser.add_argument("--max-iters", type=int, help="number of iterations (default: the config's schedule)")
-    parser.add_argument("--amp", choices=("bf16", "fp16"), default=None,
-                        help="mixed precision: bf16 autocast (CPU or CUDA) or fp16 autocast + GradScaler (CUDA)")
-    parser.add_argument("--seed", type=int, help="random seed (default: the config's runtime.seed)")
-    parser.add_argument("--deterministic", action="store_true", default=None,
-                        help="deterministic algorithms only (bit-identical reruns and resumes)")
-    parser.add_argument("--data-root", help="dataset folder (default: the config's data.root)")
-    parser.add_argument("--batch-size", type=int, help="images per process (default: the config's data.batch_size)")
-    parser.add_argument("--num-workers", type=int, help="data loading processes per training process")
-    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config entries, e.g. schedule.val_interval=500 runtime.log_interval=10")
-    add_runtime_arguments(parser)
-    return parser
-
-
-def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast train") -> int:
-    """Exit code: 0 done, 1 training failed, 2 nothing done (bad arguments, config, data, checkpoint, work dir)."""
-    try:
-        summary = train(args.config, work_dir=args.work_dir, resume=args.resume, load_from=args.load_from,
-                        max_iters=args.max_iters, amp=args.amp, seed=args.seed, deterministic=args.deterministic,
-                        data_root=args.data_root, batch_size=args.batch_size, num_workers=args.num_workers,
-                        cfg_options=args.cfg_options, device=args.device, backend=args.backend,
-                        progress=not args.no_progress)
-    except (SetupError, TrainingError) as exc:
-        if _is_rank0():  # every rank has the same error: one message
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, SetupError) else 1
-    if _is_rank0():
-        metrics = summary["metrics"]
-        val = "" if not metrics else (f"; mIoU {100 * metrics['mIoU']:.2f}, aAcc {100 * metrics['aAcc']:.2f}, "
-                                      f"mAcc {100 * metrics['mAcc']:.2f} on {metrics['num_images']} val images")
-        loss = "" if summary["loss"] is None else f", final loss {summary['loss']:.4f}"
-        print(f"trained {summary['iterations']} iterations (to {summary['iter']}) in {summary['seconds']:.1f} s "
-              f"({summary['it_per_s']:.2f} it/s){loss}{val}; peak memory {summary['peak_memory_mib']} MiB; "
-              f"checkpoint {summary['last_checkpoint']}; log {summary['log_file']}")
-    return 0
-
-
-def main(argv=None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m resnest_fast.training.train",
-                                                   description=__doc__.split("\n\n")[0]))
-    return run_from_args(parser.parse_args(argv), prog=parser.prog)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

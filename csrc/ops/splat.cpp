@@ -1,5 +1,5 @@
 // Schemas of the fused split-attention ops (defined once here; kernels are registered per backend in
-// ops/cpu and ops/cuda; fake kernels and autograd are registered from Python, resnest_fast/ops/).
+// ops/cpu and ops/cuda; fake kernels and autograd are registered from Python, resnest_fast/ops/registrations.py).
 //
 // splat_pool:    gap[b, c] = mean_{h,w} sum_r act(x[b, r*C + c, h, w])                         -> (B, C)
 // splat_combine: out[b, c, h, w] = sum_r a[b, r, c] * act(x[b, r*C + c, h, w]),

@@ -60,7 +60,8 @@ inline void check_same_shape(const char* name, const at::Tensor& t, at::IntArray
 }
 
 // The kernels read x in one of two dense layouts: NCHW-contiguous, or channels_last. Anything else is made
-// NCHW-contiguous first. The Python fake kernels mirror this rule so shapes and strides agree.
+// NCHW-contiguous first. resnest_fast/op_rules.py (kernel_layout) spells the same rule for the fake kernels, the
+// references and the Triton launchers, so shapes and strides agree.
 inline bool splat_is_channels_last(const at::Tensor& x) {
   return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }

@@ -22,7 +22,9 @@
 
 namespace resnest_fast {
 
-constexpr int kMaxRadix = 8;  // attention weights of one channel live in registers / on the stack
+// The attention weights of one channel live in registers / on the stack. resnest_fast/op_rules.py: MAX_RADIX is the
+// Python side of this bound (tests/ops check that both agree).
+constexpr int kMaxRadix = 8;
 
 template <typename acc_t, bool kAffine>
 RF_HOST_DEVICE acc_t splat_pre(acc_t v, acc_t scale, acc_t shift) {

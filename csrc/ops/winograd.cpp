@@ -1,8 +1,9 @@
 // Schema of the Winograd F(2x2, 3x3) convolution that optimize_for_inference uses for the big 3x3 convolutions
-// on CPU (tiling and maths: ops/winograd_geometry.h; CPU kernel: ops/cpu/winograd_kernel.cpp; weight transform,
-// pure-PyTorch reference and fake kernel: resnest_fast/ops/winograd.py). F(2x2, 3x3) computes a 3x3 convolution
-// with 16 multiplications per 2x2 outputs and channel pair instead of 36 (2.25x fewer), with transform
-// coefficients 0, +-1 and +-1/2 only, so its fp32 error stays at the direct convolution's level.
+// on CPU (tiling and maths: ops/winograd_geometry.h; CPU kernel: ops/cpu/winograd_kernel.cpp; weight transform and
+// pure-PyTorch reference: resnest_fast/ops/winograd.py; fake kernel: resnest_fast/ops/registrations.py).
+// F(2x2, 3x3) computes a 3x3 convolution with 16 multiplications per 2x2 outputs and channel pair instead of 36
+// (2.25x fewer), with transform coefficients 0, +-1 and +-1/2 only, so its fp32 error stays at the direct
+// convolution's level.
 //
 // winograd_conv3x3: relu?(conv2d(x, w, stride 1, padding dilation, dilation, groups) + bias + other)
 //   x (B, C, H, W) float32; u = G w G^T as (groups*16, C/groups, K/groups); bias (K,) or None; other

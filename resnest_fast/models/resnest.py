@@ -16,8 +16,8 @@ import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from resnest_fast.nn import SplitAttentionConv2d, build_norm
 from resnest_fast.nn.bn_relu_conv import bn_relu_conv
-from resnest_fast.nn.split_attention import SplitAttentionConv2d, build_norm
 
 __all__ = ["Bottleneck", "ResLayer", "ResNeSt"]
 
@@ -240,7 +240,7 @@ class ResNeSt(nn.Module):
         if pretrained is not None or init_cfg is not None:
             raise ValueError(
                 "pretrained/init_cfg are not supported here: load weights with "
-                "resnest_fast.models.load_checkpoint(model, path) (mmseg checkpoints load with strict=True)"
+                "resnest_fast.load_checkpoint(model, path) (mmseg checkpoints load with strict=True)"
             )
         norm_cfg = dict(type="BN", requires_grad=True) if norm_cfg is None else dict(norm_cfg)
         self.depth = depth

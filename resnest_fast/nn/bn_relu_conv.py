@@ -14,12 +14,12 @@ runs in the autocast dtype, as it would in eager mode, and its weight gradient c
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnest_fast.nn.sync_batchnorm import SyncBatchNorm
+from resnest_fast.utils import distributed_world_size
 
 __all__ = ["bn_relu_conv", "lean_bn_relu_conv_applies"]
 
@@ -31,7 +31,8 @@ def lean_bn_relu_conv_applies(x: Tensor, bn: nn.Module, conv: nn.Module) -> bool
     return (
         torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
-        and (type(bn) is nn.BatchNorm2d or (type(bn) in (nn.SyncBatchNorm, SyncBatchNorm) and not _syncing()))
+        and (type(bn) is nn.BatchNorm2d
+             or (type(bn) in (nn.SyncBatchNorm, SyncBatchNorm) and distributed_world_size(bn.process_group) == 1))
         and bn.training
         and bn.affine
         and type(conv) is nn.Conv2d
@@ -39,11 +40,6 @@ def lean_bn_relu_conv_applies(x: Tensor, bn: nn.Module, conv: nn.Module) -> bool
         and not isinstance(conv.padding, str)
         and (x.requires_grad or any(p.requires_grad for p in (bn.weight, bn.bias, conv.weight)))
     )
-
-
-def _syncing() -> bool:
-    """SyncBatchNorm reduces its statistics across processes only in a process group of more than one."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class _BNReLUConv(torch.autograd.Function):

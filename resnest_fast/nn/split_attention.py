@@ -14,46 +14,32 @@ state_dict loads with strict=True.
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resnest_fast import _extension as ext
-from resnest_fast.backend import _validated, resolve_backend
+from resnest_fast.backend import normalize_backend, resolve_backend
+from resnest_fast.nn.norm import build_norm
 from resnest_fast.nn.sync_batchnorm import SyncBatchNorm
-from resnest_fast.ops import splat_bn_stats, splat_combine, splat_pool
+from resnest_fast.op_rules import MAX_RADIX, accumulation_dtype
+from resnest_fast.ops import (
+    attention_weights_reference,
+    splat_backward_input,
+    splat_backward_reduce,
+    splat_bn_stats,
+    splat_combine,
+    splat_pool,
+)
+from resnest_fast.utils import distributed_world_size, int_pair
 
-__all__ = ["SplitAttentionConv2d", "RSoftmax", "build_norm"]
-
-# SyncBN: torch's SyncBatchNorm on CUDA, our own synchronisation on CPU (gloo), a plain BatchNorm on one process.
-_NORM_TYPES = {"BN": nn.BatchNorm2d, "BN2d": nn.BatchNorm2d, "SyncBN": SyncBatchNorm}
-
-
-def build_norm(norm_cfg: Optional[dict], num_features: int, arg_name: str = "norm_cfg") -> nn.Module:
-    """The subset of mmcv's build_norm_layer that ResNeSt uses: BN / BN2d / SyncBN, eps, momentum,
-    requires_grad. SyncBN builds resnest_fast.nn.SyncBatchNorm (an nn.SyncBatchNorm that also syncs CPU tensors)."""
-    if norm_cfg is None:
-        raise ValueError(f"{arg_name} must be a dict like dict(type='BN'), got None (bn0 and bn1 are required)")
-    if not isinstance(norm_cfg, dict) or "type" not in norm_cfg:
-        raise ValueError(f"{arg_name} must be a dict with a 'type' key, got {norm_cfg!r}")
-    cfg = dict(norm_cfg)
-    kind = cfg.pop("type")
-    if kind not in _NORM_TYPES:
-        raise ValueError(f"{arg_name}['type'] must be one of {sorted(_NORM_TYPES)}, got {kind!r}")
-    requires_grad = cfg.pop("requires_grad", True)
-    unknown = set(cfg) - {"eps", "momentum", "affine", "track_running_stats"}
-    if unknown:
-        raise ValueError(f"{arg_name} has options this project does not support: {sorted(unknown)}")
-    layer = _NORM_TYPES[kind](num_features, **cfg)
-    for p in layer.parameters():
-        p.requires_grad = requires_grad
-    return layer
+__all__ = ["SplitAttentionConv2d", "RSoftmax"]
 
 
 class RSoftmax(nn.Module):
     """mmseg's radix softmax (softmax over the radix splits of [groups][radix][C/groups] logits, sigmoid when
-    radix == 1). The fused path computes it inside `splat_combine`; this module documents it and serves as the
-    reference formula in the unfused path."""
+    radix == 1). The fused path computes it inside `splat_combine` and never calls this module: it stays as
+    `SplitAttentionConv2d.rsoftmax` so that named_modules() pairs one-to-one with mmseg's (tests/models compares
+    the two trees module by module); it has no parameters, so state_dicts do not see it."""
 
     def __init__(self, radix: int, groups: int):
         super().__init__()
@@ -61,20 +47,10 @@ class RSoftmax(nn.Module):
         self.groups = groups
 
     def forward(self, x: Tensor) -> Tensor:
-        from resnest_fast.ops import attention_weights_reference
-
         return attention_weights_reference(x.flatten(1), self.radix, self.groups).reshape(x.shape[0], -1)
 
     def extra_repr(self) -> str:
         return f"radix={self.radix}, groups={self.groups}"
-
-
-def _pair(v, name):
-    if isinstance(v, int):
-        return v
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
-        return tuple(v)
-    raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
 
 
 class SplitAttentionConv2d(nn.Module):
@@ -115,8 +91,8 @@ class SplitAttentionConv2d(nn.Module):
                         ("radix", radix), ("reduction_factor", reduction_factor)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if radix > 8:
-            raise ValueError(f"radix must be at most 8, got {radix}")
+        if radix > MAX_RADIX:
+            raise ValueError(f"radix must be at most {MAX_RADIX}, got {radix}")
         if dcn is not None:
             raise NotImplementedError(
                 "dcn is not supported by resnest_fast.nn.SplitAttentionConv2d (the ResNeSt configs use dcn=None)"
@@ -140,14 +116,14 @@ class SplitAttentionConv2d(nn.Module):
         self.groups = groups
         self.channels = channels
         self.with_dcn = False
-        self.backend = _validated(backend, "backend")
+        self.backend = normalize_backend(backend, "backend")
         self.conv = nn.Conv2d(
             in_channels,
             channels * radix,
-            kernel_size,
-            stride=_pair(stride, "stride"),
-            padding=_pair(padding, "padding"),
-            dilation=_pair(dilation, "dilation"),
+            int_pair(kernel_size, "kernel_size", minimum=1),
+            stride=int_pair(stride, "stride", minimum=1),
+            padding=int_pair(padding, "padding", minimum=0),
+            dilation=int_pair(dilation, "dilation", minimum=1),
             groups=groups * radix,
             bias=False,
         )
@@ -157,7 +133,7 @@ class SplitAttentionConv2d(nn.Module):
         self.fc1 = nn.Conv2d(channels, inter_channels, 1, groups=groups)
         self.bn1 = build_norm(norm_cfg, inter_channels)
         self.fc2 = nn.Conv2d(inter_channels, channels * radix, 1, groups=groups)
-        self.rsoftmax = RSoftmax(radix, groups)
+        self.rsoftmax = RSoftmax(radix, groups)  # never called: mmseg's module tree, see RSoftmax
 
     @property
     def norm0(self) -> nn.Module:
@@ -170,7 +146,7 @@ class SplitAttentionConv2d(nn.Module):
     def extra_repr(self) -> str:
         return f"radix={self.radix}, groups={self.groups}, backend={self.backend or 'default'}"
 
-    def _bn0_scale_shift(self, y: Tensor):
+    def bn0_scale_shift(self, y: Tensor):
         """bn0 as a per-channel (scale, shift) so that bn0(y) == y*scale + shift, updating running statistics
         exactly as nn.BatchNorm2d does in training. Returns (scale, shift, (var, mean) or None if running
         statistics were used)."""
@@ -193,11 +169,11 @@ class SplitAttentionConv2d(nn.Module):
                     bn.running_var.lerp_((var * (n / (n - 1))).to(bn.running_var.dtype), factor)
         else:
             var, mean = bn.running_var, bn.running_mean
-            if var.dtype in (torch.float16, torch.bfloat16):
-                # fold in float32, as BatchNorm computes internally: a scale/shift rounded to half/bfloat16 moves
-                # every pre-activation by ~0.4 % of the shift, which flips ReLU masks (and their gradients) that
-                # mmseg's bn0 -> relu keeps
-                var, mean = var.float(), mean.float()
+            # fold in float32 for half/bfloat16 statistics, as BatchNorm computes internally: a scale/shift
+            # rounded to half/bfloat16 moves every pre-activation by ~0.4 % of the shift, which flips ReLU masks
+            # (and their gradients) that mmseg's bn0 -> relu keeps
+            acc = accumulation_dtype(var.dtype)
+            var, mean = var.to(acc), mean.to(acc)
             invstd = torch.rsqrt(var + bn.eps)
         if bn.affine:
             scale = bn.weight * invstd
@@ -241,9 +217,7 @@ class SplitAttentionConv2d(nn.Module):
         return (
             isinstance(self.bn0, (nn.SyncBatchNorm, SyncBatchNorm))
             and self.training
-            and dist.is_available()
-            and dist.is_initialized()
-            and dist.get_world_size() > 1
+            and distributed_world_size(self.bn0.process_group) > 1
         )
 
     def __prepare_scriptable__(self):
@@ -278,7 +252,7 @@ class SplitAttentionConv2d(nn.Module):
         else:
             if self._fused_backward_applies(y):
                 return _FusedSplitAttention.apply(y, self, *self._fused_params())
-            scale, shift, _ = self._bn0_scale_shift(y)
+            scale, shift, _ = self.bn0_scale_shift(y)
             relu = True
         gap = splat_pool(y, scale, shift, radix=self.radix, relu=relu, backend=self.backend)
         logits = self._attention_logits(gap).to(y.dtype)
@@ -289,7 +263,7 @@ class SplitAttentionConv2d(nn.Module):
 
 def _grouped_linear(x: Tensor, conv: nn.Conv2d) -> Tensor:
     """conv(x[:, :, None, None]).flatten(1) for a 1x1 conv on a (B, C) input, as a (batched) matmul: the same
-    maths as mmseg's fc1/fc2, without oneDNN's per-call overhead (~150 us each on these (B, C) tensors)."""
+    maths as mmseg's fc1/fc2, without oneDNN's per-call overhead, which dominates on these small (B, C) tensors."""
     w = conv.weight.flatten(1)  # (out, in / groups)
     groups = conv.groups
     if groups == 1:
@@ -302,15 +276,15 @@ def _grouped_linear(x: Tensor, conv: nn.Conv2d) -> Tensor:
 
 
 class _FusedSplitAttention(torch.autograd.Function):
-    """Everything after the conv, with a backward of two passes over y (CPU or CUDA kernels) (splat_backward_reduce, then
-    splat_backward_input) that writes y's gradient once — contributions of combine, pool and bn0's batch
+    """Everything after the conv, with a backward of two passes over y (CPU or CUDA kernels: splat_backward_reduce,
+    then splat_backward_input) that writes y's gradient once — contributions of combine, pool and bn0's batch
     statistics together. The small tensors in between (attention MLP, bn0's scale/shift) go through autograd
     on recomputed copies. Saves y and (B, C)-sized tensors only."""
 
     @staticmethod
     def forward(ctx, y, module, *params):
         backend = y.device.type  # "cpu" or "cuda": _fused_backward_applies checked the kernels exist
-        scale, shift, stats = module._bn0_scale_shift(y)  # no grad here: updates bn0's running statistics
+        scale, shift, stats = module.bn0_scale_shift(y)  # no grad here: updates bn0's running statistics
         gap = splat_pool(y, scale, shift, radix=module.radix, relu=True, backend=backend)
         logits = module._attention_logits(gap).to(y.dtype)
         out = splat_combine(y, logits, scale, shift, radix=module.radix, groups=module.groups, relu=True,
@@ -329,8 +303,9 @@ class _FusedSplitAttention(torch.autograd.Function):
         y, gap, logits, scale, shift, var, mean = ctx.saved_tensors
         m = ctx.module
         radix, groups = m.radix, m.groups
-        ops = torch.ops.resnest_fast
-        dlogits, dscale, dshift, mx, mk = ops.splat_backward_reduce(grad_out, y, logits, scale, shift, radix, groups)
+        backend = y.device.type  # as in forward
+        dlogits, dscale, dshift, mx, mk = splat_backward_reduce(grad_out, y, logits, scale, shift, radix, groups,
+                                                                backend=backend)
         params = list(ctx.module._fused_params())
         mlp_params = params[2:]
         enabled, dtype = ctx.autocast
@@ -365,8 +340,9 @@ class _FusedSplitAttention(torch.autograd.Function):
             coef_b = torch.zeros_like(scale)
         grad_y = None
         if ctx.needs_input_grad[0]:
-            grad_y = ops.splat_backward_input(grad_out, grad_gap.to(y.dtype), y, logits, scale, shift,
-                                              coef_a.to(scale.dtype), coef_b.to(scale.dtype), radix, groups)
+            grad_y = splat_backward_input(grad_out, grad_gap.to(y.dtype), y, logits, scale, shift,
+                                          coef_a.to(scale.dtype), coef_b.to(scale.dtype), radix, groups,
+                                          backend=backend)
         dw = bn_grads[0] if bn.weight.requires_grad else None
         db = bn_grads[1] if bn.bias.requires_grad else None
         return (grad_y, None, dw, db, *mlp_grads)

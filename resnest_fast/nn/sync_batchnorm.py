@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from resnest_fast.op_rules import accumulation_dtype
+from resnest_fast.utils import distributed_world_size
+
 __all__ = ["SyncBatchNorm", "sync_batch_norm"]
 
 # Devices whose tensors torch's own SyncBatchNorm synchronises.
@@ -48,7 +51,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         dims = _reduce_dims(x)
         channels = x.shape[1]
         count = x.numel() // channels
-        stat_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        stat_dtype = accumulation_dtype(x.dtype)
         # Local two-pass statistics accumulated in float64, packed as (count, sum, sum of squares) for one
         # all_reduce.
         if count > 0:
@@ -173,9 +176,7 @@ class SyncBatchNorm(_BatchNorm):
         # buffers are updated in training mode only, and used for normalising in eval mode
         running_mean = self.running_mean if not self.training or self.track_running_stats else None
         running_var = self.running_var if not self.training or self.track_running_stats else None
-        syncing = (self.training and dist.is_available() and dist.is_initialized()
-                   and dist.get_world_size(self._group()) > 1)
-        if not syncing:
+        if not (self.training and distributed_world_size(self.process_group) > 1):
             return F.batch_norm(input, running_mean, running_var, self.weight, self.bias, batch_stats, factor,
                                 self.eps)
         return sync_batch_norm(input, self.weight, self.bias, running_mean, running_var, self.eps, factor,

@@ -4,22 +4,29 @@ Op-level autograd computes the gradient of x three times (combine, pool, bn0's s
 full-size tensor, then adds them. The module's backward instead makes two passes over x:
     splat_backward_reduce(grad_out, x, logits, scale, shift) -> grad_logits (B, R*C), the combine's grad_scale
         and grad_shift (R*C,), and per (sample, split channel) mx = sum_p act'(pre)*x and m = sum_p act'(pre)
-        (B, R*C) in float32 — from which the pool's scale/shift gradients follow once grad_gap is known;
+        (B, R*C) in accumulation_dtype(x.dtype), from which the pool's scale/shift gradients follow once grad_gap
+        is known;
     splat_backward_input(grad_out, grad_gap, x, logits, scale, shift, coef_a, coef_b) -> grad_x =
         scale*act'(pre)*(grad_out*a + grad_gap/(H*W)) + coef_a*x + coef_b, where coef_a, coef_b carry the
         gradient of the batch statistics (zero in eval).
 with pre = x*scale + shift, act = relu, a the attention weights of the logits (splat_combine's layout).
 """
+from typing import Optional, Tuple
+
 import torch
 from torch import Tensor
 
+from resnest_fast import _extension as ext
+from resnest_fast.backend import resolve_backend
+from resnest_fast.op_rules import accumulation_dtype, check_common, check_logits
 from resnest_fast.ops.splat_combine import attention_weights_reference, splat_combine_reference
 
-__all__ = ["splat_backward_reduce_reference", "splat_backward_input_reference"]
+__all__ = ["splat_backward_reduce", "splat_backward_input", "splat_backward_reduce_reference",
+           "splat_backward_input_reference"]
 
 
 def _mask_and_acc(x, scale, shift):
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(x.dtype)
     pre = x.to(acc) * scale.to(acc)[:, None, None] + shift.to(acc)[:, None, None]
     return (~(pre <= 0)).to(acc), acc  # torch's threshold_backward: NaN passes
 
@@ -48,24 +55,50 @@ def splat_backward_input_reference(grad_out, grad_gap, x, logits, scale, shift, 
     return dx.to(x.dtype)
 
 
-def _register_fakes():
-    from resnest_fast import _extension as ext
 
-    if not ext.HAS_C:
-        return
-
-    @torch.library.register_fake("resnest_fast::splat_backward_reduce")
-    def _reduce(grad_out, x, logits, scale, shift, radix, groups):
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        sums = x.new_empty((x.shape[0], x.shape[1]), dtype=acc)
-        return logits.new_empty(logits.shape), scale.new_empty(scale.shape), shift.new_empty(shift.shape), sums, \
-            sums.new_empty(sums.shape)
-
-    @torch.library.register_fake("resnest_fast::splat_backward_input")
-    def _input(grad_out, grad_gap, x, logits, scale, shift, coef_a, coef_b, radix, groups):
-        from resnest_fast.ops._common import kernel_layout
-
-        return torch.empty_like(x, memory_format=kernel_layout(x))
+def _kernels(backend: Optional[str], x: Tensor) -> bool:
+    impl = resolve_backend(backend, x.device)
+    return impl in ("cpu", "cuda") and ext.TRAINING_KERNELS[impl]
 
 
-_register_fakes()
+def splat_backward_reduce(grad_out: Tensor, x: Tensor, logits: Tensor, scale: Tensor, shift: Tensor, radix: int,
+                          groups: int, backend: Optional[str] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Pass 1 of the fused backward: one read of x and grad_out, no grad_x.
+
+    Args:
+        grad_out: (B, C, H, W), x's dtype: the gradient of splat_combine's output.
+        x: (B, R*C, H, W), the grouped conv's output, NCHW or channels_last.
+        logits: (B, R*C), x's dtype, [groups][radix][C/groups] (splat_combine's layout).
+        scale, shift: (R*C,), bn0 as an affine (x's dtype or float32); ReLU is always on.
+        radix, groups: the split attention's radix R and cardinality.
+        backend: None (the default backend), "auto", "cpu", "cuda" or "reference"; backends without a kernel for
+            it (Triton) use the reference.
+    Returns (grad_logits (B, R*C) in logits' dtype, grad_scale and grad_shift (R*C,) of combine alone in scale's
+    dtype, mx (B, R*C) = sum over positions of act'(pre)*x, m (B, R*C) = sum over positions of act'(pre)), mx and m
+    in accumulation_dtype(x.dtype). Not differentiable.
+    """
+    check_common(x, scale, shift, radix)
+    check_logits(x, logits, radix, groups)
+    if _kernels(backend, x):
+        return torch.ops.resnest_fast.splat_backward_reduce(grad_out, x, logits, scale, shift, radix, groups)
+    return splat_backward_reduce_reference(grad_out, x, logits, scale, shift, radix, groups)
+
+
+def splat_backward_input(grad_out: Tensor, grad_gap: Tensor, x: Tensor, logits: Tensor, scale: Tensor, shift: Tensor,
+                         coef_a: Tensor, coef_b: Tensor, radix: int, groups: int,
+                         backend: Optional[str] = None) -> Tensor:
+    """Pass 2 of the fused backward: grad_x (B, R*C, H, W) in x's dtype, written once (the kernels write it in
+    kernel_layout(x)).
+
+        grad_x = scale*act'(pre)*(grad_out*a + grad_gap/(H*W)) + coef_a*x + coef_b
+
+    grad_out (B, C, H, W) and grad_gap (B, C) in x's dtype; x, logits, scale, shift, radix, groups and backend as in
+    splat_backward_reduce; coef_a, coef_b (R*C,) in scale's dtype carry the gradient of bn0's batch statistics (zero
+    with running statistics). Not differentiable.
+    """
+    check_common(x, scale, shift, radix)
+    check_logits(x, logits, radix, groups)
+    if _kernels(backend, x):
+        return torch.ops.resnest_fast.splat_backward_input(grad_out, grad_gap, x, logits, scale, shift, coef_a,
+                                                           coef_b, radix, groups)
+    return splat_backward_input_reference(grad_out, grad_gap, x, logits, scale, shift, coef_a, coef_b, radix, groups)

@@ -2,10 +2,10 @@
 
     var[k], mean[k] = biased variance and mean of x[:, k] over (B, H, W)
 
-Returned in float32 (float64 for float64 x) whatever x's dtype, as BatchNorm keeps its statistics. The C++ CPU
-kernel sums deviations from each channel's first value in double (no E[x^2] - E[x]^2 cancellation) in one pass;
-torch.var_mean on an NCHW tensor reduced over (0, 2, 3) is a strided reduction about 15x slower here. Backends
-without a kernel for it (Triton; a build without CUDA kernels) use the reference, torch.var_mean.
+Returned in accumulation_dtype(x.dtype) (float32, float64 for float64 x), as BatchNorm keeps its statistics. The
+C++ CPU kernel sums deviations from each channel's first value in double (no E[x^2] - E[x]^2 cancellation) in one
+pass, where torch.var_mean on an NCHW tensor reduced over (0, 2, 3) is a strided reduction. Backends without a
+kernel for it (Triton; a build without CUDA kernels) use the reference, torch.var_mean.
 """
 from typing import Optional, Tuple
 
@@ -14,14 +14,14 @@ from torch import Tensor
 
 from resnest_fast import _extension as ext
 from resnest_fast.backend import resolve_backend
+from resnest_fast.op_rules import accumulation_dtype
 
 __all__ = ["splat_bn_stats", "splat_bn_stats_reference"]
 
 
 def splat_bn_stats_reference(x: Tensor) -> Tuple[Tensor, Tensor]:
     """(var, mean) of x (B, K, H, W) per channel, biased, in float32 (float64 for float64 x)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return torch.var_mean(x.to(acc), dim=(0, 2, 3), correction=0)
+    return torch.var_mean(x.to(accumulation_dtype(x.dtype)), dim=(0, 2, 3), correction=0)
 
 
 def splat_bn_stats(x: Tensor, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
@@ -34,11 +34,3 @@ def splat_bn_stats(x: Tensor, backend: Optional[str] = None) -> Tuple[Tensor, Te
     if impl in ("cpu", "cuda") and ext.TRAINING_KERNELS[impl]:
         return torch.ops.resnest_fast.splat_bn_stats(x)
     return splat_bn_stats_reference(x)
-
-
-if ext.HAS_C:
-
-    @torch.library.register_fake("resnest_fast::splat_bn_stats")
-    def _fake(x):
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return x.new_empty((x.shape[1],), dtype=acc), x.new_empty((x.shape[1],), dtype=acc)

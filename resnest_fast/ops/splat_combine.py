@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from resnest_fast.backend import resolve_backend
-from resnest_fast.ops._common import check_common, check_logits, kernel_layout
+from resnest_fast.op_rules import check_common, check_logits, kernel_layout
 from resnest_fast.ops.splat_pool import activate_reference
 
 __all__ = ["splat_combine", "splat_combine_reference", "attention_weights_reference"]

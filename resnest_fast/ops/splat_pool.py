@@ -11,9 +11,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from resnest_fast import _extension as ext
 from resnest_fast.backend import resolve_backend
-from resnest_fast.ops._common import check_common
+from resnest_fast.op_rules import check_common
 
 __all__ = ["splat_pool", "splat_pool_reference", "activate_reference"]
 
@@ -62,14 +61,3 @@ def splat_pool(
     if impl == "triton":
         return torch.ops.resnest_fast.triton_splat_pool(x, scale, shift, radix, relu)
     return torch.ops.resnest_fast.splat_pool(x, scale, shift, radix, relu)
-
-
-if ext.HAS_C:
-    from resnest_fast.ops._common import register
-
-    register(
-        "resnest_fast::splat_pool",
-        "resnest_fast::splat_pool_backward",
-        "resnest_fast::splat_combine",
-        "resnest_fast::splat_combine_backward",
-    )

@@ -13,8 +13,8 @@ both with a float64 convolution). The larger F(4x4, 3x3) would save more but has
 about a decimal digit.
 
 Dilation d is handled exactly, without zeros in the kernel: the output splits into d*d phases (h mod d, w mod d),
-each an undilated 3x3 convolution of the matching input phase (resnest_fast/csrc/ops/winograd_geometry.h gives
-the tiling). A phase's row count is rounded up to an even number; for big dilations on small maps (DeepLabV3's
+each an undilated 3x3 convolution of the matching input phase (csrc/ops/winograd_geometry.h gives the
+tiling). A phase's row count is rounded up to an even number; for big dilations on small maps (DeepLabV3's
 ASPP at dilation 12-36) that rounding wastes most of the work, which `winograd_worthwhile` accounts for.
 
 Layout: x is read channels_last (converted if it is not); the output is channels_last.
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["conv3x3_winograd", "conv3x3_winograd_reference", "winograd_weight_transform", "winograd_input_transform_reference",
-           "winograd_output_transform_reference", "winograd_tiles", "winograd_worthwhile", "HAS_WINOGRAD_KERNELS",
-           "WINOGRAD_MIN_CHANNELS"]
+__all__ = ["conv3x3_winograd", "conv3x3_winograd_reference", "winograd_weight_transform",
+           "winograd_input_transform_reference", "winograd_output_transform_reference", "winograd_tiles",
+           "winograd_worthwhile", "HAS_WINOGRAD_KERNELS", "WINOGRAD_MIN_CHANNELS"]
 
 _BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -47,10 +47,8 @@ def winograd_tiles(height: int, width: int, dilation: int) -> Tuple[int, int]:
     return -(-height // (2 * dilation)), -(-width // (2 * dilation))
 
 
-# Input channels per group from which F(2x2, 3x3) beat oneDNN's direct convolution here (2 AVX2 cores): the 16
-# GEMMs need enough depth to run near peak and the memory-bound transforms must stay small against them.
-# Measured at 1 thread: 64 -> 128 channels at 128x256 1.5x, 128 -> 256 (groups 2) at 64x128 1.4x, 256 -> 512
-# at 33x65 1.8x, 2560 -> 512 at 32x64 1.8x.
+# Input channels per group from which F(2x2, 3x3) beats oneDNN's direct convolution: the 16 GEMMs need enough
+# depth to run near peak, and the memory-bound transforms must stay small against them.
 WINOGRAD_MIN_CHANNELS = 64
 
 
@@ -159,11 +157,3 @@ def conv3x3_winograd(x: Tensor, u: Tensor, bias: Optional[Tensor] = None, other:
     if HAS_WINOGRAD_KERNELS and x.device.type == "cpu" and x.dtype == torch.float32:
         return torch.ops.resnest_fast.winograd_conv3x3(x, u, bias, other, dilation, groups, relu)
     return conv3x3_winograd_reference(x, u, bias, other, dilation, groups, relu)
-
-
-if HAS_WINOGRAD_KERNELS:
-
-    @torch.library.register_fake("resnest_fast::winograd_conv3x3")
-    def _fake(x, u, bias, other, dilation, groups, relu):
-        out = x.new_empty((x.shape[0], groups * u.shape[2], x.shape[2], x.shape[3]))
-        return out.contiguous(memory_format=torch.channels_last)

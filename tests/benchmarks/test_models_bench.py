@@ -8,7 +8,7 @@ import torch
 
 from benchmarks import models, report
 
-RESNEST_CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "training" / "configs" / "resnest"
+RESNEST_CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "resnest_fast" / "segmentation" / "configs" / "resnest"
 TINY = "resnest_s50-d8-w16_fcn_1xb8-400_synthetic-64x64"  # ResNeSt-50 at a quarter of the widths
 CONTEXT = ("date", "git", "torch", "python", "machine", "malloc")
 

@@ -142,7 +142,7 @@ def test_bad_arguments_are_named(capsys):
 
 
 def test_float64_models_stay_float64_through_training_and_evaluation(tmp_path, one_thread):
-    from resnest_fast.training import load_config
+    from resnest_fast.segmentation import load_config
 
     config = tiny_config(tmp_path)
     ref, _, ours = parity_miou.build_models(config, reference="auto", seed=0, dtype="float64")
@@ -160,7 +160,7 @@ def test_float64_models_stay_float64_through_training_and_evaluation(tmp_path, o
                                             ("cpu", torch.float32)])
 def test_fused_ops_used_tells_the_kernels_from_the_fallback(tmp_path, one_thread, backend, dtype):
     from resnest_fast import _extension as ext
-    from resnest_fast.training import build_segmentor, load_config
+    from resnest_fast.segmentation import build_segmentor, load_config
 
     if backend == "cpu" and not ext.HAS_CPU_KERNELS:
         pytest.skip("resnest_fast._C was not built with CPU kernels")
@@ -206,7 +206,7 @@ def test_pretraining_gives_both_runs_the_references_trained_weights(tmp_path, on
     """--pretrain-iters: the reference trains alone first and ours starts from exactly the weights it reached
     (checked on the state handed to the compared runs, against a reference trained the same way by hand); --lr
     reaches the compared runs' optimizer."""
-    from resnest_fast.training import load_config
+    from resnest_fast.segmentation import load_config
 
     config = tiny_config(tmp_path)
     seen = []

@@ -23,7 +23,7 @@ def _build(which):
         from resnest_fast.models import resnest101_d8
 
         return resnest101_d8()
-    from resnest_fast.training import load_config
+    from resnest_fast.segmentation import load_config
     from tests.mmseg_reference import import_mmseg
 
     backbones = import_mmseg("mmseg.models.backbones")
@@ -97,7 +97,7 @@ def test_op_shapes():
     assert {name: b.y_shape for name, b in op_shapes("quick").items()} == {"quick": (2, 128, 32, 32)}
     stages = {name: b.y_shape for name, b in op_shapes("stages").items()}
     # Cityscapes 512x1024 batch 2 and ADE20k 512x512 batch 4: 1/4 resolution in layer1 and layer2's first
-    # block, 1/8 after; 2*C channels; layer3 at Cityscapes is the issue's 2x512x64x128
+    # block, 1/8 after; 2*C channels; layer3 at Cityscapes is the headline shape 2x512x64x128
     assert stages == {
         "city-layer1": (2, 128, 128, 256), "city-layer2.0": (2, 256, 128, 256), "city-layer2.1+": (2, 256, 64, 128),
         "city-layer3": (2, 512, 64, 128), "city-layer4": (2, 1024, 64, 128),

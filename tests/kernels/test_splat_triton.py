@@ -17,10 +17,13 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
-import resnest_fast  # noqa: E402,F401
-import resnest_fast.kernels.splat as splat_triton  # noqa: E402  (registers the ops even if resnest_fast was
-from resnest_fast.ops import splat_combine, splat_pool  # noqa: E402  imported before TRITON_INTERPRET was set)
-from resnest_fast.ops._common import kernel_layout  # noqa: E402
+import resnest_fast.kernels.splat as splat_triton  # noqa: E402
+from resnest_fast.op_rules import kernel_layout  # noqa: E402
+from resnest_fast.ops import splat_combine, splat_pool  # noqa: E402
+from resnest_fast.ops.registrations import register_triton_ops  # noqa: E402
+
+# registers the ops even if resnest_fast was imported before TRITON_INTERPRET was set
+assert register_triton_ops()
 
 OPS = torch.ops.resnest_fast
 
@@ -153,7 +156,7 @@ def test_splat_combine_matches_reference(radix, groups, layout, dtype, b, hw, af
 @pytest.mark.parametrize("radix, groups", [(1, 2), (3, 2), (4, 2)])
 def test_several_tiles_float64(monkeypatch, radix, groups, layout):
     """Tiles smaller than the tensor: several channel blocks with a masked tail, several position blocks."""
-    monkeypatch.setattr(splat_triton, "_block_sizes", lambda c, p, channels_last: (4, 16))
+    monkeypatch.setattr(splat_triton, "block_sizes", lambda c, p, channels_last: (4, 16))
     b, c, hw = 2, 10, (5, 7)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(b, radix * c, *hw, generator=gen, dtype=torch.float64)

@@ -11,7 +11,7 @@ from resnest_fast.backend import available_backends
 from resnest_fast.models import ResNeSt, create_backbone, default_cfgs, list_backbones, resnest101_d8
 from tests.mmseg_reference import import_mmseg_resnest
 from tests.parity import randomize_model
-from tests.tolerances import assert_max_abs
+from resnest_fast.testing.tolerances import assert_max_abs
 
 REFERENCE_FACTS = pathlib.Path(__file__).resolve().parents[1] / "data" / "mmseg_reference"
 FAST_BACKENDS = [b for b in available_backends("cpu") if b != "triton"]

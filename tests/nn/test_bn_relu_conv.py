@@ -8,7 +8,7 @@ from torch import nn
 
 from benchmarks.memory import saved_storage_bytes
 from resnest_fast.nn.bn_relu_conv import bn_relu_conv, lean_bn_relu_conv_applies
-from tests.tolerances import assert_max_abs
+from resnest_fast.testing.tolerances import assert_max_abs
 
 
 def modules(c_in=8, c_out=12, groups=2, stride=1, dilation=1, bias=False, momentum=0.1):

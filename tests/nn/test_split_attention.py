@@ -10,7 +10,7 @@ from resnest_fast.backend import available_backends
 from resnest_fast.nn import SplitAttentionConv2d
 from tests.mmseg_reference import import_mmseg_resnest
 from tests.parity import randomize
-from tests.tolerances import assert_max_abs
+from resnest_fast.testing.tolerances import assert_max_abs
 
 BACKENDS = available_backends("cpu")
 FAST_BACKENDS = [b for b in BACKENDS if b != "triton"]  # the interpreter is slow: Triton gets the small sweep
@@ -38,10 +38,10 @@ def pair(in_ch, ch, radix, groups, stride, dilation, backend=None):
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_eval_matches_mmseg(backend, config, channels_last):
-    """Output within 1e-5 of mmseg's (the issue's criterion). Gradients are sums over the batch and the image
+    """Output within 1e-5 of mmseg's (the parity criterion). Gradients are sums over the batch and the image
     (bn1.weight's over B x H x W products), whose fp32 rounding depends on the summation order, which for ATen
     changes with the thread count: they are judged against mmseg in float64, within twice mmseg's own fp32 error
-    plus 1e-5 of the tensor's scale (the issue's tolerance)."""
+    plus 1e-5 of the tensor's scale (the parity tolerance)."""
     ref, ours = pair(*config, backend=backend)
     ref.eval()
     ours.eval()
@@ -234,7 +234,7 @@ def test_torch_compile_fullgraph_module(train):
 
 
 def test_train_mode_saves_only_conv_input_and_output():
-    """The issue's shape: B=2, radix 2, C=256, 64x128 (conv weights are counted too: both keep them)."""
+    """A stage-3 block's shape: B=2, radix 2, C=256, 64x128 (conv weights are counted too: both keep them)."""
     ref, ours = pair(256, 256, 2, 1, 1, 1)
     ref.train()
     ours.train()

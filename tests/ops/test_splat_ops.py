@@ -15,7 +15,7 @@ from resnest_fast.ops import (
     splat_pool,
     splat_pool_reference,
 )
-from tests.tolerances import assert_close_to_reference
+from resnest_fast.testing.tolerances import assert_close_to_reference
 
 KERNEL_BACKENDS = [b for b in available_backends("cpu") if b != "reference"]
 # Triton under the interpreter is slow: its own file (tests/kernels) sweeps it; here it joins the smaller sweeps.
@@ -69,7 +69,7 @@ def run(backend, x, logits, scale, shift, radix, groups, relu, grad_gap, grad_ou
 
 def compare_with_reference(backend, x, logits, scale, shift, radix, groups, grad_gap, grad_out):
     """Forward and all gradients of `backend` against the reference in the same dtype and in float64
-    (tests/tolerances.py's rule); outputs keep x's dtype and device."""
+    (resnest_fast/testing/tolerances.py's rule); outputs keep x's dtype and device."""
     got = run(backend, x, logits, scale, shift, radix, groups, True, grad_gap, grad_out)
     same = run("reference", *(detached_copy(t) for t in (x, logits, scale, shift)), radix, groups, True,
                grad_gap, grad_out)
@@ -287,6 +287,22 @@ def test_cpp_checks_name_the_argument(args, words):
         assert word in str(info.value)
 
 
+@pytest.mark.skipif(not ext.HAS_CPU_KERNELS, reason="resnest_fast._C was not built")
+def test_radix_bound_is_the_kernels():
+    """op_rules.MAX_RADIX and csrc's kMaxRadix are one bound: the C++ op takes MAX_RADIX and names the same range
+    when it refuses MAX_RADIX + 1."""
+    from resnest_fast.op_rules import MAX_RADIX
+
+    x = torch.randn(1, 2 * MAX_RADIX, 2, 2)
+    torch.testing.assert_close(torch.ops.resnest_fast.splat_pool(x, None, None, MAX_RADIX, True),
+                               splat_pool_reference(x, None, None, MAX_RADIX, True))
+    x = torch.randn(1, MAX_RADIX + 1, 2, 2)
+    with pytest.raises(RuntimeError, match=rf"radix must be in \[1, {MAX_RADIX}\]"):
+        torch.ops.resnest_fast.splat_pool(x, None, None, MAX_RADIX + 1, True)
+    with pytest.raises(ValueError, match=rf"\[1, {MAX_RADIX}\]"):
+        splat_pool(x, None, None, MAX_RADIX + 1, True)
+
+
 def test_backend_selection():
     assert resnest_fast.resolve_backend("reference", torch.device("cpu")) == "reference"
     expected = "cpu" if ext.HAS_CPU_KERNELS else "reference"
@@ -381,3 +397,35 @@ def test_fused_backward_passes(radix, groups, layout, dtype):
                           (grad_out, x, logits, scale, shift, radix, groups))
     torch.library.opcheck(torch.ops.resnest_fast.splat_backward_input.default,
                           (grad_out, grad_gap, x, logits, scale, shift, coef_a, coef_b, radix, groups))
+
+
+@pytest.mark.skipif(not ext.HAS_CPU_KERNELS, reason="resnest_fast._C was not built")
+def test_fused_backward_entry_points_dispatch():
+    """resnest_fast.ops.splat_backward_{reduce,input}: the kernels for backend="cpu", the reference for
+    backend="reference", and the ops' input checks first."""
+    from resnest_fast.ops import (
+        splat_backward_input,
+        splat_backward_input_reference,
+        splat_backward_reduce,
+        splat_backward_reduce_reference,
+    )
+
+    radix, groups = 4, 2
+    x, logits, scale, shift = make_inputs((2, 4, 3, 5), radix, "channels_last", torch.float64, True,
+                                          requires_grad=False)
+    grad_out, grad_gap = torch.randn(2, 4, 3, 5, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    coef_a, coef_b = torch.randn(radix * 4, dtype=torch.float64), torch.randn(radix * 4, dtype=torch.float64)
+    reduce_args = (grad_out, x, logits, scale, shift, radix, groups)
+    input_args = (grad_out, grad_gap, x, logits, scale, shift, coef_a, coef_b, radix, groups)
+    for got, want in zip(splat_backward_reduce(*reduce_args, backend="cpu"),
+                         torch.ops.resnest_fast.splat_backward_reduce(*reduce_args)):
+        assert torch.equal(got, want)
+    for got, want in zip(splat_backward_reduce(*reduce_args, backend="reference"),
+                         splat_backward_reduce_reference(*reduce_args)):
+        assert torch.equal(got, want)
+    assert torch.equal(splat_backward_input(*input_args, backend="cpu"),
+                       torch.ops.resnest_fast.splat_backward_input(*input_args))
+    assert torch.equal(splat_backward_input(*input_args, backend="reference"),
+                       splat_backward_input_reference(*input_args))
+    with pytest.raises(ValueError, match="radix"):
+        splat_backward_reduce(grad_out, x, logits, scale, shift, 3, groups, backend="cpu")

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from resnest_fast import optimize_for_inference
 from resnest_fast.ops import winograd as wg
 from resnest_fast.optimize import FrozenConv2d
-from resnest_fast.training import build_segmentor
+from resnest_fast.segmentation import build_segmentor
 from tests.parity import randomize_model
 from tests.small_models import small_model_cfg
-from tests.tolerances import assert_max_abs
+from resnest_fast.testing.tolerances import assert_max_abs
 
 needs_kernels = pytest.mark.skipif(not wg.HAS_WINOGRAD_KERNELS, reason="resnest_fast._C without winograd_conv3x3")
 IMPLS = ["kernel", "reference"]

@@ -1,20 +1,11 @@
 """The independent references of the training tests, imported only when installed (test.sh installs them):
 mmsegmentation 1.2.2 / mmcv 2.1 (and the opencv they bring), read for their semantics; tests skip otherwise."""
 import ast
-import importlib
 import importlib.util
 
 import pytest
 
-from tests.mmseg_reference import INSTALL_HINT, _install_mmcv_ops_standin, mmseg_available
-
-
-def import_mmseg_module(name):
-    """An mmseg / mmcv module, or pytest.skip with the install command."""
-    if not mmseg_available():
-        pytest.skip(INSTALL_HINT)
-    _install_mmcv_ops_standin()
-    return importlib.import_module(name)
+from tests.mmseg_reference import skip_without_mmseg
 
 
 def import_cv2():
@@ -23,9 +14,8 @@ def import_cv2():
 
 def mmseg_dataset_metainfo(module_file, class_name):
     """METAINFO of an mmseg dataset class read from its source (no import of mmseg's registry and transforms)."""
+    skip_without_mmseg()
     spec = importlib.util.find_spec("mmseg")
-    if spec is None:
-        pytest.skip(INSTALL_HINT)
     import os
 
     path = os.path.join(os.path.dirname(spec.origin), "datasets", module_file)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from resnest_fast.training import build_segmentor
+from resnest_fast.segmentation import build_segmentor
 from resnest_fast.training.data import SyntheticDataset, collate
 from resnest_fast.training.distributed import init_distributed
 from resnest_fast.training.schedule import build_optimizer
@@ -90,7 +90,7 @@ def test_a_process_outside_torchrun_is_a_run_of_one(monkeypatch):
 
 
 def _train(cfg, work, batch_size, nproc=None, dropout=False, extra=()):
-    args = ["-m", "resnest_fast.training.train", cfg, "--work-dir", str(work), "--batch-size", str(batch_size),
+    args = ["-m", "resnest_fast", "train", cfg, "--work-dir", str(work), "--batch-size", str(batch_size),
             "--no-progress", *extra]
     if not dropout:
         args += ["--cfg-options", "model.decode_head.dropout_ratio=0", "model.auxiliary_head.dropout_ratio=0"]

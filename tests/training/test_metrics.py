@@ -11,7 +11,7 @@ from PIL import Image
 
 from resnest_fast.training.data.meta import CITYSCAPES_CLASSES
 from resnest_fast.training.metrics import SegEvaluator, intersect_and_union
-from tests.training.reference import import_mmseg_module
+from tests.mmseg_reference import import_mmseg
 
 NC = 6
 
@@ -77,7 +77,7 @@ def test_tensors_batches_and_arrays_agree():
 
 
 def test_against_mmseg_iou_metric():
-    iou_metric = import_mmseg_module("mmseg.evaluation.metrics.iou_metric")
+    iou_metric = import_mmseg("mmseg.evaluation.metrics.iou_metric")
     metric = iou_metric.IoUMetric
     pairs = random_pairs(3, seed=2)
     ev = SegEvaluator(NC)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from resnest_fast import load_checkpoint
-from resnest_fast.training import build_model, load_config
-from resnest_fast.training.infer import SetupError
+from resnest_fast.segmentation import build_model, load_config
+from resnest_fast.training.errors import SetupError
 from resnest_fast.training.train import apply_cfg_options, train
 from tests.training.train_helpers import SYNTHETIC, child_env, run_cli, tiny_config
 
@@ -216,7 +216,7 @@ def save(obj, f, *args, **kwargs):
     return real_save(obj, f, *args, **kwargs)
 
 torch.save = save
-from resnest_fast.training.train import main
+from resnest_fast.cli.train import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -4,7 +4,7 @@ import pathlib
 import subprocess
 import sys
 
-from resnest_fast.training.config import CONFIG_DIR
+from resnest_fast.segmentation.config import CONFIG_DIR
 
 SYNTHETIC = "resnest_s50-d8-w16_fcn_1xb8-400_synthetic-64x64"
 REPO = pathlib.Path(__file__).resolve().parents[2]

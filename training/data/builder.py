@@ -29,7 +29,7 @@ def check_data_config(cfg: dict) -> dict:
     if data is None:
         raise ValueError(
             f"{where} has no `data = dict(...)`: training and evaluation need a dataset (inherit one of "
-            "training/configs/_base_/datasets/*.py, or see the synthetic configs)")
+            "resnest_fast/segmentation/configs/_base_/datasets/*.py, or see the synthetic configs)")
     if not isinstance(data, dict):
         raise ValueError(f"{where}: `data` must be a dict, got {type(data).__name__}")
     kind = str(data.get("type", "")).lower()

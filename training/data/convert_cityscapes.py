@@ -15,12 +15,13 @@ import argparse
 import glob
 import os
 import sys
-import tempfile
 from multiprocessing import Pool
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from resnest_fast.utils import atomic_write
 
 from .io import load_label
 from .meta import cityscapes_id_to_train_id_lut
@@ -40,17 +41,9 @@ def find_label_ids(root):
 
 
 def write_png_atomically(array, path):
-    """Write a uint8 (H, W) array as a PNG: temporary file in the target folder, then os.replace."""
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write a uint8 (H, W) array as a PNG, atomically (resnest_fast.utils.atomic_write)."""
+    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def convert_one(src, overwrite=False):

@@ -23,8 +23,9 @@ Where each rule comes from (mmseg 1.2.2 / mmcv 2.1):
 """
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from resnest_fast.segmentation.inference import rescale_size, resize_image
+from resnest_fast.utils import int_pair
 
 IMG = "img"
 SEG = "gt_semantic_seg"
@@ -38,47 +39,7 @@ def _require_rng(rng, name):
         )
 
 
-def _pair(value, name):
-    if isinstance(value, int):
-        return (value, value)
-    value = tuple(value)
-    if len(value) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in value):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
-    return (int(value[0]), int(value[1]))
-
-
 # ----------------------------------------------------------------------------------------------------------- resize
-
-
-def rescale_size(old_size, scale):
-    """mmcv's ``rescale_size``: the (w, h) an image of ``old_size`` = (w, h) gets when rescaled with its ratio kept.
-
-    scale: a number (the factor) or a pair whose larger value bounds the long edge and smaller value the short edge.
-    Returns ((new_w, new_h), factor).
-    """
-    w, h = old_size
-    if isinstance(scale, (int, float)):
-        if scale <= 0:
-            raise ValueError(f"scale factor must be positive, got {scale}")
-        factor = float(scale)
-    else:
-        long_edge, short_edge = max(scale), min(scale)
-        factor = min(long_edge / max(h, w), short_edge / min(h, w))
-    return (int(w * factor + 0.5), int(h * factor + 0.5)), factor
-
-
-def resize_image(img, size):
-    """Bilinear resize of a (H, W, C) uint8 image to size = (w, h): cv2's INTER_LINEAR geometry, no antialiasing."""
-    w, h = size
-    if w < 1 or h < 1:
-        raise ValueError(f"cannot resize an image of {img.shape[1]}x{img.shape[0]} to {w}x{h}")
-    if (h, w) == img.shape[:2]:
-        return img.copy()
-    # torch's uint8 kernel (channels_last) is ~10x faster than going through float and rounds to nearest.
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0)
-    t = t.contiguous(memory_format=torch.channels_last)
-    out = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
-    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
 
 
 def _nearest_indices(n_in, n_out):
@@ -107,7 +68,7 @@ class Resize:
     """
 
     def __init__(self, scale, keep_ratio=True, resize_label=True):
-        self.scale = _pair(scale, "scale")
+        self.scale = int_pair(scale, "scale", 1)
         self.keep_ratio = keep_ratio
         self.resize_label = resize_label
 
@@ -140,7 +101,7 @@ class RandomResize:
     ``scale`` (``int(edge * r)``), then ``Resize`` to that target (keeping the image's ratio when keep_ratio)."""
 
     def __init__(self, scale=(2048, 1024), ratio_range=(0.5, 2.0), keep_ratio=True):
-        self.scale = _pair(scale, "scale")
+        self.scale = int_pair(scale, "scale", 1)
         lo, hi = ratio_range
         if not 0 < lo <= hi:
             raise ValueError(f"ratio_range must satisfy 0 < min <= max, got {ratio_range!r}")
@@ -175,7 +136,7 @@ class RandomCrop:
     """
 
     def __init__(self, crop_size, cat_max_ratio=0.75, ignore_index=255):
-        self.crop_size = _pair(crop_size, "crop_size")
+        self.crop_size = int_pair(crop_size, "crop_size", 1)
         self.cat_max_ratio = float(cat_max_ratio)
         self.ignore_index = ignore_index
 
@@ -376,7 +337,7 @@ class Pad:
     def __init__(self, size=None, pad_val=0, seg_pad_val=255, size_divisor=None):
         if (size is None) == (size_divisor is None):
             raise ValueError("Pad needs exactly one of size=(h, w) and size_divisor")
-        self.size = None if size is None else _pair(size, "size")
+        self.size = None if size is None else int_pair(size, "size", 1)
         self.size_divisor = size_divisor
         self.pad_val = pad_val
         self.seg_pad_val = seg_pad_val
@@ -451,7 +412,7 @@ def build_pipeline(dataset_name, split, crop_size=None):
         raise ValueError(f"unknown dataset {dataset_name!r}; known: {sorted(DATASET_SETTINGS)}")
     settings = DATASET_SETTINGS[name]
     if split in _TRAIN_SPLITS:
-        crop = _pair(crop_size, "crop_size") if crop_size is not None else settings["crop_size"]
+        crop = int_pair(crop_size, "crop_size", 1) if crop_size is not None else settings["crop_size"]
         return Compose(
             [
                 RandomResize(settings["scale"], ratio_range=(0.5, 2.0), keep_ratio=True),

@@ -33,8 +33,8 @@ void parallel_items(int64_t begin, int64_t end, int64_t grain, const F& f) {
   at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) { run_items(f, b, e); });
 }
 
-// A fresh output of tens of MB comes straight from mmap, and its first write faults it in 4 KiB at a time: for a
-// 33 MB gradient that was ~8 ms here, serialised whatever the thread count, against ~1.5 ms for the write itself.
+// A fresh output of tens of MB comes straight from mmap, and its first write faults it in 4 KiB at a time:
+// serialised whatever the thread count, those faults cost several times the write itself.
 // Asking for transparent huge pages on the still untouched range (THP in "madvise" mode, the common default)
 // cuts the faults 512-fold. Memory that is already mapped (reused heap blocks) is unaffected; a failure is
 // harmless. Outputs below kHugeMin are left alone.

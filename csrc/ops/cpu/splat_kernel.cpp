@@ -36,9 +36,9 @@ constexpr int64_t kLanes = 64;          // NCHW pool: partial sums kept apart (4
 
 
 // Stores an fp32 (or double) result as scalar_t. c10's float -> bfloat16 conversion branches on NaN inside a
-// call the compiler does not vectorise, which made every bfloat16 write loop scalar (combine forward ran 6x
-// slower in bfloat16 than in float32 here). This is the same round-to-nearest-even, NaN -> 0x7FC0 included, as
-// straight-line integer code that `omp simd` vectorises; other types keep static_cast.
+// call the compiler does not vectorise, which made every bfloat16 write loop scalar. This is the same
+// round-to-nearest-even, NaN -> 0x7FC0 included, as straight-line integer code that `omp simd` vectorises; other
+// types keep static_cast.
 template <typename scalar_t, typename acc_t>
 inline scalar_t splat_store(acc_t v) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {

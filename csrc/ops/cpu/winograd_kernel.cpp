@@ -3,7 +3,7 @@
 // The tiles are processed in blocks sized so that a block's transformed input V (16 values per tile and input
 // channel) and GEMM result M (16 per tile and output channel) stay in cache and are reused from block to block:
 // for the full image they are 4x the input and output (tens of MB for a 2560-channel map), and a fresh buffer of
-// that size cost more in page faults here than the transforms themselves. Per block: the input transform reads
+// that size costs more in page faults than the transforms themselves. Per block: the input transform reads
 // every 4x4 tile straight from the channels_last input (padding, dilation phases and the ragged border read as
 // zeros, never materialised) into V; at::bmm_out does the 16*groups GEMMs M = V U (MKL); the output transform
 // reads M, applies A^T m A, bias, residual and ReLU and writes the 2x2 outputs of each tile in place in the
@@ -22,10 +22,9 @@
 namespace resnest_fast {
 namespace {
 
-// Tiles per block: V and M of a block within kBlockBytes each, but at least kMinBlock tiles, because every block
-// runs the 16 GEMMs again and MKL re-reads (and repacks) the whole transformed weight U each time: for the ASPP
-// bottleneck (2560 -> 512 channels, U = 84 MB) blocks of 64 tiles ran 1.2x slower than blocks of 256 here, while
-// for 64 -> 128 channels at 128x256 the whole image in one block (32 MB of V) ran 2x slower than 128-tile blocks.
+// Tiles per block: V and M of a block within kBlockBytes each, so they stay in cache, but at least kMinBlock tiles,
+// because every block runs the 16 GEMMs again and MKL re-reads (and repacks) the whole transformed weight U each
+// time, which is tens of MB for the wide convs (84 MB for the ASPP bottleneck's 2560 -> 512 channels).
 constexpr int64_t kBlockBytes = int64_t(4) << 20;
 constexpr int64_t kMinBlock = 256;
 

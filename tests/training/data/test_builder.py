@@ -2,7 +2,7 @@
 unresized at the original resolution, and a missing root or data dict is an error that names it."""
 import pytest
 
-from resnest_fast.training import load_config
+from resnest_fast.segmentation import load_config
 from resnest_fast.training.data import (
     ADE20KDataset,
     CityscapesDataset,

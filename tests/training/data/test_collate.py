@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from resnest_fast.training.data.collate import IMAGENET_MEAN, IMAGENET_STD, collate, normalize
-from tests.training.reference import import_mmseg_module
+from tests.mmseg_reference import import_mmseg
 
 
 def item(h, w, seed, label_hw=None):
@@ -53,7 +53,7 @@ def test_normalize_zeroes_the_padding():
 
 
 def test_matches_mmseg_stack_batch_after_normalisation():
-    misc = import_mmseg_module("mmseg.utils.misc")
+    misc = import_mmseg("mmseg.utils.misc")
     batch = [item(5, 9, 0), item(7, 4, 1)]
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)

@@ -20,7 +20,8 @@ from resnest_fast.training.data.transforms import (
     resize_label,
     rgb_to_hsv,
 )
-from tests.training.reference import import_cv2, import_mmseg_module
+from tests.mmseg_reference import import_mmseg
+from tests.training.reference import import_cv2
 
 
 def sample(h, w, seed=0, classes=(0, 1, 2, 255)):
@@ -99,7 +100,7 @@ def test_resize_against_opencv(hw, out_wh):
 
 
 def test_resize_against_mmcv_resize():
-    processing = import_mmseg_module("mmseg.datasets.transforms.transforms")
+    processing = import_mmseg("mmseg.datasets.transforms.transforms")
     s = sample(45, 70, seed=2)
     ref = processing.Resize(scale=(100, 30), keep_ratio=True)(
         {"img": s["img"][..., ::-1].copy(), "gt_seg_map": s["gt_semantic_seg"].copy(), "seg_fields": ["gt_seg_map"]}
@@ -177,7 +178,7 @@ def test_cat_max_ratio_avoids_single_class_crops():
 
 
 def test_crop_against_mmseg_with_the_same_draws(monkeypatch):
-    transforms = import_mmseg_module("mmseg.datasets.transforms.transforms")
+    transforms = import_mmseg("mmseg.datasets.transforms.transforms")
     label = np.ones((60, 80), dtype=np.uint8)
     label[:, 70:] = 2
     label[40:, :30] = 3
@@ -296,7 +297,7 @@ def test_distortion_keeps_dtype_and_shape_and_draws_every_branch():
 
 
 def test_distortion_against_mmseg_with_the_same_draws(monkeypatch):
-    transforms = import_mmseg_module("mmseg.datasets.transforms.transforms")
+    transforms = import_mmseg("mmseg.datasets.transforms.transforms")
     img = np.random.default_rng(5).integers(0, 256, (32, 64, 3), dtype=np.uint8)  # width: whole SIMD blocks
     for seed in range(12):
         ours = PhotoMetricDistortion()({"img": img.copy()}, np.random.default_rng(seed))["img"]

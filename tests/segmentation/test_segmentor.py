@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from resnest_fast import load_checkpoint
-from resnest_fast.training import build_model, build_segmentor, list_configs, load_config
+from resnest_fast.segmentation import build_model, build_segmentor, list_configs, load_config
 from tests.mmseg_reference import import_mmseg
 from tests.parity import randomize_model
-from tests.tolerances import assert_max_abs
+from resnest_fast.testing.tolerances import assert_max_abs
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:mmseg.*"),
               pytest.mark.filterwarnings("ignore::UserWarning:mmcv.*")]
@@ -37,7 +37,7 @@ def as_reference(cfg):
 
 
 def test_the_shipped_configs_are_the_eight_of_the_table():
-    # plus the synthetic config of the README's first command (training/configs/synthetic/)
+    # plus the synthetic config of the README's first command (resnest_fast/segmentation/configs/synthetic/)
     assert [n for n in list_configs() if "_synthetic-" not in n] == NAMES
     assert [n for n in list_configs() if "_synthetic-" in n] == ["resnest_s50-d8-w16_fcn_1xb8-400_synthetic-64x64"]
 

@@ -1,4 +1,4 @@
-"""resnest_fast.training.heads against mmsegmentation 1.2.2's own decode heads and CrossEntropyLoss.
+"""resnest_fast.segmentation.decode_heads against mmsegmentation 1.2.2's own decode heads and CrossEntropyLoss.
 
 Parity (skipped with the install command when mmseg is absent): each head config of the ResNeSt table, with small
 channel counts, is built by mmseg's MODELS registry and by `build_head`; mmseg's state_dict, with randomised norm
@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnest_fast.training.heads import (
+from resnest_fast.segmentation.decode_heads import (
     HEADS,
     ASPPHead,
     BaseDecodeHead,
@@ -36,7 +36,7 @@ from resnest_fast.training.heads import (
     cross_entropy,
 )
 from tests.mmseg_reference import import_mmseg
-from tests.tolerances import assert_max_abs
+from resnest_fast.testing.tolerances import assert_max_abs
 
 # mmseg's and mmcv's own warnings (deprecations, avg_non_ignore advice, align_corners sizes, mmcv-lite) are noise
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:mmseg.*"),

@@ -1,10 +1,10 @@
-"""Inference command: image files in, a palette PNG of class indices and an overlay out (issue 3).
+"""`resnest-fast infer`: image files in, a palette PNG of class indices and an overlay out.
 
 Each image goes through mmseg's test pipeline and post-processing, so a label map here is the one mmseg would
 predict and score:
-  decode (pillow, RGB, EXIF orientation applied; `data.io.load_image`)
+  decode (pillow, RGB, EXIF orientation applied; `resnest_fast.training.data.io.load_image`)
   -> resize of the uint8 image keeping its ratio to the config's test scale (`data.scale`, mmcv's rescale rule,
-     `data.transforms.resize_image`), unless --scale says otherwise
+     `resnest_fast.segmentation.inference.resize_image`), unless --scale says otherwise
   -> whole-image or sliding-window logits (`EncoderDecoder.inference`)
   -> logits resized bilinearly back to the original size with the model's align_corners -> argmax.
 mmseg predicts at the original resolution (its `postprocess_result` resizes the logits to `ori_shape`), so the
@@ -15,16 +15,14 @@ folders never collide): `<stem>_pred.png`, a 'P' PNG whose pixel values are the 
 label map) and whose palette is the dataset's; `<stem>_overlay.png|jpg`, the image blended with the colour map as
 mmseg's visualiser does (`(img * (1 - opacity) + color * opacity)` truncated to uint8).
 
-Files are written to a temporary name in the destination folder and moved into place (`os.replace`, or a hard
-link when existing files must be kept, so "never overwrite" holds even against a concurrent writer): an
-interrupted run leaves no partial output. Input files are only read.
+Files are written atomically (`resnest_fast.utils.atomic_write`; a hard link when existing files must be kept,
+so "never overwrite" holds even against a concurrent writer): an interrupted run leaves no partial output.
+Input files are only read.
 
-Python: `segment_image`, `colorize`, `overlay`, `run`. Command line: `resnest-fast infer --help` (or
-`python -m resnest_fast.training.infer`).
+Python: `colorize`, `overlay`, `run` here; one image: `resnest_fast.segmentation.segment_image`.
 """
 import argparse
 import os
-import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -32,28 +30,24 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
-from resnest_fast.checkpoint import CheckpointError, load_checkpoint
-from resnest_fast.training.cli import add_runtime_arguments
-from resnest_fast.training.config import load_config
+from resnest_fast.checkpoint import CheckpointError
+from resnest_fast.cli._common import add_runtime_arguments, command_main, print_error
+from resnest_fast.segmentation.inference import Scale, config_scale, load_model, segment_image, slide_defaults
 from resnest_fast.training.data.io import CorruptFileError, load_image
 from resnest_fast.training.data.meta import ADE20K_PALETTE, CITYSCAPES_PALETTE
-from resnest_fast.training.data.transforms import rescale_size, resize_image
-from resnest_fast.training.heads import resize
+from resnest_fast.training.errors import SetupError
+from resnest_fast.utils import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "PALETTES",
-    "SetupError",
-    "segment_image",
     "colorize",
     "overlay",
     "generated_palette",
     "resolve_palette",
-    "load_model",
     "plan_outputs",
     "run",
     "add_arguments",
@@ -64,47 +58,9 @@ IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 PALETTES = {"cityscapes": CITYSCAPES_PALETTE, "ade20k": ADE20K_PALETTE}
 # num_classes -> palette name for --palette auto (the two datasets of mmseg's ResNeSt table)
 _PALETTE_BY_CLASSES = {len(CITYSCAPES_PALETTE): "cityscapes", len(ADE20K_PALETTE): "ade20k"}
-Scale = Union[None, float, Tuple[int, int]]
 
 
-class SetupError(ValueError):
-    """The run cannot start (bad arguments, config, checkpoint or device); nothing has been written."""
-
-
-# ------------------------------------------------------------------------------------------------ one image
-
-
-def segment_image(
-    model,
-    img: np.ndarray,
-    *,
-    mode: Optional[str] = None,
-    scale: Scale = None,
-    crop_size: Optional[Sequence[int]] = None,
-    stride: Optional[Sequence[int]] = None,
-) -> np.ndarray:
-    """Label map of one image, mmseg's test pipeline and post-processing.
-
-    model: an EncoderDecoder in eval mode (on any device; the image follows it).
-    img: (H, W, 3) uint8 RGB.
-    mode: 'whole' or 'slide' (None: the model's test_cfg); crop_size, stride: (h, w) of the sliding windows.
-    scale: None keeps the original size; a pair bounds the long and the short edge of the resized image (ratio
-        kept, so the order of the pair does not matter: (2048, 1024) == (1024, 2048)); a number is a factor.
-    Returns (H, W) class indices at the original size: uint8 when num_classes <= 256, else int64.
-    """
-    if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8):
-        what = f"{img.dtype} array of shape {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
-        raise ValueError(f"img must be an (H, W, 3) uint8 RGB array, got a {what}")
-    h, w = img.shape[:2]
-    resized = img if scale is None else resize_image(img, rescale_size((w, h), scale)[0])
-    device = next(model.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).unsqueeze(0).contiguous().to(device)
-    with torch.inference_mode():
-        logits = model.inference(x, mode=mode, crop_size=crop_size, stride=stride)
-        if tuple(logits.shape[2:]) != (h, w):
-            logits = resize(logits, (h, w), model.align_corners)
-        labels = logits.argmax(1)[0]
-    return labels.to(torch.uint8 if model.num_classes <= 256 else torch.int64).cpu().numpy()
+# ------------------------------------------------------------------------------------------------ colours
 
 
 def colorize(labels: np.ndarray, palette) -> np.ndarray:
@@ -192,32 +148,10 @@ def _label_image(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
 
 
 def _write_atomically(path: Path, image: Image.Image, fmt: str, overwrite: bool, **save_args) -> bool:
-    """Writes `image` to `path` through a temporary file in the same folder. Without `overwrite` an existing
-    `path` is kept (False is returned): the file is put in place with a hard link, which fails rather than
-    replace, so even a file that appears meanwhile is not overwritten."""
+    """Writes `image` to `path` atomically; without `overwrite` an existing `path` is kept (False is returned),
+    even one that appears meanwhile."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask applies, as for open()
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt, **save_args)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-            return True
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError:  # a filesystem without hard links: check, then move
-            if path.exists():
-                return False
-            os.replace(tmp, path)
-        return True
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return atomic_write(path, lambda f: image.save(f, format=fmt, **save_args), overwrite=overwrite)
 
 
 @dataclass(frozen=True)
@@ -302,52 +236,6 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
 # ----------------------------------------------------------------------------------------------------- runs
 
 
-def load_model(config, checkpoint, backend: Optional[str] = None, device: Optional[str] = None):
-    """(model in eval mode on `device`, config dict, checkpoint meta). Raises CheckpointError, ValueError,
-    TypeError, KeyError or OSError on a bad config or checkpoint; device None: CUDA when available, else the CPU."""
-    from resnest_fast.training import build_model
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU (use --device cpu)")
-    if checkpoint is None:
-        raise ValueError("a checkpoint is required (a segmenter with random weights predicts nothing useful)")
-    cfg = config if isinstance(config, dict) else load_config(config)
-    if not isinstance(cfg.get("model"), dict):
-        raise ValueError(f"config {cfg.get('filename', '<dict>')!r} has no `model = dict(...)`")
-    model = build_model(cfg, backend=backend)
-    meta = load_checkpoint(model, checkpoint, strict=True).meta
-    return model.eval().to(device), cfg, meta
-
-
-def _config_scale(cfg: dict) -> Scale:
-    scale = (cfg.get("data") or {}).get("scale")
-    return None if scale is None else tuple(int(s) for s in scale)
-
-
-def _slide_defaults(model, cfg: dict, crop_size, stride):
-    """The model's test_cfg windows; without them the config's training crop, with a stride of 2/3 of it
-    (mmseg's ADE20k slide settings: 512 -> 341)."""
-    test_cfg = model.test_cfg
-    if crop_size is None:
-        crop_size = test_cfg.get("crop_size") or cfg.get("crop_size") or (cfg.get("data") or {}).get("crop_size")
-        if crop_size is None:
-            raise ValueError("slide mode needs --crop-size: the config has neither test_cfg.crop_size nor crop_size")
-    crop_size = tuple(int(c) for c in crop_size)
-    if stride is None:
-        stride = test_cfg.get("stride") if test_cfg.get("crop_size") == crop_size else None
-        stride = stride or tuple(max(1, int(c * 2 / 3)) for c in crop_size)
-    stride = tuple(int(s) for s in stride)
-    if len(crop_size) != 2 or len(stride) != 2 or min(crop_size + stride) < 1:
-        raise ValueError(f"crop_size and stride must be pairs of positive ints, got {crop_size} and {stride}")
-    if any(s > c for s, c in zip(stride, crop_size)):
-        raise ValueError(f"stride {stride} larger than crop_size {crop_size} would leave pixels uncovered")
-    return crop_size, stride
-
-
 def run(
     config,
     checkpoint,
@@ -394,12 +282,12 @@ def run(
         model, cfg, meta = load_model(config, checkpoint, backend=backend, device=device)
         palette_name, pal = resolve_palette(palette, model.num_classes, cfg, meta)
         if scale == "config":
-            scale = _config_scale(cfg)
+            scale = config_scale(cfg)
         elif scale == "none":
             scale = None
         mode = mode or model.test_cfg["mode"]
         if mode == "slide":
-            crop_size, stride = _slide_defaults(model, cfg, crop_size, stride)
+            crop_size, stride = slide_defaults(model, cfg, crop_size, stride)
         elif crop_size is not None or stride is not None:
             raise ValueError("a crop size and a stride (--crop-size, --stride) apply to mode 'slide' only")
     except (CheckpointError, ValueError, TypeError, KeyError, OSError) as exc:
@@ -516,7 +404,7 @@ def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast infer") ->
             progress=not args.no_progress,
         )
     except (SetupError, argparse.ArgumentTypeError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print_error(prog, exc)
         return 2
     per = f"{summary['seconds_per_image']:.2f} s per image" if summary["processed"] else "no image segmented"
     print(f"{summary['processed']} processed, {summary['skipped']} skipped (outputs exist), {summary['failed']} "
@@ -530,9 +418,7 @@ def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast infer") ->
 
 
 def main(argv=None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m resnest_fast.training.infer",
-                                                   description=__doc__.split("\n\n")[0]))
-    return run_from_args(parser.parse_args(argv), prog=parser.prog)
+    return command_main(__doc__, add_arguments, run_from_args, "python -m resnest_fast.cli.infer", argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The inference command (training/infer.py) on a small ResNeSt-50 FCN with random weights and statistics.
+"""The inference command (resnest_fast/cli/infer.py) on a small ResNeSt-50 FCN with random weights and statistics.
 
 The oracle is computed here with torch ops, not with infer.py's helpers: mmseg's test pipeline (resize of the
 uint8 image keeping its ratio, cv2's bilinear geometry) -> EncoderDecoder.inference -> bilinear resize of the
@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from resnest_fast.__main__ import main as cli
-from resnest_fast.training import build_model, infer
-from resnest_fast.training.config import CONFIG_DIR
+from resnest_fast.cli import main as cli
+from resnest_fast.cli import infer
+from resnest_fast.segmentation import build_model, segment_image
+from resnest_fast.segmentation.config import CONFIG_DIR
 from resnest_fast.training.data.meta import ADE20K_PALETTE, CITYSCAPES_PALETTE
 from tests.parity import randomize_model
 
@@ -135,7 +136,7 @@ def test_slide_mode_equals_model_inference_slide(setup, tmp_path):
     assert (summary["processed"], summary["failed"], summary["mode"]) == (1, 0, "slide")
     want = expected_labels(model, images["a.png"], scale=None, mode="slide", crop_size=(32, 40), stride=(20, 24))
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a_pred.png")), want)
-    labels = infer.segment_image(model, images["a.png"], mode="slide", crop_size=(32, 40), stride=(20, 24))
+    labels = segment_image(model, images["a.png"], mode="slide", crop_size=(32, 40), stride=(20, 24))
     np.testing.assert_array_equal(labels, want)  # the Python API says the same
 
 

@@ -1,0 +1,37 @@
+"""What the commands share: the runtime options, the one-line error, rank 0 under torchrun, and `main`."""
+import argparse
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+from resnest_fast.backend import BACKENDS
+
+__all__ = ["add_runtime_arguments", "is_rank0", "print_error", "command_main"]
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend (split attention), --device and --no-progress."""
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="split-attention backend (default: RESNEST_FAST_BACKEND or auto)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="default: cuda when a GPU is visible, else cpu")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def is_rank0() -> bool:
+    """True outside torchrun and on its rank 0: the process that prints (every rank meets the same errors)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def print_error(prog: str, exc: BaseException) -> None:
+    """The command's one line for an error it expected (bad input or environment), on rank 0 only."""
+    if is_rank0():
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+
+
+def command_main(doc: str, add_arguments: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
+                 run_from_args: Callable[..., int], prog: str, argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m resnest_fast.cli.<command>`: the command's parser (first paragraph of its docstring as the
+    description), then run_from_args; returns the exit code."""
+    parser = add_arguments(argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0]))
+    return run_from_args(parser.parse_args(argv), prog=parser.prog)

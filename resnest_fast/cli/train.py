@@ -1,0 +1,64 @@
+"""`resnest-fast train`: mmseg's iteration-based training of a config's segmenter (resnest_fast.training.train).
+
+Distributed: `torchrun --nproc-per-node N -m resnest_fast train CONFIG ...`. Exit codes: 0 done, 1 training
+failed (e.g. the loss became NaN), 2 nothing done (bad arguments, config, data, checkpoint or work dir).
+"""
+import argparse
+import sys
+
+from resnest_fast.cli._common import add_runtime_arguments, command_main, is_rank0, print_error
+from resnest_fast.training.train import SetupError, TrainingError, train
+
+__all__ = ["add_arguments", "run_from_args", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("config", help="a shipped config's name (resnest_s101-d8_..., or the synthetic one) or a "
+                        ".py config file")
+    parser.add_argument("--work-dir", help="where checkpoints and logs go (default: work_dirs/<config name>)")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+                        help="continue a run: from CKPT, or without it from the work dir's latest checkpoint")
+    parser.add_argument("--load-from", metavar="CKPT", help="start from these weights (a fresh run otherwise)")
+    parser.add_argument("--max-iters", type=int, help="number of iterations (default: the config's schedule)")
+    parser.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                        help="mixed precision: bf16 autocast (CPU or CUDA) or fp16 autocast + GradScaler (CUDA)")
+    parser.add_argument("--seed", type=int, help="random seed (default: the config's runtime.seed)")
+    parser.add_argument("--deterministic", action="store_true", default=None,
+                        help="deterministic algorithms only (bit-identical reruns and resumes)")
+    parser.add_argument("--data-root", help="dataset folder (default: the config's data.root)")
+    parser.add_argument("--batch-size", type=int, help="images per process (default: the config's data.batch_size)")
+    parser.add_argument("--num-workers", type=int, help="data loading processes per training process")
+    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config entries, e.g. schedule.val_interval=500 runtime.log_interval=10")
+    add_runtime_arguments(parser)
+    return parser
+
+
+def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast train") -> int:
+    """Exit code: 0 done, 1 training failed, 2 nothing done (bad arguments, config, data, checkpoint, work dir)."""
+    try:
+        summary = train(args.config, work_dir=args.work_dir, resume=args.resume, load_from=args.load_from,
+                        max_iters=args.max_iters, amp=args.amp, seed=args.seed, deterministic=args.deterministic,
+                        data_root=args.data_root, batch_size=args.batch_size, num_workers=args.num_workers,
+                        cfg_options=args.cfg_options, device=args.device, backend=args.backend,
+                        progress=not args.no_progress)
+    except (SetupError, TrainingError) as exc:
+        print_error(prog, exc)
+        return 2 if isinstance(exc, SetupError) else 1
+    if is_rank0():
+        metrics = summary["metrics"]
+        val = "" if not metrics else (f"; mIoU {100 * metrics['mIoU']:.2f}, aAcc {100 * metrics['aAcc']:.2f}, "
+                                      f"mAcc {100 * metrics['mAcc']:.2f} on {metrics['num_images']} val images")
+        loss = "" if summary["loss"] is None else f", final loss {summary['loss']:.4f}"
+        print(f"trained {summary['iterations']} iterations (to {summary['iter']}) in {summary['seconds']:.1f} s "
+              f"({summary['it_per_s']:.2f} it/s){loss}{val}; peak memory {summary['peak_memory_mib']} MiB; "
+              f"checkpoint {summary['last_checkpoint']}; log {summary['log_file']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return command_main(__doc__, add_arguments, run_from_args, "python -m resnest_fast.cli.train", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

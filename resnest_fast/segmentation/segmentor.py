@@ -1,0 +1,226 @@
+"""EncoderDecoder: mmseg's encoder-decoder segmentor around the fused ResNeSt backbone.
+
+Same submodule names as mmseg (`backbone`, `decode_head`, `auxiliary_head`), so an mmseg checkpoint's
+`state_dict` loads with strict=True; same maths: input normalisation with the data preprocessor's mean/std,
+decode logits resized to the input with the head's align_corners, whole or sliding-window inference with mmseg's
+window rule, and the training losses `decode.loss_ce` + `aux.loss_ce` (weight 0.4 in the ResNeSt configs).
+
+Images come in as RGB, 0-255 (uint8 or float), (B, 3, H, W). mmseg's configs say `bgr_to_rgb=True` because
+mmcv decodes with OpenCV (BGR); this project decodes with pillow (RGB), so its configs say False. Set
+`bgr_to_rgb=True` if you feed OpenCV-decoded arrays.
+"""
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from resnest_fast.models import ResNeSt
+from resnest_fast.segmentation.decode_heads import BaseDecodeHead, build_head, resize
+from resnest_fast.utils import int_pair
+
+__all__ = ["EncoderDecoder", "build_segmentor"]
+
+_PREPROCESSOR_KEYS = {"type", "mean", "std", "bgr_to_rgb", "rgb_to_bgr", "pad_val", "seg_pad_val", "size",
+                      "size_divisor", "test_cfg"}
+
+
+def build_backbone(cfg) -> ResNeSt:
+    if isinstance(cfg, nn.Module):
+        return cfg
+    if not isinstance(cfg, dict):
+        raise TypeError(f"backbone must be a dict like dict(type='ResNeSt', depth=101, ...) or a module, got {cfg!r}")
+    cfg = dict(cfg)
+    kind = cfg.pop("type", "ResNeSt")
+    if kind != "ResNeSt":
+        raise ValueError(f"backbone['type'] must be 'ResNeSt', got {kind!r}")
+    return ResNeSt(**cfg)
+
+
+class EncoderDecoder(nn.Module):
+    """backbone -> decode_head (+ auxiliary_head in training), mmseg's EncoderDecoder.
+
+    Args:
+        backbone: dict(type='ResNeSt', ...) (mmseg's backbone config) or a module returning a tuple of features.
+        decode_head, auxiliary_head: mmseg head configs (see segmentation.decode_heads.build_head); auxiliary may be None.
+        data_preprocessor: dict(mean, std, bgr_to_rgb=False, pad_val=0, seg_pad_val=255, size=None) as mmseg's
+            SegDataPreProcessor; `size` is the training crop that batches are padded to.
+        test_cfg: dict(mode='whole') or dict(mode='slide', crop_size=(h, w), stride=(h, w)).
+        backend: backend of the fused split-attention ops (None: the default).
+    forward(img (B, 3, H, W) RGB 0-255) -> logits (B, num_classes, H, W) (what you deploy; argmax is the label
+    map). `decode(x)` is mmseg's `forward(mode='tensor')`: normalised input -> logits at 1/8 resolution.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        decode_head: dict,
+        auxiliary_head: Optional[dict] = None,
+        data_preprocessor: Optional[dict] = None,
+        test_cfg: Optional[dict] = None,
+        train_cfg: Optional[dict] = None,
+        pretrained: Optional[str] = None,
+        backend: Optional[str] = None,
+    ):
+        super().__init__()
+        if train_cfg:
+            raise ValueError(f"train_cfg must be empty (no sampler is implemented), got {train_cfg!r}")
+        if isinstance(backbone, dict) and backend is not None:
+            backbone = dict(backbone, backend=backend)
+        self.backbone = build_backbone(backbone)
+        self.decode_head: BaseDecodeHead = build_head(decode_head)
+        self.auxiliary_head: Optional[BaseDecodeHead] = (
+            None if auxiliary_head is None else build_head(auxiliary_head)
+        )
+        self.num_classes = self.decode_head.num_classes
+        self.align_corners = self.decode_head.align_corners
+        self.pretrained = pretrained  # a local checkpoint path for the backbone, loaded by the training command
+        pre = dict(data_preprocessor or {})
+        unknown = set(pre) - _PREPROCESSOR_KEYS
+        if unknown:
+            raise ValueError(f"data_preprocessor has unknown keys {sorted(unknown)}")
+        mean = pre.get("mean", (123.675, 116.28, 103.53))
+        std = pre.get("std", (58.395, 57.12, 57.375))
+        for name, v in (("mean", mean), ("std", std)):
+            if len(v) != 3:
+                raise ValueError(f"data_preprocessor['{name}'] must have 3 values (R, G, B), got {v!r}")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"data_preprocessor['std'] must be positive, got {std!r}")
+        # Not persistent: mmseg keeps them out of its state_dict too.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.bgr_to_rgb = bool(pre.get("bgr_to_rgb", False) or pre.get("rgb_to_bgr", False))
+        self.pad_val = pre.get("pad_val", 0)
+        self.seg_pad_val = pre.get("seg_pad_val", 255)
+        self.crop_size = None if pre.get("size") is None else int_pair(pre["size"], "data_preprocessor['size']", 1)
+        self.test_cfg = self._check_test_cfg(dict(test_cfg or dict(mode="whole")))
+
+    @staticmethod
+    def _check_test_cfg(cfg: dict) -> dict:
+        mode = cfg.get("mode", "whole")
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"test_cfg['mode'] must be 'whole' or 'slide', got {mode!r}")
+        if mode == "slide":
+            cfg["crop_size"] = int_pair(cfg.get("crop_size"), "test_cfg['crop_size']", 1)
+            cfg["stride"] = int_pair(cfg.get("stride"), "test_cfg['stride']", 1)
+        cfg["mode"] = mode
+        return cfg
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, test_cfg={self.test_cfg}, crop_size={self.crop_size}"
+
+    # ------------------------------------------------------------------------------------------------ inputs
+    def preprocess(self, img: Tensor, img_shape: Optional[Sequence[Tuple[int, int]]] = None) -> Tensor:
+        """(B, 3, H, W) 0-255 image (uint8 or float) -> normalised float input, in the model's dtype.
+
+        img_shape: each sample's (h, w) before the batch was padded (what `data.collate` records). mmseg
+        normalises first and pads with 0 afterwards, so the padded area (outside each img_shape) is set to 0
+        after normalisation; without img_shape the whole tensor is normalised as it is."""
+        if not isinstance(img, Tensor) or img.dim() != 4 or img.shape[1] != 3:
+            shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
+            raise ValueError(f"img must be a (B, 3, H, W) tensor of 0-255 RGB values, got {shape}")
+        # the model's dtype for uint8 and float images alike: a float32 image must not reach a float64 (or
+        # bfloat16) model's first conv in float32
+        x = img.to(self.decode_head.conv_seg.weight.dtype)
+        if self.bgr_to_rgb:
+            x = x.flip(1)
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        if img_shape is not None:
+            if len(img_shape) != x.shape[0]:
+                raise ValueError(f"img_shape has {len(img_shape)} entries for a batch of {x.shape[0]} images")
+            for i, (h, w) in enumerate(img_shape):
+                if h < x.shape[2]:
+                    x[i, :, h:, :] = 0
+                if w < x.shape[3]:
+                    x[i, :, :, w:] = 0
+        return x
+
+    # ------------------------------------------------------------------------------------------------- model
+    def extract_feat(self, x: Tensor) -> Tuple[Tensor, ...]:
+        return self.backbone(x)
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Normalised input -> decode-head logits at the head's resolution (mmseg's `forward(mode='tensor')`)."""
+        return self.decode_head(self.extract_feat(x))
+
+    def encode_decode(self, x: Tensor) -> Tensor:
+        """Normalised input (B, 3, H, W) -> logits (B, num_classes, H, W) (mmseg's encode_decode)."""
+        return resize(self.decode(x), x.shape[2:], self.align_corners)
+
+    def forward(self, img: Tensor) -> Tensor:
+        """RGB 0-255 image (B, 3, H, W) -> logits (B, num_classes, H, W), whole-image inference."""
+        return self.encode_decode(self.preprocess(img))
+
+    # ------------------------------------------------------------------------------------------------- train
+    def loss(self, img: Tensor, labels: Tensor,
+             img_shape: Optional[Sequence[Tuple[int, int]]] = None) -> Dict[str, Tensor]:
+        """img (B, 3, H, W) RGB 0-255, labels (B, H, W) int64 (255 = ignore) -> mmseg's loss dict:
+        decode.loss_ce, decode.acc_seg, aux.loss_ce, aux.acc_seg. `sum_losses` adds the *loss* entries.
+        img_shape: the sizes before padding of a padded batch (see `preprocess`)."""
+        if labels.dim() != 3 or labels.shape[0] != img.shape[0]:
+            raise ValueError(f"labels must be (B, H, W) with B = {img.shape[0]}, got {tuple(labels.shape)}")
+        feats = self.extract_feat(self.preprocess(img, img_shape))
+        losses = {}
+        heads = [("decode", self.decode_head)] + ([("aux", self.auxiliary_head)] if self.auxiliary_head else [])
+        for prefix, head in heads:  # the decode head first: the heads' dropout draws in mmseg's order
+            logits = head(feats)
+            losses[f"{prefix}.loss_ce"] = head.loss(logits, labels)
+            losses[f"{prefix}.acc_seg"] = head.acc_seg(logits.detach(), labels)
+        return losses
+
+    @staticmethod
+    def sum_losses(losses: Dict[str, Tensor]) -> Tensor:
+        return sum(v for k, v in losses.items() if "loss" in k)
+
+    # --------------------------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def inference(self, img: Tensor, mode: Optional[str] = None, crop_size=None, stride=None) -> Tensor:
+        """RGB 0-255 (B, 3, H, W) -> logits (B, num_classes, H, W), whole or sliding-window as test_cfg says
+        (arguments override it). Slide: mmseg's windows (the last one of a row or column flush with the border),
+        logits averaged where windows overlap."""
+        cfg = dict(self.test_cfg)
+        if mode is not None:
+            cfg["mode"] = mode
+        if crop_size is not None:
+            cfg["crop_size"] = crop_size
+        if stride is not None:
+            cfg["stride"] = stride
+        cfg = self._check_test_cfg(cfg)
+        x = self.preprocess(img)
+        if cfg["mode"] == "whole":
+            return self.encode_decode(x)
+        return self.slide_inference(x, cfg["crop_size"], cfg["stride"])
+
+    def slide_inference(self, x: Tensor, crop_size: Sequence[int], stride: Sequence[int]) -> Tensor:
+        (h_crop, w_crop), (h_stride, w_stride) = crop_size, stride
+        batch, _, h_img, w_img = x.shape
+        h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+        w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+        preds = x.new_zeros((batch, self.num_classes, h_img, w_img))
+        count = x.new_zeros((1, 1, h_img, w_img))
+        for h_idx in range(h_grids):
+            for w_idx in range(w_grids):
+                y2 = min(h_idx * h_stride + h_crop, h_img)
+                x2 = min(w_idx * w_stride + w_crop, w_img)
+                y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+                crop_logits = self.encode_decode(x[:, :, y1:y2, x1:x2])
+                preds[:, :, y1:y2, x1:x2] += crop_logits
+                count[:, :, y1:y2, x1:x2] += 1
+        return preds / count
+
+    @torch.no_grad()
+    def predict(self, img: Tensor, **kwargs) -> Tensor:
+        """RGB 0-255 (B, 3, H, W) -> label map (B, H, W) int64."""
+        return self.inference(img, **kwargs).argmax(1)
+
+
+def build_segmentor(cfg: dict, backend: Optional[str] = None) -> EncoderDecoder:
+    """A segmentor from a `model` config dict (mmseg's layout: type='EncoderDecoder', backbone, decode_head,
+    auxiliary_head, data_preprocessor, test_cfg)."""
+    if not isinstance(cfg, dict):
+        raise TypeError(f"the model config must be a dict, got {type(cfg).__name__}")
+    cfg = dict(cfg)
+    kind = cfg.pop("type", "EncoderDecoder")
+    if kind != "EncoderDecoder":
+        raise ValueError(f"model['type'] must be 'EncoderDecoder', got {kind!r}")
+    return EncoderDecoder(**cfg, backend=backend)

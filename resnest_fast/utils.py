@@ -1,0 +1,103 @@
+"""Small rules every layer needs, kept in one place: argument pairs, atomic file writes, "are we syncing".
+
+A leaf: imports nothing of resnest_fast, so any layer may import it.
+"""
+import os
+import secrets
+from pathlib import Path
+from typing import Callable, Optional, Tuple, Union
+
+import numpy as np
+
+__all__ = ["int_pair", "atomic_write", "fsync_dir", "distributed_world_size"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def int_pair(value, name: str, minimum: int = 0) -> Tuple[int, int]:
+    """`value` (an int, or a pair of ints as a tuple or list) as a pair (h, w) of Python ints >= `minimum`.
+
+    TypeError for a value that is not an int or a pair of ints (bool is not an int here), ValueError for a
+    sequence that is not a pair or an int below `minimum`; the message names `name`.
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        items = (value, value)
+    elif isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        items = tuple(value)
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    for v in items:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        if v < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def fsync_dir(folder: PathLike) -> None:
+    """Flush a folder's entry list, so a file just moved into it survives a crash (a no-op where folders
+    cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: PathLike, write: Callable, *, overwrite: bool = True, to_path: bool = False) -> bool:
+    """Writes a file so that readers see either nothing new or the whole file, never part of it.
+
+    write(f) writes into a binary file object (or, with to_path=True, write(tmp_path) writes a file at that
+    path: for savers that only take a path). The temporary file is hidden in `path`'s folder (same filesystem):
+    `.<name>.<random>.tmp`, or with to_path `.<stem>.<random>.tmp<suffix>` (savers pick the format by the
+    suffix); it is fsynced, then moved into place. overwrite=False keeps an existing `path` and
+    returns False, also against a file that appears meanwhile (the move is a hard link, which fails rather
+    than replace). The temporary file is removed whatever happens. Returns True when `path` was written.
+    """
+    path = Path(path)
+    token = secrets.token_hex(6)
+    tmp = path.with_name(f".{path.stem}.{token}.tmp{path.suffix}" if to_path else f".{path.name}.{token}.tmp")
+    try:
+        if to_path:
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        else:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError:  # a filesystem without hard links: check, then move
+                if path.exists():
+                    return False
+                os.replace(tmp, path)
+        fsync_dir(path.parent)
+        return True
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def distributed_world_size(group: Optional[object] = None) -> int:
+    """The number of processes a collective over `group` (default: the world) would reach; 1 when
+    torch.distributed is unavailable or not initialised. More than 1 means statistics must be synchronised."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group) if group is not None else dist.get_world_size()
