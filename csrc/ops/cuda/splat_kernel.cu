@@ -26,15 +26,21 @@
 // the CPU kernel's, while x, its splits and every buffer here are indexed [radix][C]. splat_bn_stats shifts by the
 // same value (x[0, ch, 0, 0]) and sums the same terms in double, so it is as free of cancellation as the CPU's.
 //
-// Work decomposition (x is read in place in either dense layout; the layout rule is splat_layout's):
-//   NCHW:          a work item is one (sample, channel), whose radix rows are contiguous runs of H*W values (in
-//                  splat_pool_backward, one row); it is reduced by a warp (short items: 7x7 .. 28x28 maps) or by a
-//                  whole block (long items, or too few items to fill the GPU otherwise).
+// Launch geometry (ops/launch_geometry.h: plan_launch gives every grid, the mapping functions every index, and
+// tests/ops/test_cuda_launch_model.py checks both on the CPU; x is read in place in either dense layout):
+//   NCHW:          a block handles one chunk of one row of x (one channel of one sample: P contiguous values), so
+//                  even batch-1 launches have several blocks per SM. Each thread computes its trip count first,
+//                  then per step issues `unroll` independent loads per input (128-bit when the rows are aligned),
+//                  and only then uses them; a tail step does the same with predicated scalar loads.
 //   channels_last: blocks are 2-D tiles of 32 channels x 8 position lanes, so each warp loads 32 contiguous
-//                  channels of one position (coalesced); a sample's positions are cut into K runs and every
-//                  block writes its per-channel sums to a partial buffer (B*K, R*C).
-// No atomics: partial sums are added by later kernels in a fixed order, so results are reproducible run to run on
-// a given GPU (K depends on its SM count, as the CPU's split depends on its thread count).
+//                  channels of one position (coalesced); a sample's positions are cut into K runs; the lanes walk
+//                  their positions `unroll` loads at a time, trip count first.
+// Reductions are two-stage: every block writes its partial sums to its own slot of a (B*K, channels) buffer (K:
+// chunks or runs), which small finishing kernels add in a fixed order. No atomics, so results are bit-reproducible
+// run to run on a given GPU (K depends on its SM count, as the CPU's split depends on its thread count).
+// No per-element integer division: blocks and threads decode their indices once; elements are reached by adding.
+// splat_combine takes the radix as a template parameter (1, 2, 4; any other radix <= kMaxRadix runs a generic
+// instance), so the loads of all splits are issued together.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -45,56 +51,32 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
+#include "ops/launch_geometry.h"
 #include "ops/splat_checks.h"
+#include "ops/splat_host.h"
 #include "ops/splat_math.h"
 
 namespace resnest_fast {
 namespace {
 
-constexpr int kThreads = 256;  // every kernel; 8 warps, so 8 blocks fill an SM's 2048 threads
-constexpr int kWarps = kThreads / 32;
-constexpr int kTileCols = 32;  // channels_last tiles: a warp spans 32 consecutive channels ...
-constexpr int kTileRows = kThreads / kTileCols;  // ... and each warp walks its own positions
+using launch::ChunkSpan;
+using launch::Kernel;
+using launch::kThreads;
+using launch::kTileCols;
+using launch::kTileRows;
+using launch::kWarps;
+using launch::PositionRuns;
+using launch::RowChunks;
+using launch::RunThread;
+using launch::ceil_div;
 
+#define RF_BOUNDS(kernel) __launch_bounds__(kThreads, launch::min_blocks_per_sm(kernel))
 
-struct Shape {
-  int64_t B, R, C, P;  // P = H*W
-  RF_HOST_DEVICE int64_t RC() const { return R * C; }
-};
-
-Shape shape_of(const at::Tensor& x, int64_t radix) {
-  return {x.size(0), radix, x.size(1) / radix, x.size(2) * x.size(3)};
-}
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-template <typename acc_t>
-constexpr at::ScalarType acc_scalar_type() {
-  return std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
-}
-
-template <typename acc_t>
-at::Tensor params_as_acc(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->to(acc_scalar_type<acc_t>()).contiguous() : at::Tensor();
-}
-
-template <typename acc_t>
-const acc_t* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<acc_t>() : nullptr;
-}
-
-template <typename acc_t>
-acc_t* mutable_ptr_or_null(at::Tensor& t) {
-  return t.defined() ? t.data_ptr<acc_t>() : nullptr;
-}
-
-void check_cuda(const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.is_cuda(), "resnest_fast: ", name, " must be a CUDA tensor for the CUDA kernels, got a tensor on ",
-              t.device());
-}
+void check_cuda(const char* name, const at::Tensor& t) { check_device_type(name, t, at::kCUDA, "CUDA"); }
 
 int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
@@ -104,24 +86,29 @@ dim3 grid_of(int64_t blocks) {
   return dim3(static_cast<unsigned int>(blocks));
 }
 
-// Grid-stride kernels: a few waves of blocks are enough to saturate memory; the loop covers any size.
+// Grid-stride kernels over (B, C) (attention weights): a few waves of blocks, the loop covers any size.
 dim3 elementwise_grid(int64_t n, int sms) {
   return grid_of(std::min<int64_t>(ceil_div(n, kThreads), int64_t(sms) * 64));
 }
 
-// NCHW: a warp per item keeps short items (a few hundred values) from idling most of a block; a block per item
-// when items are long, or when there are too few of them to give every SM several warps.
-bool item_per_block(int64_t items, int64_t elems_per_item, int sms) {
-  return elems_per_item >= 2048 || (items < int64_t(32) * sms && elems_per_item >= kThreads);
+// 128-bit loads along NCHW rows need every row start aligned: P a multiple of the vector and 16-byte base pointers
+// (chunks start at multiples of launch::chunk_quantum, itself a multiple of every vector width).
+template <int V, typename... Ptrs>
+bool rows_aligned(int64_t P, const Ptrs*... ptrs) {
+  return V > 1 && P % V == 0 && ((reinterpret_cast<uintptr_t>(ptrs) % launch::kVecBytes == 0) && ...);
 }
 
-int64_t item_blocks(int64_t items, bool whole_block) { return whole_block ? items : ceil_div(items, kWarps); }
+// The vector width of U loads of scalar_t: 16 bytes, at most U values.
+template <typename scalar_t, int U>
+constexpr int vec_of() {
+  constexpr int v = launch::vec_width(sizeof(scalar_t));
+  return v < U ? v : U;
+}
 
-// channels_last: runs per sample, so that B * K * tiles blocks make about two waves, while every position lane
-// of a block still gets at least 4 positions (the partial sums stay small next to x).
-int64_t position_runs(int64_t B, int64_t tiles, int64_t P, int sms) {
-  const int64_t want = ceil_div(int64_t(16) * sms, B * tiles);
-  return std::max<int64_t>(1, std::min<int64_t>(want, P / (4 * kTileRows)));
+// Whether kernel k's NCHW rows of x (and grad_out) take its vector loads.
+template <Kernel k, typename scalar_t, typename... Ptrs>
+bool rows_vectorized(int64_t P, const Ptrs*... ptrs) {
+  return rows_aligned<vec_of<scalar_t, launch::unroll_of(k)>()>(P, ptrs...);
 }
 
 // ------------------------------------------------------------------------------------------- device helpers
@@ -133,60 +120,26 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
-// The NCHW item of this thread, its rank t among the item's T threads.
-struct ItemThread {
-  int64_t item;
-  int t, T;
-};
-
-__device__ __forceinline__ ItemThread item_thread(bool whole_block) {
-  if (whole_block) return {static_cast<int64_t>(blockIdx.x), static_cast<int>(threadIdx.x), kThreads};
-  return {static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32, static_cast<int>(threadIdx.x % 32), 32};
-}
-
-// Sums each v[n] over the threads of one item; every thread of the item gets the totals. Out-of-range items are
-// whole warps that left before any call, so the full-warp shuffles are safe; in block mode items are never out
-// of range and every thread reaches the barriers.
+// Sums each v[n] over the block, in a fixed order; thread 0 gets the totals. Every thread must call it, once.
 template <typename T, int N>
-__device__ __forceinline__ void item_sum(T (&v)[N], bool whole_block, T (&smem)[N][kWarps]) {
+__device__ __forceinline__ void block_sum(T (&v)[N], T (&smem)[N][kWarps]) {
 #pragma unroll
   for (int n = 0; n < N; ++n) v[n] = warp_sum(v[n]);
-  if (!whole_block) return;
   const int warp = threadIdx.x / 32;
   if (threadIdx.x % 32 == 0) {
 #pragma unroll
     for (int n = 0; n < N; ++n) smem[n][warp] = v[n];
   }
   __syncthreads();
+  if (threadIdx.x == 0) {
 #pragma unroll
-  for (int n = 0; n < N; ++n) {
-    T s = 0;
+    for (int n = 0; n < N; ++n) {
+      T s = 0;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) s += smem[n][w];
-    v[n] = s;
+      for (int w = 0; w < kWarps; ++w) s += smem[n][w];
+      v[n] = s;
+    }
   }
-  __syncthreads();  // smem is reused by the next call
-}
-
-// The channels_last tile of this thread: blockIdx.x = (b*K + k) * tiles + tile, so neighbouring blocks read
-// neighbouring channels of the same positions.
-struct TileThread {
-  int64_t item;     // b*K + k: the row of the partial buffers
-  int64_t b;
-  int64_t ch;       // may be past the last channel in the last tile
-  int64_t p_begin;  // positions p_begin, p_begin + kTileRows, ... < p_end
-  int64_t p_end;
-  int ty;
-};
-
-__device__ __forceinline__ TileThread tile_thread(int64_t K, int64_t tiles, int64_t P) {
-  const int64_t block = blockIdx.x;
-  const int64_t tile = block % tiles, item = block / tiles;
-  const int64_t k = item % K;
-  const int64_t run = (P + K - 1) / K;
-  const int tx = static_cast<int>(threadIdx.x % kTileCols), ty = static_cast<int>(threadIdx.x / kTileCols);
-  const int64_t end = (k + 1) * run;
-  return {item, item / K, tile * kTileCols + tx, k * run + ty, end < P ? end : P, ty};
 }
 
 // Sums each v[n] over the kTileRows threads of the block that share a column; the totals are valid in row 0.
@@ -208,6 +161,121 @@ __device__ __forceinline__ void tile_rows_sum(T (&v)[N], T (&smem)[N][kTileRows]
   }
 }
 
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+// V values at p (aligned to V * sizeof(T)) in one load: through an integer vector, since a copy of a struct of
+// c10::Half / c10::BFloat16 is split into 16-bit loads.
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
+  static_assert(sizeof(T) * V == 16 || sizeof(T) * V == 8 || sizeof(T) * V == 4, "a 32-, 64- or 128-bit vector");
+  using Raw = std::conditional_t<sizeof(T) * V == 16, uint4, std::conditional_t<sizeof(T) * V == 8, uint2, unsigned>>;
+  const Raw raw = *reinterpret_cast<const Raw*>(p);
+  Pack<T, V> out;
+  memcpy(&out, &raw, sizeof(out));
+  return out;
+}
+
+// NCHW: calls f(i, v) for every value i of thread t's share of the chunk `s`, v[n] = rows[n][i], after loading
+// them: per full step, U values of each of the NS rows, V at a time (one 128-bit load when V*sizeof == 16), all
+// loads of a step issued before any use; then the tail step with predicated scalar loads. The trip count
+// (s.full_steps) is known before the loop. Indices are launch::chunk_index / tail_index, which the launch-model
+// test enumerates.
+template <int U, int V, int NS, typename scalar_t, typename F>
+__device__ __forceinline__ void for_chunk(const ChunkSpan& s, const scalar_t* const (&rows)[NS], F&& f) {
+  const int t = threadIdx.x;
+#pragma unroll 1  // a step is the unit of loads in flight; unrolling steps would only add registers
+  for (int64_t step = 0; step < s.full_steps; ++step) {
+    scalar_t v[NS][U];
+#pragma unroll
+    for (int q = 0; q < U / V; ++q) {
+      const int64_t i = launch::chunk_index<U, V>(s, step, q * V, t);
+#pragma unroll
+      for (int n = 0; n < NS; ++n) {
+        if constexpr (V == 1) {
+          v[n][q] = rows[n][i];
+        } else {
+          const Pack<scalar_t, V> p = load_pack<scalar_t, V>(rows[n] + i);
+#pragma unroll
+          for (int j = 0; j < V; ++j) v[n][q * V + j] = p.v[j];
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      scalar_t vu[NS];
+#pragma unroll
+      for (int n = 0; n < NS; ++n) vu[n] = v[n][u];
+      f(launch::chunk_index<U, V>(s, step, u, t), vu);
+    }
+  }
+  scalar_t v[NS][U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t i = launch::tail_index<U>(s, u, t);
+#pragma unroll
+    for (int n = 0; n < NS; ++n) v[n][u] = i < s.end ? rows[n][i] : scalar_t(0);
+  }
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t i = launch::tail_index<U>(s, u, t);
+    if (i < s.end) {
+      scalar_t vu[NS];
+#pragma unroll
+      for (int n = 0; n < NS; ++n) vu[n] = v[n][u];
+      f(i, vu);
+    }
+  }
+}
+
+// for_chunk with 128-bit loads where the launcher found the rows aligned, scalar loads otherwise.
+template <int U, int NS, typename scalar_t, typename F>
+__device__ __forceinline__ void for_chunk_any(const ChunkSpan& s, const scalar_t* const (&rows)[NS], bool vec, F&& f) {
+  constexpr int V = vec_of<scalar_t, U>();
+  if (V > 1 && vec) for_chunk<U, V, NS>(s, rows, f);
+  else for_chunk<U, 1, NS>(s, rows, f);
+}
+
+// channels_last: calls f(p, o, v) for the positions p of the thread (launch::run_position), o = p * strides[0] the
+// offset of the value in stream 0 (x's layout, also dx's), v[n] = cols[n][p * strides[n]] (cols[n] already points
+// at the thread's channel of position 0 of its sample), loading U positions of every stream per step before using
+// them; trip count r.count first, a predicated tail step last. Offsets advance by additions within a step.
+template <int U, int NS, typename scalar_t, typename F>
+__device__ __forceinline__ void for_run(const RunThread& r, const scalar_t* const (&cols)[NS],
+                                        const int64_t (&strides)[NS], F&& f) {
+  const int64_t full = r.count / U;
+  int64_t d[NS];  // offset between consecutive positions of the thread
+#pragma unroll
+  for (int n = 0; n < NS; ++n) d[n] = kTileRows * strides[n];
+  const auto step = [&](int64_t j0, auto tail_c) {
+    constexpr bool kTail = decltype(tail_c)::value;
+    const int64_t p0 = launch::run_position(r, j0), left = r.count - j0;
+    int64_t o0[NS];
+#pragma unroll
+    for (int n = 0; n < NS; ++n) o0[n] = p0 * strides[n];
+    scalar_t v[NS][U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int n = 0; n < NS; ++n) v[n][u] = (!kTail || u < left) ? cols[n][o0[n] + u * d[n]] : scalar_t(0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (!kTail || u < left) {
+        scalar_t vu[NS];
+#pragma unroll
+        for (int n = 0; n < NS; ++n) vu[n] = v[n][u];
+        f(p0 + int64_t(u) * kTileRows, o0[0] + u * d[0], vu);
+      }
+    }
+  };
+#pragma unroll 1
+  for (int64_t k = 0; k < full; ++k) step(k * U, std::false_type{});
+  step(full * U, std::true_type{});
+}
+
 template <typename acc_t, bool kAffine>
 __device__ __forceinline__ void load_params(const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
                                             int64_t ch, acc_t& sc, acc_t& sh) {
@@ -215,7 +283,7 @@ __device__ __forceinline__ void load_params(const acc_t* __restrict__ scale, con
   sh = kAffine ? shift[ch] : acc_t(0);
 }
 
-// -------------------------------------------------------------------------------------------------- kernels
+// ---------------------------------------------------------------------------------------- finishing kernels
 
 // out[batch, j] = factor * sum over i < items of part[batch*items + i, j], in a fixed order. One block per
 // (batch, 32 columns): the 8 warps stride over items, then their sums are added.
@@ -275,167 +343,254 @@ __global__ void __launch_bounds__(kThreads)
 
 // ------------------------------------------------------------------------------------------------ pool forward
 
-// NCHW: item (b, c) reduces its R rows x[b, r*C + c, :] into gap[b, c].
+// NCHW: block (row = b*RC + ch, chunk) sums act(x) over its chunk into partial[chunk_slot], read by
+// column_sum_kernel as (B, K*R, C) (partial[b*K + k, r*C + c] = [b, k*R + r, c]): it adds the chunks and the
+// radix splits of each channel at once.
 template <typename scalar_t, typename acc_t, bool kAffine, bool kRelu>
-__global__ void __launch_bounds__(kThreads)
+__global__ void RF_BOUNDS(Kernel::Pool)
     pool_nchw_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ scale,
-                     const acc_t* __restrict__ shift, scalar_t* __restrict__ gap, Shape s, bool whole_block) {
+                     const acc_t* __restrict__ shift, acc_t* __restrict__ partial, RowChunks g, int64_t RC,
+                     bool vec) {
   __shared__ acc_t smem[1][kWarps];
-  const ItemThread it = item_thread(whole_block);
-  if (it.item >= s.B * s.C) return;
-  const int64_t b = it.item / s.C, c = it.item % s.C;
+  const ChunkSpan span = launch::chunk_span(g, blockIdx.x);
+  const int64_t ch = span.row % RC;
+  acc_t sc, sh;
+  load_params<acc_t, kAffine>(scale, shift, ch, sc, sh);
+  const scalar_t* rows[1] = {x + span.row * g.len};
   acc_t sum[1] = {acc_t(0)};
-  for (int64_t r = 0; r < s.R; ++r) {
-    const int64_t ch = r * s.C + c;
-    const scalar_t* row = x + (b * s.RC() + ch) * s.P;
-    acc_t sc, sh;
-    load_params<acc_t, kAffine>(scale, shift, ch, sc, sh);
-#pragma unroll 4
-    for (int64_t i = it.t; i < s.P; i += it.T)
-      sum[0] += splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(static_cast<acc_t>(row[i]), sc, sh));
-  }
-  item_sum(sum, whole_block, smem);
-  if (it.t == 0) gap[it.item] = static_cast<scalar_t>(sum[0] * (acc_t(1) / static_cast<acc_t>(s.P)));
+  for_chunk_any<launch::unroll_of(Kernel::Pool), 1>(span, rows, vec, [&](int64_t, const scalar_t(&v)[1]) {
+    sum[0] += splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(static_cast<acc_t>(v[0]), sc, sh));
+  });
+  block_sum(sum, smem);
+  if (threadIdx.x == 0) partial[launch::chunk_slot(g, span.row, span.chunk, RC)] = sum[0];
 }
 
 // channels_last: tile (b, run k, channels ch of R*C) sums act(x[b, p, ch]) over its positions into
-// partial[b*K + k, ch]. Read as (B, K*R, C), that buffer is summed over its middle axis by column_sum_kernel, which
-// adds the runs and the radix splits of each channel at once.
+// partial[b*K + k, ch], the layout of the NCHW partial sums.
 template <typename scalar_t, typename acc_t, bool kAffine, bool kRelu>
-__global__ void __launch_bounds__(kThreads)
+__global__ void RF_BOUNDS(Kernel::Pool)
     pool_cl_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
-                   acc_t* __restrict__ partial, Shape s, int64_t K) {
+                   acc_t* __restrict__ partial, PositionRuns g) {
   __shared__ acc_t smem[1][kTileRows][kTileCols];
-  const TileThread tt = tile_thread(K, (s.RC() + kTileCols - 1) / kTileCols, s.P);
-  const int64_t ch = tt.ch;
+  const RunThread rt = launch::run_thread(g, blockIdx.x, threadIdx.x);
   acc_t sum[1] = {acc_t(0)};
-  if (ch < s.RC()) {
+  if (rt.ch < g.N) {
     acc_t sc, sh;
-    load_params<acc_t, kAffine>(scale, shift, ch, sc, sh);
-    const int64_t step = int64_t(kTileRows) * s.RC();
-    int64_t off = (tt.b * s.P + tt.p_begin) * s.RC() + ch;
-#pragma unroll 4
-    for (int64_t p = tt.p_begin; p < tt.p_end; p += kTileRows, off += step)
-      sum[0] += splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(static_cast<acc_t>(x[off]), sc, sh));
+    load_params<acc_t, kAffine>(scale, shift, rt.ch, sc, sh);
+    const scalar_t* cols[1] = {x + rt.b * g.P * g.N + rt.ch};
+    const int64_t strides[1] = {g.N};
+    for_run<launch::unroll_of(Kernel::Pool), 1>(rt, cols, strides, [&](int64_t, int64_t, const scalar_t(&v)[1]) {
+      sum[0] += splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(static_cast<acc_t>(v[0]), sc, sh));
+    });
   }
   tile_rows_sum(sum, smem);
-  if (tt.ty == 0 && ch < s.RC()) partial[tt.item * s.RC() + ch] = sum[0];
+  if (rt.ty == 0 && rt.ch < g.N) partial[launch::run_slot(g, rt)] = sum[0];
 }
 
 // ----------------------------------------------------------------------------------------------- pool backward
 // d gap[b, c] / d act(x[b, r*C + c, p]) = 1/P for every r and p.
 
-// NCHW: item (b, ch) is one row of x; dscale/dshift sums go to part[b, ch].
+// NCHW: block (row = b*RC + ch, chunk); dscale/dshift sums go to part[chunk_slot].
 template <typename scalar_t, typename acc_t, bool kAffine, bool kRelu>
-__global__ void __launch_bounds__(kThreads)
+__global__ void RF_BOUNDS(Kernel::PoolBackward)
     pool_backward_nchw_kernel(const scalar_t* __restrict__ grad_gap, const scalar_t* __restrict__ x,
                               const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
                               scalar_t* __restrict__ dx, acc_t* __restrict__ dscale_part,
-                              acc_t* __restrict__ dshift_part, Shape s, bool whole_block) {
+                              acc_t* __restrict__ dshift_part, RowChunks g, Shape s, bool vec) {
   __shared__ acc_t smem[2][kWarps];
-  const ItemThread it = item_thread(whole_block);
-  if (it.item >= s.B * s.RC()) return;
-  const int64_t b = it.item / s.RC(), ch = it.item % s.RC();
-  const acc_t g = static_cast<acc_t>(grad_gap[b * s.C + ch % s.C]) * (acc_t(1) / static_cast<acc_t>(s.P));
+  const ChunkSpan span = launch::chunk_span(g, blockIdx.x);
+  const int64_t b = span.row / s.RC(), ch = span.row - b * s.RC();
+  const acc_t gr = static_cast<acc_t>(grad_gap[b * s.C + ch % s.C]) * (acc_t(1) / static_cast<acc_t>(s.P));
   acc_t sc, sh;
   load_params<acc_t, kAffine>(scale, shift, ch, sc, sh);
-  const scalar_t* row = x + it.item * s.P;
-  scalar_t* drow = dx + it.item * s.P;
+  const scalar_t* rows[1] = {x + span.row * g.len};
+  scalar_t* drow = dx + span.row * g.len;
   acc_t sums[2] = {acc_t(0), acc_t(0)};  // dscale, dshift
-#pragma unroll 4
-  for (int64_t i = it.t; i < s.P; i += it.T) {
-    const acc_t v = static_cast<acc_t>(row[i]);
-    const acc_t d = g * splat_act_grad<acc_t, kRelu>(splat_pre<acc_t, kAffine>(v, sc, sh));
+  for_chunk_any<launch::unroll_of(Kernel::PoolBackward), 1>(span, rows, vec, [&](int64_t i, const scalar_t(&v)[1]) {
+    const acc_t xv = static_cast<acc_t>(v[0]);
+    const acc_t d = gr * splat_act_grad<acc_t, kRelu>(splat_pre<acc_t, kAffine>(xv, sc, sh));
     drow[i] = static_cast<scalar_t>(kAffine ? d * sc : d);
     if constexpr (kAffine) {
-      sums[0] += d * v;
+      sums[0] += d * xv;
       sums[1] += d;
     }
-  }
+  });
   if constexpr (kAffine) {
-    item_sum(sums, whole_block, smem);
-    if (it.t == 0) {
-      dscale_part[it.item] = sums[0];
-      dshift_part[it.item] = sums[1];
+    block_sum(sums, smem);
+    if (threadIdx.x == 0) {
+      const int64_t o = launch::chunk_slot(g, span.row, span.chunk, s.RC());
+      dscale_part[o] = sums[0];
+      dshift_part[o] = sums[1];
     }
   }
 }
 
 // channels_last: tile (b, run k, channels ch of R*C); dscale/dshift sums go to part[b*K + k, ch].
 template <typename scalar_t, typename acc_t, bool kAffine, bool kRelu>
-__global__ void __launch_bounds__(kThreads)
+__global__ void RF_BOUNDS(Kernel::PoolBackward)
     pool_backward_cl_kernel(const scalar_t* __restrict__ grad_gap, const scalar_t* __restrict__ x,
                             const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
                             scalar_t* __restrict__ dx, acc_t* __restrict__ dscale_part,
-                            acc_t* __restrict__ dshift_part, Shape s, int64_t K) {
+                            acc_t* __restrict__ dshift_part, PositionRuns g, Shape s) {
   __shared__ acc_t smem[2][kTileRows][kTileCols];
-  const TileThread tt = tile_thread(K, (s.RC() + kTileCols - 1) / kTileCols, s.P);
-  const int64_t ch = tt.ch;
+  const RunThread rt = launch::run_thread(g, blockIdx.x, threadIdx.x);
   acc_t sums[2] = {acc_t(0), acc_t(0)};  // dscale, dshift
-  if (ch < s.RC()) {
-    const acc_t g = static_cast<acc_t>(grad_gap[tt.b * s.C + ch % s.C]) * (acc_t(1) / static_cast<acc_t>(s.P));
+  if (rt.ch < g.N) {
+    const acc_t gr = static_cast<acc_t>(grad_gap[rt.b * s.C + rt.ch % s.C]) * (acc_t(1) / static_cast<acc_t>(s.P));
     acc_t sc, sh;
-    load_params<acc_t, kAffine>(scale, shift, ch, sc, sh);
-    const int64_t step = int64_t(kTileRows) * s.RC();
-    int64_t off = (tt.b * s.P + tt.p_begin) * s.RC() + ch;
-#pragma unroll 4
-    for (int64_t p = tt.p_begin; p < tt.p_end; p += kTileRows, off += step) {
-      const acc_t v = static_cast<acc_t>(x[off]);
-      const acc_t d = g * splat_act_grad<acc_t, kRelu>(splat_pre<acc_t, kAffine>(v, sc, sh));
-      dx[off] = static_cast<scalar_t>(kAffine ? d * sc : d);
+    load_params<acc_t, kAffine>(scale, shift, rt.ch, sc, sh);
+    const int64_t base = rt.b * g.P * g.N + rt.ch;
+    const scalar_t* cols[1] = {x + base};
+    scalar_t* dcol = dx + base;
+    const int64_t strides[1] = {g.N};
+    constexpr int U = launch::unroll_of(Kernel::PoolBackward);
+    for_run<U, 1>(rt, cols, strides, [&](int64_t, int64_t o, const scalar_t(&v)[1]) {
+      const acc_t xv = static_cast<acc_t>(v[0]);
+      const acc_t d = gr * splat_act_grad<acc_t, kRelu>(splat_pre<acc_t, kAffine>(xv, sc, sh));
+      dcol[o] = static_cast<scalar_t>(kAffine ? d * sc : d);
       if constexpr (kAffine) {
-        sums[0] += d * v;
+        sums[0] += d * xv;
         sums[1] += d;
       }
-    }
+    });
   }
   if constexpr (kAffine) {
     tile_rows_sum(sums, smem);
-    if (tt.ty == 0 && ch < s.RC()) {
-      dscale_part[tt.item * s.RC() + ch] = sums[0];
-      dshift_part[tt.item * s.RC() + ch] = sums[1];
+    if (rt.ty == 0 && rt.ch < g.N) {
+      dscale_part[launch::run_slot(g, rt)] = sums[0];
+      dshift_part[launch::run_slot(g, rt)] = sums[1];
     }
   }
 }
 
 // --------------------------------------------------------------------------------------------- combine forward
+// out[b, c, p] = sum_r att[b, r, c] * act(x[b, r*C + c, p]). kRadix is R for the radices compiled in: the loads
+// of all R splits of a step are issued together. kRadix == 0 is the generic instance for any other R <= kMaxRadix:
+// within a step it walks the splits one after another, the kUnroll loads of one split in flight together.
 
-// One output element per iteration: out[b, c, p] = sum_r att[b, r, c] * act(x[b, r*C + c, p]). index_t is int32
-// when every offset of x fits, which makes the index divisions cheap.
-template <typename scalar_t, typename acc_t, typename index_t, bool kAffine, bool kRelu>
-__global__ void __launch_bounds__(kThreads)
-    combine_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ att, const acc_t* __restrict__ scale,
-                   const acc_t* __restrict__ shift, scalar_t* __restrict__ out, index_t R, index_t C, index_t P,
-                   int64_t n, bool channels_last) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const index_t idx = static_cast<index_t>(i);
-    index_t b, c, base, split_stride;  // x[b, r*C + c, p] sits at base + r*split_stride
-    if (channels_last) {  // idx = (b*P + p)*C + c
-      c = idx % C;
-      const index_t bp = idx / C;
-      b = bp / P;
-      base = bp * (R * C) + c;
-      split_stride = C;
-    } else {  // idx = (b*C + c)*P + p
-      const index_t bc = idx / P;
-      b = bc / C;
-      c = bc - b * C;
-      base = (b * R * C + c) * P + (idx - bc * P);
-      split_stride = C * P;
-    }
-    const acc_t* a = att + b * R * C + c;  // att[b, r, c] = a[r*C]
-    acc_t sum = 0;
+template <typename acc_t, bool kAffine, bool kRelu>
+__device__ __forceinline__ acc_t combine_term(acc_t v, acc_t a, acc_t sc, acc_t sh) {
+  return a * splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(v, sc, sh));
+}
+
+// NCHW: block (row = b*C + c of out, chunk); split r of the row is x's row b*R*C + r*C + c.
+template <typename scalar_t, typename acc_t, int kRadix, bool kAffine, bool kRelu>
+__global__ void RF_BOUNDS(Kernel::Combine)
+    combine_nchw_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ att,
+                        const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
+                        scalar_t* __restrict__ out, RowChunks g, Shape s, bool vec) {
+  constexpr int U = launch::unroll_of(Kernel::Combine, kRadix > 0 ? kRadix : kMaxRadix + 1);
+  const ChunkSpan span = launch::chunk_span(g, blockIdx.x);
+  const int64_t b = span.row / s.C, c = span.row - b * s.C;
+  const scalar_t* x0 = x + (b * s.RC() + c) * g.len;  // split r: x0 + r * C * P
+  scalar_t* orow = out + span.row * g.len;
+  if constexpr (kRadix > 0) {
+    acc_t a[kRadix], sc[kRadix], sh[kRadix];
+    const scalar_t* rows[kRadix];
 #pragma unroll
-    for (int r = 0; r < kMaxRadix; ++r) {
-      if (r < R) {
+    for (int r = 0; r < kRadix; ++r) {
+      a[r] = att[(b * kRadix + r) * s.C + c];
+      load_params<acc_t, kAffine>(scale, shift, r * s.C + c, sc[r], sh[r]);
+      rows[r] = x0 + r * s.C * g.len;
+    }
+    for_chunk_any<U, kRadix>(span, rows, vec, [&](int64_t i, const scalar_t(&v)[kRadix]) {
+      acc_t sum = 0;
+#pragma unroll
+      for (int r = 0; r < kRadix; ++r)
+        sum += combine_term<acc_t, kAffine, kRelu>(static_cast<acc_t>(v[r]), a[r], sc[r], sh[r]);
+      orow[i] = static_cast<scalar_t>(sum);
+    });
+  } else {
+    const int t = threadIdx.x;
+    for (int64_t step = 0; step <= span.full_steps; ++step) {  // the last step is the (predicated) tail
+      const bool tail = step == span.full_steps;
+      acc_t sum[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) sum[u] = 0;
+#pragma unroll 1  // one split's loads in flight at a time: unrolling the splits would only add registers
+      for (int64_t r = 0; r < s.R; ++r) {
+        const scalar_t* row = x0 + r * s.C * g.len;
+        const acc_t a = att[(b * s.R + r) * s.C + c];
         acc_t sc, sh;
-        load_params<acc_t, kAffine>(scale, shift, r * C + c, sc, sh);
-        sum += a[r * C] * splat_act<acc_t, kRelu>(
-                              splat_pre<acc_t, kAffine>(static_cast<acc_t>(x[base + r * split_stride]), sc, sh));
+        load_params<acc_t, kAffine>(scale, shift, r * s.C + c, sc, sh);
+        scalar_t v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int64_t i = tail ? launch::tail_index<U>(span, u, t) : launch::chunk_index<U, 1>(span, step, u, t);
+          v[u] = i < span.end ? row[i] : scalar_t(0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) sum[u] += combine_term<acc_t, kAffine, kRelu>(static_cast<acc_t>(v[u]), a, sc, sh);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t i = tail ? launch::tail_index<U>(span, u, t) : launch::chunk_index<U, 1>(span, step, u, t);
+        if (i < span.end) orow[i] = static_cast<scalar_t>(sum[u]);
       }
     }
-    out[idx] = static_cast<scalar_t>(sum);
+  }
+}
+
+// channels_last: tile (b, run k, output channels c of C): the R splits of a position sit C apart.
+template <typename scalar_t, typename acc_t, int kRadix, bool kAffine, bool kRelu>
+__global__ void RF_BOUNDS(Kernel::Combine)
+    combine_cl_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ att,
+                      const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
+                      scalar_t* __restrict__ out, PositionRuns g, Shape s) {
+  constexpr int U = launch::unroll_of(Kernel::Combine, kRadix > 0 ? kRadix : kMaxRadix + 1, true);
+  const RunThread rt = launch::run_thread(g, blockIdx.x, threadIdx.x);
+  if (rt.ch >= g.N) return;  // no barrier in this kernel
+  const int64_t c = rt.ch;
+  const scalar_t* x0 = x + rt.b * g.P * s.RC() + c;  // split r of position p: x0[p*RC + r*C]
+  scalar_t* ocol = out + rt.b * g.P * s.C + c;
+  if constexpr (kRadix > 0) {
+    acc_t a[kRadix], sc[kRadix], sh[kRadix];
+    const scalar_t* cols[kRadix];
+    int64_t strides[kRadix];
+#pragma unroll
+    for (int r = 0; r < kRadix; ++r) {
+      a[r] = att[(rt.b * kRadix + r) * s.C + c];
+      load_params<acc_t, kAffine>(scale, shift, r * s.C + c, sc[r], sh[r]);
+      cols[r] = x0 + r * s.C;
+      strides[r] = s.RC();
+    }
+    for_run<U, kRadix>(rt, cols, strides, [&](int64_t p, int64_t, const scalar_t(&v)[kRadix]) {
+      acc_t sum = 0;
+#pragma unroll
+      for (int r = 0; r < kRadix; ++r)
+        sum += combine_term<acc_t, kAffine, kRelu>(static_cast<acc_t>(v[r]), a[r], sc[r], sh[r]);
+      ocol[p * s.C] = static_cast<scalar_t>(sum);
+    });
+  } else {
+    // positions j0 .. j0 + U - 1 of the thread; only the tail step (kTail) checks them against rt.count
+    const int64_t d = kTileRows * s.RC(), dout = kTileRows * s.C;  // between consecutive positions of the thread
+    const auto step = [&](int64_t j0, auto tail_c) {
+      constexpr bool kTail = decltype(tail_c)::value;
+      const int64_t left = rt.count - j0, p0 = launch::run_position(rt, j0);
+      acc_t sum[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) sum[u] = 0;
+#pragma unroll 1  // one split's loads in flight at a time: unrolling the splits would only add registers
+      for (int64_t r = 0; r < s.R; ++r) {
+        const acc_t a = att[(rt.b * s.R + r) * s.C + c];
+        acc_t sc, sh;
+        load_params<acc_t, kAffine>(scale, shift, r * s.C + c, sc, sh);
+        const scalar_t* xr = x0 + p0 * s.RC() + r * s.C;  // split r, position p0
+        scalar_t v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) v[u] = (!kTail || u < left) ? xr[u * d] : scalar_t(0);
+#pragma unroll
+        for (int u = 0; u < U; ++u) sum[u] += combine_term<acc_t, kAffine, kRelu>(static_cast<acc_t>(v[u]), a, sc, sh);
+      }
+      scalar_t* op = ocol + p0 * s.C;
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (!kTail || u < left) op[u * dout] = static_cast<scalar_t>(sum[u]);
+    };
+    const int64_t full = rt.count / U;  // trip count first
+#pragma unroll 1
+    for (int64_t k = 0; k < full; ++k) step(k * U, std::false_type{});
+    step(full * U, std::true_type{});
   }
 }
 
@@ -443,98 +598,90 @@ __global__ void __launch_bounds__(kThreads)
 // For x[b, r*C + c, p]: pre = x*scale + shift, d a[b, r, c] += g * act(pre), d = g * a * act'(pre),
 // dx = d * scale, dscale += d * x, dshift += d, with g = grad_out[b, c, p].
 
-// NCHW: item (b, c); its R rows are handled one after the other, so the item's grad_out row is re-read from
-// cache. Sums go to part[b, r*C + c].
+// NCHW: block (row = b*RC + ch, chunk), with grad_out's row (b, c) loaded alongside; sums go to part[chunk_slot].
 template <typename scalar_t, typename acc_t, bool kAffine, bool kRelu>
-__global__ void __launch_bounds__(kThreads)
+__global__ void RF_BOUNDS(Kernel::CombineBackward)
     combine_backward_nchw_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ x,
                                  const acc_t* __restrict__ att, const acc_t* __restrict__ scale,
                                  const acc_t* __restrict__ shift, scalar_t* __restrict__ dx,
                                  acc_t* __restrict__ da_part, acc_t* __restrict__ dscale_part,
-                                 acc_t* __restrict__ dshift_part, Shape s, bool whole_block) {
+                                 acc_t* __restrict__ dshift_part, RowChunks g, Shape s, bool vec) {
   constexpr int N = kAffine ? 3 : 1;  // d a, then dscale and dshift
   __shared__ acc_t smem[N][kWarps];
-  const ItemThread it = item_thread(whole_block);
-  if (it.item >= s.B * s.C) return;
-  const int64_t b = it.item / s.C, c = it.item % s.C;
-  const scalar_t* grow = gout + it.item * s.P;
-  for (int64_t r = 0; r < s.R; ++r) {
-    const int64_t ch = r * s.C + c;
-    const int64_t row_index = b * s.RC() + ch;  // also the index of att[b, r, c]
-    const scalar_t* row = x + row_index * s.P;
-    scalar_t* drow = dx + row_index * s.P;
-    const acc_t a = att[row_index];
-    acc_t sc, sh;
-    load_params<acc_t, kAffine>(scale, shift, ch, sc, sh);
-    acc_t sums[N];
+  const ChunkSpan span = launch::chunk_span(g, blockIdx.x);
+  const int64_t b = span.row / s.RC(), ch = span.row - b * s.RC();
+  const acc_t a = att[span.row];  // att[b, r, c] with ch = r*C + c
+  acc_t sc, sh;
+  load_params<acc_t, kAffine>(scale, shift, ch, sc, sh);
+  const scalar_t* rows[2] = {x + span.row * g.len, gout + (b * s.C + ch % s.C) * g.len};
+  scalar_t* drow = dx + span.row * g.len;
+  acc_t sums[N];
 #pragma unroll
-    for (int n = 0; n < N; ++n) sums[n] = 0;
-#pragma unroll 4
-    for (int64_t i = it.t; i < s.P; i += it.T) {
-      const acc_t v = static_cast<acc_t>(row[i]);
-      const acc_t g = static_cast<acc_t>(grow[i]);
-      const acc_t pre = splat_pre<acc_t, kAffine>(v, sc, sh);
-      sums[0] += g * splat_act<acc_t, kRelu>(pre);
-      const acc_t d = g * a * splat_act_grad<acc_t, kRelu>(pre);
-      drow[i] = static_cast<scalar_t>(kAffine ? d * sc : d);
-      if constexpr (kAffine) {
-        sums[1] += d * v;
-        sums[2] += d;
-      }
+  for (int n = 0; n < N; ++n) sums[n] = 0;
+  for_chunk_any<launch::unroll_of(Kernel::CombineBackward), 2>(span, rows, vec, [&](int64_t i, const scalar_t(&v)[2]) {
+    const acc_t xv = static_cast<acc_t>(v[0]), gv = static_cast<acc_t>(v[1]);
+    const acc_t pre = splat_pre<acc_t, kAffine>(xv, sc, sh);
+    sums[0] += gv * splat_act<acc_t, kRelu>(pre);
+    const acc_t d = gv * a * splat_act_grad<acc_t, kRelu>(pre);
+    drow[i] = static_cast<scalar_t>(kAffine ? d * sc : d);
+    if constexpr (kAffine) {
+      sums[1] += d * xv;
+      sums[2] += d;
     }
-    item_sum(sums, whole_block, smem);
-    if (it.t == 0) {
-      da_part[row_index] = sums[0];
-      if constexpr (kAffine) {
-        dscale_part[row_index] = sums[1];
-        dshift_part[row_index] = sums[2];
-      }
+  });
+  block_sum(sums, smem);
+  if (threadIdx.x == 0) {
+    const int64_t o = launch::chunk_slot(g, span.row, span.chunk, s.RC());
+    da_part[o] = sums[0];
+    if constexpr (kAffine) {
+      dscale_part[o] = sums[1];
+      dshift_part[o] = sums[2];
     }
   }
 }
 
 // channels_last: tile (b, run k, channels ch of R*C); sums go to part[b*K + k, ch].
 template <typename scalar_t, typename acc_t, bool kAffine, bool kRelu>
-__global__ void __launch_bounds__(kThreads)
+__global__ void RF_BOUNDS(Kernel::CombineBackward)
     combine_backward_cl_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ x,
                                const acc_t* __restrict__ att, const acc_t* __restrict__ scale,
                                const acc_t* __restrict__ shift, scalar_t* __restrict__ dx,
                                acc_t* __restrict__ da_part, acc_t* __restrict__ dscale_part,
-                               acc_t* __restrict__ dshift_part, Shape s, int64_t K) {
+                               acc_t* __restrict__ dshift_part, PositionRuns g, Shape s) {
   constexpr int N = kAffine ? 3 : 1;  // d a, then dscale and dshift
   __shared__ acc_t smem[N][kTileRows][kTileCols];
-  const TileThread tt = tile_thread(K, (s.RC() + kTileCols - 1) / kTileCols, s.P);
-  const int64_t ch = tt.ch;
+  const RunThread rt = launch::run_thread(g, blockIdx.x, threadIdx.x);
   acc_t sums[N];
 #pragma unroll
   for (int n = 0; n < N; ++n) sums[n] = 0;
-  if (ch < s.RC()) {
-    const int64_t c = ch % s.C;
-    const acc_t a = att[tt.b * s.RC() + ch];  // att[b, r, c] with ch = r*C + c
+  if (rt.ch < g.N) {
+    const acc_t a = att[rt.b * s.RC() + rt.ch];  // att[b, r, c] with ch = r*C + c
     acc_t sc, sh;
-    load_params<acc_t, kAffine>(scale, shift, ch, sc, sh);
-    int64_t pos = tt.b * s.P + tt.p_begin;  // b*P + p
-#pragma unroll 4
-    for (int64_t p = tt.p_begin; p < tt.p_end; p += kTileRows, pos += kTileRows) {
-      const int64_t off = pos * s.RC() + ch;
-      const acc_t v = static_cast<acc_t>(x[off]);
-      const acc_t g = static_cast<acc_t>(gout[pos * s.C + c]);
-      const acc_t pre = splat_pre<acc_t, kAffine>(v, sc, sh);
-      sums[0] += g * splat_act<acc_t, kRelu>(pre);
-      const acc_t d = g * a * splat_act_grad<acc_t, kRelu>(pre);
-      dx[off] = static_cast<scalar_t>(kAffine ? d * sc : d);
+    load_params<acc_t, kAffine>(scale, shift, rt.ch, sc, sh);
+    const int64_t base = rt.b * g.P * g.N + rt.ch;
+    const scalar_t* cols[2] = {x + base, gout + rt.b * g.P * s.C + rt.ch % s.C};
+    const int64_t strides[2] = {g.N, s.C};
+    scalar_t* dcol = dx + base;
+    constexpr int U = launch::unroll_of(Kernel::CombineBackward);
+    for_run<U, 2>(rt, cols, strides, [&](int64_t, int64_t o, const scalar_t(&v)[2]) {
+      const acc_t xv = static_cast<acc_t>(v[0]), gv = static_cast<acc_t>(v[1]);
+      const acc_t pre = splat_pre<acc_t, kAffine>(xv, sc, sh);
+      sums[0] += gv * splat_act<acc_t, kRelu>(pre);
+      const acc_t d = gv * a * splat_act_grad<acc_t, kRelu>(pre);
+      dcol[o] = static_cast<scalar_t>(kAffine ? d * sc : d);
       if constexpr (kAffine) {
-        sums[1] += d * v;
+        sums[1] += d * xv;
         sums[2] += d;
       }
-    }
+    });
   }
   tile_rows_sum(sums, smem);
-  if (tt.ty == 0 && ch < s.RC()) {
-    da_part[tt.item * s.RC() + ch] = sums[0];
+  if (rt.ty == 0 && rt.ch < g.N) {
+    const int64_t o = launch::run_slot(g, rt);
+    da_part[o] = sums[0];
     if constexpr (kAffine) {
-      dscale_part[tt.item * s.RC() + ch] = sums[1];
-      dshift_part[tt.item * s.RC() + ch] = sums[2];
+      dscale_part[o] = sums[1];
+      dshift_part[o] = sums[2];
     }
   }
 }
@@ -545,55 +692,52 @@ __global__ void __launch_bounds__(kThreads)
 // of E[x^2] - E[x]^2 when |mean| >> std; double keeps the long sums exact enough whatever the count). The op is
 // memory bound on GPUs with full-rate double; bn_stats_finalize_kernel turns the sums into var and mean.
 
-// NCHW: item (b, ch) is one row of x (Shape with R = 1, C = channels); its sums go to part[b*C + ch].
+// NCHW: block (row = b*C + ch of x's C channels, chunk); its sums go to part[chunk_slot].
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void RF_BOUNDS(Kernel::BnStats)
     bn_stats_nchw_kernel(const scalar_t* __restrict__ x, double* __restrict__ s1_part, double* __restrict__ s2_part,
-                         Shape s, bool whole_block) {
+                         RowChunks g, int64_t C, bool vec) {
   __shared__ double smem[2][kWarps];
-  const ItemThread it = item_thread(whole_block);
-  if (it.item >= s.B * s.C) return;
-  const int64_t ch = it.item % s.C;
-  const double k = static_cast<double>(x[ch * s.P]);
-  const scalar_t* row = x + it.item * s.P;
+  const ChunkSpan span = launch::chunk_span(g, blockIdx.x);
+  const int64_t ch = span.row % C;
+  const double k = static_cast<double>(x[ch * g.len]);
+  const scalar_t* rows[1] = {x + span.row * g.len};
   double sums[2] = {0.0, 0.0};
-#pragma unroll 4
-  for (int64_t i = it.t; i < s.P; i += it.T) {
-    const double d = static_cast<double>(row[i]) - k;
+  for_chunk_any<launch::unroll_of(Kernel::BnStats), 1>(span, rows, vec, [&](int64_t, const scalar_t(&v)[1]) {
+    const double d = static_cast<double>(v[0]) - k;
     sums[0] += d;
     sums[1] += d * d;
-  }
-  item_sum(sums, whole_block, smem);
-  if (it.t == 0) {
-    s1_part[it.item] = sums[0];
-    s2_part[it.item] = sums[1];
+  });
+  block_sum(sums, smem);
+  if (threadIdx.x == 0) {
+    const int64_t o = launch::chunk_slot(g, span.row, span.chunk, C);
+    s1_part[o] = sums[0];
+    s2_part[o] = sums[1];
   }
 }
 
 // channels_last: tile (b, run k, channels ch); sums go to part[b*K + k, ch].
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void RF_BOUNDS(Kernel::BnStats)
     bn_stats_cl_kernel(const scalar_t* __restrict__ x, double* __restrict__ s1_part, double* __restrict__ s2_part,
-                       Shape s, int64_t K) {
+                       PositionRuns g) {
   __shared__ double smem[2][kTileRows][kTileCols];
-  const TileThread tt = tile_thread(K, (s.C + kTileCols - 1) / kTileCols, s.P);
-  const int64_t ch = tt.ch;
+  const RunThread rt = launch::run_thread(g, blockIdx.x, threadIdx.x);
   double sums[2] = {0.0, 0.0};
-  if (ch < s.C) {
-    const double k = static_cast<double>(x[ch]);
-    const int64_t step = int64_t(kTileRows) * s.C;
-    int64_t off = (tt.b * s.P + tt.p_begin) * s.C + ch;
-#pragma unroll 4
-    for (int64_t p = tt.p_begin; p < tt.p_end; p += kTileRows, off += step) {
-      const double d = static_cast<double>(x[off]) - k;
+  if (rt.ch < g.N) {
+    const double k = static_cast<double>(x[rt.ch]);
+    const scalar_t* cols[1] = {x + rt.b * g.P * g.N + rt.ch};
+    const int64_t strides[1] = {g.N};
+    for_run<launch::unroll_of(Kernel::BnStats), 1>(rt, cols, strides, [&](int64_t, int64_t, const scalar_t(&v)[1]) {
+      const double d = static_cast<double>(v[0]) - k;
       sums[0] += d;
       sums[1] += d * d;
-    }
+    });
   }
   tile_rows_sum(sums, smem);
-  if (tt.ty == 0 && ch < s.C) {
-    s1_part[tt.item * s.C + ch] = sums[0];
-    s2_part[tt.item * s.C + ch] = sums[1];
+  if (rt.ty == 0 && rt.ch < g.N) {
+    s1_part[launch::run_slot(g, rt)] = sums[0];
+    s2_part[launch::run_slot(g, rt)] = sums[1];
   }
 }
 
@@ -630,122 +774,124 @@ __global__ void __launch_bounds__(kThreads)
 // the combine backward's sums plus two more, so one read of x and grad_out gives every reduction of the module's
 // backward; pass 2 (splat_backward_input) then writes dx once, elementwise.
 
-// NCHW: item (b, c), its R rows one after the other; sums go to part[b, r*C + c] (mx, m: straight to the outputs).
+template <typename acc_t>
+__device__ __forceinline__ void backward_reduce_terms(acc_t xv, acc_t gv, acc_t a, acc_t sc, acc_t sh,
+                                                      acc_t (&sums)[5]) {
+  const acc_t pre = splat_pre<acc_t, true>(xv, sc, sh);
+  const acc_t mk = splat_act_grad<acc_t, true>(pre);
+  sums[0] += gv * splat_act<acc_t, true>(pre);
+  const acc_t d = gv * a * mk;
+  sums[1] += d * xv;
+  sums[2] += d;
+  sums[3] += mk * xv;
+  sums[4] += mk;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ void store_sums(const acc_t (&sums)[5], int64_t o, acc_t* __restrict__ da_part,
+                                           acc_t* __restrict__ dscale_part, acc_t* __restrict__ dshift_part,
+                                           acc_t* __restrict__ mx_part, acc_t* __restrict__ m_part) {
+  da_part[o] = sums[0];
+  dscale_part[o] = sums[1];
+  dshift_part[o] = sums[2];
+  mx_part[o] = sums[3];
+  m_part[o] = sums[4];
+}
+
+// NCHW: block (row = b*RC + ch, chunk), grad_out's row (b, c) alongside; sums go to part[chunk_slot].
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void RF_BOUNDS(Kernel::BackwardReduce)
     backward_reduce_nchw_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ x,
                                 const acc_t* __restrict__ att, const acc_t* __restrict__ scale,
                                 const acc_t* __restrict__ shift, acc_t* __restrict__ da_part,
                                 acc_t* __restrict__ dscale_part, acc_t* __restrict__ dshift_part,
-                                acc_t* __restrict__ mx_part, acc_t* __restrict__ m_part, Shape s, bool whole_block) {
+                                acc_t* __restrict__ mx_part, acc_t* __restrict__ m_part, RowChunks g, Shape s,
+                                bool vec) {
   __shared__ acc_t smem[5][kWarps];
-  const ItemThread it = item_thread(whole_block);
-  if (it.item >= s.B * s.C) return;
-  const int64_t b = it.item / s.C, c = it.item % s.C;
-  const scalar_t* grow = gout + it.item * s.P;
-  for (int64_t r = 0; r < s.R; ++r) {
-    const int64_t ch = r * s.C + c;
-    const int64_t row_index = b * s.RC() + ch;  // also the index of att[b, r, c]
-    const scalar_t* row = x + row_index * s.P;
-    const acc_t a = att[row_index], sc = scale[ch], sh = shift[ch];
-    acc_t sums[5] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};  // d a, dscale, dshift, mx, m
-#pragma unroll 4
-    for (int64_t i = it.t; i < s.P; i += it.T) {
-      const acc_t v = static_cast<acc_t>(row[i]);
-      const acc_t g = static_cast<acc_t>(grow[i]);
-      const acc_t pre = splat_pre<acc_t, true>(v, sc, sh);
-      const acc_t mk = splat_act_grad<acc_t, true>(pre);
-      sums[0] += g * splat_act<acc_t, true>(pre);
-      const acc_t d = g * a * mk;
-      sums[1] += d * v;
-      sums[2] += d;
-      sums[3] += mk * v;
-      sums[4] += mk;
-    }
-    item_sum(sums, whole_block, smem);
-    if (it.t == 0) {
-      da_part[row_index] = sums[0];
-      dscale_part[row_index] = sums[1];
-      dshift_part[row_index] = sums[2];
-      mx_part[row_index] = sums[3];
-      m_part[row_index] = sums[4];
-    }
-  }
+  const ChunkSpan span = launch::chunk_span(g, blockIdx.x);
+  const int64_t b = span.row / s.RC(), ch = span.row - b * s.RC();
+  const acc_t a = att[span.row], sc = scale[ch], sh = shift[ch];
+  const scalar_t* rows[2] = {x + span.row * g.len, gout + (b * s.C + ch % s.C) * g.len};
+  acc_t sums[5] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};  // d a, dscale, dshift, mx, m
+  for_chunk_any<launch::unroll_of(Kernel::BackwardReduce), 2>(span, rows, vec, [&](int64_t, const scalar_t(&v)[2]) {
+    backward_reduce_terms<acc_t>(static_cast<acc_t>(v[0]), static_cast<acc_t>(v[1]), a, sc, sh, sums);
+  });
+  block_sum(sums, smem);
+  if (threadIdx.x == 0)
+    store_sums(sums, launch::chunk_slot(g, span.row, span.chunk, s.RC()), da_part, dscale_part, dshift_part,
+               mx_part, m_part);
 }
 
 // channels_last: tile (b, run k, channels ch of R*C); sums go to part[b*K + k, ch].
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void RF_BOUNDS(Kernel::BackwardReduce)
     backward_reduce_cl_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ x,
                               const acc_t* __restrict__ att, const acc_t* __restrict__ scale,
                               const acc_t* __restrict__ shift, acc_t* __restrict__ da_part,
                               acc_t* __restrict__ dscale_part, acc_t* __restrict__ dshift_part,
-                              acc_t* __restrict__ mx_part, acc_t* __restrict__ m_part, Shape s, int64_t K) {
+                              acc_t* __restrict__ mx_part, acc_t* __restrict__ m_part, PositionRuns g, Shape s) {
   __shared__ acc_t smem[5][kTileRows][kTileCols];
-  const TileThread tt = tile_thread(K, (s.RC() + kTileCols - 1) / kTileCols, s.P);
-  const int64_t ch = tt.ch;
+  const RunThread rt = launch::run_thread(g, blockIdx.x, threadIdx.x);
   acc_t sums[5] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};  // d a, dscale, dshift, mx, m
-  if (ch < s.RC()) {
-    const int64_t c = ch % s.C;
-    const acc_t a = att[tt.b * s.RC() + ch], sc = scale[ch], sh = shift[ch];
-    int64_t pos = tt.b * s.P + tt.p_begin;  // b*P + p
-#pragma unroll 4
-    for (int64_t p = tt.p_begin; p < tt.p_end; p += kTileRows, pos += kTileRows) {
-      const acc_t v = static_cast<acc_t>(x[pos * s.RC() + ch]);
-      const acc_t g = static_cast<acc_t>(gout[pos * s.C + c]);
-      const acc_t pre = splat_pre<acc_t, true>(v, sc, sh);
-      const acc_t mk = splat_act_grad<acc_t, true>(pre);
-      sums[0] += g * splat_act<acc_t, true>(pre);
-      const acc_t d = g * a * mk;
-      sums[1] += d * v;
-      sums[2] += d;
-      sums[3] += mk * v;
-      sums[4] += mk;
-    }
+  if (rt.ch < g.N) {
+    const acc_t a = att[rt.b * s.RC() + rt.ch], sc = scale[rt.ch], sh = shift[rt.ch];
+    const scalar_t* cols[2] = {x + rt.b * g.P * g.N + rt.ch, gout + rt.b * g.P * s.C + rt.ch % s.C};
+    const int64_t strides[2] = {g.N, s.C};
+    constexpr int U = launch::unroll_of(Kernel::BackwardReduce);
+    for_run<U, 2>(rt, cols, strides, [&](int64_t, int64_t, const scalar_t(&v)[2]) {
+      backward_reduce_terms<acc_t>(static_cast<acc_t>(v[0]), static_cast<acc_t>(v[1]), a, sc, sh, sums);
+    });
   }
   tile_rows_sum(sums, smem);
-  if (tt.ty == 0 && ch < s.RC()) {
-    const int64_t o = tt.item * s.RC() + ch;
-    da_part[o] = sums[0];
-    dscale_part[o] = sums[1];
-    dshift_part[o] = sums[2];
-    mx_part[o] = sums[3];
-    m_part[o] = sums[4];
-  }
+  if (rt.ty == 0 && rt.ch < g.N)
+    store_sums(sums, launch::run_slot(g, rt), da_part, dscale_part, dshift_part, mx_part, m_part);
 }
 
-// Pass 2, one element of x per iteration: dx = scale*mk*(g*a + gg[b, c]) + coef_a*x + coef_b, with
-// gg = grad_gap/(H*W) (B, C) and g = grad_out[b, c, p]. index_t as in combine_kernel.
-template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void __launch_bounds__(kThreads)
-    backward_input_kernel(const scalar_t* __restrict__ gout, const acc_t* __restrict__ gg,
-                          const scalar_t* __restrict__ x, const acc_t* __restrict__ att,
-                          const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
-                          const acc_t* __restrict__ coef_a, const acc_t* __restrict__ coef_b,
-                          scalar_t* __restrict__ dx, index_t RC, index_t C, index_t P, int64_t n,
-                          bool channels_last) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const index_t idx = static_cast<index_t>(i);
-    index_t b, ch, g_off;
-    if (channels_last) {  // idx = (b*P + p)*RC + ch
-      ch = idx % RC;
-      const index_t bp = idx / RC;
-      b = bp / P;
-      g_off = bp * C + ch % C;
-    } else {  // idx = (b*RC + ch)*P + p
-      const index_t bch = idx / P;
-      b = bch / RC;
-      ch = bch - b * RC;
-      g_off = (b * C + ch % C) * P + (idx - bch * P);
-    }
-    const acc_t v = static_cast<acc_t>(x[idx]);
-    const acc_t sc = scale[ch];
-    const acc_t mk = splat_act_grad<acc_t, true>(splat_pre<acc_t, true>(v, sc, shift[ch]));
-    const acc_t g = static_cast<acc_t>(gout[g_off]);
-    dx[idx] = static_cast<scalar_t>(sc * mk * (g * att[b * RC + ch] + gg[b * C + ch % C]) + coef_a[ch] * v +
-                                    coef_b[ch]);
-  }
+// Pass 2, elementwise: dx = scale*mk*(g*a + gg[b, c]) + coef_a*x + coef_b, with gg = grad_gap/(H*W) (B, C) and
+// g = grad_out[b, c, p]. NCHW: block (row = b*RC + ch of x, chunk), every per-channel factor read once.
+template <typename scalar_t, typename acc_t>
+__global__ void RF_BOUNDS(Kernel::BackwardInput)
+    backward_input_nchw_kernel(const scalar_t* __restrict__ gout, const acc_t* __restrict__ gg,
+                               const scalar_t* __restrict__ x, const acc_t* __restrict__ att,
+                               const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
+                               const acc_t* __restrict__ coef_a, const acc_t* __restrict__ coef_b,
+                               scalar_t* __restrict__ dx, RowChunks g, Shape s, bool vec) {
+  const ChunkSpan span = launch::chunk_span(g, blockIdx.x);
+  const int64_t b = span.row / s.RC(), ch = span.row - b * s.RC();
+  const int64_t bc = b * s.C + ch % s.C;
+  const acc_t a = att[span.row], sc = scale[ch], sh = shift[ch], ca = coef_a[ch], cb = coef_b[ch], ggv = gg[bc];
+  const scalar_t* rows[2] = {x + span.row * g.len, gout + bc * g.len};
+  scalar_t* drow = dx + span.row * g.len;
+  for_chunk_any<launch::unroll_of(Kernel::BackwardInput), 2>(span, rows, vec, [&](int64_t i, const scalar_t(&v)[2]) {
+    const acc_t xv = static_cast<acc_t>(v[0]);
+    const acc_t mk = splat_act_grad<acc_t, true>(splat_pre<acc_t, true>(xv, sc, sh));
+    drow[i] = static_cast<scalar_t>(sc * mk * (static_cast<acc_t>(v[1]) * a + ggv) + ca * xv + cb);
+  });
+}
+
+// channels_last: tile (b, run k, channels ch of R*C).
+template <typename scalar_t, typename acc_t>
+__global__ void RF_BOUNDS(Kernel::BackwardInput)
+    backward_input_cl_kernel(const scalar_t* __restrict__ gout, const acc_t* __restrict__ gg,
+                             const scalar_t* __restrict__ x, const acc_t* __restrict__ att,
+                             const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
+                             const acc_t* __restrict__ coef_a, const acc_t* __restrict__ coef_b,
+                             scalar_t* __restrict__ dx, PositionRuns g, Shape s) {
+  const RunThread rt = launch::run_thread(g, blockIdx.x, threadIdx.x);
+  if (rt.ch >= g.N) return;  // no barrier in this kernel
+  const int64_t c = rt.ch % s.C;
+  const acc_t a = att[rt.b * s.RC() + rt.ch], sc = scale[rt.ch], sh = shift[rt.ch], ca = coef_a[rt.ch],
+              cb = coef_b[rt.ch], ggv = gg[rt.b * s.C + c];
+  const int64_t base = rt.b * g.P * g.N + rt.ch;
+  const scalar_t* cols[2] = {x + base, gout + rt.b * g.P * s.C + c};
+  const int64_t strides[2] = {g.N, s.C};
+  scalar_t* dcol = dx + base;
+  constexpr int U = launch::unroll_of(Kernel::BackwardInput);
+  for_run<U, 2>(rt, cols, strides, [&](int64_t, int64_t o, const scalar_t(&v)[2]) {
+    const acc_t xv = static_cast<acc_t>(v[0]);
+    const acc_t mk = splat_act_grad<acc_t, true>(splat_pre<acc_t, true>(xv, sc, sh));
+    dcol[o] = static_cast<scalar_t>(sc * mk * (static_cast<acc_t>(v[1]) * a + ggv) + ca * xv + cb);
+  });
 }
 
 // ------------------------------------------------------------------------------------------------ host helpers
@@ -770,6 +916,25 @@ at::Tensor attention_weights(const at::Tensor& logits, const Shape& s, int64_t g
   return att;
 }
 
+// The launch of `kernel` for x of shape s: the one function the launch model (launch_geometry.h) evaluates.
+launch::LaunchPlan plan_of(Kernel kernel, bool cl, const Shape& s, int sms) {
+  return launch::plan_launch(kernel, cl, s.B, s.R, s.C, s.P, sms);
+}
+
+// Calls f(std::integral_constant<int, R>) for the radices combine compiles in (launch::combine_radix_compiled),
+// f(std::integral_constant<int, 0>) (the generic instance) for the others.
+template <typename F>
+void dispatch_radix(int64_t radix, F&& f) {
+  static_assert(launch::combine_radix_compiled(1) && launch::combine_radix_compiled(2) &&
+                launch::combine_radix_compiled(4) && !launch::combine_radix_compiled(3));
+  switch (radix) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    default: f(std::integral_constant<int, 0>{}); break;
+  }
+}
+
 // ------------------------------------------------------------------------------------------------- op entries
 
 at::Tensor splat_pool_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& scale,
@@ -785,31 +950,30 @@ at::Tensor splat_pool_cuda(const at::Tensor& x_in, const std::optional<at::Tenso
   TORCH_CHECK(s.P > 0, "resnest_fast: splat_pool needs H*W > 0, got x of shape ", x.sizes());
   const int sms = sm_count();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const launch::LaunchPlan plan = plan_of(Kernel::Pool, cl, s, sms);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_pool_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
+    at::Tensor partial = at::empty({s.B * plan.parts, s.RC()}, x.options().dtype(acc_scalar_type<acc_t>()));
+    const bool vec = rows_vectorized<Kernel::Pool, scalar_t>(s.P, x.data_ptr<scalar_t>());
     dispatch_flags(scale.has_value(), relu, [&](auto affine_c, auto relu_c) {
       constexpr bool kAffine = decltype(affine_c)::value, kRelu = decltype(relu_c)::value;
       if (!cl) {
-        const bool whole_block = item_per_block(s.B * s.C, s.R * s.P, sms);
-        pool_nchw_kernel<scalar_t, acc_t, kAffine, kRelu>
-            <<<grid_of(item_blocks(s.B * s.C, whole_block)), kThreads, 0, stream>>>(
-                x.data_ptr<scalar_t>(), ptr_or_null<acc_t>(sc), ptr_or_null<acc_t>(sh), gap.data_ptr<scalar_t>(),
-                s, whole_block);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        return;
+        pool_nchw_kernel<scalar_t, acc_t, kAffine, kRelu><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
+            x.data_ptr<scalar_t>(), ptr_or_null<acc_t>(sc), ptr_or_null<acc_t>(sh), partial.data_ptr<acc_t>(),
+            plan.rows, s.RC(), vec);
+      } else {
+        pool_cl_kernel<scalar_t, acc_t, kAffine, kRelu><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
+            x.data_ptr<scalar_t>(), ptr_or_null<acc_t>(sc), ptr_or_null<acc_t>(sh), partial.data_ptr<acc_t>(),
+            plan.runs);
       }
-      const int64_t tiles = ceil_div(s.RC(), kTileCols);
-      const int64_t K = position_runs(s.B, tiles, s.P, sms);
-      at::Tensor partial = at::empty({s.B * K, s.RC()}, x.options().dtype(acc_scalar_type<acc_t>()));
-      pool_cl_kernel<scalar_t, acc_t, kAffine, kRelu><<<grid_of(s.B * K * tiles), kThreads, 0, stream>>>(
-          x.data_ptr<scalar_t>(), ptr_or_null<acc_t>(sc), ptr_or_null<acc_t>(sh), partial.data_ptr<acc_t>(), s, K);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      // partial[b*K + k, r*C + c] == partial viewed as (B, K*R, C) at [b, k*R + r, c].
-      column_sum_kernel<acc_t, scalar_t><<<grid_of(s.B * ceil_div(s.C, kTileCols)), kThreads, 0, stream>>>(
-          partial.data_ptr<acc_t>(), gap.data_ptr<scalar_t>(), K * s.R, s.C, acc_t(1) / static_cast<acc_t>(s.P));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
+    // partial[b*K + k, r*C + c] == partial viewed as (B, K*R, C) at [b, k*R + r, c].
+    column_sum_kernel<acc_t, scalar_t><<<grid_of(s.B * ceil_div(s.C, kTileCols)), kThreads, 0, stream>>>(
+        partial.data_ptr<acc_t>(), gap.data_ptr<scalar_t>(), plan.parts * s.R, s.C,
+        acc_t(1) / static_cast<acc_t>(s.P));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return gap;
 }
@@ -836,29 +1000,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_pool_backward_cuda(const at
   at::Tensor dscale = at::empty({0}, x.options()), dshift = at::empty({0}, x.options());
   const int sms = sm_count();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const launch::LaunchPlan plan = plan_of(Kernel::PoolBackward, cl, s, sms);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_pool_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
-    const int64_t tiles = ceil_div(s.RC(), kTileCols);
-    const int64_t K = cl ? position_runs(s.B, tiles, s.P, sms) : 1;
-    const int64_t items = s.B * K;  // rows of the partial buffers
+    const int64_t items = s.B * plan.parts;  // rows of the partial buffers
     const auto acc_options = x.options().dtype(acc_scalar_type<acc_t>());
     at::Tensor dsc_part = affine ? at::empty({items, s.RC()}, acc_options) : at::Tensor();
     at::Tensor dsh_part = affine ? at::empty({items, s.RC()}, acc_options) : at::Tensor();
+    const bool vec = rows_vectorized<Kernel::PoolBackward, scalar_t>(s.P, x.data_ptr<scalar_t>());
     dispatch_flags(affine, relu, [&](auto affine_c, auto relu_c) {
       constexpr bool kAffine = decltype(affine_c)::value, kRelu = decltype(relu_c)::value;
       if (!cl) {
-        const bool whole_block = item_per_block(s.B * s.RC(), s.P, sms);
-        pool_backward_nchw_kernel<scalar_t, acc_t, kAffine, kRelu>
-            <<<grid_of(item_blocks(s.B * s.RC(), whole_block)), kThreads, 0, stream>>>(
-                g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), ptr_or_null<acc_t>(sc), ptr_or_null<acc_t>(sh),
-                dx.data_ptr<scalar_t>(), mutable_ptr_or_null<acc_t>(dsc_part),
-                mutable_ptr_or_null<acc_t>(dsh_part), s, whole_block);
-      } else {
-        pool_backward_cl_kernel<scalar_t, acc_t, kAffine, kRelu><<<grid_of(items * tiles), kThreads, 0, stream>>>(
+        pool_backward_nchw_kernel<scalar_t, acc_t, kAffine, kRelu><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
             g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), ptr_or_null<acc_t>(sc), ptr_or_null<acc_t>(sh),
-            dx.data_ptr<scalar_t>(), mutable_ptr_or_null<acc_t>(dsc_part), mutable_ptr_or_null<acc_t>(dsh_part), s,
-            K);
+            dx.data_ptr<scalar_t>(), mutable_ptr_or_null<acc_t>(dsc_part), mutable_ptr_or_null<acc_t>(dsh_part),
+            plan.rows, s, vec);
+      } else {
+        pool_backward_cl_kernel<scalar_t, acc_t, kAffine, kRelu><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
+            g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), ptr_or_null<acc_t>(sc), ptr_or_null<acc_t>(sh),
+            dx.data_ptr<scalar_t>(), mutable_ptr_or_null<acc_t>(dsc_part), mutable_ptr_or_null<acc_t>(dsh_part),
+            plan.runs, s);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -885,23 +1047,28 @@ at::Tensor splat_combine_cuda(const at::Tensor& x_in, const at::Tensor& logits_i
   if (out.numel() == 0) return out;
   const int sms = sm_count();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const launch::LaunchPlan plan = plan_of(Kernel::Combine, cl, s, sms);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_combine_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
     const at::Tensor att = attention_weights<scalar_t, acc_t>(logits, s, groups, sms, stream);
-    dispatch_flags(scale.has_value(), relu, [&](auto affine_c, auto relu_c) {
-      constexpr bool kAffine = decltype(affine_c)::value, kRelu = decltype(relu_c)::value;
-      const auto launch = [&](auto index_tag) {
-        using index_t = decltype(index_tag);
-        combine_kernel<scalar_t, acc_t, index_t, kAffine, kRelu>
-            <<<elementwise_grid(out.numel(), sms), kThreads, 0, stream>>>(
-                x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(), ptr_or_null<acc_t>(sc), ptr_or_null<acc_t>(sh),
-                out.data_ptr<scalar_t>(), static_cast<index_t>(s.R), static_cast<index_t>(s.C),
-                static_cast<index_t>(s.P), out.numel(), cl);
+    dispatch_radix(s.R, [&](auto radix_c) {
+      constexpr int kRadix = decltype(radix_c)::value;
+      constexpr int U = launch::unroll_of(Kernel::Combine, kRadix > 0 ? kRadix : kMaxRadix + 1);
+      const bool vec = rows_aligned<vec_of<scalar_t, U>()>(s.P, x.data_ptr<scalar_t>());
+      dispatch_flags(scale.has_value(), relu, [&](auto affine_c, auto relu_c) {
+        constexpr bool kAffine = decltype(affine_c)::value, kRelu = decltype(relu_c)::value;
+        if (!cl) {
+          combine_nchw_kernel<scalar_t, acc_t, kRadix, kAffine, kRelu><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
+              x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(), ptr_or_null<acc_t>(sc), ptr_or_null<acc_t>(sh),
+              out.data_ptr<scalar_t>(), plan.rows, s, vec);
+        } else {
+          combine_cl_kernel<scalar_t, acc_t, kRadix, kAffine, kRelu><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
+              x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(), ptr_or_null<acc_t>(sc), ptr_or_null<acc_t>(sh),
+              out.data_ptr<scalar_t>(), plan.runs, s);
+        }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-      };
-      if (x.numel() <= std::numeric_limits<int32_t>::max()) launch(int32_t{});
-      else launch(int64_t{});
+      });
     });
   });
   return out;
@@ -932,37 +1099,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> splat_combine_backwar
   at::Tensor dscale = at::empty({0}, x.options()), dshift = at::empty({0}, x.options());
   const int sms = sm_count();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const launch::LaunchPlan plan = plan_of(Kernel::CombineBackward, cl, s, sms);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_combine_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
     const at::Tensor att = attention_weights<scalar_t, acc_t>(logits, s, groups, sms, stream);
-    const int64_t tiles = ceil_div(s.RC(), kTileCols);
-    const int64_t K = cl ? position_runs(s.B, tiles, s.P, sms) : 1;
-    const int64_t items = s.B * K;  // rows of the partial buffers
+    const int64_t items = s.B * plan.parts;  // rows of the partial buffers
     const auto acc_options = x.options().dtype(acc_scalar_type<acc_t>());
     at::Tensor da_part = at::empty({items, s.RC()}, acc_options);
     at::Tensor dsc_part = affine ? at::empty({items, s.RC()}, acc_options) : at::Tensor();
     at::Tensor dsh_part = affine ? at::empty({items, s.RC()}, acc_options) : at::Tensor();
+    const bool vec =
+        rows_vectorized<Kernel::CombineBackward, scalar_t>(s.P, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>());
     dispatch_flags(affine, relu, [&](auto affine_c, auto relu_c) {
       constexpr bool kAffine = decltype(affine_c)::value, kRelu = decltype(relu_c)::value;
       if (!cl) {
-        const bool whole_block = item_per_block(s.B * s.C, s.R * s.P, sms);
-        combine_backward_nchw_kernel<scalar_t, acc_t, kAffine, kRelu>
-            <<<grid_of(item_blocks(s.B * s.C, whole_block)), kThreads, 0, stream>>>(
-                g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(), ptr_or_null<acc_t>(sc),
-                ptr_or_null<acc_t>(sh), dx.data_ptr<scalar_t>(), da_part.data_ptr<acc_t>(),
-                mutable_ptr_or_null<acc_t>(dsc_part), mutable_ptr_or_null<acc_t>(dsh_part), s, whole_block);
+        combine_backward_nchw_kernel<scalar_t, acc_t, kAffine, kRelu><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
+            g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(), ptr_or_null<acc_t>(sc),
+            ptr_or_null<acc_t>(sh), dx.data_ptr<scalar_t>(), da_part.data_ptr<acc_t>(),
+            mutable_ptr_or_null<acc_t>(dsc_part), mutable_ptr_or_null<acc_t>(dsh_part), plan.rows, s, vec);
       } else {
-        combine_backward_cl_kernel<scalar_t, acc_t, kAffine, kRelu>
-            <<<grid_of(items * tiles), kThreads, 0, stream>>>(
-                g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(), ptr_or_null<acc_t>(sc),
-                ptr_or_null<acc_t>(sh), dx.data_ptr<scalar_t>(), da_part.data_ptr<acc_t>(),
-                mutable_ptr_or_null<acc_t>(dsc_part), mutable_ptr_or_null<acc_t>(dsh_part), s, K);
+        combine_backward_cl_kernel<scalar_t, acc_t, kAffine, kRelu><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
+            g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(), ptr_or_null<acc_t>(sc),
+            ptr_or_null<acc_t>(sh), dx.data_ptr<scalar_t>(), da_part.data_ptr<acc_t>(),
+            mutable_ptr_or_null<acc_t>(dsc_part), mutable_ptr_or_null<acc_t>(dsh_part), plan.runs, s);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     attention_backward_kernel<scalar_t, acc_t><<<elementwise_grid(s.B * s.C, sms), kThreads, 0, stream>>>(
-        att.data_ptr<acc_t>(), da_part.data_ptr<acc_t>(), dlogits.data_ptr<scalar_t>(), s, K, s.C / groups);
+        att.data_ptr<acc_t>(), da_part.data_ptr<acc_t>(), dlogits.data_ptr<scalar_t>(), s, plan.parts,
+        s.C / groups);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (affine) {
       dscale = param_grad<acc_t>(dsc_part, items, s.RC(), scale->scalar_type(), stream);
@@ -971,7 +1137,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> splat_combine_backwar
   });
   return {dx, dlogits, dscale, dshift};
 }
-
 
 std::tuple<at::Tensor, at::Tensor> splat_bn_stats_cuda(const at::Tensor& x_in) {
   check_cuda("x", x_in);
@@ -989,23 +1154,22 @@ std::tuple<at::Tensor, at::Tensor> splat_bn_stats_cuda(const at::Tensor& x_in) {
   if (x.numel() == 0) return {var, mean};
   const int sms = sm_count();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const int64_t tiles = ceil_div(s.C, kTileCols);
-  const int64_t K = cl ? position_runs(s.B, tiles, s.P, sms) : 1;
-  const int64_t items = s.B * K;  // rows of the partial buffers
+  const launch::LaunchPlan plan = plan_of(Kernel::BnStats, cl, s, sms);
+  const int64_t items = s.B * plan.parts;  // rows of the partial buffers
   at::Tensor s1_part = at::empty({items, s.C}, x.options().dtype(at::kDouble)), s2_part = at::empty_like(s1_part);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_bn_stats_cuda", [&] {
     if (!cl) {
-      const bool whole_block = item_per_block(s.B * s.C, s.P, sms);
-      bn_stats_nchw_kernel<scalar_t><<<grid_of(item_blocks(s.B * s.C, whole_block)), kThreads, 0, stream>>>(
-          x.data_ptr<scalar_t>(), s1_part.data_ptr<double>(), s2_part.data_ptr<double>(), s, whole_block);
+      const bool vec = rows_vectorized<Kernel::BnStats, scalar_t>(s.P, x.data_ptr<scalar_t>());
+      bn_stats_nchw_kernel<scalar_t><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), s1_part.data_ptr<double>(), s2_part.data_ptr<double>(), plan.rows, s.C, vec);
     } else {
-      bn_stats_cl_kernel<scalar_t><<<grid_of(items * tiles), kThreads, 0, stream>>>(
-          x.data_ptr<scalar_t>(), s1_part.data_ptr<double>(), s2_part.data_ptr<double>(), s, K);
+      bn_stats_cl_kernel<scalar_t><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), s1_part.data_ptr<double>(), s2_part.data_ptr<double>(), plan.runs);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const auto finalize = [&](auto out_tag) {
       using out_t = decltype(out_tag);
-      bn_stats_finalize_kernel<scalar_t, out_t><<<grid_of(tiles), kThreads, 0, stream>>>(
+      bn_stats_finalize_kernel<scalar_t, out_t><<<grid_of(ceil_div(s.C, kTileCols)), kThreads, 0, stream>>>(
           x.data_ptr<scalar_t>(), s1_part.data_ptr<double>(), s2_part.data_ptr<double>(), var.data_ptr<out_t>(),
           mean.data_ptr<out_t>(), items, s.C, cl ? int64_t(1) : s.P, static_cast<double>(s.B * s.P));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1040,39 +1204,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> splat_bac
   at::Tensor dscale, dshift;
   const int sms = sm_count();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const launch::LaunchPlan plan = plan_of(Kernel::BackwardReduce, cl, s, sms);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_backward_reduce_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
     const at::Tensor att = attention_weights<scalar_t, acc_t>(logits, s, groups, sms, stream);
-    const int64_t tiles = ceil_div(s.RC(), kTileCols);
-    const int64_t K = cl ? position_runs(s.B, tiles, s.P, sms) : 1;
+    const int64_t K = plan.parts;
     const int64_t items = s.B * K;  // rows of the partial buffers
     const auto acc_options = x.options().dtype(acc_scalar_type<acc_t>());
     at::Tensor da_part = at::empty({items, s.RC()}, acc_options);
     at::Tensor dsc_part = at::empty({items, s.RC()}, acc_options), dsh_part = at::empty({items, s.RC()}, acc_options);
-    // NCHW (K == 1): the per-sample sums are final and go straight to mx and m.
-    at::Tensor mx_part = cl ? at::empty({items, s.RC()}, acc_options) : mx;
-    at::Tensor m_part = cl ? at::empty({items, s.RC()}, acc_options) : m;
+    at::Tensor mx_part = at::empty({items, s.RC()}, acc_options), m_part = at::empty({items, s.RC()}, acc_options);
     if (!cl) {
-      const bool whole_block = item_per_block(s.B * s.C, s.R * s.P, sms);
-      backward_reduce_nchw_kernel<scalar_t, acc_t>
-          <<<grid_of(item_blocks(s.B * s.C, whole_block)), kThreads, 0, stream>>>(
-              g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(), sc.data_ptr<acc_t>(),
-              sh.data_ptr<acc_t>(), da_part.data_ptr<acc_t>(), dsc_part.data_ptr<acc_t>(),
-              dsh_part.data_ptr<acc_t>(), mx_part.data_ptr<acc_t>(), m_part.data_ptr<acc_t>(), s, whole_block);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else {
-      backward_reduce_cl_kernel<scalar_t, acc_t><<<grid_of(items * tiles), kThreads, 0, stream>>>(
+      const bool vec =
+          rows_vectorized<Kernel::BackwardReduce, scalar_t>(s.P, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>());
+      backward_reduce_nchw_kernel<scalar_t, acc_t><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
           g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(), sc.data_ptr<acc_t>(),
           sh.data_ptr<acc_t>(), da_part.data_ptr<acc_t>(), dsc_part.data_ptr<acc_t>(), dsh_part.data_ptr<acc_t>(),
-          mx_part.data_ptr<acc_t>(), m_part.data_ptr<acc_t>(), s, K);
+          mx_part.data_ptr<acc_t>(), m_part.data_ptr<acc_t>(), plan.rows, s, vec);
+    } else {
+      backward_reduce_cl_kernel<scalar_t, acc_t><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
+          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(), sc.data_ptr<acc_t>(),
+          sh.data_ptr<acc_t>(), da_part.data_ptr<acc_t>(), dsc_part.data_ptr<acc_t>(), dsh_part.data_ptr<acc_t>(),
+          mx_part.data_ptr<acc_t>(), m_part.data_ptr<acc_t>(), plan.runs, s);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // mx[b, j] = sum over the sample's K chunks or runs of part[b*K + k, j]
+    for (auto pair : {std::make_pair(&mx_part, &mx), std::make_pair(&m_part, &m)}) {
+      column_sum_kernel<acc_t, acc_t><<<grid_of(s.B * ceil_div(s.RC(), kTileCols)), kThreads, 0, stream>>>(
+          pair.first->data_ptr<acc_t>(), pair.second->data_ptr<acc_t>(), K, s.RC(), acc_t(1));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      // mx[b, j] = sum over the sample's K runs of part[b*K + k, j]
-      for (auto pair : {std::make_pair(&mx_part, &mx), std::make_pair(&m_part, &m)}) {
-        column_sum_kernel<acc_t, acc_t><<<grid_of(s.B * tiles), kThreads, 0, stream>>>(
-            pair.first->data_ptr<acc_t>(), pair.second->data_ptr<acc_t>(), K, s.RC(), acc_t(1));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
     }
     attention_backward_kernel<scalar_t, acc_t><<<elementwise_grid(s.B * s.C, sms), kThreads, 0, stream>>>(
         att.data_ptr<acc_t>(), da_part.data_ptr<acc_t>(), dlogits.data_ptr<scalar_t>(), s, K, s.C / groups);
@@ -1107,6 +1268,7 @@ at::Tensor splat_backward_input_cuda(const at::Tensor& grad_out, const at::Tenso
   if (x.numel() == 0) return dx;
   const int sms = sm_count();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const launch::LaunchPlan plan = plan_of(Kernel::BackwardInput, cl, s, sms);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "splat_backward_input_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor sc = params_as_acc<acc_t>(scale), sh = params_as_acc<acc_t>(shift);
@@ -1114,17 +1276,20 @@ at::Tensor splat_backward_input_cuda(const at::Tensor& grad_out, const at::Tenso
     // grad_gap / (H*W) (B, C), as the CPU kernel computes it; read for every split r of channel c
     const at::Tensor gg = (grad_gap.to(acc_scalar_type<acc_t>()) / static_cast<double>(s.P)).contiguous();
     const at::Tensor att = attention_weights<scalar_t, acc_t>(logits, s, groups, sms, stream);
-    const auto launch = [&](auto index_tag) {
-      using index_t = decltype(index_tag);
-      backward_input_kernel<scalar_t, acc_t, index_t><<<elementwise_grid(x.numel(), sms), kThreads, 0, stream>>>(
+    if (!cl) {
+      const bool vec =
+          rows_vectorized<Kernel::BackwardInput, scalar_t>(s.P, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>());
+      backward_input_nchw_kernel<scalar_t, acc_t><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
           g.data_ptr<scalar_t>(), gg.data_ptr<acc_t>(), x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(),
           sc.data_ptr<acc_t>(), sh.data_ptr<acc_t>(), ca.data_ptr<acc_t>(), cb.data_ptr<acc_t>(),
-          dx.data_ptr<scalar_t>(), static_cast<index_t>(s.RC()), static_cast<index_t>(s.C),
-          static_cast<index_t>(s.P), x.numel(), cl);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (x.numel() <= std::numeric_limits<int32_t>::max()) launch(int32_t{});
-    else launch(int64_t{});
+          dx.data_ptr<scalar_t>(), plan.rows, s, vec);
+    } else {
+      backward_input_cl_kernel<scalar_t, acc_t><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
+          g.data_ptr<scalar_t>(), gg.data_ptr<acc_t>(), x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(),
+          sc.data_ptr<acc_t>(), sh.data_ptr<acc_t>(), ca.data_ptr<acc_t>(), cb.data_ptr<acc_t>(),
+          dx.data_ptr<scalar_t>(), plan.runs, s);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dx;
 }
