@@ -7,6 +7,8 @@ torch.compile of that same function; "ours-<backend>" is SplitAttentionConv2d's 
 The op-level pieces (eager_pool_op / fused_pool_op, eager_combine_op / fused_combine_op) are the parts of that
 forward each fused op replaces, bn0 -> relu included on both sides.
 """
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -106,3 +108,30 @@ def fused_combine_op(block, y, logits):
 def fused_post_conv(block, y):
     """SplitAttentionConv2d.attend: the module's own code path after self.conv, with its backend."""
     return block.attend(y)
+
+
+@torch.no_grad()
+def away_from_the_kink(block, y, gap):
+    """y with every bn0 pre-activation at least gap/2 away from 0 (the few closer are moved to +-gap).
+
+    At ReLU's kink the gradient depends on how the pre-activation was rounded: eager computes
+    (y - mean) * invstd * weight + bias, the fused ops y * scale + shift, and among millions of elements a few
+    land on opposite sides of 0, each moving one entry of grad y by a whole term. That is tie-breaking, not
+    accuracy; with the inputs kept off the kink, the gate compares gradients element by element.
+    """
+    bn = copy.deepcopy(block.bn0).double()
+    for attempt in range(4):
+        y64 = y.double()
+        if bn.training:
+            var, mean = torch.var_mean(y64, dim=(0, 2, 3), correction=0)
+        else:
+            var, mean = bn.running_var, bn.running_mean
+        slope = bn.weight / torch.sqrt(var + bn.eps)
+        pre = (y64 - mean[:, None, None]) * slope[:, None, None] + bn.bias[:, None, None]
+        near = pre.abs() < (gap / 2 if attempt else gap)
+        if not near.any():
+            return y
+        target = torch.where(pre < 0, -gap, gap)
+        moved = y64 + torch.where(near, (target - pre) / slope[:, None, None], torch.zeros_like(pre))
+        y = moved.to(y.dtype)
+    raise RuntimeError("could not move the benchmark input off ReLU's kink")

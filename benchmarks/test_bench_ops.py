@@ -17,7 +17,7 @@ Before anything is timed, each provider's output (and, for backward and full, it
 eager run in float64 on the same (rounded) inputs and weights, by flash-attention's rule:
 |got - ref64| <= 2 |eager - ref64| + floor * max(1, max |ref64|), floor 1e-4 in fp32 (see FLOOR) and
 resnest_fast/testing/tolerances.py's FLOOR in bf16. A provider that disagrees fails its test and is not timed. The inputs keep
-every bn0 pre-activation off ReLU's kink (_away_from_the_kink), so gradients are compared, not tie-breaking.
+every bn0 pre-activation off ReLU's kink (away_from_the_kink), so gradients are compared, not tie-breaking.
 
 Shapes (--bench-shapes, default quick; benchmarks.stage_shapes.op_shapes):
     quick   one small shape, y = 2x128x32x32 (radix 2): the whole suite stays short on 2 cores
@@ -37,7 +37,8 @@ import copy
 import torch
 
 from benchmarks import report
-from benchmarks.providers import eager_combine_op, eager_pool_op, fused_combine_op, fused_pool_op, make_block
+from benchmarks.providers import (away_from_the_kink, eager_combine_op, eager_pool_op, fused_combine_op,
+                                  fused_pool_op, make_block)
 from benchmarks.stage_shapes import op_shapes
 from resnest_fast.backend import available_backends
 from resnest_fast.testing.tolerances import FLOOR as LOW_PRECISION_FLOOR
@@ -52,7 +53,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # fp32: bn0's weight / bias gradients are sums over B*H*W (up to 65536) terms, and the summation order alone (another
 # reduction tree, torch.compile's, ours) moves them by more than twice eager's own error at the stage shapes
 FLOOR = {torch.float32: 1e-4, torch.bfloat16: LOW_PRECISION_FLOOR[torch.bfloat16]}
-# |bn0 pre-activation| >= gap/2 in the inputs (_away_from_the_kink): far above fp32 rounding, and in bfloat16
+# |bn0 pre-activation| >= gap/2 in the inputs (away_from_the_kink): far above fp32 rounding, and in bfloat16
 # above what rounding y itself moves it (half an ulp of |y| < 8 is 2**-6, times bn0's slope, at most ~2.1 here)
 KINK_GAP = {torch.float32: 1e-3, torch.bfloat16: 0.08}
 ROUNDS = {"quick": {"forward": 20, "backward": 10, "full": 10}, "stages": {"forward": 10, "backward": 5, "full": 5}}
@@ -81,37 +82,10 @@ def _inputs(shape_block, dtype, op):
     gen = torch.Generator().manual_seed(1)
     y = torch.randn(b, k, h, w, generator=gen).to(DEVICE, dtype)
     logits = torch.randn(b, k, generator=gen).to(DEVICE, dtype) if op.startswith("combine") else None
-    y = _away_from_the_kink(block, y, KINK_GAP[dtype])
+    y = away_from_the_kink(block, y, KINK_GAP[dtype])
     out_shape = (b, k // shape_block.radix) + ((h, w) if op.startswith("combine") else ())
     grad_out = torch.randn(out_shape, generator=gen).to(DEVICE, dtype)
     return block, y, logits, grad_out
-
-
-@torch.no_grad()
-def _away_from_the_kink(block, y, gap):
-    """y with every bn0 pre-activation at least gap/2 away from 0 (the few closer are moved to +-gap).
-
-    At ReLU's kink the gradient depends on how the pre-activation was rounded: eager computes
-    (y - mean) * invstd * weight + bias, the fused ops y * scale + shift, and among millions of elements a few
-    land on opposite sides of 0, each moving one entry of grad y by a whole term. That is tie-breaking, not
-    accuracy; with the inputs kept off the kink, the gate compares gradients element by element.
-    """
-    bn = copy.deepcopy(block.bn0).double()
-    for attempt in range(4):
-        y64 = y.double()
-        if bn.training:
-            var, mean = torch.var_mean(y64, dim=(0, 2, 3), correction=0)
-        else:
-            var, mean = bn.running_var, bn.running_mean
-        slope = bn.weight / torch.sqrt(var + bn.eps)
-        pre = (y64 - mean[:, None, None]) * slope[:, None, None] + bn.bias[:, None, None]
-        near = pre.abs() < (gap / 2 if attempt else gap)
-        if not near.any():
-            return y
-        target = torch.where(pre < 0, -gap, gap)
-        moved = y64 + torch.where(near, (target - pre) / slope[:, None, None], torch.zeros_like(pre))
-        y = moved.to(y.dtype)
-    raise RuntimeError("could not move the benchmark input off ReLU's kink")
 
 
 _compiled = {}

@@ -6,11 +6,15 @@ ops with the backends available here), and a plain copy of y into a preallocated
 Modes: forward (eval, bn0 folded, no grad) and full (train: batch statistics, forward + backward).
 Run: pytest benchmarks --benchmark-only   (pytest-benchmark; results also in benchmarks/results/splat.csv)
 """
+import copy
+
 import pytest
 import torch
 
 from benchmarks import report
 from benchmarks.providers import eager_post_conv, fused_post_conv, make_block
+from benchmarks.providers import away_from_the_kink
+from benchmarks.test_bench_ops import KINK_GAP
 from resnest_fast.backend import available_backends
 
 SHAPES = {"issue": (2, 256, 64, 128), "quick": (2, 64, 32, 32)}  # (B, C, H, W), radix 2
@@ -72,14 +76,44 @@ def test_forward(benchmark, provider, shape_name):
     _record(benchmark, shape_name, "forward", provider, y)
 
 
+def _output_and_grads(fn, block, y, grad):
+    """Output, grad y and the gradient of every parameter of the block after its conv, of one training step."""
+    block.zero_grad()
+    y = y.detach().requires_grad_(True)
+    out = fn(y)
+    wrt = [y] + [p for name, p in block.named_parameters() if not name.startswith("conv")]
+    return [out.detach()] + list(torch.autograd.grad(out, wrt, grad))
+
+
+def _check_full(provider, block, y, grad, fn):
+    """The provider's training step against mmseg-style eager in float64, within twice eager's own fp32 error
+    plus 1e-4 of the largest value (bn1 normalises over a batch of 2, which amplifies rounding in any summation
+    order); y is moved off ReLU's kink first, where rounding decides a whole term (benchmarks/test_bench_ops.py)."""
+    names = ["output", "grad y"] + [f"grad {n}" for n, _ in block.named_parameters() if not n.startswith("conv")]
+    twin = copy.deepcopy(block)  # the provider's block keeps its own running statistics
+    got = _output_and_grads(fn, block, y, grad)
+    same = _output_and_grads(lambda t: eager_post_conv(twin, t), twin, y, grad)
+    block64 = copy.deepcopy(block).double()
+    ref64 = _output_and_grads(lambda t: eager_post_conv(block64, t), block64, y.double(), grad.double())
+    scale = max(1.0, max(r.abs().max().item() for r in ref64))
+    for name, g, s, r in zip(names, got, same, ref64):
+        err = (g.double() - r).abs().max().item()
+        ref_err = (s.double() - r).abs().max().item()
+        bound = 2 * ref_err + 1e-4 * scale
+        assert err <= bound, (f"{provider} {name}: max error {err:.3g} against float64 eager > {bound:.3g} (eager in "
+                              f"fp32: {ref_err:.3g}); not timed")
+
+
 @pytest.mark.parametrize("shape_name", list(SHAPES))
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_full(benchmark, provider, shape_name):
     b, c, h, w = SHAPES[shape_name]
     block = make_block(channels=c, train=True)
-    y = torch.randn(b, 2 * c, h, w, requires_grad=True)
+    y = away_from_the_kink(block, torch.randn(b, 2 * c, h, w), KINK_GAP[torch.float32])
     grad = torch.randn(b, c, h, w)
     fn = _fn(provider, block, True)
+    _check_full(provider, block, y, grad, fn)  # the same numbers, or no timing (this call also compiles)
+    y.requires_grad_(True)
 
     def step():
         out = fn(y)

@@ -1,10 +1,12 @@
 import os
 
-# Triton kernels run on CPU tensors only through the interpreter, which must be chosen before triton is imported.
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import pytest  # noqa: E402
-import torch  # noqa: E402
+import torch  # noqa: E402  (does not import triton)
+
+# Triton kernels run on CPU tensors only through the interpreter, which must be chosen before triton is imported;
+# where a CUDA GPU is visible the tests put their tensors on it and the kernels are compiled (never forced there).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,5 +30,15 @@ def one_thread():
     with torch's default."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def two_threads():
+    """Exactly two threads, whatever the machine: the CPU kernels' split into parallel tasks and channels_last runs
+    depends on the count, and the kernel-path tests must cross it (tests/ops/test_splat_kernel_paths.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
     yield
     torch.set_num_threads(threads)

@@ -1,5 +1,6 @@
 """pytest's face of resnest_fast.testing.mmseg_reference: the same imports, skipping (with the install command)
-where mmseg is not installed, unless RESNEST_FAST_REQUIRE_MMSEG=1 makes a missing reference a failure."""
+where mmseg is not installed, unless RESNEST_FAST_REQUIRE_MMSEG=1 or RESNEST_FAST_REQUIRE_C=1 (test.sh's full
+run, which installs mmseg) makes a missing reference a failure."""
 import os
 
 import pytest
@@ -11,10 +12,14 @@ __all__ = ["INSTALL_HINT", "install_mmcv_ops_standin", "mmseg_available", "impor
            "skip_without_mmseg"]
 
 
+REQUIRING = ("RESNEST_FAST_REQUIRE_MMSEG", "RESNEST_FAST_REQUIRE_C")
+
+
 def skip_without_mmseg() -> None:
     if not mmseg_available():
-        if os.environ.get("RESNEST_FAST_REQUIRE_MMSEG") == "1":
-            pytest.fail(f"RESNEST_FAST_REQUIRE_MMSEG=1 but {INSTALL_HINT}")
+        required = [name for name in REQUIRING if os.environ.get(name) == "1"]
+        if required:
+            pytest.fail(f"{required[0]}=1 but {INSTALL_HINT}")
         pytest.skip(INSTALL_HINT)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from benchmarks import plot, report
 from benchmarks import test_bench_ops as bench
-from benchmarks.providers import (eager_combine_op, eager_pool_op, eager_post_conv, fused_combine_op,
+from benchmarks.providers import (away_from_the_kink, eager_combine_op, eager_pool_op, eager_post_conv, fused_combine_op,
                                   fused_pool_op, make_block)
 from benchmarks.stage_shapes import Block, op_shapes
 from resnest_fast.backend import available_backends
@@ -130,7 +130,7 @@ def test_inputs_keep_off_the_relu_kink(dtype, train):
     torch.manual_seed(3)
     y = (torch.randn(2, 64, 40, 40) * 3).to(dtype)
     gap = bench.KINK_GAP[dtype]
-    moved = bench._away_from_the_kink(block, y, gap)
+    moved = away_from_the_kink(block, y, gap)
     assert not moved.requires_grad  # an input, not a function of bn0's parameters
     bn = block.bn0
     y64 = moved.double()

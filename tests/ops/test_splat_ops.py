@@ -1,6 +1,5 @@
 """The fused ops of every backend available here against the pure-PyTorch reference, which is itself checked
 against mmseg's formulation (tests/nn checks the module against mmseg's real module)."""
-import itertools
 import os
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 import resnest_fast
 from resnest_fast import _extension as ext
 from resnest_fast.backend import available_backends
+from resnest_fast.op_rules import kernel_layout
 from resnest_fast.ops import (
     splat_combine,
     splat_combine_reference,
@@ -27,11 +27,42 @@ FLAGS = [(True, True), (True, False), (False, True), (False, False)]  # (affine,
 
 
 def test_extension_was_built_where_required():
-    """CI sets RESNEST_FAST_REQUIRE_C=1 so that a broken build fails instead of silently testing the fallback."""
+    """test.sh sets RESNEST_FAST_REQUIRE_C=1 so that a broken build fails instead of silently testing the fallback:
+    every kernel family the build makes (the CPU ops, Winograd, the training ops; their CUDA versions where a GPU
+    is present) must be registered, and the mmseg reference importable, or their tests would turn into skips."""
     if os.environ.get("RESNEST_FAST_REQUIRE_C") != "1":
         pytest.skip("RESNEST_FAST_REQUIRE_C is not set")
+    from resnest_fast.ops.winograd import HAS_WINOGRAD_KERNELS
+    from resnest_fast.testing.mmseg_reference import INSTALL_HINT, mmseg_available
+
     assert ext.HAS_C, f"resnest_fast._C did not import: {ext.C_IMPORT_ERROR}"
-    assert ext.HAS_CPU_KERNELS
+    missing = [name for name, built in [
+        ("CPU split-attention kernels", ext.HAS_CPU_KERNELS),
+        ("CPU Winograd kernel", HAS_WINOGRAD_KERNELS),
+        ("CPU training kernels (splat_bn_stats, splat_backward_reduce, splat_backward_input)",
+         ext.TRAINING_KERNELS["cpu"]),
+    ] + ([("CUDA split-attention kernels", ext.HAS_CUDA_KERNELS),
+          ("CUDA training kernels", ext.TRAINING_KERNELS["cuda"])] if torch.cuda.is_available() else [])
+        if not built]
+    assert not missing, f"RESNEST_FAST_REQUIRE_C=1 but resnest_fast._C lacks: {', '.join(missing)}"
+    assert mmseg_available(), f"RESNEST_FAST_REQUIRE_C=1 but the mmseg reference is missing: {INSTALL_HINT}"
+
+
+@pytest.mark.parametrize("env,fails", [({}, False), ({"RESNEST_FAST_REQUIRE_C": "1"}, True),
+                                       ({"RESNEST_FAST_REQUIRE_MMSEG": "1"}, True)])
+def test_missing_mmseg_fails_where_required(monkeypatch, env, fails):
+    """Without mmseg the parity tests skip, except in a run that requires the reference (test.sh: RESNEST_FAST_
+    REQUIRE_C=1), where they fail."""
+    import tests.mmseg_reference as reference
+
+    for name in reference.REQUIRING:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(reference, "mmseg_available", lambda: False)
+    outcome = pytest.fail.Exception if fails else pytest.skip.Exception
+    with pytest.raises(outcome, match="mmseg|mmcv|pip"):
+        reference.skip_without_mmseg()
 
 
 def make_inputs(shape, radix, layout, dtype, affine, scale_dtype=None, requires_grad=True):
@@ -102,7 +133,8 @@ def test_forward_and_gradients_fp32(backend, radix, groups, shape, layout, affin
               grad_gap, grad_out)
     for name, g, r in zip(names(affine), got, ref):
         assert_close_to_reference(name, g, r, r.double())
-    assert got[3 - 1].shape == x.shape
+    # the output-layout contract (fake kernels rely on it): channels_last in, channels_last out; else NCHW
+    assert got[1].is_contiguous(memory_format=kernel_layout(x)), (layout, got[1].stride())
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -324,7 +356,13 @@ def test_all_combinations_are_distinct_cases():
     a = splat_combine_reference(x, logits, scale, shift, 2, 1, True)
     b = splat_combine_reference(x, logits, scale, shift, 2, 2, True)
     assert not torch.allclose(a, b)
-    assert len(list(itertools.product(RADIX_GROUPS, SHAPES, LAYOUTS, FLAGS))) == 216
+    # and every layout is what its name says: the strided case must reach the kernels strided
+    made = {layout: make_inputs((2, 4, 3, 5), 2, layout, torch.float32, True)[0] for layout in LAYOUTS}
+    assert made["contiguous"].is_contiguous()
+    assert made["channels_last"].is_contiguous(memory_format=torch.channels_last)
+    assert not made["channels_last"].is_contiguous()
+    strided = made["non_contiguous"]
+    assert not strided.is_contiguous() and not strided.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("backend", ["reference"] + FAST_BACKENDS)

@@ -4,9 +4,11 @@ weights. The 2-process runs are in test_distributed.py; the full synthetic run i
 import io
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -234,8 +236,13 @@ def test_sigkill_while_writing_a_checkpoint_then_resume_gives_bit_identical_weig
     child = subprocess.Popen([sys.executable, "-c", _KILLABLE, *map(str, _train_args(cfg, work)[1:])],
                              env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: lines.put(child.stdout.readline()), daemon=True).start()
     try:
-        line = child.stdout.readline()
+        try:  # a child that stalls before the third checkpoint must fail the test, not hang the suite
+            line = lines.get(timeout=300)
+        except queue.Empty:
+            line = "(no line within 300 s)"
         assert line.startswith("HALF-WRITTEN"), (line, child.stderr.read() if child.poll() is not None else "")
     finally:
         os.killpg(child.pid, signal.SIGKILL)  # the trainer and its data loader worker
