@@ -266,8 +266,9 @@ def bench_model(name, size=None, compile=False, rounds=None, warmup=5, device="c
     return medians
 
 
-def measure_in_subprocess(name, provider, weights, inp, output, device="cpu", calls=2):
-    """Runs `_memory_worker` in a fresh Python process; returns its result dict (output: the logits file)."""
+def measure_in_subprocess(name, provider, weights, inp, output, device="cpu", calls=2, timeout=3600):
+    """Runs `_memory_worker` in a fresh Python process (killed after `timeout` seconds); returns its result dict
+    (output: the logits file)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, dir=os.path.dirname(output)) as f:
         spec_path = f.name
         json.dump({"model": name, "provider": provider, "weights": weights, "input": inp, "output": output,
@@ -276,7 +277,7 @@ def measure_in_subprocess(name, provider, weights, inp, output, device="cpu", ca
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-m", "benchmarks.models", "--memory-worker", spec_path], cwd=root,
-                          env=env, capture_output=True, text=True)
+                          env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"memory process for {name} {provider} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     with open(spec_path + ".result") as f:

@@ -12,7 +12,7 @@ from resnest_fast.checkpoint import read_state_dict
 from resnest_fast.models import ResNeSt
 from resnest_fast.segmentation import build_segmentor
 from tests.parity import randomize_model
-from tests.small_models import small_model_cfg
+from resnest_fast.testing.small_models import small_model_cfg
 
 
 def small(head="fcn", num_classes=19):

@@ -10,7 +10,7 @@ from resnest_fast.models import ResNeSt
 from resnest_fast.optimize import FrozenBottleneck, FrozenConv2d
 from resnest_fast.segmentation import build_segmentor
 from tests.parity import randomize_model
-from tests.small_models import small_model_cfg
+from resnest_fast.testing.small_models import small_model_cfg
 from resnest_fast.testing.tolerances import assert_max_abs
 
 

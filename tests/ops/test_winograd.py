@@ -13,7 +13,7 @@ from resnest_fast.ops import winograd as wg
 from resnest_fast.optimize import FrozenConv2d
 from resnest_fast.segmentation import build_segmentor
 from tests.parity import randomize_model
-from tests.small_models import small_model_cfg
+from resnest_fast.testing.small_models import small_model_cfg
 from resnest_fast.testing.tolerances import assert_max_abs
 
 needs_kernels = pytest.mark.skipif(not wg.HAS_WINOGRAD_KERNELS, reason="resnest_fast._C without winograd_conv3x3")

@@ -121,7 +121,7 @@ def test_padded_batch_is_normalised_then_zero_padded_as_mmseg():
     from torch.nn import functional as F
 
     from resnest_fast.training.data import collate
-    from tests.small_models import small_model_cfg
+    from resnest_fast.testing.small_models import small_model_cfg
 
     g = torch.Generator().manual_seed(0)
     items = [
@@ -157,7 +157,7 @@ def test_preprocess_follows_the_model_dtype():
     """After .double(), the mean/std buffers are float64 and every image (uint8 or float32) comes out in float64,
     equal to the normalisation computed in float64 from mmseg's mean/std (a float32 image left in float32 would
     reach the float64 conv and fail)."""
-    from tests.small_models import small_model_cfg
+    from resnest_fast.testing.small_models import small_model_cfg
 
     model = build_segmentor(small_model_cfg("fcn", num_classes=5)).double()
     assert model.mean.dtype == model.std.dtype == torch.float64

@@ -15,7 +15,7 @@ from resnest_fast.training.distributed import init_distributed
 from resnest_fast.training.schedule import build_optimizer
 from resnest_fast.training.train import _LossModule
 from tests.distributed import run_distributed
-from tests.small_models import small_model_cfg
+from resnest_fast.testing.small_models import small_model_cfg
 from tests.training.train_helpers import child_env, tiny_config
 
 SGD = dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=0.0005)

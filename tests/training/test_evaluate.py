@@ -19,7 +19,7 @@ from resnest_fast.training.metrics import SegEvaluator
 from resnest_fast.training.train import train
 from tests.distributed import run_distributed
 from tests.segmentation.test_inference import Probe
-from tests.small_models import small_model_cfg
+from resnest_fast.testing.small_models import small_model_cfg
 from tests.training.train_helpers import SYNTHETIC, run_cli, tiny_config
 
 
