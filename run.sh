@@ -14,7 +14,7 @@ cd "$(dirname "$0")"
 WHAT=${1:-all}
 case "$WHAT" in all|train|bench) ;; *) echo "usage: bash run.sh [all|train|bench]" >&2; exit 2 ;; esac
 source scripts/setup_env.sh
-"$PYTHON" -m pip install -q "$TORCH_SPEC" pytest pytest-benchmark matplotlib mmengine==0.10.7 mmcv-lite==2.1.0 \
+pip_install -q "$TORCH_SPEC" pytest pytest-benchmark matplotlib mmengine==0.10.7 mmcv-lite==2.1.0 \
   mmsegmentation==1.2.2 ftfy regex
 echo "== building and installing resnest_fast"
 "$PYTHON" -m pip install -q -e .

@@ -132,8 +132,19 @@ def extension_modules():
         extra_link_args=link_flags,
         py_limited_api=True,
     )
-    cmdclass = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
-    return [ext], cmdclass
+
+    class BuildExt(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+        # setuptools builds an editable install in a new temporary directory every time, so each `pip install -e .`
+        # (every run of run.sh and test.sh) recompiled all of csrc/: minutes on 2 cores. The objects of editable
+        # builds live in build/temp-editable instead, where ninja recompiles only what changed (sources, the
+        # headers they include, or the flags).
+        def finalize_options(self):
+            super().finalize_options()
+            if getattr(self, "editable_mode", False):
+                self.build_temp = os.path.join(HERE, "build", "temp-editable")
+                log(f"editable build: objects in {self.build_temp} (incremental)")
+
+    return [ext], {"build_ext": BuildExt}
 
 
 ext_modules, cmdclass = extension_modules()

@@ -5,11 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup_env.sh
 echo "== installing the test tools and the reference (mmsegmentation 1.2.2 on mmcv-lite)"
-"$PYTHON" -m pip install -q "$TORCH_SPEC" pytest pytest-benchmark pytest-timeout mmengine==0.10.7 mmcv-lite==2.1.0 \
+pip_install -q "$TORCH_SPEC" pytest pytest-benchmark pytest-timeout mmengine==0.10.7 mmcv-lite==2.1.0 \
   mmsegmentation==1.2.2 ftfy regex pillow tqdm cityscapesscripts onnx onnxscript onnxruntime
 # timm's SplitAttn is a reference of convert(); timm itself would pull torchvision (and another torch), so only
 # its source is installed and the test loads the two files it needs
-"$PYTHON" -m pip install -q --no-deps timm
+pip_install -q --no-deps timm
 echo "== building and installing resnest_fast as a wheel, checked from outside the source tree"
 "$PYTHON" -m pip install -q .
 (cd "${TMPDIR:-/tmp}" && "$PYTHON" -c "
