@@ -1,7 +1,7 @@
 // Host-side helpers of the split-attention launchers, one home for every backend: the shape of x read as
 // (B, R*C, P), the accumulation dtype, the optional scale/shift as accumulation-typed tensors, and their data
-// pointers. The CUDA launchers (ops/cuda/splat_kernel.cu) use these; the CPU kernels (ops/cpu/splat_kernel.cpp)
-// still define their own copies with the same names and meaning, and can include this header instead.
+// pointers. The CPU kernels (ops/cpu/splat_kernel.cpp) and the CUDA launchers (ops/cuda/splat_kernel.cu) both use
+// these.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -85,4 +85,31 @@ RF_HOST_DEVICE void splat_attention_backward(const acc_t* a, const acc_t* da, in
   for (int64_t r = 0; r < radix; ++r) dlogit[r] = a[r] * (da[r] - dot);
 }
 
+// The fused module backward at one element of x (bn0 and ReLU always on), shared by every backend.
+// Pass 1 (splat_backward_reduce): with pre = v*scale + shift and mk = act'(pre), an element of value v whose
+// combine-output gradient is g and attention weight a adds g*act(pre) to d a, g*a*mk*v to d scale, g*a*mk to
+// d shift (the combine's own sums) and mk*v, mk to the pool's per-(sample, split channel) sums mx, m.
+template <typename acc_t>
+struct SplatReduceTerms {
+  acc_t da, dscale, dshift, mx, m;
+};
+
+template <typename acc_t>
+RF_HOST_DEVICE SplatReduceTerms<acc_t> splat_backward_reduce_terms(acc_t v, acc_t g, acc_t a, acc_t scale,
+                                                                   acc_t shift) {
+  const acc_t pre = splat_pre<acc_t, true>(v, scale, shift);
+  const acc_t mk = splat_act_grad<acc_t, true>(pre);
+  const acc_t d = g * a * mk;
+  return {g * splat_act<acc_t, true>(pre), d * v, d, mk * v, mk};
+}
+
+// Pass 2 (splat_backward_input): grad x = scale*act'(pre)*(g*a + gg) + ca*v + cb, gg the pool's gradient per
+// position of that (sample, channel), ca and cb the per-channel terms of bn0's batch statistics.
+template <typename acc_t>
+RF_HOST_DEVICE acc_t splat_backward_input_value(acc_t v, acc_t g, acc_t a, acc_t gg, acc_t scale, acc_t shift,
+                                                acc_t ca, acc_t cb) {
+  const acc_t mk = splat_act_grad<acc_t, true>(splat_pre<acc_t, true>(v, scale, shift));
+  return scale * mk * (g * a + gg) + ca * v + cb;
+}
+
 }  // namespace resnest_fast

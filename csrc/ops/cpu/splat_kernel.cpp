@@ -25,6 +25,7 @@
 
 #include "ops/cpu/cpu_utils.h"
 #include "ops/splat_checks.h"
+#include "ops/splat_host.h"
 #include "ops/splat_math.h"
 
 namespace resnest_fast {
@@ -60,26 +61,6 @@ int64_t grain_for(int64_t elems_per_item) {
 int64_t runs_per_sample(int64_t B, int64_t P) {
   const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + B - 1) / B);
   return std::max<int64_t>(1, std::min<int64_t>(want, P / 16));
-}
-
-struct Shape {
-  int64_t B, R, C, P;  // P = H*W
-  int64_t RC() const { return R * C; }
-};
-
-Shape shape_of(const at::Tensor& x, int64_t radix) {
-  return {x.size(0), radix, x.size(1) / radix, x.size(2) * x.size(3)};
-}
-
-template <typename acc_t>
-at::Tensor params_as_acc(const std::optional<at::Tensor>& t) {
-  const auto acc_type = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
-  return t.has_value() ? t->to(acc_type).contiguous() : at::Tensor();
-}
-
-template <typename acc_t>
-const acc_t* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<acc_t>() : nullptr;
 }
 
 // Attention weights (B, R, C) in acc_t from logits (B, R*C) read as [groups][radix][C/groups].
@@ -667,16 +648,13 @@ void backward_reduce(const scalar_t* gout, const scalar_t* x, const acc_t* att, 
           acc_t da = 0, dsc = 0, dsh = 0, mx = 0, m = 0;
 #pragma omp simd reduction(+ : da, dsc, dsh, mx, m)
           for (int64_t i = 0; i < s.P; ++i) {
-            const acc_t v = static_cast<acc_t>(row[i]);
-            const acc_t g = static_cast<acc_t>(grow[i]);
-            const acc_t pre = v * sc + sh;
-            const acc_t mk = splat_act_grad<acc_t, true>(pre);
-            da += g * splat_act<acc_t, true>(pre);
-            const acc_t d = g * a * mk;
-            dsc += d * v;
-            dsh += d;
-            mx += mk * v;
-            m += mk;
+            const auto t = splat_backward_reduce_terms<acc_t>(static_cast<acc_t>(row[i]), static_cast<acc_t>(grow[i]),
+                                                              a, sc, sh);
+            da += t.da;
+            dsc += t.dscale;
+            dsh += t.dshift;
+            mx += t.mx;
+            m += t.m;
           }
           da_part[o] = da;
           dsc_part[o] = dsc;
@@ -706,16 +684,14 @@ void backward_reduce(const scalar_t* gout, const scalar_t* x, const acc_t* att, 
           const int64_t o = r * s.C;
 #pragma omp simd
           for (int64_t c = 0; c < s.C; ++c) {
-            const acc_t v = static_cast<acc_t>(row[o + c]);
-            const acc_t g = static_cast<acc_t>(grow[c]);
-            const acc_t pre = v * scale[o + c] + shift[o + c];
-            const acc_t mk = splat_act_grad<acc_t, true>(pre);
-            da[o + c] += g * splat_act<acc_t, true>(pre);
-            const acc_t d = g * ab[o + c] * mk;
-            dsc[o + c] += d * v;
-            dsh[o + c] += d;
-            mx[o + c] += mk * v;
-            m[o + c] += mk;
+            const auto t = splat_backward_reduce_terms<acc_t>(static_cast<acc_t>(row[o + c]),
+                                                              static_cast<acc_t>(grow[c]), ab[o + c], scale[o + c],
+                                                              shift[o + c]);
+            da[o + c] += t.da;
+            dsc[o + c] += t.dscale;
+            dsh[o + c] += t.dshift;
+            mx[o + c] += t.mx;
+            m[o + c] += t.m;
           }
         }
       }
@@ -740,9 +716,8 @@ void backward_input(const scalar_t* gout, const acc_t* gg, const scalar_t* x, co
           const acc_t a = att[o], g0 = gg[o], sc = scale[ch], sh = shift[ch], a1 = ca[ch], b1 = cb[ch];
 #pragma omp simd
           for (int64_t i = 0; i < s.P; ++i) {
-            const acc_t v = static_cast<acc_t>(row[i]);
-            const acc_t mk = splat_act_grad<acc_t, true>(v * sc + sh);
-            drow[i] = splat_store<scalar_t, acc_t>(sc * mk * (static_cast<acc_t>(grow[i]) * a + g0) + a1 * v + b1);
+            drow[i] = splat_store<scalar_t, acc_t>(splat_backward_input_value<acc_t>(
+                static_cast<acc_t>(row[i]), static_cast<acc_t>(grow[i]), a, g0, sc, sh, a1, b1));
           }
         }
       }
@@ -761,11 +736,9 @@ void backward_input(const scalar_t* gout, const acc_t* gg, const scalar_t* x, co
         const int64_t o = r * s.C;
 #pragma omp simd
         for (int64_t c = 0; c < s.C; ++c) {
-          const acc_t v = static_cast<acc_t>(row[o + c]);
-          const acc_t sc = scale[o + c];
-          const acc_t mk = splat_act_grad<acc_t, true>(v * sc + shift[o + c]);
-          drow[o + c] = splat_store<scalar_t, acc_t>(sc * mk * (static_cast<acc_t>(grow[c]) * ab[o + c] + gb[o + c]) +
-                                              ca[o + c] * v + cb[o + c]);
+          drow[o + c] = splat_store<scalar_t, acc_t>(splat_backward_input_value<acc_t>(
+              static_cast<acc_t>(row[o + c]), static_cast<acc_t>(grow[c]), ab[o + c], gb[o + c], scale[o + c],
+              shift[o + c], ca[o + c], cb[o + c]));
         }
       }
     }

@@ -777,14 +777,12 @@ __global__ void __launch_bounds__(kThreads)
 template <typename acc_t>
 __device__ __forceinline__ void backward_reduce_terms(acc_t xv, acc_t gv, acc_t a, acc_t sc, acc_t sh,
                                                       acc_t (&sums)[5]) {
-  const acc_t pre = splat_pre<acc_t, true>(xv, sc, sh);
-  const acc_t mk = splat_act_grad<acc_t, true>(pre);
-  sums[0] += gv * splat_act<acc_t, true>(pre);
-  const acc_t d = gv * a * mk;
-  sums[1] += d * xv;
-  sums[2] += d;
-  sums[3] += mk * xv;
-  sums[4] += mk;
+  const auto t = splat_backward_reduce_terms<acc_t>(xv, gv, a, sc, sh);
+  sums[0] += t.da;
+  sums[1] += t.dscale;
+  sums[2] += t.dshift;
+  sums[3] += t.mx;
+  sums[4] += t.m;
 }
 
 template <typename acc_t>
@@ -863,9 +861,8 @@ __global__ void RF_BOUNDS(Kernel::BackwardInput)
   const scalar_t* rows[2] = {x + span.row * g.len, gout + bc * g.len};
   scalar_t* drow = dx + span.row * g.len;
   for_chunk_any<launch::unroll_of(Kernel::BackwardInput), 2>(span, rows, vec, [&](int64_t i, const scalar_t(&v)[2]) {
-    const acc_t xv = static_cast<acc_t>(v[0]);
-    const acc_t mk = splat_act_grad<acc_t, true>(splat_pre<acc_t, true>(xv, sc, sh));
-    drow[i] = static_cast<scalar_t>(sc * mk * (static_cast<acc_t>(v[1]) * a + ggv) + ca * xv + cb);
+    drow[i] = static_cast<scalar_t>(splat_backward_input_value<acc_t>(
+        static_cast<acc_t>(v[0]), static_cast<acc_t>(v[1]), a, ggv, sc, sh, ca, cb));
   });
 }
 
@@ -888,9 +885,8 @@ __global__ void RF_BOUNDS(Kernel::BackwardInput)
   scalar_t* dcol = dx + base;
   constexpr int U = launch::unroll_of(Kernel::BackwardInput);
   for_run<U, 2>(rt, cols, strides, [&](int64_t, int64_t o, const scalar_t(&v)[2]) {
-    const acc_t xv = static_cast<acc_t>(v[0]);
-    const acc_t mk = splat_act_grad<acc_t, true>(splat_pre<acc_t, true>(xv, sc, sh));
-    dcol[o] = static_cast<scalar_t>(sc * mk * (static_cast<acc_t>(v[1]) * a + ggv) + ca * xv + cb);
+    dcol[o] = static_cast<scalar_t>(splat_backward_input_value<acc_t>(
+        static_cast<acc_t>(v[0]), static_cast<acc_t>(v[1]), a, ggv, sc, sh, ca, cb));
   });
 }
 
