@@ -13,18 +13,29 @@ references, the oracle of tests/kernels/test_splat_triton.py) and of csrc/ops/sp
   - relu keeps NaN (where(pre < 0, 0, pre)) and its derivative is 0 where pre <= 0, like torch's
     threshold_backward; masked-out tile entries are zeroed before any reduction because act(0) = relu(shift)
     need not be 0;
-  - every sum is accumulated in accumulation_dtype(x.dtype) (fp32, fp64 for float64 inputs so gradcheck works),
-    every reduction of a program is over positions it owns, and cross-program sums (dscale/dshift over samples)
-    are partial buffers summed afterwards by torch: the results are deterministic.
+  - every sum is accumulated in accumulation_dtype(x.dtype) (fp32, fp64 for float64 inputs so gradcheck works);
+    no float constant comes from Python (the compiler would type it fp32, the interpreter keeps a double): the
+    mean divides by the int P inside the kernels, in that dtype;
+  - reductions have two deterministic stages, never atomics: each program writes the partial sums of the
+    positions it owns to its own slot of a (B, chunks, .) workspace, then a small kernel (_sum_rows_kernel,
+    _combine_bwd_finish_kernel) adds the chunks in index order. Same inputs, same bits, on every run.
+Launch geometry (launch_params, the one function the launchers and launch_model call): a flat 1-D grid of
+(sample, channel block, position chunk) programs, sized so that every ResNeSt-101-D8 stage shape, batch 1
+included, gives >= 4 programs per SM (tests/kernels/test_launch_model.py); offsets are int64; the radix is a
+compile-time constant; the only integer divisions are per program. The launchers run on x's device and its
+current stream.
 Layouts: the launchers make x dense in kernel_layout(x) (NCHW or channels_last); in both, H and W collapse into a
 single position axis p with stride stride_p, so one kernel addresses x as b*stride_b + ch*stride_c + p*stride_p.
-Outputs get the layouts of the fake kernels in resnest_fast/ops/registrations.py.
+Outputs get the layouts of the fake kernels in resnest_fast/ops/registrations.py. scripts/triton_compile_check.py
+compiles the kernels for sm_80 and sm_90 without a GPU.
 
 The launchers are plain functions: resnest_fast/ops/registrations.py makes them the ops
 resnest_fast::triton_splat_*, with the fakes and autograd the C++ ops have. This file imports nothing of
 resnest_fast but the leaf resnest_fast.op_rules, so the arrow from the ops to the kernels is the only one.
 """
-from typing import Optional, Tuple
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import triton
@@ -33,7 +44,19 @@ from torch import Tensor
 
 from resnest_fast.op_rules import accumulation_dtype, check_common, check_logits, kernel_layout
 
-__all__ = ["splat_pool", "splat_pool_backward", "splat_combine", "splat_combine_backward", "block_sizes"]
+__all__ = [
+    "splat_pool",
+    "splat_pool_backward",
+    "splat_combine",
+    "splat_combine_backward",
+    "block_sizes",
+    "launch_params",
+    "launch_model",
+    "LaunchParams",
+    "LaunchModel",
+    "record_launches",
+    "KERNELS",
+]
 
 
 # ------------------------------------------------------------------------------------------------ jit helpers
@@ -106,14 +129,36 @@ def _load_affine(scale_ptr, shift_ptr, ch, c_mask, AFFINE: tl.constexpr, ACC: tl
 
 
 @triton.jit
-def _pool_fwd_kernel(
+def _program_coords(C_BLOCKS, CHUNKS):
+    """The 1-D grid (a flat grid never meets the 65535 limit of grid dims 1 and 2) unfolded into (sample b,
+    channel block cb, position chunk k); one scalar division per program, none per element. b is int64, so every
+    offset derived from it is too."""
+    pid = tl.program_id(0).to(tl.int64)
+    rest = pid // CHUNKS
+    k = pid - rest * CHUNKS
+    b = rest // C_BLOCKS
+    cb = rest - b * C_BLOCKS
+    return b, cb, k
+
+
+@triton.jit
+def _tile_offsets(ch, offs_p, stride_c, stride_p):
+    """int64 offsets of a (BLOCK_C, BLOCK_P) tile inside one sample: a sample of a stage shape at 1024x2048 already
+    holds 1024 x 131072 elements, and nothing bounds it below 2**31."""
+    return ch.to(tl.int64)[:, None] * stride_c + offs_p.to(tl.int64)[None, :] * stride_p
+
+
+@triton.jit
+def _pool_partial_kernel(
     x_ptr,  # (B, R*C, P) read through (stride_b, stride_c, stride_p)
     scale_ptr,  # (R*C,) or None when not AFFINE
     shift_ptr,  # (R*C,) or None when not AFFINE
-    gap_ptr,  # (B, C) contiguous, x's dtype
+    part_ptr,  # (B, CHUNKS, C) contiguous, ACC: sum over the chunk's positions and the R splits of act
     C,
     P,
-    inv_p,
+    C_BLOCKS,
+    CHUNKS,
+    CHUNK_P,  # positions per chunk, a multiple of BLOCK_P
     stride_b,
     stride_c,
     stride_p,
@@ -124,23 +169,49 @@ def _pool_fwd_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    # program (b, channel block): sums the R splits over all positions.
-    b = tl.program_id(0)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    # program (b, channel block, chunk): stage 1 of the mean; _sum_rows_kernel sums the chunks in a fixed order.
+    # The R splits of a tile are loaded in the same step (r innermost) so R tiles are in flight per program.
+    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
-    x_b = x_ptr + b.to(tl.int64) * stride_b
+    p_start = k * CHUNK_P
+    p_end = tl.minimum(p_start + CHUNK_P, P)
+    x_b = x_ptr + b * stride_b
     acc = tl.zeros((BLOCK_C, BLOCK_P), ACC)
-    for r in tl.static_range(RADIX):
-        ch = r * C + offs_c
-        sc, sh = _load_affine(scale_ptr, shift_ptr, ch, c_mask, AFFINE, ACC)
-        for p0 in range(0, P, BLOCK_P):
-            offs_p = p0 + tl.arange(0, BLOCK_P)
-            mask = c_mask[:, None] & (offs_p < P)[None, :]
-            v = tl.load(x_b + ch[:, None] * stride_c + offs_p[None, :] * stride_p, mask=mask, other=0.0).to(ACC)
+    for p0 in range(p_start, p_end, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask = c_mask[:, None] & (offs_p < p_end)[None, :]
+        for r in tl.static_range(RADIX):
+            ch = r * C + offs_c
+            sc, sh = _load_affine(scale_ptr, shift_ptr, ch, c_mask, AFFINE, ACC)
+            v = tl.load(x_b + _tile_offsets(ch, offs_p, stride_c, stride_p), mask=mask, other=0.0).to(ACC)
             _, act = _activate(v, sc, sh, AFFINE, RELU)
             acc += tl.where(mask, act, 0.0)
-    gap = tl.sum(acc, axis=1) * inv_p
-    tl.store(gap_ptr + b * C + offs_c, gap.to(gap_ptr.dtype.element_ty), mask=c_mask)
+    tl.store(part_ptr + (b * CHUNKS + k) * C + offs_c, tl.sum(acc, axis=1), mask=c_mask)
+
+
+@triton.jit
+def _sum_rows_kernel(
+    part_ptr,  # (G, ROWS, N) contiguous, ACC: partial sums
+    out_ptr,  # (G, N) contiguous, any float dtype
+    N,
+    ROWS,
+    DIVISOR,  # int: out = sum / DIVISOR, divided here in ACC (float64 for float64: no float32 constant)
+    N_BLOCKS,
+    ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # stage 2 of every reduction: rows summed one after the other in index order, so the result is the same bits
+    # on every run (no atomics).
+    pid = tl.program_id(0).to(tl.int64)
+    g = pid // N_BLOCKS
+    offs = (pid - g * N_BLOCKS) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = offs < N
+    base = part_ptr + g * ROWS * N
+    acc = tl.zeros((BLOCK_N,), ACC)
+    for i in range(0, ROWS):
+        acc += tl.load(base + i * N + offs, mask=mask, other=0.0).to(ACC)
+    tl.store(out_ptr + g * N + offs, (acc / DIVISOR).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -150,11 +221,13 @@ def _pool_bwd_kernel(
     scale_ptr,  # (R*C,) or None when not AFFINE
     shift_ptr,  # (R*C,) or None when not AFFINE
     dx_ptr,  # (B, R*C, P) written through (dstride_b, dstride_c, dstride_p), x's dtype
-    dscale_part_ptr,  # (B, R*C) contiguous, ACC: per-sample partial of grad_scale (None when not AFFINE)
-    dshift_part_ptr,  # (B, R*C) contiguous, ACC: per-sample partial of grad_shift (None when not AFFINE)
+    dscale_part_ptr,  # (B, CHUNKS, R*C) contiguous, ACC: partials of grad_scale (None when not AFFINE)
+    dshift_part_ptr,  # (B, CHUNKS, R*C) contiguous, ACC: partials of grad_shift (None when not AFFINE)
     C,
     P,
-    inv_p,
+    C_BLOCKS,
+    CHUNKS,
+    CHUNK_P,
     stride_b,
     stride_c,
     stride_p,
@@ -162,44 +235,48 @@ def _pool_bwd_kernel(
     dstride_c,
     dstride_p,
     RADIX: tl.constexpr,
+    R_P2: tl.constexpr,
     AFFINE: tl.constexpr,
     RELU: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    # program (b, channel block): d gap[b, c] / d act[b, r*C + c, p] = 1/P for every r and p.
-    b = tl.program_id(0)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    # program (b, channel block, chunk): d gap[b, c] / d act[b, r*C + c, p] = 1/P for every r and p. The division
+    # by the int P happens here, in ACC. r is innermost so the R splits of a tile are loaded in the same step; the
+    # grad_scale/grad_shift partials of split r are row r of (R_P2, BLOCK_C) accumulators, reduced every step.
+    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
-    x_b = x_ptr + b.to(tl.int64) * stride_b
-    dx_b = dx_ptr + b.to(tl.int64) * dstride_b
-    g = tl.load(grad_gap_ptr + b * C + offs_c, mask=c_mask, other=0.0).to(ACC) * inv_p
+    p_start = k * CHUNK_P
+    p_end = tl.minimum(p_start + CHUNK_P, P)
+    x_b = x_ptr + b * stride_b
+    dx_b = dx_ptr + b * dstride_b
+    g = tl.load(grad_gap_ptr + b * C + offs_c, mask=c_mask, other=0.0).to(ACC) / P
     RC = RADIX * C
-    for r in tl.static_range(RADIX):
-        ch = r * C + offs_c
-        sc, sh = _load_affine(scale_ptr, shift_ptr, ch, c_mask, AFFINE, ACC)
-        dsc = tl.zeros((BLOCK_C, BLOCK_P), ACC)
-        dsh = tl.zeros((BLOCK_C, BLOCK_P), ACC)
-        for p0 in range(0, P, BLOCK_P):
-            offs_p = p0 + tl.arange(0, BLOCK_P)
-            mask = c_mask[:, None] & (offs_p < P)[None, :]
-            v = tl.load(x_b + ch[:, None] * stride_c + offs_p[None, :] * stride_p, mask=mask, other=0.0).to(ACC)
+    rows = tl.arange(0, R_P2)
+    dsc = tl.zeros((R_P2, BLOCK_C), ACC)
+    dsh = tl.zeros((R_P2, BLOCK_C), ACC)
+    for p0 in range(p_start, p_end, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask = c_mask[:, None] & (offs_p < p_end)[None, :]
+        for r in tl.static_range(RADIX):
+            ch = r * C + offs_c
+            sc, sh = _load_affine(scale_ptr, shift_ptr, ch, c_mask, AFFINE, ACC)
+            v = tl.load(x_b + _tile_offsets(ch, offs_p, stride_c, stride_p), mask=mask, other=0.0).to(ACC)
             pre, _ = _activate(v, sc, sh, AFFINE, RELU)
             d = _times_act_grad(tl.where(mask, g[:, None], 0.0), pre, RELU)
             dv = d
             if AFFINE:
                 dv = d * sc[:, None]
-                dsc += d * v
-                dsh += d
-            tl.store(
-                dx_b + ch[:, None] * dstride_c + offs_p[None, :] * dstride_p,
-                dv.to(dx_ptr.dtype.element_ty),
-                mask=mask,
-            )
-        if AFFINE:
-            tl.store(dscale_part_ptr + b * RC + ch, tl.sum(dsc, axis=1), mask=c_mask)
-            tl.store(dshift_part_ptr + b * RC + ch, tl.sum(dsh, axis=1), mask=c_mask)
+                dsc = tl.where(rows[:, None] == r, dsc + tl.sum(d * v, axis=1)[None, :], dsc)
+                dsh = tl.where(rows[:, None] == r, dsh + tl.sum(d, axis=1)[None, :], dsh)
+            tl.store(dx_b + _tile_offsets(ch, offs_p, dstride_c, dstride_p), dv.to(dx_ptr.dtype.element_ty), mask=mask)
+    if AFFINE:
+        part = (b * CHUNKS + k) * RC + rows[:, None] * C + offs_c[None, :]
+        p_mask = (rows[:, None] < RADIX) & c_mask[None, :]
+        tl.store(dscale_part_ptr + part, dsc, mask=p_mask)
+        tl.store(dshift_part_ptr + part, dsh, mask=p_mask)
 
 
 @triton.jit
@@ -212,6 +289,8 @@ def _combine_fwd_kernel(
     C,
     P,
     CPG,
+    C_BLOCKS,
+    CHUNKS,  # position blocks: one BLOCK_P tile per program
     stride_b,
     stride_c,
     stride_p,
@@ -227,24 +306,22 @@ def _combine_fwd_kernel(
     BLOCK_P: tl.constexpr,
 ):
     # program (b, channel block, position block); the few logits of its channels are re-read by every program.
-    b = tl.program_id(0)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = k * BLOCK_P + tl.arange(0, BLOCK_P)
     c_mask = offs_c < C
     mask = c_mask[:, None] & (offs_p < P)[None, :]
     a, rows, _, _ = _attention(logits_ptr + b * RADIX * C, offs_c, c_mask, CPG, RADIX, R_P2, ACC)
-    x_b = x_ptr + b.to(tl.int64) * stride_b
+    x_b = x_ptr + b * stride_b
     out = tl.zeros((BLOCK_C, BLOCK_P), ACC)
     for r in tl.static_range(RADIX):
         ch = r * C + offs_c
         sc, sh = _load_affine(scale_ptr, shift_ptr, ch, c_mask, AFFINE, ACC)
-        v = tl.load(x_b + ch[:, None] * stride_c + offs_p[None, :] * stride_p, mask=mask, other=0.0).to(ACC)
+        v = tl.load(x_b + _tile_offsets(ch, offs_p, stride_c, stride_p), mask=mask, other=0.0).to(ACC)
         _, act = _activate(v, sc, sh, AFFINE, RELU)
         out += _row(a, rows, r)[:, None] * act
-    o_b = out_ptr + b.to(tl.int64) * ostride_b
-    tl.store(
-        o_b + offs_c[:, None] * ostride_c + offs_p[None, :] * ostride_p, out.to(out_ptr.dtype.element_ty), mask=mask
-    )
+    o_b = out_ptr + b * ostride_b
+    tl.store(o_b + _tile_offsets(offs_c, offs_p, ostride_c, ostride_p), out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -255,12 +332,15 @@ def _combine_bwd_kernel(
     scale_ptr,  # (R*C,) or None when not AFFINE
     shift_ptr,  # (R*C,) or None when not AFFINE
     dx_ptr,  # (B, R*C, P) written through (dstride_b, dstride_c, dstride_p), x's dtype
-    dlogits_ptr,  # (B, R*C) contiguous, [groups][radix][C/groups] per sample, x's dtype
-    dscale_part_ptr,  # (B, R*C) contiguous, ACC: per-sample partial of grad_scale (None when not AFFINE)
-    dshift_part_ptr,  # (B, R*C) contiguous, ACC: per-sample partial of grad_shift (None when not AFFINE)
+    da_part_ptr,  # (B, CHUNKS, R*C) contiguous, ACC: partials of d loss / d a[b, r, c] at r*C + c
+    dscale_part_ptr,  # (B, CHUNKS, R*C) contiguous, ACC: partials of grad_scale (None when not AFFINE)
+    dshift_part_ptr,  # (B, CHUNKS, R*C) contiguous, ACC: partials of grad_shift (None when not AFFINE)
     C,
     P,
     CPG,
+    C_BLOCKS,
+    CHUNKS,
+    CHUNK_P,
     gstride_b,
     gstride_c,
     gstride_p,
@@ -278,17 +358,19 @@ def _combine_bwd_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    # program (b, channel block) over all positions, so it owns the complete sums d a[b, r, c] and can finish
-    # with the softmax backward itself.
-    b = tl.program_id(0)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    # program (b, channel block, chunk): grad_x of its tiles, and stage 1 of the sums over positions (d a, and
+    # grad_scale/grad_shift); _combine_bwd_finish_kernel ends with the softmax backward.
+    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
+    p_start = k * CHUNK_P
+    p_end = tl.minimum(p_start + CHUNK_P, P)
     RC = RADIX * C
-    a, rows, l_mask, l_offs = _attention(logits_ptr + b * RC, offs_c, c_mask, CPG, RADIX, R_P2, ACC)
-    x_b = x_ptr + b.to(tl.int64) * stride_b
-    dx_b = dx_ptr + b.to(tl.int64) * dstride_b
-    g_b = grad_out_ptr + b.to(tl.int64) * gstride_b
-    da = tl.zeros((R_P2, BLOCK_C), ACC)  # d loss / d a, row r filled after the loop over split r
+    a, rows, _, _ = _attention(logits_ptr + b * RC, offs_c, c_mask, CPG, RADIX, R_P2, ACC)
+    x_b = x_ptr + b * stride_b
+    dx_b = dx_ptr + b * dstride_b
+    g_b = grad_out_ptr + b * gstride_b
+    part_row = (b * CHUNKS + k) * RC
     for r in tl.static_range(RADIX):
         ch = r * C + offs_c
         sc, sh = _load_affine(scale_ptr, shift_ptr, ch, c_mask, AFFINE, ACC)
@@ -296,13 +378,11 @@ def _combine_bwd_kernel(
         da_r = tl.zeros((BLOCK_C, BLOCK_P), ACC)
         dsc = tl.zeros((BLOCK_C, BLOCK_P), ACC)
         dsh = tl.zeros((BLOCK_C, BLOCK_P), ACC)
-        for p0 in range(0, P, BLOCK_P):
+        for p0 in range(p_start, p_end, BLOCK_P):
             offs_p = p0 + tl.arange(0, BLOCK_P)
-            mask = c_mask[:, None] & (offs_p < P)[None, :]
-            g = tl.load(
-                g_b + offs_c[:, None] * gstride_c + offs_p[None, :] * gstride_p, mask=mask, other=0.0
-            ).to(ACC)
-            v = tl.load(x_b + ch[:, None] * stride_c + offs_p[None, :] * stride_p, mask=mask, other=0.0).to(ACC)
+            mask = c_mask[:, None] & (offs_p < p_end)[None, :]
+            g = tl.load(g_b + _tile_offsets(offs_c, offs_p, gstride_c, gstride_p), mask=mask, other=0.0).to(ACC)
+            v = tl.load(x_b + _tile_offsets(ch, offs_p, stride_c, stride_p), mask=mask, other=0.0).to(ACC)
             pre, act = _activate(v, sc, sh, AFFINE, RELU)
             da_r += g * act  # g is 0 outside the tile
             d = _times_act_grad(g * a_r[:, None], pre, RELU)
@@ -311,15 +391,38 @@ def _combine_bwd_kernel(
                 dv = d * sc[:, None]
                 dsc += d * v
                 dsh += d
-            tl.store(
-                dx_b + ch[:, None] * dstride_c + offs_p[None, :] * dstride_p,
-                dv.to(dx_ptr.dtype.element_ty),
-                mask=mask,
-            )
-        da = tl.where(rows[:, None] == r, tl.sum(da_r, axis=1)[None, :], da)
+            tl.store(dx_b + _tile_offsets(ch, offs_p, dstride_c, dstride_p), dv.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(da_part_ptr + part_row + ch, tl.sum(da_r, axis=1), mask=c_mask)
         if AFFINE:
-            tl.store(dscale_part_ptr + b * RC + ch, tl.sum(dsc, axis=1), mask=c_mask)
-            tl.store(dshift_part_ptr + b * RC + ch, tl.sum(dsh, axis=1), mask=c_mask)
+            tl.store(dscale_part_ptr + part_row + ch, tl.sum(dsc, axis=1), mask=c_mask)
+            tl.store(dshift_part_ptr + part_row + ch, tl.sum(dsh, axis=1), mask=c_mask)
+
+
+@triton.jit
+def _combine_bwd_finish_kernel(
+    da_part_ptr,  # (B, CHUNKS, R*C) contiguous, ACC: partials of d loss / d a[b, r, c] at r*C + c
+    logits_ptr,  # (B, R*C) contiguous, [groups][radix][C/groups] per sample
+    dlogits_ptr,  # (B, R*C) contiguous, [groups][radix][C/groups] per sample, x's dtype
+    C,
+    CPG,
+    C_BLOCKS,
+    CHUNKS,
+    RADIX: tl.constexpr,
+    R_P2: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # program (b, channel block): stage 2 of d a (chunks summed in index order), then the softmax backward.
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // C_BLOCKS
+    offs_c = (pid - b * C_BLOCKS) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    RC = RADIX * C
+    a, rows, l_mask, l_offs = _attention(logits_ptr + b * RC, offs_c, c_mask, CPG, RADIX, R_P2, ACC)
+    part_offs = rows[:, None] * C + offs_c[None, :]  # (R_P2, BLOCK_C): split-major, like the partials
+    da = tl.zeros((R_P2, BLOCK_C), ACC)
+    for k in range(0, CHUNKS):
+        da += tl.load(da_part_ptr + (b * CHUNKS + k) * RC + part_offs, mask=l_mask, other=0.0)
     # softmax: dl_r = a_r * (da_r - sum_s a_s da_s); sigmoid: dl = da * a * (1 - a).
     if RADIX == 1:
         dl = da * a * (1.0 - a)
@@ -328,24 +431,253 @@ def _combine_bwd_kernel(
     tl.store(dlogits_ptr + b * RC + l_offs, dl.to(dlogits_ptr.dtype.element_ty), mask=l_mask)
 
 
+# ----------------------------------------------------------------------------------------------- launch geometry
+#
+# Why a heuristic and not triton.autotune: the work splits into a fixed number of partial sums whose workspace the
+# launcher allocates, so the chunking must be known before the launch; autotune would also time candidates on the
+# first call of every new shape (a stall in the middle of training) and cannot run under the interpreter. The
+# rules below follow from the hardware and are checked by tests/kernels/test_launch_model.py.
+
+# The SM count the model assumes when the tensors are not on a GPU (interpreter, meta tensors): an H100 SXM.
+DEFAULT_NUM_SMS = 132
+# The launchers aim at this many programs per SM (the goal is >= 4: rounding the chunks loses up to half).
+TARGET_PROGRAMS_PER_SM = 8
+MIN_PROGRAMS_PER_SM = 4  # the goal the launch-model test holds every stage shape to
+MIN_BYTES_IN_FLIGHT_PER_SM = 16 * 1024  # Little's law on an H100: ~3.35 TB/s x ~600 ns / 132 SMs
+# Elements per (BLOCK_C, BLOCK_P) tile: 16 per thread at 4 warps, i.e. four 16-byte vector loads per thread in
+# fp32; halved for fp64, whose accumulators take two registers each (keeps combine_backward below ~128 regs).
+TILE_ELEMENTS = 2048
+MIN_TILE_ELEMENTS = 512  # 4 per thread: below this a program is mostly index arithmetic
+NUM_WARPS = 4
+FINISH_BLOCK_N = 256  # outputs per program of _sum_rows_kernel
+# sm_80 and sm_90 alike: per SM 64K 32-bit registers, 64 resident warps, 32 resident blocks.
+REGS_PER_SM, WARPS_PER_SM, BLOCKS_PER_SM = 65536, 64, 32
+KERNELS = ("pool", "pool_backward", "combine", "combine_backward")
+
+
+def block_sizes(C: int, P: int, channels_last: bool, dtype: torch.dtype = torch.float32) -> Tuple[int, int]:
+    """(BLOCK_C, BLOCK_P): the contiguous axis gets the long side of the tile (channels for channels_last,
+    positions for NCHW) so loads coalesce and vectorise, and small tensors get a single tile, which also keeps the
+    interpreter fast."""
+    tile = TILE_ELEMENTS // 2 if dtype == torch.float64 else TILE_ELEMENTS
+    if channels_last:
+        block_c = min(triton.next_power_of_2(C), 64)
+        block_p = min(triton.next_power_of_2(P), max(16, tile // block_c))
+    else:
+        block_p = min(triton.next_power_of_2(P), 128)
+        block_c = min(triton.next_power_of_2(C), max(4, tile // block_p))
+    return block_c, block_p
+
+
+@dataclass(frozen=True)
+class LaunchParams:
+    """How one op is launched: a 1-D grid of `programs` = B x c_blocks x chunks programs, each owning BLOCK_C
+    channels of one sample and `chunk_p` positions (walked in BLOCK_P tiles; one tile for combine); the reductions
+    then finish in `finish_programs` programs that sum `finish_rows` partials per output."""
+
+    kernel: str
+    block_c: int
+    block_p: int
+    num_warps: int
+    c_blocks: int
+    chunks: int
+    chunk_p: int
+    programs: int
+    finish_rows: int
+    finish_programs: int
+    finish_block: int
+
+
+def launch_params(
+    kernel: str,
+    B: int,
+    C: int,
+    H: int,
+    W: int,
+    radix: int,
+    dtype: torch.dtype,
+    channels_last: bool,
+    num_sms: int = DEFAULT_NUM_SMS,
+    affine: bool = True,
+) -> LaunchParams:
+    """The launch geometry of `kernel` (one of KERNELS) for x (B, radix*C, H, W): what the launchers run and what
+    launch_model describes.
+
+    Positions split into chunks of whole BLOCK_P tiles until B x c_blocks x chunks reaches
+    TARGET_PROGRAMS_PER_SM x num_sms (or every program has a single tile): at batch 1 a whole-plane program per
+    channel block would leave most SMs idle. The chunks' partial sums make the reductions two-staged. Where even
+    one tile per program gives fewer than MIN_PROGRAMS_PER_SM x num_sms programs, the tile shrinks (down to
+    MIN_TILE_ELEMENTS); so the block sizes, compile-time constants, depend on the shape and the SM count."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    P = H * W
+    block_c, block_p = block_sizes(C, P, channels_last, dtype)
+    # Small planes (batch 1, layer4 at 512x512): shrink the tile until there are enough tiles to go round,
+    # halving the strided side first so loads stay coalesced along the contiguous one.
+    while (
+        B * triton.cdiv(C, block_c) * triton.cdiv(P, block_p) < MIN_PROGRAMS_PER_SM * num_sms
+        and block_c * block_p > MIN_TILE_ELEMENTS
+    ):
+        if (channels_last and block_p > 8) or (not channels_last and block_c == 1):
+            block_p //= 2
+        else:
+            block_c //= 2
+    c_blocks = triton.cdiv(C, block_c)
+    p_tiles = triton.cdiv(P, block_p)
+    if kernel == "combine":
+        tiles_per_chunk = 1  # nothing to reduce: one tile per program
+    else:
+        need = triton.cdiv(TARGET_PROGRAMS_PER_SM * num_sms, B * c_blocks)
+        tiles_per_chunk = max(1, p_tiles // need)  # floor: chunks >= need whenever there are that many tiles
+    chunks = triton.cdiv(p_tiles, tiles_per_chunk)
+    programs = B * c_blocks * chunks
+    if programs >= 2**31:
+        raise ValueError(f"resnest_fast: {programs} programs exceed the grid limit 2**31 - 1")
+    finish_block = FINISH_BLOCK_N
+    if kernel == "pool":  # (B, chunks, C) partials -> (B, C) means
+        finish_rows, finish_programs = chunks, B * triton.cdiv(C, finish_block)
+    elif kernel == "pool_backward":  # (B*chunks, R*C) -> grad_scale, the same for grad_shift
+        finish_rows = B * chunks if affine else 0
+        finish_programs = triton.cdiv(radix * C, finish_block) if affine else 0
+    elif kernel == "combine":
+        finish_rows, finish_programs = 0, 0
+    else:  # d a: (B, chunks, R*C) -> softmax backward per (b, channel block); grad_scale/shift as pool_backward
+        finish_block = min(triton.next_power_of_2(C), max(1, 512 // triton.next_power_of_2(radix)))
+        finish_rows, finish_programs = chunks, B * triton.cdiv(C, finish_block)
+    return LaunchParams(
+        kernel, block_c, block_p, NUM_WARPS, c_blocks, chunks, tiles_per_chunk * block_p, programs,
+        finish_rows, finish_programs, finish_block,
+    )
+
+
+@dataclass(frozen=True)
+class LaunchModel:
+    """A model, not a measurement, of one launch (see launch_model)."""
+
+    params: LaunchParams
+    num_sms: int
+    programs_per_sm: float
+    regs_per_thread: int  # estimate; scripts/triton_compile_check.py prints what ptxas allocates
+    resident_per_sm: int
+    bytes_in_flight_per_program: int
+    bytes_in_flight_per_sm: int
+    bytes_loaded: int  # main kernel, loads as issued (re-reads that L2 may serve included)
+    bytes_moved: int  # main kernel, loads + stores
+    finish_bytes_moved: int
+
+
+# Per kernel: (tiles of x-sized data one program has loaded and not yet consumed in one step of its loop,
+# (BLOCK_C, BLOCK_P) tiles live in registers across that step). combine loads its R splits in one unrolled step.
+_LOADS_AND_LIVE_TILES = {
+    "pool": (lambda r: r, 2),  # R x tiles; acc, v
+    "pool_backward": (lambda r: r, 5),  # R x tiles; v, pre, d, d * scale, d * v
+    "combine": (lambda r: r, 2),  # R x tiles; out, v
+    "combine_backward": (lambda r: 2, 8),  # grad_out, x; g, v, pre, act, d, d a, dscale and dshift partials
+}
+# Calibrated on ptxas at the stage shapes' tiles, fp32 and bf16, radix 2 (scripts/triton_compile_check.py --quick,
+# sm_90): pool 48..69, pool_backward 56..112, combine 48..72, combine_backward 114..168 registers, against the
+# estimates 64, 112, 64 and 160 below.
+
+
+def launch_model(
+    kernel: str,
+    B: int,
+    C: int,
+    H: int,
+    W: int,
+    radix: int,
+    dtype: torch.dtype,
+    channels_last: bool,
+    num_sms: int = DEFAULT_NUM_SMS,
+    affine: bool = True,
+) -> LaunchModel:
+    """Programs, bytes in flight per SM and bytes moved of one launch, from launch_params (the launchers' own).
+
+    The model: a program keeps one step of its loop in flight, i.e. loads x elem bytes per program = (tiles it
+    loads per step) x BLOCK_C x BLOCK_P x element size (software pipelining across steps would only add). Registers
+    per thread ~ 32 + (tiles live per step) x (tile elements / threads) x (accumulator bytes / 4), at most 255.
+    Resident programs per SM = min(32 blocks, 64 warps / num_warps, 64K registers / (regs x threads), programs
+    spread evenly over the SMs); bytes in flight per SM = resident x bytes per program. Only loads count as in
+    flight (stores do not stall a program). Bytes moved count every load and store the kernel issues, partial sums
+    included; the finishing passes are reported apart (they read the partials once and write B x C or R x C
+    values)."""
+    lp = launch_params(kernel, B, C, H, W, radix, dtype, channels_last, num_sms, affine)
+    elem = torch.empty((), dtype=dtype).element_size()
+    acc = torch.empty((), dtype=accumulation_dtype(dtype)).element_size()
+    P, RC = H * W, radix * C
+    threads = lp.num_warps * 32
+    tile = lp.block_c * lp.block_p
+    loads, live = _LOADS_AND_LIVE_TILES[kernel]
+    regs = min(255, 32 + live * triton.cdiv(tile, threads) * acc // 4)
+    resident = min(
+        BLOCKS_PER_SM, WARPS_PER_SM // lp.num_warps, REGS_PER_SM // (regs * threads), triton.cdiv(lp.programs, num_sms)
+    )
+    in_flight = loads(radix) * tile * elem
+    x_bytes, out_bytes = B * RC * P * elem, B * C * P * elem
+    n_affine = 2 if affine else 0
+    part_bytes = B * lp.chunks * RC * acc  # one (B, chunks, R*C) workspace
+    if kernel == "pool":
+        loaded, stored = x_bytes, B * lp.chunks * C * acc
+        finish = B * lp.chunks * C * acc + B * C * elem
+    elif kernel == "pool_backward":
+        loaded, stored = x_bytes + B * C * elem, x_bytes + n_affine * part_bytes
+        finish = n_affine * (part_bytes + RC * elem)
+    elif kernel == "combine":
+        loaded, stored = x_bytes + B * RC * elem, out_bytes
+        finish = 0
+    else:
+        loaded, stored = x_bytes + radix * out_bytes, x_bytes + (1 + n_affine) * part_bytes
+        finish = part_bytes + 2 * B * RC * elem + n_affine * (part_bytes + RC * elem)
+    return LaunchModel(
+        lp, num_sms, lp.programs / num_sms, regs, resident, in_flight, resident * in_flight, loaded, loaded + stored,
+        finish,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------- launchers
+
+_num_sms_cache: Dict[int, int] = {}
+_launch_hook: Optional[Callable] = None
+
+
+def _num_sms(x: Tensor) -> int:
+    if not x.is_cuda:
+        return DEFAULT_NUM_SMS
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    if index not in _num_sms_cache:
+        _num_sms_cache[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _num_sms_cache[index]
+
+
+def _launch(kernel, programs: int, num_warps: int, args: tuple, constexprs: dict) -> None:
+    """Every launch goes through here, so record_launches can list them (scripts/triton_compile_check.py)."""
+    if _launch_hook is not None:
+        _launch_hook(kernel, programs, num_warps, args, constexprs)
+    else:
+        kernel[(programs,)](*args, num_warps=num_warps, **constexprs)
+
+
+@contextlib.contextmanager
+def record_launches():
+    """Within the block the launchers record (kernel, programs, num_warps, args, constexprs) instead of launching;
+    with meta tensors they then run anywhere, which lets the compile check list the specialisations they use."""
+    global _launch_hook
+    launches = []
+    previous, _launch_hook = _launch_hook, lambda *launch: launches.append(launch)
+    try:
+        yield launches
+    finally:
+        _launch_hook = previous
+
+
+def _on_device(x: Tensor):
+    """Triton launches on the current device's current stream: make that x's device (and so its stream)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _acc_dtype(x: Tensor):
     """accumulation_dtype(x.dtype) as the kernels' ACC constexpr."""
     return {torch.float32: tl.float32, torch.float64: tl.float64}[accumulation_dtype(x.dtype)]
-
-
-def block_sizes(C: int, P: int, channels_last: bool) -> Tuple[int, int]:
-    """(BLOCK_C, BLOCK_P): the contiguous axis gets the long side of the tile (channels for channels_last,
-    positions for NCHW), and small tensors get a single tile, which also keeps the interpreter fast."""
-    if channels_last:
-        block_c = min(triton.next_power_of_2(C), 64)
-        block_p = min(triton.next_power_of_2(P), max(16, 2048 // block_c))
-    else:
-        block_p = min(triton.next_power_of_2(P), 128)
-        block_c = min(triton.next_power_of_2(C), max(4, 2048 // block_p))
-    return block_c, block_p
 
 
 def _flat_strides(t: Tensor) -> Tuple[int, int, int]:
@@ -357,8 +689,14 @@ def _flat_strides(t: Tensor) -> Tuple[int, int, int]:
 def _prepare(x: Tensor, radix: int):
     fmt = kernel_layout(x)
     xc = x.contiguous(memory_format=fmt)
-    b, rc, h, w = xc.shape
-    return xc, fmt, b, rc // radix, h * w
+    return xc, fmt, xc.shape[0], xc.shape[1] // radix
+
+
+def _params(kernel: str, xc: Tensor, fmt, radix: int, affine: bool) -> LaunchParams:
+    B, RC, H, W = xc.shape
+    return launch_params(
+        kernel, B, RC // radix, H, W, radix, xc.dtype, fmt == torch.channels_last, _num_sms(xc), affine
+    )
 
 
 def _param_grads(x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor]):
@@ -368,6 +706,21 @@ def _param_grads(x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor]):
     return torch.zeros(scale.shape, dtype=scale.dtype, device=x.device), torch.zeros(
         shift.shape, dtype=shift.dtype, device=x.device
     )
+
+
+def _finish_param_grads(part: Tensor, scale: Tensor, acc) -> Tuple[Tensor, Tensor]:
+    """Stage 2 of grad_scale/grad_shift: part (2, B, chunks, R*C) -> two (R*C,) in scale's dtype, one launch each
+    (the two outputs of an op must not share storage)."""
+    n = part.shape[-1]
+    rows = part.shape[1] * part.shape[2]
+    n_blocks = triton.cdiv(n, FINISH_BLOCK_N)
+    outs = []
+    for i in range(2):
+        out = torch.empty((n,), dtype=scale.dtype, device=part.device)
+        _launch(_sum_rows_kernel, n_blocks, NUM_WARPS, (part[i], out, n, rows, 1, n_blocks),
+                dict(ACC=acc, BLOCK_N=FINISH_BLOCK_N))
+        outs.append(out)
+    return outs[0], outs[1]
 
 
 def _dense(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -388,17 +741,25 @@ def splat_pool(x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], radi
     """gap (B, C) = mean over (h, w) of sum over r of act(x[:, r*C + c]); x (B, R*C, H, W), any layout."""
     check_common(x, scale, shift, radix)
     scale, shift = _dense(scale), _dense(shift)
-    xc, fmt, B, C, P = _prepare(x, radix)
+    xc, fmt, B, C = _prepare(x, radix)
+    P = xc.shape[2] * xc.shape[3]
     gap = torch.empty((B, C), dtype=x.dtype, device=x.device)
     if B * C == 0:
         return gap
     if P == 0:
         raise RuntimeError(f"resnest_fast: splat_pool needs H*W > 0, got x of shape {tuple(x.shape)}")
-    block_c, block_p = block_sizes(C, P, fmt == torch.channels_last)
-    _pool_fwd_kernel[(B, triton.cdiv(C, block_c))](
-        xc, scale, shift, gap, C, P, 1.0 / P, *_flat_strides(xc),
-        RADIX=radix, AFFINE=scale is not None, RELU=relu, ACC=_acc_dtype(x), BLOCK_C=block_c, BLOCK_P=block_p,
-    )
+    lp = _params("pool", xc, fmt, radix, scale is not None)
+    acc = _acc_dtype(x)
+    part = torch.empty((B, lp.chunks, C), dtype=accumulation_dtype(x.dtype), device=x.device)
+    with _on_device(x):
+        _launch(
+            _pool_partial_kernel, lp.programs, lp.num_warps,
+            (xc, scale, shift, part, C, P, lp.c_blocks, lp.chunks, lp.chunk_p, *_flat_strides(xc)),
+            dict(RADIX=radix, AFFINE=scale is not None, RELU=relu, ACC=acc, BLOCK_C=lp.block_c, BLOCK_P=lp.block_p),
+        )
+        n_blocks = triton.cdiv(C, lp.finish_block)
+        _launch(_sum_rows_kernel, lp.finish_programs, lp.num_warps, (part, gap, C, lp.chunks, P, n_blocks),
+                dict(ACC=acc, BLOCK_N=lp.finish_block))
     return gap
 
 
@@ -409,24 +770,26 @@ def splat_pool_backward(
     check_common(x, scale, shift, radix)
     _check_grad("grad_gap", grad_gap, (x.shape[0], x.shape[1] // radix), x)
     scale, shift = _dense(scale), _dense(shift)
-    xc, fmt, B, C, P = _prepare(x, radix)
+    xc, fmt, B, C = _prepare(x, radix)
+    P = xc.shape[2] * xc.shape[3]
     dx = torch.empty(xc.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     dscale, dshift = _param_grads(x, scale, shift)
     if xc.numel() == 0:
         return dx, dscale, dshift
     affine = scale is not None
-    acc = accumulation_dtype(x.dtype)
-    dsc_part = torch.empty((B, radix * C), dtype=acc, device=x.device) if affine else None
-    dsh_part = torch.empty((B, radix * C), dtype=acc, device=x.device) if affine else None
-    block_c, block_p = block_sizes(C, P, fmt == torch.channels_last)
-    _pool_bwd_kernel[(B, triton.cdiv(C, block_c))](
-        grad_gap.contiguous(), xc, scale, shift, dx, dsc_part, dsh_part, C, P, 1.0 / P,
-        *_flat_strides(xc), *_flat_strides(dx),
-        RADIX=radix, AFFINE=affine, RELU=relu, ACC=_acc_dtype(x), BLOCK_C=block_c, BLOCK_P=block_p,
-    )
-    if affine:
-        dscale = dsc_part.sum(0).to(scale.dtype)
-        dshift = dsh_part.sum(0).to(shift.dtype)
+    lp = _params("pool_backward", xc, fmt, radix, affine)
+    acc = _acc_dtype(x)
+    part = torch.empty((2, B, lp.chunks, radix * C), dtype=accumulation_dtype(x.dtype), device=x.device)
+    with _on_device(x):
+        _launch(
+            _pool_bwd_kernel, lp.programs, lp.num_warps,
+            (grad_gap.contiguous(), xc, scale, shift, dx, part[0] if affine else None, part[1] if affine else None,
+             C, P, lp.c_blocks, lp.chunks, lp.chunk_p, *_flat_strides(xc), *_flat_strides(dx)),
+            dict(RADIX=radix, R_P2=triton.next_power_of_2(radix), AFFINE=affine, RELU=relu, ACC=acc,
+                 BLOCK_C=lp.block_c, BLOCK_P=lp.block_p),
+        )
+        if affine:
+            dscale, dshift = _finish_param_grads(part, scale, acc)
     return dx, dscale, dshift
 
 
@@ -437,17 +800,20 @@ def splat_combine(
     check_common(x, scale, shift, radix)
     check_logits(x, logits, radix, groups)
     scale, shift, logits = _dense(scale), _dense(shift), _dense(logits)
-    xc, fmt, B, C, P = _prepare(x, radix)
+    xc, fmt, B, C = _prepare(x, radix)
+    P = xc.shape[2] * xc.shape[3]
     out = torch.empty((B, C, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device, memory_format=fmt)
     if out.numel() == 0:
         return out
-    block_c, block_p = block_sizes(C, P, fmt == torch.channels_last)
-    grid = (B, triton.cdiv(C, block_c), triton.cdiv(P, block_p))
-    _combine_fwd_kernel[grid](
-        xc, logits, scale, shift, out, C, P, C // groups, *_flat_strides(xc), *_flat_strides(out),
-        RADIX=radix, R_P2=triton.next_power_of_2(radix), AFFINE=scale is not None, RELU=relu,
-        ACC=_acc_dtype(x), BLOCK_C=block_c, BLOCK_P=block_p,
-    )
+    lp = _params("combine", xc, fmt, radix, scale is not None)
+    with _on_device(x):
+        _launch(
+            _combine_fwd_kernel, lp.programs, lp.num_warps,
+            (xc, logits, scale, shift, out, C, P, C // groups, lp.c_blocks, lp.chunks,
+             *_flat_strides(xc), *_flat_strides(out)),
+            dict(RADIX=radix, R_P2=triton.next_power_of_2(radix), AFFINE=scale is not None, RELU=relu,
+                 ACC=_acc_dtype(x), BLOCK_C=lp.block_c, BLOCK_P=lp.block_p),
+        )
     return out
 
 
@@ -467,25 +833,34 @@ def splat_combine_backward(
     check_logits(x, logits, radix, groups)
     _check_grad("grad_out", grad_out, (x.shape[0], x.shape[1] // radix, x.shape[2], x.shape[3]), x)
     scale, shift, logits = _dense(scale), _dense(shift), _dense(logits)
-    xc, fmt, B, C, P = _prepare(x, radix)
+    xc, fmt, B, C = _prepare(x, radix)
+    P = xc.shape[2] * xc.shape[3]
     go = grad_out.contiguous(memory_format=fmt)
     dx = torch.empty(xc.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-    dlogits = torch.zeros(logits.shape, dtype=logits.dtype, device=logits.device)
     dscale, dshift = _param_grads(x, scale, shift)
     if xc.numel() == 0:
-        return dx, dlogits, dscale, dshift
+        return dx, torch.zeros(logits.shape, dtype=logits.dtype, device=logits.device), dscale, dshift
     affine = scale is not None
-    acc = accumulation_dtype(x.dtype)
-    dsc_part = torch.empty((B, radix * C), dtype=acc, device=x.device) if affine else None
-    dsh_part = torch.empty((B, radix * C), dtype=acc, device=x.device) if affine else None
-    block_c, block_p = block_sizes(C, P, fmt == torch.channels_last)
-    _combine_bwd_kernel[(B, triton.cdiv(C, block_c))](
-        go, xc, logits, scale, shift, dx, dlogits, dsc_part, dsh_part, C, P, C // groups,
-        *_flat_strides(go), *_flat_strides(xc), *_flat_strides(dx),
-        RADIX=radix, R_P2=triton.next_power_of_2(radix), AFFINE=affine, RELU=relu,
-        ACC=_acc_dtype(x), BLOCK_C=block_c, BLOCK_P=block_p,
-    )
-    if affine:
-        dscale = dsc_part.sum(0).to(scale.dtype)
-        dshift = dsh_part.sum(0).to(shift.dtype)
+    lp = _params("combine_backward", xc, fmt, radix, affine)
+    acc = _acc_dtype(x)
+    r_p2 = triton.next_power_of_2(radix)
+    # [0]: d a, [1], [2]: grad_scale and grad_shift partials
+    part = torch.empty((3 if affine else 1, B, lp.chunks, radix * C), dtype=accumulation_dtype(x.dtype),
+                       device=x.device)
+    dlogits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    with _on_device(x):
+        _launch(
+            _combine_bwd_kernel, lp.programs, lp.num_warps,
+            (go, xc, logits, scale, shift, dx, part[0], part[1] if affine else None, part[2] if affine else None,
+             C, P, C // groups, lp.c_blocks, lp.chunks, lp.chunk_p,
+             *_flat_strides(go), *_flat_strides(xc), *_flat_strides(dx)),
+            dict(RADIX=radix, R_P2=r_p2, AFFINE=affine, RELU=relu, ACC=acc, BLOCK_C=lp.block_c, BLOCK_P=lp.block_p),
+        )
+        _launch(
+            _combine_bwd_finish_kernel, lp.finish_programs, lp.num_warps,
+            (part[0], logits, dlogits, C, C // groups, triton.cdiv(C, lp.finish_block), lp.chunks),
+            dict(RADIX=radix, R_P2=r_p2, ACC=acc, BLOCK_C=lp.finish_block),
+        )
+        if affine:
+            dscale, dshift = _finish_param_grads(part[1:], scale, acc)
     return dx, dlogits, dscale, dshift

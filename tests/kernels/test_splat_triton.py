@@ -1,7 +1,8 @@
 """Triton split-attention ops (resnest_fast/kernels/splat.py) against the pure-PyTorch reference.
 
-The kernels run through Triton's interpreter on CPU tensors: TRITON_INTERPRET must be set before triton and
-resnest_fast are imported, so run this file in its own pytest process.
+Without a GPU the kernels run through Triton's interpreter on CPU tensors (TRITON_INTERPRET must be set before triton
+and resnest_fast are imported: tests/conftest.py does it); with one, the tensors are put on it and the kernels are
+compiled, never interpreted.
 Low-precision rule (flash-attention): |triton - ref_hi| <= 2 * |ref_same_dtype - ref_hi| + floor, maxima over the
 tensor, with ref_hi the reference in float64 (for float32) or float32 (for float16/bfloat16) on the same values,
 and floor = atol + rtol * max|ref_hi| from TOLERANCES.
@@ -9,13 +10,13 @@ and floor = atol + rtol * max|ref_hi| from TOLERANCES.
 import itertools
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+import pytest
+import torch
 
-import pytest  # noqa: E402
+if not torch.cuda.is_available():  # as tests/conftest.py, for a run of this file alone
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 pytest.importorskip("triton")
-
-import torch  # noqa: E402
 
 import resnest_fast.kernels.splat as splat_triton  # noqa: E402
 from resnest_fast.op_rules import kernel_layout  # noqa: E402
@@ -26,6 +27,7 @@ from resnest_fast.ops.registrations import register_triton_ops  # noqa: E402
 assert register_triton_ops()
 
 OPS = torch.ops.resnest_fast
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 # dtype -> (atol, rtol) of the floor, and the dtype of the high-precision reference.
 TOLERANCES = {
@@ -64,8 +66,8 @@ CASES = _cases()
 def _make_x(b, rc, hw, layout, dtype, gen):
     h, w = hw
     if layout == "sliced":  # every other column of a wider tensor: dense in neither layout
-        return torch.randn(b, rc, h, 2 * w, generator=gen).to(dtype)[..., ::2]
-    x = torch.randn(b, rc, h, w, generator=gen).to(dtype)
+        return torch.randn(b, rc, h, 2 * w, generator=gen).to(DEVICE, dtype)[..., ::2]
+    x = torch.randn(b, rc, h, w, generator=gen).to(DEVICE, dtype)
     return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
 
 
@@ -83,6 +85,7 @@ def _inputs(radix, layout, dtype, b, hw, affine, param_dtype, seed=0):
         "grad_gap": torch.randn(b, C, generator=gen).to(dtype),
         "grad_out": torch.randn(b, C, *hw, generator=gen).to(dtype),
     }
+    ins = {k: None if v is None or k == "x" else v.to(DEVICE) for k, v in ins.items()} | {"x": x}
     if layout == "sliced":  # strided logits and affine parameters too
         for name in ("logits", "scale", "shift"):
             if ins[name] is not None:
@@ -100,7 +103,7 @@ def _leaves(ins, names):
     for n in names:
         t = ins[n]
         if t is not None:
-            t = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype).copy_(t).requires_grad_()
+            t = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).copy_(t).requires_grad_()
         out.append(t)
     return out
 
@@ -153,11 +156,23 @@ def test_splat_combine_matches_reference(radix, groups, layout, dtype, b, hw, af
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("radix, groups", [(1, 2), (3, 2), (4, 2)])
-def test_several_tiles_float64(monkeypatch, radix, groups, layout):
-    """Tiles smaller than the tensor: several channel blocks with a masked tail, several position blocks."""
-    monkeypatch.setattr(splat_triton, "block_sizes", lambda c, p, channels_last: (4, 16))
-    b, c, hw = 2, 10, (5, 7)
+@pytest.mark.parametrize(
+    "radix, groups, num_sms, hw, chunk_tiles",
+    [(1, 2, 132, (5, 7), 1), (3, 2, 1, (9, 11), 3), (4, 2, 132, (5, 7), 1)],
+    ids=["r1-one-tile-chunks", "r3-three-tile-chunks", "r4-one-tile-chunks"],
+)
+def test_several_tiles_and_chunks_float64(monkeypatch, radix, groups, num_sms, hw, chunk_tiles, layout):
+    """Tiles smaller than the tensor: several channel blocks with a masked tail, positions split in chunks (of one
+    or of several tiles) whose partial sums the finishing passes add, the last chunk a short tail. float64 shows
+    the two-stage reductions exact to rounding (the mean is divided in float64 inside the kernel)."""
+    monkeypatch.setattr(splat_triton, "block_sizes", lambda c, p, channels_last, dtype=None: (4, 16))
+    monkeypatch.setattr(splat_triton, "_num_sms", lambda x: num_sms)  # the launchers' SM count, GPU or not
+    b, c = 2, 10
+    for kernel in ("pool", "pool_backward", "combine_backward"):
+        lp = splat_triton.launch_params(kernel, b, c, *hw, radix, torch.float64, layout == "channels_last", num_sms)
+        p = hw[0] * hw[1]
+        assert lp.chunk_p == 16 * chunk_tiles and lp.chunks >= 3 and p % lp.chunk_p, lp  # a tail chunk
+        assert lp.c_blocks == 3 and lp.programs == b * 3 * lp.chunks
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(b, radix * c, *hw, generator=gen, dtype=torch.float64)
     if layout == "channels_last":
@@ -170,21 +185,32 @@ def test_several_tiles_float64(monkeypatch, radix, groups, layout):
         "grad_gap": torch.randn(b, c, generator=gen, dtype=torch.float64),
         "grad_out": torch.randn(b, c, *hw, generator=gen, dtype=torch.float64),
     }
+    ins = {k: v.to(DEVICE) for k, v in ins.items()}
     for run in (lambda be: _run_pool(ins, radix, True, be), lambda be: _run_combine(ins, radix, groups, True, be)):
         got, ref = run("triton"), run("reference")
         for name in got:
             torch.testing.assert_close(got[name], ref[name], rtol=1e-12, atol=1e-12, msg=name)
 
 
+def test_reductions_are_bit_reproducible():
+    """Two-stage reductions without atomics: the same inputs give the same bits, run after run."""
+    ins = _inputs(2, "channels_last", torch.float32, 2, (7, 9), True, torch.float32)
+    first, second = _run_combine(ins, 2, 1, True, "triton"), _run_combine(ins, 2, 1, True, "triton")
+    first |= {"gap": _run_pool(ins, 2, True, "triton")["gap"]}
+    second |= {"gap": _run_pool(ins, 2, True, "triton")["gap"]}
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
 def test_gradcheck_float64():
-    """Float64 runs in the interpreter (the kernels then accumulate in float64); fast_mode keeps the number of
-    interpreted launches small."""
+    """Float64 end to end (the kernels then accumulate in float64); fast_mode keeps the number of interpreted
+    launches small."""
     gen = torch.Generator().manual_seed(2)
     radix, groups, c = 4, 2, 2
-    x = torch.randn(2, radix * c, 3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
-    logits = torch.randn(2, radix * c, generator=gen, dtype=torch.float64, requires_grad=True)
-    scale = torch.randn(radix * c, generator=gen, dtype=torch.float64, requires_grad=True)
-    shift = torch.randn(radix * c, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, radix * c, 3, 5, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_()
+    logits = torch.randn(2, radix * c, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_()
+    scale = torch.randn(radix * c, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_()
+    shift = torch.randn(radix * c, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_()
     checks = [
         (lambda *t: splat_pool(*t, radix, True, backend="triton"), (x, scale, shift)),
         (lambda *t: splat_combine(*t, radix, groups, True, backend="triton"), (x, logits, scale, shift)),
@@ -200,10 +226,11 @@ def test_opcheck(layout, affine):
     radix, groups, c, hw = 2, 2, 4, (3, 5)
     gen = torch.Generator().manual_seed(3)
     x = _make_x(2, radix * c, hw, layout, torch.float32, gen)
-    logits = torch.randn(2, radix * c, generator=gen)
-    scale = torch.randn(radix * c, generator=gen) if affine else None
-    shift = torch.randn(radix * c, generator=gen) if affine else None
-    grad_gap, grad_out = torch.randn(2, c, generator=gen), torch.randn(2, c, *hw, generator=gen)
+    logits = torch.randn(2, radix * c, generator=gen).to(DEVICE)
+    scale = torch.randn(radix * c, generator=gen).to(DEVICE) if affine else None
+    shift = torch.randn(radix * c, generator=gen).to(DEVICE) if affine else None
+    grad_gap = torch.randn(2, c, generator=gen).to(DEVICE)
+    grad_out = torch.randn(2, c, *hw, generator=gen).to(DEVICE)
     torch.library.opcheck(OPS.triton_splat_pool.default, (x, scale, shift, radix, True))
     torch.library.opcheck(OPS.triton_splat_pool_backward.default, (grad_gap, x, scale, shift, radix, True))
     torch.library.opcheck(OPS.triton_splat_combine.default, (x, logits, scale, shift, radix, groups, True))
@@ -218,34 +245,36 @@ def test_opcheck(layout, affine):
 
 def test_output_layouts_and_dtypes():
     """Outputs in kernel_layout(x), x's dtype; grad_scale/grad_shift in scale's dtype, (0,) without affine."""
-    x = torch.randn(1, 8, 3, 5, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
-    logits = torch.randn(1, 8, dtype=torch.bfloat16)
-    scale, shift = torch.randn(8), torch.randn(8)
+    x = torch.randn(1, 8, 3, 5, dtype=torch.bfloat16, device=DEVICE).to(memory_format=torch.channels_last)
+    logits = torch.randn(1, 8, dtype=torch.bfloat16, device=DEVICE)
+    scale, shift = torch.randn(8, device=DEVICE), torch.randn(8, device=DEVICE)
     out = OPS.triton_splat_combine(x, logits, scale, shift, 2, 2, True)
     assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
     dx, dlogits, dscale, dshift = OPS.triton_splat_combine_backward(out, x, logits, scale, shift, 2, 2, True)
     assert dx.is_contiguous(memory_format=torch.channels_last) and dx.dtype == torch.bfloat16
     assert dlogits.dtype == torch.bfloat16 and dscale.dtype == dshift.dtype == torch.float32
-    dx, dscale, dshift = OPS.triton_splat_pool_backward(torch.ones(1, 4, dtype=torch.bfloat16), x, None, None, 2, True)
+    grad_gap = torch.ones(1, 4, dtype=torch.bfloat16, device=DEVICE)
+    dx, dscale, dshift = OPS.triton_splat_pool_backward(grad_gap, x, None, None, 2, True)
     assert dscale.shape == dshift.shape == (0,) and dscale.dtype == torch.bfloat16
     assert dx.is_contiguous(memory_format=kernel_layout(x))
 
 
 def test_empty_inputs():
-    x = torch.randn(0, 8, 3, 5)
-    logits = torch.randn(0, 8)
-    scale, shift = torch.randn(8), torch.randn(8)
+    x = torch.randn(0, 8, 3, 5, device=DEVICE)
+    logits = torch.randn(0, 8, device=DEVICE)
+    scale, shift = torch.randn(8, device=DEVICE), torch.randn(8, device=DEVICE)
     assert OPS.triton_splat_pool(x, scale, shift, 2, True).shape == (0, 4)
     assert OPS.triton_splat_combine(x, logits, scale, shift, 2, 2, True).shape == (0, 4, 3, 5)
-    dx, dscale, dshift = OPS.triton_splat_pool_backward(torch.randn(0, 4), x, scale, shift, 2, True)
-    assert dx.shape == x.shape and torch.equal(dscale, torch.zeros(8)) and torch.equal(dshift, torch.zeros(8))
+    dx, dscale, dshift = OPS.triton_splat_pool_backward(torch.randn(0, 4, device=DEVICE), x, scale, shift, 2, True)
+    zeros = torch.zeros(8, device=DEVICE)
+    assert dx.shape == x.shape and torch.equal(dscale, zeros) and torch.equal(dshift, zeros)
     # no positions: combine's gradients are zero (its output is empty); pool has no mean to take
-    x = torch.randn(2, 8, 0, 5)
-    logits = torch.randn(2, 8)
+    x = torch.randn(2, 8, 0, 5, device=DEVICE)
+    logits = torch.randn(2, 8, device=DEVICE)
     dx, dlogits, dscale, dshift = OPS.triton_splat_combine_backward(
-        torch.randn(2, 4, 0, 5), x, logits, None, None, 2, 2, True
+        torch.randn(2, 4, 0, 5, device=DEVICE), x, logits, None, None, 2, 2, True
     )
-    assert dx.shape == x.shape and torch.equal(dlogits, torch.zeros(2, 8)) and dscale.shape == (0,)
+    assert dx.shape == x.shape and torch.equal(dlogits, torch.zeros(2, 8, device=DEVICE)) and dscale.shape == (0,)
     with pytest.raises(RuntimeError, match="H\\*W > 0"):
         OPS.triton_splat_pool(x, None, None, 2, True)
 
@@ -264,9 +293,9 @@ def test_nan_passes_like_reference():
 def test_torch_compile_fullgraph(compile_backend):
     radix, groups, c = 4, 2, 2
     gen = torch.Generator().manual_seed(4)
-    x = torch.randn(2, radix * c, 3, 5, generator=gen).to(memory_format=torch.channels_last)
-    logits = torch.randn(2, radix * c, generator=gen)
-    scale, shift = torch.randn(radix * c, generator=gen), torch.randn(radix * c, generator=gen)
+    x = torch.randn(2, radix * c, 3, 5, generator=gen).to(DEVICE).to(memory_format=torch.channels_last)
+    logits = torch.randn(2, radix * c, generator=gen).to(DEVICE)
+    scale, shift = torch.randn(radix * c, generator=gen).to(DEVICE), torch.randn(radix * c, generator=gen).to(DEVICE)
 
     def loss(x, logits, scale, shift):
         gap = splat_pool(x, scale, shift, radix, True, backend="triton")
