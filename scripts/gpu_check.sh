@@ -3,10 +3,10 @@
 # already installed; mmsegmentation not needed), in about 8 minutes on an H100:
 #   build     FORCE_CUDA=1 for the visible GPU's arch (--no-build-isolation --no-deps: the machine's torch)
 #   info      what was built and which backend runs
-#   sanitize  compute-sanitizer memcheck and racecheck over every CUDA op at small odd shapes
-#   pytest    the needs_cuda tests, Triton compiled (TRITON_INTERPRET=0)
 #   check     python -m benchmarks.gpu_check all: correctness of every op (cuda, Triton) against the reference,
 #             op timings as % of the copy bandwidth, four-model fps (fp32, bf16 autocast), training memory
+#   sanitize  compute-sanitizer memcheck and racecheck over every CUDA op at small odd shapes
+#   pytest    the needs_cuda tests, Triton compiled (TRITON_INTERPRET=0)
 # CSVs, logs and summary.txt go to $OUT if set, else gpu_results/. Exit 1 if a step failed.
 # --dry-run: the same on the CPU at tiny shapes, no build, no sanitizer, no GPU tests (CI runs this).
 # --skip-build: use the resnest_fast already installed.
@@ -59,6 +59,8 @@ sys.exit(1) if not torch.cuda.is_available() else print('%d.%d' % torch.cuda.get
       "$PY" -m pip install -v --no-build-isolation --no-deps -e .
   fi
   step info "$PY" -m resnest_fast info
+  # the figures first (correctness, timings): if the machine's time runs out, the slower sweeps go first
+  step check "$PY" -m benchmarks.gpu_check all --out "$OUT"
   if command -v compute-sanitizer >/dev/null; then
     step sanitize-memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m benchmarks.gpu_check sanitize
     step sanitize-racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$PY" -m benchmarks.gpu_check sanitize
@@ -66,7 +68,6 @@ sys.exit(1) if not torch.cuda.is_available() else print('%d.%d' % torch.cuda.get
     echo "== sanitize: compute-sanitizer not found, skipped"
   fi
   step pytest "$PY" -m pytest -q -p no:cacheprovider -m needs_cuda tests
-  step check "$PY" -m benchmarks.gpu_check all --out "$OUT"
 fi
 
 if [ -f "$OUT/summary.txt" ]; then
