@@ -22,4 +22,4 @@ assert len(list_configs()) >= 8 and load_config(list_configs()[0])['model'], 'co
 print('wheel install OK:', resnest_fast.__file__)")
 echo "== editable install for the tests"
 "$PYTHON" -m pip install -q -e .
-RESNEST_FAST_REQUIRE_C=1 "$PYTHON" -m pytest -p no:cacheprovider -q "$@"
+RESNEST_FAST_REQUIRE_C=1 RESNEST_FAST_REQUIRE_MMSEG=1 "$PYTHON" -m pytest -p no:cacheprovider -q "$@"

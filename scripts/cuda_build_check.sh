@@ -34,6 +34,10 @@ echo "== CPU op tests against the CUDA build"
 # The tests import resnest_fast from the source tree: run them on the installed wheel from a copy of tests/.
 tmp=$(mktemp -d)
 cp -r tests "$tmp/tests"
+# source-level tests read these (the launch model compiles csrc/ headers; stage shapes come from benchmarks/);
+# resnest_fast itself is not copied, so the package under test is the installed one
+cp -r csrc "$tmp/csrc"
+mkdir "$tmp/benchmarks" && cp benchmarks/*.py "$tmp/benchmarks/"
 cp pyproject.toml "$tmp/"  # the markers (needs_cuda, heavy) and the default -m selection
 (cd "$tmp" && RESNEST_FAST_REQUIRE_C=1 TRITON_INTERPRET=0 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   tests/ops)

@@ -1,6 +1,6 @@
 """pytest's face of resnest_fast.testing.mmseg_reference: the same imports, skipping (with the install command)
-where mmseg is not installed, unless RESNEST_FAST_REQUIRE_MMSEG=1 or RESNEST_FAST_REQUIRE_C=1 (test.sh's full
-run, which installs mmseg) makes a missing reference a failure."""
+where mmseg is not installed, unless RESNEST_FAST_REQUIRE_MMSEG=1 (test.sh, which installs mmseg) makes a missing
+reference a failure."""
 import os
 
 import pytest
@@ -12,7 +12,7 @@ __all__ = ["INSTALL_HINT", "install_mmcv_ops_standin", "mmseg_available", "impor
            "skip_without_mmseg"]
 
 
-REQUIRING = ("RESNEST_FAST_REQUIRE_MMSEG", "RESNEST_FAST_REQUIRE_C")
+REQUIRING = ("RESNEST_FAST_REQUIRE_MMSEG",)
 
 
 def skip_without_mmseg() -> None:
