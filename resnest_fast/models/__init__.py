@@ -1,4 +1,5 @@
 """ResNeSt backbones (mmseg's arguments and state_dict names) and their named factories."""
+from resnest_fast.models import factory
 from resnest_fast.models.factory import (
     create_backbone,
     default_cfgs,
@@ -16,21 +17,4 @@ from resnest_fast.models.factory import (
 )
 from resnest_fast.models.resnest import Bottleneck, ResLayer, ResNeSt
 
-__all__ = [
-    "ResNeSt",
-    "Bottleneck",
-    "ResLayer",
-    "default_cfgs",
-    "create_backbone",
-    "list_backbones",
-    "resnest50",
-    "resnest50_d8",
-    "resnest101",
-    "resnest101_d8",
-    "resnest152",
-    "resnest152_d8",
-    "resnest200",
-    "resnest200_d8",
-    "resnest269",
-    "resnest269_d8",
-]
+__all__ = ["ResNeSt", "Bottleneck", "ResLayer"] + factory.__all__
