@@ -1,4 +1,4 @@
-"""Training command: mmseg's iteration-based recipe for the ResNeSt segmenters, on one process or under torchrun.
+"""Training: mmseg's iteration-based recipe for the ResNeSt segmenters, on one process or under torchrun.
 
 What runs, per process (mmseg 1.x / mmengine semantics unless said otherwise):
   data     the config's training set, mmseg's pipeline, an endless sampler (InfiniteSampler: one permutation after
@@ -24,9 +24,8 @@ sampler's position: a run killed at any point and resumed from its latest checkp
 had not stopped (bit for bit with --deterministic, the same number of processes and threads). A work directory that
 already holds a run is never written into without --resume.
 
-Python: `train(cfg, ...)`. Command line: `resnest-fast train --help` (or `python -m resnest_fast.training.train`);
-distributed: `torchrun --nproc-per-node N -m resnest_fast.training.train CONFIG ...`. Exit codes: 0 done,
-1 training failed (e.g. the loss became NaN), 2 nothing done (bad arguments, config, data, checkpoint or work dir).
+Python: `train(cfg, ...)`. Command line (resnest_fast.cli.train): `resnest-fast train --help`; distributed:
+`torchrun --nproc-per-node N -m resnest_fast train CONFIG ...`.
 """
 import ast
 import copy
