@@ -21,6 +21,7 @@ Every row goes to CSV under --out (default $OUT, else gpu_results/) with machine
 one-screen summary to <out>/summary.txt and stdout. Exit 1 when a correctness check failed.
 """
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -31,6 +32,7 @@ import torch
 
 from benchmarks import report
 from benchmarks.memory import saved_storage_bytes
+from benchmarks.models import HEAD_CONFIGS, MEAN, STD, timed_call
 from benchmarks.providers import eager_combine_op, eager_pool_op, eager_post_conv, make_block
 from benchmarks.stage_shapes import Block, resnest101_d8_blocks
 from resnest_fast import _extension as ext
@@ -40,17 +42,9 @@ from resnest_fast.testing.tolerances import FACTOR, FLOOR
 
 STEPS = ("sanitize", "ops", "bench-ops", "models", "memory")
 HEADS = ("deeplabv3", "fcn", "pspnet", "deeplabv3plus")
-CONFIG_OF_HEAD = {
-    "fcn": "resnest_s101-d8_fcn_4xb2-80k_cityscapes-512x1024",
-    "pspnet": "resnest_s101-d8_pspnet_4xb2-80k_cityscapes512x1024",
-    "deeplabv3": "resnest_s101-d8_deeplabv3_4xb2-80k_cityscapes-512x1024",
-    "deeplabv3plus": "resnest_s101-d8_deeplabv3plus_4xb2-80k_cityscapes-512x1024",
-}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # floor of the rule per dtype, relative to max(1, |ref64|): fp32 sums of up to ~10^5 terms in another order
 ERROR_FLOOR = {torch.float32: 1e-5, torch.bfloat16: FLOOR[torch.bfloat16], torch.float16: FLOOR[torch.float16]}
-MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
-STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
 
 
 class Settings:
@@ -228,23 +222,10 @@ def sanitize(s: Settings) -> None:
 
 
 def _time(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
-    """Median seconds of fn() over `iters` calls after `warmup`: CUDA events on a GPU, perf_counter on the CPU."""
+    """Median seconds of fn() over `iters` calls after `warmup` (benchmarks.models.timed_call)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timed_call(fn, device) for _ in range(iters))
 
 
 def bench_ops(s: Settings) -> List[dict]:
@@ -329,7 +310,7 @@ def _model_cfg(head: str, dry_run: bool) -> dict:
     from resnest_fast.segmentation import load_config
     from resnest_fast.testing.small_models import small_model_cfg
 
-    return small_model_cfg(head) if dry_run else load_config(CONFIG_OF_HEAD[head])["model"]
+    return small_model_cfg(head) if dry_run else load_config(HEAD_CONFIGS[head])["model"]
 
 
 def _pair_of_models(head: str, s: Settings):
@@ -370,7 +351,7 @@ def bench_models(s: Settings, heads, compile_heads) -> List[dict]:
                 providers["ours-compiled"] = torch.compile(ours.decode, options=options)
             ctx = (lambda: torch.autocast(s.device.type, dtype=torch.bfloat16)) if autocast else None
             with torch.no_grad():
-                with (ctx() if ctx else _null()):
+                with (ctx() if ctx else contextlib.nullcontext()):
                     want = ref.decode(x).float()
                     for provider, fn in providers.items():
                         got = fn(x).float()
@@ -387,14 +368,6 @@ def bench_models(s: Settings, heads, compile_heads) -> List[dict]:
         if s.device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _fps(fn, x, s: Settings) -> float:

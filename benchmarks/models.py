@@ -147,19 +147,19 @@ def _compiled(fn):
     return torch.compile(fn)
 
 
-def _timed_call(fn, x):
-    """Seconds of one call, synchronised: CUDA events on a GPU (mmseg synchronises around perf_counter; events
+def timed_call(fn, device):
+    """Seconds of one call fn(), synchronised: CUDA events on a GPU (mmseg synchronises around perf_counter; events
     measure the same span without the host's share of the sync), perf_counter on CPU."""
-    if x.is_cuda:
+    if torch.device(device).type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
         start.record()
-        fn(x)
+        fn()
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3
     t = time.perf_counter()
-    fn(x)
+    fn()
     return time.perf_counter() - t
 
 
@@ -172,7 +172,7 @@ def time_providers(providers, x, warmup=5, rounds=5):
                 fn(x)
         for _ in range(rounds):
             for name, fn in providers.items():
-                times[name].append(_timed_call(fn, x))
+                times[name].append(timed_call(lambda: fn(x), x.device))
     return times
 
 

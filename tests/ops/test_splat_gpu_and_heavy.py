@@ -14,6 +14,7 @@ from resnest_fast import _extension as ext
 from resnest_fast.backend import available_backends
 from tests.ops.test_splat_kernel_paths import (
     SHAPES as LOOP_SHAPES,
+    assert_bn_stats_match_float64,
     assert_fused_backward_is_the_gradient,
     assert_twice_torch_error,
     backward_inputs,
@@ -71,19 +72,11 @@ def test_gpu_backends_against_reference(backend, radix, groups, layout, dtype, s
 def test_gpu_bn_stats_against_float64(layout, dtype, shape):
     """The CUDA splat_bn_stats on data whose mean dwarfs its spread, within twice torch's own error in the
     accumulation dtype of float64 var_mean (the large shape: many blocks per channel, the two-stage reduction)."""
-    from resnest_fast.ops import splat_bn_stats, splat_bn_stats_reference
-
     if not ext.TRAINING_KERNELS["cuda"]:
         pytest.skip("resnest_fast._C was built without the CUDA training kernels")
     x_cpu = strided_like((torch.randn(shape, dtype=torch.float64) * 0.5 + 100.0).to(dtype), layout)
     (x,) = on("cuda", [x_cpu], requires_grad=False)
-    var, mean = splat_bn_stats(x, backend="cuda")
-    var_t, mean_t = splat_bn_stats_reference(x)
-    var64, mean64 = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
-    assert_twice_torch_error("mean", mean, mean_t, mean64)
-    assert_twice_torch_error("var", var, var_t, var64)
-    rel = 1e-12 if dtype == torch.float64 else 1e-5
-    assert ((var.double() - var64).abs() <= rel * var64).all(), (var.double() - var64).abs().max()
+    assert_bn_stats_match_float64(x, "cuda")
 
 
 @pytest.mark.needs_cuda

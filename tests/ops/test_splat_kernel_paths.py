@@ -126,13 +126,18 @@ def test_bn_stats_every_loop(backend, layout, dtype, shape, two_threads):
     """bn0's batch statistics on data whose mean dwarfs its spread, against torch.var_mean in float64 of the same
     (rounded) values: within twice torch's own error (var_mean of the values upcast to the accumulation dtype)."""
     x = strided_like((torch.randn(shape, dtype=torch.float64) * 0.5 + 100.0).to(dtype), layout)
+    assert_bn_stats_match_float64(x, backend)
+
+
+def assert_bn_stats_match_float64(x, backend):
+    """splat_bn_stats of x on `backend` against torch.var_mean of x in float64: within twice the reference's own
+    error, and the variance within a relative bound (the floor alone would let a lost block pass for |var| < 1)."""
     var, mean = splat_bn_stats(x, backend=backend)
     var_t, mean_t = splat_bn_stats_reference(x)
     var64, mean64 = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
     assert_twice_torch_error("mean", mean, mean_t, mean64)
     assert_twice_torch_error("var", var, var_t, var64)
-    # the floor alone would let a lost block pass for the variance (|var| ~ 0.25 < 1): relative bound too
-    rel = 1e-12 if dtype == torch.float64 else 1e-5
+    rel = 1e-12 if x.dtype == torch.float64 else 1e-5
     assert ((var.double() - var64).abs() <= rel * var64).all(), (var.double() - var64).abs().max()
 
 
