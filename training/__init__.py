@@ -13,20 +13,14 @@ import warnings
 
 __all__ = []
 
-_MOVED = {
-    "build_model": "resnest_fast.segmentation",
-    "build_segmentor": "resnest_fast.segmentation",
-    "EncoderDecoder": "resnest_fast.segmentation",
-    "load_config": "resnest_fast.segmentation",
-    "list_configs": "resnest_fast.segmentation",
-}
+_MOVED = ("build_model", "build_segmentor", "EncoderDecoder", "load_config", "list_configs")  # to segmentation
 
 
 def __getattr__(name):
     if name in _MOVED:
         from resnest_fast import segmentation
 
-        warnings.warn(f"resnest_fast.training.{name} moved to {_MOVED[name]}.{name}; the old name goes away in the "
-                      "next release", DeprecationWarning, stacklevel=2)
+        warnings.warn(f"resnest_fast.training.{name} moved to resnest_fast.segmentation.{name}; the old name goes "
+                      "away in the next release", DeprecationWarning, stacklevel=2)
         return getattr(segmentation, name)
     raise AttributeError(f"module 'resnest_fast.training' has no attribute {name!r}")
