@@ -7,9 +7,12 @@ source scripts/setup_env.sh
 echo "== installing the test tools and the reference (mmsegmentation 1.2.2 on mmcv-lite)"
 pip_install -q "$TORCH_SPEC" pytest pytest-benchmark pytest-timeout mmengine==0.10.7 mmcv-lite==2.1.0 \
   mmsegmentation==1.2.2 ftfy regex pillow tqdm cityscapesscripts onnx onnxscript onnxruntime
-# timm's SplitAttn is a reference of convert(); timm itself would pull torchvision (and another torch), so only
-# its source is installed and the test loads the two files it needs
+# timm's SplitAttn and ResNeSt are references of convert() and load_pretrained(); timm would pull torchvision (and
+# another torch), so only its source is installed and tests/timm_reference.py imports it without torchvision
 pip_install -q --no-deps timm
+# the original ResNeSt release, the reference of load_pretrained's layout (its torch models are plain PyTorch; its
+# declared dependencies, nose among them, are for code the tests never import)
+pip_install -q --no-deps resnest==0.0.5
 echo "== building and installing resnest_fast as a wheel, checked from outside the source tree"
 "$PYTHON" -m pip install -q .
 (cd "${TMPDIR:-/tmp}" && "$PYTHON" -c "

@@ -183,6 +183,8 @@ def build_models(config: str, reference: str = "auto", seed: int = 0, dtype: str
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     cfg = load_config(config)
+    # both runs start from the same random weights: the training loop must not put ImageNet weights into ours
+    cfg["model"] = dict(cfg["model"], pretrained=None)
     torch.manual_seed(seed)
     if reference == "reference-backend":
         ref, kind = build_segmentor(cfg["model"], backend="reference"), "reference-backend"

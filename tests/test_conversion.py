@@ -1,9 +1,6 @@
 """resnest_fast.convert on the real mmseg ResNeSt (and timm's real SplitAttn source when timm is installed): the
 converted model computes what the original did, keeps its parameters (the same objects) and state_dict keys."""
 import copy
-import importlib.util
-import sys
-import types
 
 import pytest
 import torch
@@ -14,6 +11,7 @@ from resnest_fast.conversion import from_module
 from resnest_fast.nn import SplitAttentionConv2d
 from tests.mmseg_reference import import_mmseg_resnest
 from tests.parity import randomize_model
+from tests.timm_reference import timm_layer
 from resnest_fast.testing.tolerances import assert_max_abs
 
 
@@ -66,36 +64,9 @@ def test_converted_model_is_optimised_like_ours():
             assert_max_abs("optimised converted mmseg", a, b, tol=1e-4)
 
 
-def _load_timm_split_attn():
-    """timm's own layers/split_attn.py (and the helpers it imports), loaded without importing timm's package
-    __init__, which needs torchvision."""
-    spec = importlib.util.find_spec("timm")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("timm is not installed (pip install --no-deps timm)")
-    root = spec.submodule_search_locations[0]
-    saved = {k: sys.modules.get(k) for k in ("timm", "timm.layers", "timm.layers.helpers", "timm.layers.split_attn")}
-    try:
-        for pkg in ("timm", "timm.layers"):
-            mod = types.ModuleType(pkg)
-            mod.__path__ = [root if pkg == "timm" else f"{root}/layers"]
-            sys.modules[pkg] = mod
-        for name in ("helpers", "split_attn"):
-            s = importlib.util.spec_from_file_location(f"timm.layers.{name}", f"{root}/layers/{name}.py")
-            module = importlib.util.module_from_spec(s)
-            sys.modules[f"timm.layers.{name}"] = module
-            s.loader.exec_module(module)
-        return sys.modules["timm.layers.split_attn"]
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-
-
 @pytest.mark.parametrize("radix,groups,rd", [(2, 1, None), (4, 2, 16), (1, 1, None)])
 def test_timm_split_attn_converts_and_computes_the_same(radix, groups, rd):
-    split_attn = _load_timm_split_attn()
+    split_attn = timm_layer("split_attn")
 
     class Net(nn.Module):
         def __init__(self):
@@ -118,7 +89,7 @@ def test_timm_split_attn_converts_and_computes_the_same(radix, groups, rd):
 
 
 def test_unsupported_variants_stay_and_are_named():
-    split_attn = _load_timm_split_attn()
+    split_attn = timm_layer("split_attn")
     net = nn.Sequential(split_attn.SplitAttn(16, 16, radix=2),  # no norm_layer: bn0 is an Identity
                         split_attn.SplitAttn(16, 16, radix=2, norm_layer=nn.BatchNorm2d))
     with pytest.warns(UserWarning, match=r"left 1 module\(s\) unfused: 0: bn0 is a Identity"):

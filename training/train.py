@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from resnest_fast.checkpoint import CheckpointError, load_checkpoint
+from resnest_fast.models import load_pretrained
 from resnest_fast.segmentation import build_segmentor, load_config
 from resnest_fast.training import checkpoints as ckpt
 from resnest_fast.training.data.builder import build_dataset, check_data_config
@@ -339,10 +340,12 @@ def train(
                 raise ValueError(f"the model predicts {model.num_classes} classes but the {data['type']} dataset "
                                  f"has {len(classes)} (model.decode_head.num_classes)")
             crop_size = model.crop_size or tuple(data.get("crop_size") or ()) or None
-            if getattr(model, "pretrained", None):
-                report = load_checkpoint(model.backbone, model.pretrained, strict=False)
+            # ImageNet weights for the backbone (mmseg's init_weights): all of them or a SetupError, never a silent
+            # partial load; a resumed run takes every weight from its checkpoint, so nothing is fetched for it
+            if getattr(model, "pretrained", None) and resume_from is None:
+                report = load_pretrained(model.backbone, model.pretrained, progress=progress and info.is_main)
                 if info.is_main:
-                    tqdm.write(f"backbone weights from {model.pretrained}: {report}", file=log)
+                    tqdm.write(f"backbone weights from {report}", file=log)
             if load_from is not None:
                 report = load_checkpoint(model, load_from, strict=False)
                 if info.is_main:

@@ -1,4 +1,5 @@
-"""ResNeSt backbones (mmseg's arguments and state_dict names) and their named factories."""
+"""ResNeSt backbones (mmseg's arguments and state_dict names), their named factories, and ImageNet weights for them
+from OpenMMLab's, the ResNeSt release's and timm's checkpoints (load_pretrained)."""
 from resnest_fast.models import factory
 from resnest_fast.models.factory import (
     create_backbone,
@@ -15,6 +16,8 @@ from resnest_fast.models.factory import (
     resnest269,
     resnest269_d8,
 )
+from resnest_fast.models.pretrained import PretrainedReport, PretrainedUnavailable, load_pretrained
 from resnest_fast.models.resnest import Bottleneck, ResLayer, ResNeSt
 
-__all__ = ["ResNeSt", "Bottleneck", "ResLayer"] + factory.__all__
+__all__ = ["ResNeSt", "Bottleneck", "ResLayer", "load_pretrained", "PretrainedReport",
+           "PretrainedUnavailable"] + factory.__all__

@@ -239,8 +239,9 @@ class ResNeSt(nn.Module):
             raise ValueError("ResNeSt is a ResNetV1d: deep_stem and avg_down must be True")
         if pretrained is not None or init_cfg is not None:
             raise ValueError(
-                "pretrained/init_cfg are not supported here: load weights with "
-                "resnest_fast.load_checkpoint(model, path) (mmseg checkpoints load with strict=True)"
+                "pretrained/init_cfg are not supported here: load ImageNet weights (a file or open-mmlab://resnestNNN) "
+                "with resnest_fast.models.load_pretrained(backbone, source), and mmseg checkpoints with "
+                "resnest_fast.load_checkpoint(model, path)"
             )
         norm_cfg = dict(type="BN", requires_grad=True) if norm_cfg is None else dict(norm_cfg)
         self.depth = depth

@@ -74,7 +74,9 @@ class EncoderDecoder(nn.Module):
         )
         self.num_classes = self.decode_head.num_classes
         self.align_corners = self.decode_head.align_corners
-        self.pretrained = pretrained  # a local checkpoint path for the backbone, loaded by the training command
+        # ImageNet weights for the backbone (a file or open-mmlab://NAME): only the training command loads them,
+        # through resnest_fast.models.load_pretrained, as only mmseg's init_weights does
+        self.pretrained = pretrained
         pre = dict(data_preprocessor or {})
         unknown = set(pre) - _PREPROCESSOR_KEYS
         if unknown:

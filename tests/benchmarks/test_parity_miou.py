@@ -243,3 +243,13 @@ def test_pretraining_gives_both_runs_the_references_trained_weights(tmp_path, on
         parity_miou.run_experiment(config, max_iters=1, pretrain_iters=-1)
     with pytest.raises(ValueError, match="lr must be > 0"):
         parity_miou.run_experiment(config, max_iters=1, lr=0.0)
+
+
+def test_a_table_config_runs_from_the_shared_random_weights_not_imagenet_ones():
+    """The table configs name ImageNet weights (model.pretrained), which the training loop would load into ours
+    (and fetch): the compared runs must start from the same random weights, so neither model carries it. Built on
+    the meta device: only the attribute matters."""
+    with torch.device("meta"):
+        ref, _, ours = parity_miou.build_models("resnest_s101-d8_fcn_4xb2-80k_cityscapes-512x1024",
+                                                reference="reference-backend", seed=0)
+    assert ours.pretrained is None and ref.pretrained is None

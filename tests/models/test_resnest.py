@@ -161,7 +161,7 @@ def test_factories_cover_the_table():
         (dict(depth=50, dcn=dict(type="DCN")), "dcn"),
         (dict(depth=50, norm_cfg=dict(type="GN")), "norm_cfg"),
         (dict(depth=50, style="tf"), "style"),
-        (dict(depth=50, pretrained="open-mmlab://resnest101"), "load_checkpoint"),
+        (dict(depth=50, pretrained="open-mmlab://resnest101"), "load_pretrained"),
         (dict(depth=50, frozen_stages=7), "frozen_stages"),
     ],
 )

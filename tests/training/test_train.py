@@ -122,7 +122,8 @@ def test_a_real_layout_dataset_trains_with_mmsegs_pipeline_and_padded_batches(tm
     import numpy as np
 
     _ade_tree(tmp_path / "ade", np.random.default_rng(0))
-    small = ["model.backbone.depth=50", "model.backbone.stem_channels=16", "model.backbone.base_channels=8",
+    small = ["model.pretrained=None", "model.backbone.depth=50", "model.backbone.stem_channels=16",
+             "model.backbone.base_channels=8",
              "model.decode_head.in_channels=256", "model.decode_head.channels=16",
              "model.auxiliary_head.in_channels=128", "model.auxiliary_head.channels=8",
              "model.data_preprocessor.size=(32, 32)", "data.crop_size=(32, 32)", "data.scale=(48, 24)",

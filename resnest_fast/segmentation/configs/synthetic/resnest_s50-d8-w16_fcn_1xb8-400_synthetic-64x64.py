@@ -13,6 +13,7 @@ _base_ = [
 crop_size = (64, 64)
 num_classes = 7
 model = dict(
+    pretrained=None,  # from scratch: ImageNet weights would be a download, and of another width
     data_preprocessor=dict(size=crop_size),
     backbone=dict(depth=50, stem_channels=16, base_channels=16),
     decode_head=dict(in_channels=512, channels=32, num_classes=num_classes),
