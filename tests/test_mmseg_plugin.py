@@ -89,6 +89,16 @@ def assert_fp32_close(name, got32, ref32, ref64, floor=1e-5):
     assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g} (mmseg fp32: {ref_err:.3g})"
 
 
+def assert_eval_logits_match(name, ref, ours, x):
+    """Eval-mode segmentation logits of both segmentors on x, fp32 judged against mmseg's float64 run."""
+    ref64 = copy.deepcopy(ref).double()
+    for m in (ref, ours, ref64):
+        m.eval()
+    with torch.no_grad():
+        got, want, want64 = ours(x, mode="tensor"), ref(x, mode="tensor"), ref64(x.double(), mode="tensor")
+    assert_fp32_close(f"{name} logits", got, want, want64)
+
+
 def samples(num_classes, shape, seed=0):
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
@@ -129,13 +139,7 @@ def test_the_table_configs_with_one_changed_line_match_mmseg(mm, tmp_path, name,
     assert type(ours.backbone) is ResNeStFast
     assert [type(m) for n, m in ours.named_modules() if not n.startswith("backbone")] == \
         [type(m) for n, m in ref.named_modules() if not n.startswith("backbone")]
-    ref64 = copy.deepcopy(ref).double()
-    for m in (ref, ours, ref64):
-        m.eval()
-    x = torch.randn(1, 3, 40, 56)
-    with torch.no_grad():
-        got, want, want64 = ours(x, mode="tensor"), ref(x, mode="tensor"), ref64(x.double(), mode="tensor")
-    assert_fp32_close(f"{name} logits", got, want, want64)
+    assert_eval_logits_match(name, ref, ours, torch.randn(1, 3, 40, 56))
 
 
 @pytest.mark.parametrize("name", [TABLE[0], next(n for n in TABLE if "deeplabv3plus" in n)])
@@ -311,10 +315,4 @@ def test_full_size_configs_match_mmseg(mm, tmp_path, name):
     facts = json.loads((REFERENCE_FACTS / f"{name}.json").read_text())
     ours_sd = [(k, list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in ours.state_dict().items()]
     assert sorted(ours_sd) == sorted(tuple(f) for f in facts["state_dict"])
-    ref64 = copy.deepcopy(ref).double()
-    for m in (ref, ours, ref64):
-        m.eval()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        got, want, want64 = ours(x, mode="tensor"), ref(x, mode="tensor"), ref64(x.double(), mode="tensor")
-    assert_fp32_close(f"{name} logits", got, want, want64)
+    assert_eval_logits_match(name, ref, ours, torch.randn(1, 3, 64, 64))
