@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from resnest_fast.nn.bn_relu_conv import lean_bn_relu_conv_applies
 from resnest_fast.testing.small_models import shrink_model_cfg
 from resnest_fast.testing.tolerances import FACTOR, assert_max_abs
 from tests.mmseg_reference import import_mmseg
@@ -292,8 +293,10 @@ def test_mmengine_runner_trains_with_the_swapped_backbone(mm, tmp_path, one_thre
     runner = Runner.from_cfg(cfg)
     runner.train()
     assert type(runner.model.backbone).__name__ == "ResNeStFast"
-    # one process: mmengine reverted the plugin's SyncBN, as it does mmseg's
-    assert type(runner.model.backbone.stem[1]).__name__ == "_BatchNormXd"
+    # one process: mmengine reverted the plugin's SyncBN, as it does mmseg's; the blocks still keep only bn1's input
+    block = runner.model.backbone.layer1[0]
+    assert type(block.bn1).__name__ == "_BatchNormXd" and block.bn1.training
+    assert lean_bn_relu_conv_applies(torch.randn(2, block.bn1.num_features, 4, 4), block.bn1, block.conv2.conv)
     losses = runner.message_hub.get_scalar("train/loss").data[0]
     assert len(losses) == 3 and np.isfinite(losses).all()
     ref_cfg = Config.fromfile(str(mmseg_config_path(TABLE[0]))).model
