@@ -70,18 +70,19 @@ DEFAULT_INIT_CFG = [dict(type="Kaiming", layer="Conv2d"),
 class ResNeStFast(ResNeSt, BaseModule):
     """mmseg's `ResNeSt` backbone (same arguments, state_dict and train/eval rules) on the fused kernels.
 
-    Args: those of mmseg's `ResNeSt` (see resnest_fast.models.ResNeSt for each), plus `backend`, the backend of the
-    fused split-attention ops (None: the default). `pretrained` (a path or URL mmengine reads) and `init_cfg`
+    Args: those of mmseg's `ResNeSt` (see resnest_fast.models.ResNeSt for each), by keyword as mmseg's registry
+    passes them (mmseg's positional order is not ours), plus `backend`, the backend of the fused split-attention
+    ops (None: the default). `pretrained` (a path or URL mmengine reads) and `init_cfg`
     (mmengine init configs; mmseg's default when None) are applied by `init_weights()`, mmengine's.
     Input (B, in_channels, H, W) -> tuple of the stages of `out_indices`, as mmseg's.
     """
 
-    def __init__(self, depth: int, *args, pretrained=None, init_cfg=None, **kwargs):
+    def __init__(self, depth: int, *, pretrained=None, init_cfg=None, **kwargs):
         if init_cfg and pretrained:
             raise ValueError("ResNeStFast: init_cfg and pretrained cannot be set at the same time (give init_cfg)")
         if pretrained is not None and not isinstance(pretrained, str):
             raise TypeError(f"ResNeStFast: pretrained must be a str or None, got {type(pretrained).__name__}")
-        super().__init__(depth, *args, **kwargs)
+        super().__init__(depth, **kwargs)
         if pretrained is not None:
             warnings.warn('DeprecationWarning: pretrained is a deprecated, please use "init_cfg" instead')
             init_cfg = dict(type="Pretrained", checkpoint=pretrained)
