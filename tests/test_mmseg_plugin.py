@@ -310,6 +310,33 @@ def test_mmengine_runner_trains_with_the_swapped_backbone(mm, tmp_path, one_thre
         torch.testing.assert_close(ref_sd[k], v, atol=0, rtol=0, msg=k)
 
 
+def test_mmseg_apis_infer_with_a_checkpoint_of_mmsegs_model(mm, tmp_path, one_thread):
+    """mmseg.apis.init_model + inference_model (the path of mmseg's image demo), swapped config, a checkpoint saved
+    from mmseg's own model: mmseg's logits and prediction."""
+    _, Config = mm
+    from mmseg.apis import inference_model, init_model
+
+    configs = [Config.fromfile(str(mmseg_config_path(TABLE[0]))), swapped_config(Config, tmp_path, TABLE[0])]
+    for c in configs:
+        shrink_model_cfg(c.model)
+        c.test_pipeline = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=(56, 40), keep_ratio=True),
+                           dict(type="PackSegInputs")]
+    with warnings.catch_warnings():  # a checkpoint without dataset_meta
+        warnings.simplefilter("ignore")
+        ref = randomize_model(init_model(configs[0], device="cpu"))
+        path = tmp_path / "mmseg_model.pth"
+        torch.save({"meta": {}, "state_dict": ref.state_dict()}, path)
+        ours = init_model(configs[1], str(path), device="cpu")
+    assert type(ours.backbone).__name__ == "ResNeStFast"
+    img = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    got, want = inference_model(ours, img), inference_model(ref, img)
+    assert_max_abs("logits", got.seg_logits.data, want.seg_logits.data, tol=1e-4)
+    top2 = want.seg_logits.data.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) > 1e-3  # where no fp32 rounding can flip the argmax
+    assert clear.float().mean() > 0.9
+    assert torch.equal(got.pred_sem_seg.data[0][clear], want.pred_sem_seg.data[0][clear])
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize("name", TABLE)
 def test_full_size_configs_match_mmseg(mm, tmp_path, name):
