@@ -35,6 +35,7 @@ FLOORS = {
     "resnest_fast.optimize": 6,
     "resnest_fast.export": 6,
     "resnest_fast.info": 6,
+    "resnest_fast.mmseg": 6,  # the mmseg plugin: imports mmseg, so nothing of the library imports it
     "resnest_fast.training": 7,
     "resnest_fast.cli": 8,
     "resnest_fast.__main__": 9,
@@ -143,6 +144,12 @@ def test_only_the_commands_import_the_training_package():
                         and unit_of(s) not in ("resnest_fast.training", "resnest_fast.cli")
                         and not s.startswith("benchmarks")})
     assert not offenders, f"library modules importing resnest_fast.training: {offenders}"
+
+
+def test_nothing_of_the_library_imports_the_mmseg_plugin():
+    _, all_edges = edges()
+    offenders = sorted(s for s, t in all_edges if unit_of(t) == "resnest_fast.mmseg" and s != "resnest_fast.mmseg")
+    assert not offenders, f"modules importing resnest_fast.mmseg (which needs mmseg installed): {offenders}"
 
 
 def test_no_command_imports_another():

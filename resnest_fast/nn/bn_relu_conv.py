@@ -24,15 +24,24 @@ from resnest_fast.utils import distributed_world_size
 __all__ = ["bn_relu_conv", "lean_bn_relu_conv_applies"]
 
 
+def _computes_batch_norm(bn: nn.Module) -> bool:
+    """bn's forward is BatchNorm's (a subclass that keeps it, e.g. mmengine's _BatchNormXd, which its Runner puts in
+    place of SyncBN on one process), or a SyncBatchNorm's (mmcv's SyncBN subclasses torch's) on one process."""
+    forward = type(bn).forward
+    if forward is _BatchNorm.forward:
+        return isinstance(bn, _BatchNorm)
+    return forward in (nn.SyncBatchNorm.forward, SyncBatchNorm.forward) and \
+        distributed_world_size(bn.process_group) == 1
+
+
 def lean_bn_relu_conv_applies(x: Tensor, bn: nn.Module, conv: nn.Module) -> bool:
-    """The lean path runs for a plain BatchNorm in training mode with batch statistics, a plain Conv2d with zero
-    padding, a gradient wanted, in eager mode; everything else (eval-mode BN, SyncBN across processes,
-    torch.compile tracing, no grad) takes the ordinary modules."""
+    """The lean path runs for a BatchNorm (or a SyncBatchNorm on one process) in training mode with batch
+    statistics, a plain Conv2d with zero padding, a gradient wanted, in eager mode; everything else (eval-mode BN,
+    SyncBN across processes, a subclass with its own forward, torch.compile tracing, no grad) takes the modules."""
     return (
         torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
-        and (type(bn) is nn.BatchNorm2d
-             or (type(bn) in (nn.SyncBatchNorm, SyncBatchNorm) and distributed_world_size(bn.process_group) == 1))
+        and _computes_batch_norm(bn)
         and bn.training
         and bn.affine
         and type(conv) is nn.Conv2d

@@ -12,11 +12,18 @@ CONFIG_OF_HEAD = {
 }
 
 
-def small_model_cfg(head: str = "fcn", num_classes: int = 19) -> dict:
-    cfg = copy.deepcopy(load_config(CONFIG_OF_HEAD[head])["model"])
+def shrink_model_cfg(cfg: dict, num_classes=None) -> dict:
+    """Narrows a ResNeSt segmenter's `model` config in place (ours or mmseg's: any dict with mmseg's keys) and
+    returns it; `num_classes` None keeps the config's."""
     cfg["backbone"].update(depth=50, stem_channels=16, base_channels=8)
-    cfg["decode_head"].update(in_channels=256, channels=16, num_classes=num_classes)
-    if head == "deeplabv3plus":
+    cfg["decode_head"].update(in_channels=256, channels=16)
+    if "c1_in_channels" in cfg["decode_head"]:  # DeepLabV3+'s low-level branch
         cfg["decode_head"].update(c1_in_channels=32, c1_channels=8)
-    cfg["auxiliary_head"].update(in_channels=128, channels=8, num_classes=num_classes)
+    cfg["auxiliary_head"].update(in_channels=128, channels=8)
+    if num_classes is not None:
+        cfg["decode_head"]["num_classes"] = cfg["auxiliary_head"]["num_classes"] = num_classes
     return cfg
+
+
+def small_model_cfg(head: str = "fcn", num_classes: int = 19) -> dict:
+    return shrink_model_cfg(copy.deepcopy(load_config(CONFIG_OF_HEAD[head])["model"]), num_classes)

@@ -80,3 +80,33 @@ def test_when_the_lean_path_applies():
         assert not lean_bn_relu_conv_applies(x, bn, conv)
     assert lean_bn_relu_conv_applies(x, nn.SyncBatchNorm(8), conv)  # one process: it is a BatchNorm
     assert not lean_bn_relu_conv_applies(x, nn.GroupNorm(2, 8), conv)
+
+
+def test_batch_norm_subclasses_that_keep_its_forward_take_the_lean_path():
+    """mmengine's Runner puts its _BatchNormXd in place of SyncBN on one process, and mmcv's SyncBN is a subclass of
+    nn.SyncBatchNorm: both compute BatchNorm2d's maths, so training under mmseg's tools keeps the memory saving.
+    A subclass with its own forward may compute anything: the modules themselves run it."""
+    class OwnForward(nn.BatchNorm2d):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    class NarrowerCheck(nn.BatchNorm2d):
+        def _check_input_dim(self, input):
+            pass
+
+    class MmcvStyleSyncBN(nn.SyncBatchNorm):
+        def _check_input_dim(self, input):
+            pass
+
+    _, conv = modules()
+    x = torch.randn(2, 8, 5, 5)
+    assert lean_bn_relu_conv_applies(x, NarrowerCheck(8), conv)
+    assert lean_bn_relu_conv_applies(x, MmcvStyleSyncBN(8), conv)
+    assert not lean_bn_relu_conv_applies(x, OwnForward(8), conv)
+    bn, conv = modules()
+    sub = NarrowerCheck(8)
+    sub.load_state_dict(bn.state_dict())
+    conv2 = copy.deepcopy(conv)
+    x = torch.randn(4, 8, 9, 11)
+    for i, (a, b) in enumerate(zip(step(sub, conv, x, lean=None), step(bn, conv2, x, lean=False))):
+        assert_max_abs(f"tensor {i}", a, b, tol=1e-5)
