@@ -13,8 +13,8 @@ mmseg's `ResNeSt` adds on top of a module is kept:
   no `init_cfg` means mmseg's default `[Kaiming for Conv2d, Constant 1 for norm layers]`, and `init_weights()` is
   mmengine's, so `dict(type='Pretrained', checkpoint=..., prefix=...)` loads through mmengine's `load_checkpoint`
   exactly as for mmseg's backbone. mmseg 1.2.2's ResNeSt never applies its `zero_init_residual` (ResNet looks for
-  its own Bottleneck class, and ResNeSt's is a subclass), so after `init_weights()` every bn3 starts at 1 here too;
-  resnest_fast.models.ResNeSt on its own zeroes them.
+  its own Bottleneck class, and ResNeSt's is a subclass), so after `init_weights()` every bn3 starts at 1 here too,
+  as in resnest_fast.models.ResNeSt by default.
 - norm layers come from mmcv's `build_norm_layer(norm_cfg)`: 'SyncBN' is mmengine's subclass of torch's
   `nn.SyncBatchNorm`, so mmengine's Runner reverts it to BatchNorm on one process and DistributedDataParallel
   treats it as it treats mmseg's.

@@ -172,7 +172,10 @@ class ResNeSt(nn.Module):
         frozen_stages: freeze the stem (0) and stages 1..frozen_stages (parameters and BN statistics).
         norm_cfg: dict(type='BN' | 'SyncBN', requires_grad=...). norm_eval: keep BN layers in eval mode in train().
         multi_grid: dilations of the last stage's blocks. contract_dilation: halve the first dilation of a stage.
-        with_cp: activation checkpointing per block. zero_init_residual: bn3 starts at zero (init_weights).
+        with_cp: activation checkpointing per block. zero_init_residual: bn3 starts at zero (init_weights). Off by
+            default, unlike mmseg's signature: mmseg 1.2.2's ResNeSt accepts it but never applies it (its ResNet
+            tests `block is Bottleneck`, and ResNeSt's bottleneck is a subclass), so its bn3 starts at 1, and a
+            model trained from scratch here starts where mmseg's does. True zeroes bn3 as asked.
         backend: backend of the fused split-attention ops (None: the default; see resnest_fast.set_default_backend).
     Input (B, in_channels, H, W) -> tuple of the selected stage outputs, stage i of shape
     (B, base_channels * 2**i * 4, H / s_i, W / s_i) with s = 4 * cumulative strides.
@@ -204,7 +207,7 @@ class ResNeSt(nn.Module):
         multi_grid: Optional[Sequence[int]] = None,
         contract_dilation: bool = False,
         with_cp: bool = False,
-        zero_init_residual: bool = True,
+        zero_init_residual: bool = False,
         groups: int = 1,
         base_width: int = 4,
         radix: int = 2,
@@ -293,7 +296,7 @@ class ResNeSt(nn.Module):
 
     def init_weights(self) -> None:
         """mmseg's initialisation without a checkpoint: Kaiming normal (fan_out, relu) for every conv, BN weight 1
-        and bias 0, and bn3 of every block at 0 when zero_init_residual (each block starts as its shortcut)."""
+        and bias 0; bn3 of every block at 0 only when zero_init_residual (each block then starts as its shortcut)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

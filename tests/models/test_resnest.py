@@ -126,14 +126,28 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 
 def test_zero_init_residual_makes_each_block_its_shortcut():
-    net = ResNeSt(**SMALL, **LAYOUTS["d8"])
+    net = ResNeSt(**SMALL, **LAYOUTS["d8"], zero_init_residual=True)
     assert all(float(b.bn3.weight.abs().sum()) == 0 for b in net.modules() if hasattr(b, "bn3"))
     net.eval()
     block = net.layer3[1]  # identity shortcut: out = relu(x)
     x = torch.randn(1, block.inplanes, 5, 5)
     torch.testing.assert_close(block(x), torch.relu(x))
-    assert any(float(b.bn3.weight.abs().sum()) > 0 for b in ResNeSt(**SMALL, zero_init_residual=False).modules()
-               if hasattr(b, "bn3"))
+
+
+def test_default_initialisation_is_mmsegs():
+    """Without a checkpoint, every norm layer (bn3 included) starts at weight 1 and bias 0, as mmseg 1.2.2's ResNeSt
+    after init_weights(), and the convs have mmseg's Kaiming fan_out spread."""
+    ref = import_mmseg_resnest().ResNeSt(**SMALL, **LAYOUTS["d8"])
+    ref.init_weights()
+    ours = ResNeSt(**SMALL, **LAYOUTS["d8"])
+    ref_norms = {k: v for k, v in ref.state_dict().items() if k.endswith(("bn3.weight", "bn3.bias"))}
+    assert ref_norms
+    for key, value in ours.state_dict().items():
+        if key in ref_norms:
+            torch.testing.assert_close(value, ref_norms[key], rtol=0, atol=0, msg=key)
+    for (name, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
+        if a.dim() == 4:  # Kaiming normal, fan_out: same spread (the draws differ)
+            assert abs(float(a.std()) / float(b.std()) - 1) < 0.5, name
 
 
 def test_out_indices_and_output_strides():
