@@ -116,7 +116,7 @@ def check_state_dict(sd, path: str) -> Mapping[str, Tensor]:
         what = _describe(sd)
         if isinstance(sd, Mapping):
             bad = [k for k, v in sd.items() if not (isinstance(k, str) and isinstance(v, Tensor))][:3]
-            what = f"a dict whose entries {bad} are not named tensors" if sd else "an empty dict"
+            what = f"a dict whose entries {bad} are not tensors" if sd else "an empty dict"
         raise CheckpointError(
             f"{path!r} holds no state_dict: expected a dict of tensors, or a dict with a 'state_dict' entry "
             f"(as mmseg saves), got {what}"
