@@ -4,9 +4,10 @@
 mmseg 0.x or mmengine), a bare state_dict, and DDP's `module.` prefix. Everything is read with
 `torch.load(weights_only=True)`: no code in the file runs. mmengine's training state holds objects of classes
 that are not tensors (its `HistoryBuffer`, numpy arrays in `message_hub`); each such class is replaced by an inert
-placeholder that runs nothing, since only `state_dict` is used. The keys and shapes are compared with the model's
-*before* anything is copied, so a wrong checkpoint raises `CheckpointError` with the differences grouped by
-module and leaves the model untouched. Nothing is ever written to the checkpoint's path.
+placeholder that runs nothing, since only `state_dict` is used. The keys, shapes and dtypes (a cast other than
+float to float would change the values) are compared with the model's *before* anything is copied, so a wrong
+checkpoint raises `CheckpointError` with the differences grouped by module and leaves the model untouched.
+Nothing is ever written to the checkpoint's path.
 """
 import collections
 import os

@@ -162,8 +162,8 @@ def test_missing_path_and_directory(tmp_path):
 
 
 @pytest.mark.parametrize("content,match", [
-    (b"101 is a number\n", r"x\.pth' is not a PyTorch checkpoint: expected what torch\.save writes \(a zip archive or "
-                           r"a pickle\), got a file starting with b'101 is a'"),
+    (b"101 is a number\n", (r"x\.pth' is not a PyTorch checkpoint: expected what torch\.save writes \(a zip archive "
+                            r"or a pickle\), got a file starting with b'101 is a'")),
     (b"", r"x\.pth' is not a PyTorch checkpoint: .* got an empty file"),
 ])
 def test_a_file_that_is_not_a_checkpoint_says_what_it_starts_with(content, match, tmp_path):

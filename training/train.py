@@ -22,7 +22,16 @@ What runs, per process (mmseg 1.x / mmengine semantics unless said otherwise):
 --resume restores the model, optimiser, scheduler, GradScaler, iteration, the RNG states of every rank and the
 sampler's position: a run killed at any point and resumed from its latest checkpoint continues exactly as if it
 had not stopped (bit for bit with --deterministic, the same number of processes and threads). A work directory that
-already holds a run is never written into without --resume.
+already holds a run is never written into without --resume, and rank 0 holds its lock (`.lock`, fcntl.flock) from
+before it looks into it until the run ends, so a second run started at the same moment is refused too.
+
+What a failed run leaves: no checkpoint is written after a non-finite loss (checked at every checkpoint and log
+line, watched every iteration without a synchronisation) or with non-finite weights, so `latest` always names finite
+weights and pruning never removes the last of them; a write that fails (full disk, read-only folder) stops the run
+with one line naming the folder, the older checkpoints intact; a run that stops before its first checkpoint takes
+its run.json back (a retry is not refused). Config values are checked before anything is created: unknown keys of
+`schedule`, `runtime` and `data` (a typo would silently keep the default) and intervals, counts and sizes that are
+not whole numbers in range.
 
 Python: `train(cfg, ...)`. Command line (resnest_fast.cli.train): `resnest-fast train --help`; distributed:
 `torchrun --nproc-per-node N -m resnest_fast train CONFIG ...`.
@@ -284,8 +293,9 @@ def train(
     there is none) or a checkpoint path. load_from: weights to start from (strict=False, the report printed).
     max_iters, seed, deterministic, batch_size (per process), num_workers, amp ('bf16' | 'fp16' | None) override
     the config's schedule/runtime/data; cfg_options: `key.sub=value` overrides applied first; data_root replaces
-    data.root. Problems found before the first iteration raise SetupError (nothing written, except that a
-    resumed run may have cleaned its temporary files); a non-finite loss raises TrainingError.
+    data.root. Problems found before the first iteration raise SetupError (nothing left written, except that a
+    resumed run may have cleaned its temporary files); a non-finite loss, a sample that cannot be read or does not
+    fit the dataset (its file named) and a checkpoint or log that cannot be written raise TrainingError.
 
     model: a segmentor to train instead of building cfg['model'] (trained in place; `backend` must then be None).
     It needs EncoderDecoder's training interface: loss(img, labels, img_shape) -> dict of tensors, sum_losses,
@@ -341,7 +351,8 @@ def train(
             # 0 or None: a checkpoint at the end only / no validation
             ckpt_interval = _whole(schedule.get("checkpoint_interval"), "schedule.checkpoint_interval", 0,
                                    " (0 or None: only at the end)") or total_iters
-            val_interval = _whole(schedule.get("val_interval"), "schedule.val_interval", 0, " (0 or None: no validation)")
+            val_interval = _whole(schedule.get("val_interval"), "schedule.val_interval", 0,
+                                  " (0 or None: no validation)")
             if runtime.get("num_threads") is not None:
                 torch.set_num_threads(_whole(runtime["num_threads"], "runtime.num_threads", 1))
             if prebuilt is not None and backend is not None:
@@ -642,7 +653,8 @@ class _Loop:
                 try:
                     batch = next(batches)
                 except (DataError, OSError) as exc:
-                    raise TrainingError(f"{data_error_message(exc)} (loading the batch of iteration {iteration + 1})") from exc
+                    raise TrainingError(f"{data_error_message(exc)} (loading the batch of iteration "
+                                        f"{iteration + 1})") from exc
                 t1 = time.perf_counter()
                 img = batch["img"].to(info.device, non_blocking=True)
                 labels = batch["gt_semantic_seg"].to(info.device, non_blocking=True)

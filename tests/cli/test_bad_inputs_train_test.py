@@ -27,9 +27,9 @@ def _ade_config(folder) -> str:
     path = folder / "ade_small.py"
     path.write_text("\n".join([
         f"_base_ = {str(base)!r}",
-        "model = dict(data_preprocessor=dict(size=(32, 32)), backbone=dict(depth=50, stem_channels=16, "
-        "base_channels=8), decode_head=dict(in_channels=256, channels=16), "
-        "auxiliary_head=dict(in_channels=128, channels=8))",
+        ("model = dict(data_preprocessor=dict(size=(32, 32)), backbone=dict(depth=50, stem_channels=16, "
+         "base_channels=8), decode_head=dict(in_channels=256, channels=16), "
+         "auxiliary_head=dict(in_channels=128, channels=8))"),
         "data = dict(crop_size=(32, 32), scale=(48, 24), batch_size=2, num_workers=0)",
         "runtime = dict(num_threads=1, log_interval=1)",
     ]) + "\n")
@@ -124,8 +124,8 @@ TRAIN = [
     ("label-out-of-range", "{ade} --data-root {range} --max-iters 1", 1,
      r"label file .*ade_range/.*/training/ADE_0\.png holds class id\(s\) 199: the dataset has 150 classes"),
     ("label-out-of-range-in-a-worker", "{ade} --data-root {range} --max-iters 1 --num-workers 1", 1,
-     r"^resnest-fast train: error: label file .*ADE_0\.png holds class id\(s\) 199: the dataset has 150 classes "
-     r"\(0\.\.149, 255 = ignore\) \(loading the batch of iteration 1\)$"),
+     (r"^resnest-fast train: error: label file .*ADE_0\.png holds class id\(s\) 199: the dataset has 150 classes "
+      r"\(0\.\.149, 255 = ignore\) \(loading the batch of iteration 1\)$")),
 ]
 
 TEST = [
@@ -134,8 +134,8 @@ TEST = [
      r"str_state_dict\.pth' holds no state_dict: .* got a str \('abc'\)"),
     # the line naming the file, then the load report's line (as for missing keys or shape mismatches)
     ("int32-weights", "{tiny} {root}/int32.pth", 2,
-     r"int32\.pth' does not fit EncoderDecoder \(nothing was loaded\):\n"
-     r"dtype mismatches, not a float-to-float cast \(\d+\): .*checkpoint int32 vs model float32", 2),
+     (r"int32\.pth' does not fit EncoderDecoder \(nothing was loaded\):\n"
+      r"dtype mismatches, not a float-to-float cast \(\d+\): .*checkpoint int32 vs model float32"), 2),
     ("negative-num-workers", "{tiny} {root}/run/iter_2.pth --num-workers -1", 2,
      r"num_workers .* must be a whole number >= 0, got -1"),
     ("out-under-a-file", "{tiny} {root}/run/iter_2.pth --out {root}/a_file/m.json", 2,
@@ -164,24 +164,24 @@ def _run(world, capsys, command, argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("row", TRAIN, ids=[r[0] for r in TRAIN])
-def test_train_refuses(world, capsys, one_thread, row):
+def _assert_refused(world, capsys, command, row):
     _, argv, exit_code, message, *count = row
-    code, out, err = _run(world, capsys, "train", argv)
+    code, out, err = _run(world, capsys, command, argv)
     assert "Traceback" not in err + out
     lines = err.strip().splitlines()
     assert code == exit_code and len(lines) == (count or [1])[0], err
-    assert re.search(message, err.strip(), re.M) and lines[0].startswith("resnest-fast train: error: "), err
+    assert re.search(message, err.strip(), re.MULTILINE), err
+    assert lines[0].startswith(f"resnest-fast {command}: error: "), err
+
+
+@pytest.mark.parametrize("row", TRAIN, ids=[r[0] for r in TRAIN])
+def test_train_refuses(world, capsys, one_thread, row):
+    _assert_refused(world, capsys, "train", row)
 
 
 @pytest.mark.parametrize("row", TEST, ids=[r[0] for r in TEST])
 def test_test_refuses(world, capsys, one_thread, row):
-    _, argv, exit_code, message, *count = row
-    code, out, err = _run(world, capsys, "test", argv)
-    assert "Traceback" not in err + out
-    lines = err.strip().splitlines()
-    assert code == exit_code and len(lines) == (count or [1])[0], err
-    assert re.search(message, err.strip(), re.M) and lines[0].startswith("resnest-fast test: error: "), err
+    _assert_refused(world, capsys, "test", row)
 
 
 def test_a_work_dir_in_use_is_refused(world, capsys, one_thread):
