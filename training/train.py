@@ -39,6 +39,7 @@ Python: `train(cfg, ...)`. Command line (resnest_fast.cli.train): `resnest-fast 
 import ast
 import copy
 import datetime
+import difflib
 import functools
 import json
 import math
@@ -76,6 +77,7 @@ RUN_FILE = "run.json"
 # every key of `schedule` and `runtime` that training reads: any other is a typo whose default would silently apply
 SCHEDULE_KEYS = ("max_iters", "val_interval", "checkpoint_interval", "optimizer", "lr_policy")
 RUNTIME_KEYS = ("seed", "deterministic", "amp", "log_interval", "keep_checkpoints", "num_threads")
+SECTIONS = ("model", "data", "schedule", "runtime")
 
 
 class TrainingError(RuntimeError):
@@ -94,7 +96,9 @@ def _parse_value(text: str):
 
 def apply_cfg_options(cfg: dict, options: Sequence[str]) -> dict:
     """A copy of cfg with `key.sub=value` overrides (mmengine's --cfg-options): value is a Python literal (1, 0.5,
-    (512, 512), None, 'SyncBN') or else taken as a string; missing dicts on the way are created."""
+    (512, 512), None, 'SyncBN') or else taken as a string; missing dicts on the way are created. The first part
+    must name one of the config's entries or a section training reads (SECTIONS): a new top-level name would be
+    read by nothing. Keys inside `schedule`, `runtime` and `data` are checked by train()."""
     cfg = copy.deepcopy(cfg)
     for option in options:
         key, sep, text = option.partition("=")
@@ -102,6 +106,11 @@ def apply_cfg_options(cfg: dict, options: Sequence[str]) -> dict:
             raise ValueError(f"--cfg-options takes key.sub=value, got {option!r}")
         node = cfg
         parts = key.split(".")
+        if parts[0] not in cfg and parts[0] not in SECTIONS:
+            known = sorted(set(SECTIONS) | {k for k in cfg if isinstance(k, str) and not k.startswith("_")})
+            close = difflib.get_close_matches(parts[0], known, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"the config's entries: {', '.join(known)}"
+            raise ValueError(f"--cfg-options {option!r}: the config has no entry {parts[0]!r} ({hint})")
         for i, part in enumerate(parts[:-1]):
             nxt = node.get(part)
             if nxt is None:

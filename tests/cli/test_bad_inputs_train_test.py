@@ -100,6 +100,8 @@ TRAIN = [
     ("typo-in-runtime", "{tiny} --cfg-options runtime.log_intervall=1", 2,
      r"unknown key runtime\.log_intervall \(did you mean runtime\.log_interval\?\)"),
     ("typo-in-data", "{tiny} --cfg-options data.batchsize=2", 2, r"unknown key data\.batchsize"),
+    ("typo-in-a-section", "{tiny} --cfg-options schedul.val_interval=1", 2,
+     r"--cfg-options 'schedul\.val_interval=1': the config has no entry 'schedul' \(did you mean schedule\?\)"),
     ("negative-checkpoint-interval", "{tiny} --cfg-options schedule.checkpoint_interval=-1", 2,
      r"schedule\.checkpoint_interval must be a whole number >= 0 \(0 or None: only at the end\), got -1"),
     ("negative-val-interval", "{tiny} --cfg-options schedule.val_interval=-3", 2,
