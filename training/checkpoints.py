@@ -261,6 +261,13 @@ class WorkDirLock:
         path = folder / LOCK
         try:
             folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            cls._remove_empty(created)
+            where = created[0].parent if created else folder
+            reason = {errno.EROFS: f"{where} is on a read-only file system", errno.EACCES: f"permission denied in "
+                      f"{where}", errno.ENOSPC: f"no space left on {where}"}.get(exc.errno, exc.strerror or str(exc))
+            raise WriteError(f"work dir {str(folder)!r} cannot be created: {reason}") from exc
+        try:
             while True:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
                 try:

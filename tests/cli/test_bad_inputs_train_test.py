@@ -197,3 +197,18 @@ def test_a_work_dir_in_use_is_refused(world, capsys, one_thread):
     assert re.search(r"work dir '.*/busy' is in use by another training run \(process \d+ on .*\): wait for it",
                      err), err
     assert not (world["root"] / "busy").exists()  # released: the folder it made is gone with its lock
+
+
+def test_test_out_on_a_full_disk_prints_the_metrics_then_one_line(world, capsys, monkeypatch, one_thread):
+    """The metrics are computed and printed; writing --out fails (ENOSPC): exit 1, one error line, no file."""
+    from tests.training.test_train_failures import _full_disk_after
+
+    out = world["root"] / "metrics.json"
+    _full_disk_after(monkeypatch, 10)
+    code = main(["test", world["tiny"], str(world["root"] / "run" / "iter_2.pth"), "--out", str(out),
+                 "--no-progress"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "mIoU" in err, err
+    assert err.strip().splitlines()[-1].startswith(f"resnest-fast test: error: no space left on {world['root']}: ")
+    assert not out.exists() and not [p for p in os.listdir(world["root"]) if p.endswith(".tmp")]

@@ -129,16 +129,39 @@ def test_a_full_disk_stops_training_with_one_line_and_keeps_the_older_checkpoint
     assert ckpt.find_latest(work) == work / "iter_2.pth"
 
 
+def _mount_tmpfs(mount, options):
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
+                                           capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     """A 3 MiB tmpfs (a real full disk), where mounting is allowed (root); skipped elsewhere."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-                                           capture_output=True, check=False).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    _mount_tmpfs(tmp_path / "disk", "size=3m")
+    yield tmp_path / "disk"
+    subprocess.run(["umount", str(tmp_path / "disk")], check=False)
+
+
+@pytest.fixture
+def read_only_tmpfs(tmp_path):
+    """A read-only folder that root cannot write either (chmod does not stop root)."""
+    _mount_tmpfs(tmp_path / "ro", "size=1m,ro")
+    yield tmp_path / "ro"
+    subprocess.run(["umount", str(tmp_path / "ro")], check=False)
+
+
+def test_a_read_only_work_dir_is_refused_with_one_line(tmp_path, read_only_tmpfs):
+    from resnest_fast.training.errors import SetupError
+
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(SetupError, match=rf"^work dir '{read_only_tmpfs}/w/x' cannot be created: {read_only_tmpfs} "
+                       "is on a read-only file system$"):
+        train(cfg, work_dir=read_only_tmpfs / "w" / "x", max_iters=1, log=io.StringIO(), progress=False)
+    with pytest.raises(SetupError, match=rf"^cannot write {read_only_tmpfs}/\.lock: {read_only_tmpfs} is on a "
+                       "read-only file system$"):
+        train(cfg, work_dir=read_only_tmpfs, max_iters=1, log=io.StringIO(), progress=False)
 
 
 def test_a_real_full_disk_reads_the_same(tmp_path, tiny_tmpfs, one_thread):
