@@ -4,21 +4,22 @@
 mmseg 0.x or mmengine), a bare state_dict, and DDP's `module.` prefix. Everything is read with
 `torch.load(weights_only=True)`: no code in the file runs. mmengine's training state holds objects of classes
 that are not tensors (its `HistoryBuffer`, numpy arrays in `message_hub`); each such class is replaced by an inert
-placeholder that runs nothing, since only `state_dict` is used. The keys and shapes are compared with the model's
-*before* anything is copied, so a wrong checkpoint raises `CheckpointError` with the differences grouped by
-module and leaves the model untouched. Nothing is ever written to the checkpoint's path.
+placeholder that runs nothing, since only `state_dict` is used. The keys, shapes and dtypes (a cast other than
+float to float would change the values) are compared with the model's *before* anything is copied, so a wrong
+checkpoint raises `CheckpointError` with the differences grouped by module and leaves the model untouched.
+Nothing is ever written to the checkpoint's path.
 """
 import collections
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict", "compare_state_dicts", "torch_load"]
+__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict", "check_state_dict",
+           "compare_state_dicts", "torch_load"]
 
 
 class CheckpointError(ValueError):
@@ -62,11 +63,12 @@ def torch_load(path: str, map_location) -> object:
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} is a directory, not a file")
+    _check_format(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         pass  # classes outside the weights-only allowlist: read again with inert placeholders
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # the unpickler reports a corrupt file with whatever error its opcode met (KeyError, ...)
         raise CheckpointError(
             f"{path!r} is not a readable PyTorch checkpoint (truncated or corrupt?): {type(exc).__name__}: {exc}"
         ) from exc
@@ -79,10 +81,48 @@ def torch_load(path: str, map_location) -> object:
         ) from exc
 
 
+def _check_format(path: str) -> None:
+    """CheckpointError unless the file starts like what torch.save writes: a zip archive, or (the legacy format)
+    a pickle, whose first byte is the PROTO opcode. A text file would otherwise reach the unpickler, whose error
+    names a byte of the text (`KeyError: '101'`)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path!r} cannot be read: {exc.strerror or exc}") from exc
+    if head.startswith((b"PK", b"\x80")):
+        return
+    what = "an empty file" if not head else f"a file starting with {head!r}"
+    raise CheckpointError(f"{path!r} is not a PyTorch checkpoint: expected what torch.save writes (a zip archive or "
+                          f"a pickle), got {what}")
+
+
 def _is_state_dict(obj) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
     )
+
+
+def _describe(obj) -> str:
+    if isinstance(obj, Tensor):
+        return f"a single tensor of shape {list(obj.shape)}"
+    if isinstance(obj, (str, bytes)):
+        return f"a {type(obj).__name__} ({obj[:40]!r})"
+    return f"a {type(obj).__name__}"
+
+
+def check_state_dict(sd, path: str) -> Mapping[str, Tensor]:
+    """`sd` if it is a non-empty dict of str -> Tensor, else CheckpointError saying what `path` holds instead."""
+    if not _is_state_dict(sd):
+        what = _describe(sd)
+        if isinstance(sd, Mapping):
+            bad = [k for k, v in sd.items() if not (isinstance(k, str) and isinstance(v, Tensor))][:3]
+            what = f"a dict whose entries {bad} are not tensors" if sd else "an empty dict"
+        raise CheckpointError(
+            f"{path!r} holds no state_dict: expected a dict of tensors, or a dict with a 'state_dict' entry "
+            f"(as mmseg saves), got {what}"
+        )
+    return sd
 
 
 def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> Tuple[Dict[str, Tensor], dict]:
@@ -98,16 +138,7 @@ def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> Tuple[
         sd = obj["model"]
     else:
         sd = obj
-    if not _is_state_dict(sd):
-        what = type(sd).__name__
-        if isinstance(sd, Mapping):
-            bad = [k for k, v in sd.items() if not isinstance(v, Tensor)][:3]
-            what = f"a dict whose entries {bad} are not tensors" if sd else "an empty dict"
-        raise CheckpointError(
-            f"{path!r} holds no state_dict: expected a dict of tensors, or a dict with a 'state_dict' entry "
-            f"(as mmseg saves), got {what}"
-        )
-    sd = collections.OrderedDict(sd)
+    sd = collections.OrderedDict(check_state_dict(sd, path))
     if all(k.startswith("module.") for k in sd):
         sd = collections.OrderedDict((k[len("module."):], v) for k, v in sd.items())
     return sd, meta
@@ -119,10 +150,13 @@ class LoadReport:
     unexpected: List[str] = field(default_factory=list)
     mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, checkpoint, model shape)
     meta: dict = field(default_factory=dict)
+    # (key, checkpoint dtype, model dtype): a cast other than float -> float would change the values (int32 weights
+    # copied into float parameters are whole numbers; float statistics into an int buffer are truncated)
+    dtype_mismatched: List[Tuple[str, torch.dtype, torch.dtype]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.dtype_mismatched)
 
     def __str__(self) -> str:
         if self.ok:
@@ -136,6 +170,11 @@ class LoadReport:
             shown = "; ".join(f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.mismatched[:8])
             more = f"; and {len(self.mismatched) - 8} more" if len(self.mismatched) > 8 else ""
             parts.append(f"shape mismatches ({len(self.mismatched)}): {shown}{more}")
+        if self.dtype_mismatched:
+            shown = "; ".join(f"{k}: checkpoint {str(a).replace('torch.', '')} vs model {str(b).replace('torch.', '')}"
+                              for k, a, b in self.dtype_mismatched[:8])
+            more = f"; and {len(self.dtype_mismatched) - 8} more" if len(self.dtype_mismatched) > 8 else ""
+            parts.append(f"dtype mismatches, not a float-to-float cast ({len(self.dtype_mismatched)}): {shown}{more}")
         return "\n".join(parts)
 
 
@@ -159,7 +198,14 @@ def compare_state_dicts(model_sd: Mapping[str, Tensor], ckpt_sd: Mapping[str, Te
         for k, v in model_sd.items()
         if k in ckpt_sd and tuple(ckpt_sd[k].shape) != tuple(v.shape)
     ]
-    return LoadReport(missing, unexpected, mismatched)
+    shaped = {k for k, _, _ in mismatched}
+    dtypes = [
+        (k, ckpt_sd[k].dtype, v.dtype)
+        for k, v in model_sd.items()
+        if k in ckpt_sd and k not in shaped and ckpt_sd[k].dtype != v.dtype
+        and not (ckpt_sd[k].is_floating_point() and v.is_floating_point())
+    ]
+    return LoadReport(missing, unexpected, mismatched, dtype_mismatched=dtypes)
 
 
 def load_checkpoint(
@@ -173,7 +219,8 @@ def load_checkpoint(
     """Loads the checkpoint at `path` into `model` and returns a LoadReport (its `meta` is the checkpoint's).
 
     strict=True (default): every key and shape must match, else CheckpointError with the differences and the
-    model unchanged. strict=False: loads the keys whose shapes match and reports the rest.
+    model unchanged. strict=False: loads the keys whose shapes match and whose dtype is the model's (or a float
+    one for a float entry) and reports the rest.
     prefix: load only the checkpoint entries under this prefix, stripped (e.g. prefix='backbone' puts a
     segmentor checkpoint's backbone into a bare ResNeSt).
     """
@@ -189,6 +236,6 @@ def load_checkpoint(
         raise CheckpointError(
             f"checkpoint {os.fspath(path)!r} does not fit {type(model).__name__} (nothing was loaded):\n{report}"
         )
-    bad = {k for k, _, _ in report.mismatched}
+    bad = {k for k, _, _ in report.mismatched} | {k for k, _, _ in report.dtype_mismatched}
     model.load_state_dict(collections.OrderedDict((k, v) for k, v in sd.items() if k not in bad), strict=False)
     return report

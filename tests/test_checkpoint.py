@@ -159,3 +159,51 @@ def test_missing_path_and_directory(tmp_path):
         load_checkpoint(model, tmp_path / "nope.pth")
     with pytest.raises(CheckpointError, match="is a directory"):
         load_checkpoint(model, tmp_path)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"101 is a number\n", (r"x\.pth' is not a PyTorch checkpoint: expected what torch\.save writes \(a zip archive "
+                            r"or a pickle\), got a file starting with b'101 is a'")),
+    (b"", r"x\.pth' is not a PyTorch checkpoint: .* got an empty file"),
+])
+def test_a_file_that_is_not_a_checkpoint_says_what_it_starts_with(content, match, tmp_path):
+    """A text file used to reach the unpickler, whose error named a byte of the text (`KeyError: '101'`)."""
+    (tmp_path / "x.pth").write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        read_state_dict(tmp_path / "x.pth")
+
+
+@pytest.mark.parametrize("obj,match", [
+    (torch.zeros(3), r"holds no state_dict: .* got a single tensor of shape \[3\]"),
+    ({"meta": {}, "state_dict": "abc"}, r"holds no state_dict: .* got a str \('abc'\)"),
+])
+def test_what_a_checkpoint_holds_instead_of_a_state_dict_is_named(obj, match, tmp_path):
+    torch.save(obj, tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match=match):
+        read_state_dict(tmp_path / "x.pth")
+
+
+def test_a_dtype_change_other_than_float_to_float_is_refused(tmp_path):
+    """int32 weights copied into float parameters are whole numbers ("all keys matched" before): refused, the model
+    unchanged; strict=False skips and reports them. Half weights are a float-to-float cast: loaded, rounded as
+    torch's load_state_dict (Tensor.copy_) rounds them."""
+    model = small()
+    sd = model.state_dict()
+    floats = [k for k, v in sd.items() if v.is_floating_point()]
+    torch.save({k: v.to(torch.int32) if k in floats else v for k, v in sd.items()}, tmp_path / "int32.pth")
+    before = snapshot(model)
+    with pytest.raises(CheckpointError, match=rf"\(nothing was loaded\):\ndtype mismatches, not a float-to-float cast "
+                       rf"\({len(floats)}\): {floats[0]}: checkpoint int32 vs model float32"):
+        load_checkpoint(model, tmp_path / "int32.pth")
+    assert_unchanged(model, before)
+    report = load_checkpoint(model, tmp_path / "int32.pth", strict=False)
+    assert [k for k, _, _ in report.dtype_mismatched] == floats and not report.ok
+    assert_unchanged(model, before)
+
+    half = {k: v.half() if k in floats else v for k, v in sd.items()}
+    torch.save(half, tmp_path / "half.pth")
+    assert load_checkpoint(model, tmp_path / "half.pth").ok
+    expected = small()
+    expected.load_state_dict(half)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, expected.state_dict()[k]), k

@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from resnest_fast.checkpoint import CheckpointError
 from resnest_fast.segmentation import load_config, load_model, predict_scores, slide_defaults
-from resnest_fast.training.checkpoints import atomic_write_text
+from resnest_fast.training.checkpoints import WriteError, atomic_write_text, describe_write_error
 from resnest_fast.training.data.builder import build_dataset, check_data_config
+from resnest_fast.training.data.datasets import DataError, data_error_message
 from resnest_fast.training.distributed import cleanup, init_distributed
 from resnest_fast.training.errors import SetupError
 from resnest_fast.training.metrics import SegEvaluator
@@ -85,6 +86,20 @@ def evaluate(
     return evaluator
 
 
+def _check_out(path: Path, overwrite: bool) -> None:
+    """ValueError now, rather than after the evaluation, for an --out that exists (without overwrite), is a
+    folder, or lies under a file or in a folder that cannot be written."""
+    if path.is_dir():
+        raise ValueError(f"--out {str(path)!r} is a folder: name the JSON file to write")
+    if path.exists() and not overwrite:
+        raise ValueError(f"--out {str(path)!r} exists (pass --overwrite to replace it)")
+    folder = next(p for p in path.parents if p.exists() or p == Path(p.anchor))
+    if not folder.is_dir():
+        raise ValueError(f"--out {str(path)!r} cannot be written: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {str(path)!r} cannot be written: permission denied in {folder}")
+
+
 def _class_names(dataset, num_classes):
     names = getattr(dataset, "CLASSES", None)
     return tuple(names) if names is not None and len(names) == num_classes else None
@@ -130,8 +145,10 @@ def run(
     config, checkpoint, mode, tta, tta_ratios, seconds); rank 0 prints the per-class table to `log` (default
     stderr) and writes the summary to `out` (JSON, atomically; an existing file is kept unless overwrite).
 
-    Setup problems (config without data, missing data root, bad checkpoint, bad arguments, existing --out) raise
-    SetupError before anything is written."""
+    Setup problems (config without data, missing data root, bad checkpoint, bad arguments, an --out that exists or
+    cannot be written) raise SetupError before anything is written; so does a validation sample that cannot be
+    read or does not fit (DataError, CorruptFileError: the message names its file). A failure to write `out` after
+    the evaluation (e.g. a full disk) raises training.checkpoints.WriteError, the table already printed."""
     log = log or sys.stderr
     started = time.perf_counter()
     info = None
@@ -141,8 +158,8 @@ def run(
             if mode not in (None, "whole", "slide"):
                 raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
             out_path = Path(out) if out is not None else None
-            if out_path is not None and out_path.exists() and not overwrite:
-                raise ValueError(f"--out {str(out_path)!r} exists (pass --overwrite to replace it)")
+            if out_path is not None:
+                _check_out(out_path, overwrite)
             cfg = config if isinstance(config, dict) else load_config(config)
             data = check_data_config(cfg)
             if (cfg.get("runtime") or {}).get("num_threads"):
@@ -169,18 +186,27 @@ def run(
             scale = data.get("scale")
             scale = None if scale is None else tuple(int(s) for s in scale)
             workers = data.get("num_workers", 0) if num_workers is None else num_workers
+            if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+                raise ValueError(f"num_workers (--num-workers, data.num_workers) must be a whole number >= 0, "
+                                 f"got {workers!r}")
         except (CheckpointError, ValueError, TypeError, KeyError, OSError) as exc:
             raise SetupError(str(exc)) from exc
-        evaluator = evaluate(model, dataset, scale=scale, mode=mode, crop_size=crop_size, stride=stride,
-                             tta_ratios=tta_ratios, flip=tta, rank=info.rank, world_size=info.world_size,
-                             num_workers=workers, progress=progress and info.is_main, log=log)
+        try:
+            evaluator = evaluate(model, dataset, scale=scale, mode=mode, crop_size=crop_size, stride=stride,
+                                 tta_ratios=tta_ratios, flip=tta, rank=info.rank, world_size=info.world_size,
+                                 num_workers=workers, progress=progress and info.is_main, log=log)
+        except (DataError, OSError) as exc:  # a validation image or label, named in the message
+            raise SetupError(data_error_message(exc)) from exc
         summary = dict(config=cfg.get("name"), checkpoint=str(checkpoint), mode=mode, tta=tta,
                        tta_ratios=list(tta_ratios) if tta_ratios else None, **metrics_summary(evaluator),
                        seconds=time.perf_counter() - started)
         if info.is_main:
             print(evaluator.table(), file=log)
             if out_path is not None:
-                out_path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    out_path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise WriteError(describe_write_error(exc, out_path) or str(exc)) from exc
                 atomic_write_text(out_path, json.dumps(summary, indent=2) + "\n")
         return summary
     finally:

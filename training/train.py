@@ -22,7 +22,16 @@ What runs, per process (mmseg 1.x / mmengine semantics unless said otherwise):
 --resume restores the model, optimiser, scheduler, GradScaler, iteration, the RNG states of every rank and the
 sampler's position: a run killed at any point and resumed from its latest checkpoint continues exactly as if it
 had not stopped (bit for bit with --deterministic, the same number of processes and threads). A work directory that
-already holds a run is never written into without --resume.
+already holds a run is never written into without --resume, and rank 0 holds its lock (`.lock`, fcntl.flock) from
+before it looks into it until the run ends, so a second run started at the same moment is refused too.
+
+What a failed run leaves: no checkpoint is written after a non-finite loss (checked at every checkpoint and log
+line, watched every iteration without a synchronisation) or with non-finite weights, so `latest` always names finite
+weights and pruning never removes the last of them; a write that fails (full disk, read-only folder) stops the run
+with one line naming the folder, the older checkpoints intact; a run that stops before its first checkpoint takes
+its run.json back (a retry is not refused). Config values are checked before anything is created: unknown keys of
+`schedule`, `runtime` and `data` (a typo would silently keep the default) and intervals, counts and sizes that are
+not whole numbers in range.
 
 Python: `train(cfg, ...)`. Command line (resnest_fast.cli.train): `resnest-fast train --help`; distributed:
 `torchrun --nproc-per-node N -m resnest_fast train CONFIG ...`.
@@ -30,6 +39,7 @@ Python: `train(cfg, ...)`. Command line (resnest_fast.cli.train): `resnest-fast 
 import ast
 import copy
 import datetime
+import difflib
 import functools
 import json
 import math
@@ -48,12 +58,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from resnest_fast.checkpoint import CheckpointError, load_checkpoint
+from resnest_fast.checkpoint import CheckpointError, check_state_dict, load_checkpoint, torch_load
 from resnest_fast.models import load_pretrained
+from resnest_fast.nn import SyncBatchNorm
 from resnest_fast.segmentation import build_segmentor, load_config
 from resnest_fast.training import checkpoints as ckpt
-from resnest_fast.training.data.builder import build_dataset, check_data_config
+from resnest_fast.training.data.builder import build_dataset, check_data_config, check_known_keys
 from resnest_fast.training.data.collate import collate
+from resnest_fast.training.data.datasets import DataError, data_error_message
 from resnest_fast.training.data.samplers import InfiniteSampler
 from resnest_fast.training.distributed import DistInfo, all_gather_object, broadcast_object, cleanup, init_distributed
 from resnest_fast.training.evaluate import evaluate, metrics_summary
@@ -63,6 +75,10 @@ from resnest_fast.training.schedule import build_optimizer, build_scheduler
 __all__ = ["SetupError", "TrainingError", "train", "apply_cfg_options", "seed_everything"]
 
 RUN_FILE = "run.json"
+# every key of `schedule` and `runtime` that training reads: any other is a typo whose default would silently apply
+SCHEDULE_KEYS = ("max_iters", "val_interval", "checkpoint_interval", "optimizer", "lr_policy")
+RUNTIME_KEYS = ("seed", "deterministic", "amp", "log_interval", "keep_checkpoints", "num_threads")
+SECTIONS = ("model", "data", "schedule", "runtime")
 
 
 class TrainingError(RuntimeError):
@@ -81,7 +97,9 @@ def _parse_value(text: str):
 
 def apply_cfg_options(cfg: dict, options: Sequence[str]) -> dict:
     """A copy of cfg with `key.sub=value` overrides (mmengine's --cfg-options): value is a Python literal (1, 0.5,
-    (512, 512), None, 'SyncBN') or else taken as a string; missing dicts on the way are created."""
+    (512, 512), None, 'SyncBN') or else taken as a string; missing dicts on the way are created. The first part
+    must name one of the config's entries or a section training reads (SECTIONS): a new top-level name would be
+    read by nothing. Keys inside `schedule`, `runtime` and `data` are checked by train()."""
     cfg = copy.deepcopy(cfg)
     for option in options:
         key, sep, text = option.partition("=")
@@ -89,6 +107,11 @@ def apply_cfg_options(cfg: dict, options: Sequence[str]) -> dict:
             raise ValueError(f"--cfg-options takes key.sub=value, got {option!r}")
         node = cfg
         parts = key.split(".")
+        if parts[0] not in cfg and parts[0] not in SECTIONS:
+            known = sorted(set(SECTIONS) | {k for k in cfg if isinstance(k, str) and not k.startswith("_")})
+            close = difflib.get_close_matches(parts[0], known, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"the config's entries: {', '.join(known)}"
+            raise ValueError(f"--cfg-options {option!r}: the config has no entry {parts[0]!r} ({hint})")
         for i, part in enumerate(parts[:-1]):
             nxt = node.get(part)
             if nxt is None:
@@ -99,6 +122,17 @@ def apply_cfg_options(cfg: dict, options: Sequence[str]) -> dict:
             node = nxt
         node[parts[-1]] = _parse_value(text)
     return cfg
+
+
+def _whole(value, name: str, minimum: int, note: str = "") -> int:
+    """`value` as an int >= minimum (None -> 0 where 0 is allowed), else ValueError naming `name`: int() would
+    truncate 1.5 and a negative interval would divide every iteration."""
+    if value is None and minimum == 0:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        wanted = "a positive whole number" if minimum == 1 else f"a whole number >= {minimum}"
+        raise ValueError(f"{name} must be {wanted}{note}, got {value!r}")
+    return int(value)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -159,13 +193,17 @@ def _plain(value):
 
 
 class _Run:
-    """The work directory of one training run: refuses another run's folder, writes its files."""
+    """The work directory of one training run: refuses another run's folder, writes its files. Rank 0 holds the
+    folder's lock (training.checkpoints.WorkDirLock) from before it looks at the folder until the run ends."""
 
-    def __init__(self, work_dir: Path, is_main: bool):
+    def __init__(self, work_dir: Path, is_main: bool, lock: Optional[ckpt.WorkDirLock] = None):
         self.dir = work_dir
         self.is_main = is_main
+        self.lock = lock
         self.log_path: Optional[Path] = None
         self._log = None
+        self._wrote_run_file = False
+        self.saved = False  # a checkpoint was written by this call
 
     @staticmethod
     def check(work_dir: Path, resume) -> Tuple[Optional[str], Optional[str]]:
@@ -195,6 +233,7 @@ class _Run:
         run_file = self.dir / RUN_FILE
         if not run_file.exists():
             ckpt.atomic_write_text(run_file, json.dumps(dict(summary, config=_plain(cfg)), indent=2) + "\n")
+            self._wrote_run_file = True
         stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
         for n in range(100):
             path = self.dir / (f"{stamp}.log.jsonl" if n == 0 else f"{stamp}_{n}.log.jsonl")
@@ -209,13 +248,28 @@ class _Run:
 
     def log(self, record: dict) -> None:
         if self._log is not None:
-            self._log.write(json.dumps(record) + "\n")
-            self._log.flush()
+            try:
+                self._log.write(json.dumps(record) + "\n")
+                self._log.flush()
+            except OSError as exc:
+                raise ckpt.WriteError(ckpt.describe_write_error(exc, self.log_path) or str(exc)) from exc
 
-    def close(self) -> None:
+    def close(self, finished: bool) -> None:
+        """Closes the log and lets go of the folder. A run that stopped before its first checkpoint takes back
+        its run.json (and its log, if empty), so that running it again is not refused as a resume."""
         if self._log is not None:
-            self._log.close()
+            try:
+                self._log.close()
+            except OSError:
+                pass  # the failure that matters was reported when a line could not be written
             self._log = None
+        if not finished and not self.saved:
+            if self._wrote_run_file:
+                (self.dir / RUN_FILE).unlink(missing_ok=True)
+            if self.log_path is not None and self.log_path.exists() and self.log_path.stat().st_size == 0:
+                self.log_path.unlink()
+        if self.lock is not None:
+            self.lock.release()
 
 
 # --------------------------------------------------------------------------------------------------- train
@@ -249,8 +303,9 @@ def train(
     there is none) or a checkpoint path. load_from: weights to start from (strict=False, the report printed).
     max_iters, seed, deterministic, batch_size (per process), num_workers, amp ('bf16' | 'fp16' | None) override
     the config's schedule/runtime/data; cfg_options: `key.sub=value` overrides applied first; data_root replaces
-    data.root. Problems found before the first iteration raise SetupError (nothing written, except that a
-    resumed run may have cleaned its temporary files); a non-finite loss raises TrainingError.
+    data.root. Problems found before the first iteration raise SetupError (nothing left written, except that a
+    resumed run may have cleaned its temporary files); a non-finite loss, a sample that cannot be read or does not
+    fit the dataset (its file named) and a checkpoint or log that cannot be written raise TrainingError.
 
     model: a segmentor to train instead of building cfg['model'] (trained in place; `backend` must then be None).
     It needs EncoderDecoder's training interface: loss(img, labels, img_shape) -> dict of tensors, sum_losses,
@@ -262,6 +317,7 @@ def train(
     prebuilt, model = model, None
     info: Optional[DistInfo] = None
     run: Optional[_Run] = None
+    finished = False
     # process-wide settings this call changes, given back at the end (train() may run inside a larger program)
     threads, deterministic_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
@@ -289,25 +345,26 @@ def train(
             if num_workers is not None:
                 data["num_workers"] = num_workers
             cfg["schedule"], cfg["runtime"] = schedule, runtime  # what the checkpoints' meta records
-            total_iters = int(schedule.get("max_iters", 0))
-            if total_iters < 1:
-                raise ValueError(f"max_iters must be a positive number of iterations, got "
-                                 f"{schedule.get('max_iters')!r}")
+            where = f"config {cfg.get('name') or cfg.get('filename', '<dict>')!r} (or --cfg-options)"
+            check_known_keys("schedule", schedule, SCHEDULE_KEYS, where)
+            check_known_keys("runtime", runtime, RUNTIME_KEYS, where)
+            total_iters = _whole(schedule.get("max_iters"), "schedule.max_iters", 1)
             amp = runtime.get("amp")
             if amp not in (None, "bf16", "fp16"):
                 raise ValueError(f"amp must be 'bf16', 'fp16' or None, got {amp!r}")
-            batch = int(data["batch_size"])
-            if batch < 1:
-                raise ValueError(f"batch_size must be >= 1, got {batch}")
-            workers = int(data.get("num_workers", 0))
-            seed_value = int(runtime.get("seed", 0))
+            batch = _whole(data["batch_size"], "data.batch_size", 1)
+            workers = _whole(data.get("num_workers", 0), "data.num_workers", 0)
+            seed_value = _whole(runtime.get("seed", 0), "runtime.seed", 0)
             deterministic = bool(runtime.get("deterministic", False))
-            log_interval = max(1, int(runtime.get("log_interval", 50)))
-            keep = int(runtime.get("keep_checkpoints", 3))
-            ckpt_interval = int(schedule.get("checkpoint_interval", total_iters) or total_iters)
-            val_interval = int(schedule.get("val_interval", 0) or 0)
-            if runtime.get("num_threads"):
-                torch.set_num_threads(int(runtime["num_threads"]))
+            log_interval = _whole(runtime.get("log_interval", 50), "runtime.log_interval", 1)
+            keep = _whole(runtime.get("keep_checkpoints", 3), "runtime.keep_checkpoints", 0, " (0: keep all)")
+            # 0 or None: a checkpoint at the end only / no validation
+            ckpt_interval = _whole(schedule.get("checkpoint_interval"), "schedule.checkpoint_interval", 0,
+                                   " (0 or None: only at the end)") or total_iters
+            val_interval = _whole(schedule.get("val_interval"), "schedule.val_interval", 0,
+                                  " (0 or None: no validation)")
+            if runtime.get("num_threads") is not None:
+                torch.set_num_threads(_whole(runtime["num_threads"], "runtime.num_threads", 1))
             if prebuilt is not None and backend is not None:
                 raise ValueError(f"backend={backend!r} cannot apply to a prebuilt model: build it with that backend")
             if prebuilt is not None and not isinstance(prebuilt, nn.Module):
@@ -322,16 +379,27 @@ def train(
         except (ValueError, RuntimeError) as exc:
             raise SetupError(str(exc)) from exc
         work = Path(work_dir) if work_dir is not None else Path("work_dirs") / cfg.get("name", "run")
-        problem, resume_from = broadcast_object(_Run.check(work, resume) if info.is_main else None)
+        lock, checked = None, None
+        if info.is_main:
+            try:
+                # locked before looking: of two runs started together into one folder, the second is refused here
+                lock = ckpt.WorkDirLock.acquire(work)
+                checked = _Run.check(work, resume)
+            except (ValueError, OSError) as exc:
+                checked = (str(exc), None)
+        run = _Run(work, info.is_main, lock)
+        problem, resume_from = broadcast_object(checked)
         error = None
         try:
             if problem:
                 raise ValueError(problem)
+            if lock is not None and lock.stale:
+                tqdm.write(f"note: {work} was locked by {lock.stale}, which ended without letting go: taken over",
+                           file=log)
             if amp == "fp16" and info.device.type != "cuda":
                 raise ValueError("--amp fp16 needs a CUDA GPU (fp16 autocast with a GradScaler); on the CPU use "
                                  "--amp bf16")
             seed_everything(seed_value, deterministic)
-            run = _Run(work, info.is_main)
             train_set = build_dataset(data, "train", root=data_root, seed=seed_value)
             val_set = build_dataset(data, "val", root=data_root) if val_interval > 0 else None
             model = prebuilt if prebuilt is not None else build_segmentor(cfg["model"], backend=backend)
@@ -339,6 +407,7 @@ def train(
             if classes and len(classes) != model.num_classes:
                 raise ValueError(f"the model predicts {model.num_classes} classes but the {data['type']} dataset "
                                  f"has {len(classes)} (model.decode_head.num_classes)")
+            _check_batch_norm(model, batch, info.world_size)
             crop_size = model.crop_size or tuple(data.get("crop_size") or ()) or None
             # ImageNet weights for the backbone (mmseg's init_weights): all of them or a SetupError, never a silent
             # partial load; a resumed run takes every weight from its checkpoint, so nothing is fetched for it
@@ -365,14 +434,14 @@ def train(
                     tqdm.write(f"resumed from {resume_from} at iteration {start_iter}", file=log)
             if start_iter > total_iters:
                 raise ValueError(f"the checkpoint is at iteration {start_iter}, beyond max_iters={total_iters}")
+            run.start(cfg, dict(config=cfg.get("name"), seed=seed_value, world_size=info.world_size,
+                                batch_size=batch, max_iters=total_iters, created=time.strftime("%Y-%m-%d %H:%M:%S")))
         except (CheckpointError, ValueError, TypeError, KeyError, OSError) as exc:
             error = str(exc)
         errors = [e for e in all_gather_object(error) if e]
         if errors:
             raise SetupError(error or f"another process could not start: {errors[0]}")
 
-        run.start(cfg, dict(config=cfg.get("name"), seed=seed_value, world_size=info.world_size,
-                            batch_size=batch, max_iters=total_iters, created=time.strftime("%Y-%m-%d %H:%M:%S")))
         ddp = _LossModule(model)
         if info.world_size > 1:
             # no buffer broadcast at each forward (mmseg's broadcast_buffers=False): SyncBN keeps the running
@@ -397,10 +466,11 @@ def train(
         )
         summary = loop.run(loader, start_iter, progress=progress)
         summary.update(work_dir=str(work), log_file=str(run.log_path) if run.log_path else None)
+        finished = True
         return summary
     finally:
         if run is not None:
-            run.close()
+            run.close(finished)
         if info is not None:
             cleanup(info)
         torch.set_num_threads(threads)
@@ -408,14 +478,39 @@ def train(
 
 
 def _read_training_state(path: Path) -> dict:
-    from resnest_fast.checkpoint import torch_load
-
+    """The checkpoint at `path` if it holds a training state of this project's layout, else CheckpointError saying
+    what it holds instead."""
     state = torch_load(str(path), "cpu")
+    if not isinstance(state, dict):
+        what = f"a tensor of shape {list(state.shape)}" if isinstance(state, torch.Tensor) else \
+            f"a {type(state).__name__}"
+        raise CheckpointError(f"{str(path)!r} is not a training checkpoint of this project: expected a dict with "
+                              f"meta, state_dict, optimizer and param_schedulers, got {what}")
     missing = [k for k in ("meta", "state_dict", "optimizer", "param_schedulers") if k not in state]
-    if not isinstance(state, dict) or missing:
+    if missing:
         raise CheckpointError(f"{str(path)!r} is not a training checkpoint of this project (missing {missing}): "
                               "to start from its weights use --load-from")
+    check_state_dict(state["state_dict"], str(path))
+    meta, schedulers = state["meta"], state["param_schedulers"]
+    if not isinstance(meta, dict) or isinstance(meta.get("iter"), bool) or not isinstance(meta.get("iter"), int):
+        raise CheckpointError(f"{str(path)!r}: meta must be a dict with an int 'iter', got {meta!r:.80}")
+    if not isinstance(state["optimizer"], dict):
+        raise CheckpointError(f"{str(path)!r}: optimizer must be a dict (an optimizer's state_dict), got a "
+                              f"{type(state['optimizer']).__name__}")
+    if not (isinstance(schedulers, (list, tuple)) and schedulers and isinstance(schedulers[0], dict)):
+        raise CheckpointError(f"{str(path)!r}: param_schedulers must be a list holding the scheduler's state_dict, "
+                              f"got {schedulers!r:.80}")
     return state
+
+
+def _check_batch_norm(model: nn.Module, batch: int, world_size: int) -> None:
+    """ValueError for a batch of one image where BatchNorm would see one value per channel: the split attention
+    normalises pooled (1x1) features, and torch refuses that in training only at the first step."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    synced = world_size > 1 and all(isinstance(m, (nn.SyncBatchNorm, SyncBatchNorm)) for m in norms)
+    if batch < 2 and norms and not synced:
+        raise ValueError(f"data.batch_size {batch} is too small: the model's BatchNorm layers need at "
+                         "least 2 images per batch in training (or SyncBN over several processes)")
 
 
 def _restore(state, model, optimizer, scheduler, scaler, info: DistInfo):
@@ -455,12 +550,61 @@ class _Loop:
         self.log = log
         self.last_checkpoint: Optional[str] = None
         self.last_metrics: Optional[dict] = None
+        # the iteration of the first non-finite loss (0: none yet) and that loss, kept on the device: watching every
+        # step costs no synchronisation, and a checkpoint is never written after it
+        self._first_bad = torch.zeros((), dtype=torch.long, device=info.device)
+        self._bad_loss = torch.zeros((), dtype=torch.float32, device=info.device)
+
+    # -- divergence -----------------------------------------------------------------------------------------
+    def watch(self, iteration: int, loss: torch.Tensor) -> None:
+        """Records `iteration` if its loss is the first non-finite one."""
+        new = (self._first_bad == 0) & ~torch.isfinite(loss.detach())
+        self._first_bad.masked_fill_(new, iteration)
+        self._bad_loss = torch.where(new, loss.detach().float(), self._bad_loss)
+
+    def stop_if_diverged(self, iteration: int, weights: bool) -> None:
+        """TrainingError (on every rank) when a loss so far was not finite or, with weights=True, when a weight
+        or buffer is: nothing after the last good checkpoint may be saved over it."""
+        never = torch.iinfo(torch.long).max
+        first = torch.where(self._first_bad == 0, torch.full_like(self._first_bad, never), self._first_bad)
+        bad_weights = torch.zeros((), dtype=torch.long, device=first.device)
+        if weights:
+            values = [v for v in self.model.state_dict().values() if v.is_floating_point()]
+            bad_weights = (~torch.stack([torch.isfinite(v).all() for v in values]).all()).long()
+        packed = torch.stack([first, -bad_weights])  # one MIN reduction: the earliest iteration, any bad weight
+        if self.info.world_size > 1:
+            torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.MIN)
+        first_bad, bad = packed.tolist()
+        if first_bad == never and not bad:
+            return
+        latest = ckpt.find_latest(self.run_dir.dir) if self.info.is_main else None
+        kept = f"the last checkpoint, {latest}, is from before it" if latest else "no checkpoint was written"
+        if first_bad != never:
+            value = self._bad_loss.item() if self._first_bad.item() == first_bad else float("nan")
+            what = f"the loss became {value} at iteration {first_bad}"
+        else:
+            what = f"the weights hold non-finite values at iteration {iteration} (the loss was finite)"
+        raise TrainingError(f"{what}: training diverged ({kept}); lower the lr or check the data")
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save(self, iteration: int) -> None:
+        """Writes iter_<iteration>.pth on rank 0, after checking that the run has not diverged; a write that fails
+        is a TrainingError on every rank, with the older checkpoints intact."""
+        self.stop_if_diverged(iteration, weights=True)
         states = all_gather_object(ckpt.rng_state())  # every rank's, for an exact resume of each
-        if not self.info.is_main:
-            return
+        error = None
+        if self.info.is_main:
+            try:
+                self._write(iteration, states)
+            except OSError as exc:
+                latest = ckpt.find_latest(self.run_dir.dir)
+                error = (f"{exc}: training stopped at iteration {iteration}; "
+                         + (f"the last checkpoint is {latest}" if latest else "no checkpoint was written"))
+        error = broadcast_object(error)
+        if error:
+            raise TrainingError(error)
+
+    def _write(self, iteration: int, states) -> None:
         state = {
             "meta": dict(self.meta, iter=iteration, time=time.strftime("%Y-%m-%d %H:%M:%S")),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -472,6 +616,7 @@ class _Loop:
             state["grad_scaler"] = self.scaler.state_dict()
         path = self.run_dir.dir / ckpt.checkpoint_name(iteration)
         ckpt.atomic_save(state, path)
+        self.run_dir.saved = True
         ckpt.write_latest(self.run_dir.dir, path)
         ckpt.prune_checkpoints(self.run_dir.dir, self.keep)
         self.last_checkpoint = str(path)
@@ -517,7 +662,11 @@ class _Loop:
         try:
             while iteration < self.total_iters:
                 t0 = time.perf_counter()
-                batch = next(batches)
+                try:
+                    batch = next(batches)
+                except (DataError, OSError) as exc:
+                    raise TrainingError(f"{data_error_message(exc)} (loading the batch of iteration "
+                                        f"{iteration + 1})") from exc
                 t1 = time.perf_counter()
                 img = batch["img"].to(info.device, non_blocking=True)
                 labels = batch["gt_semantic_seg"].to(info.device, non_blocking=True)
@@ -535,6 +684,7 @@ class _Loop:
                     self.optimizer.step()
                 self.scheduler.step()
                 iteration += 1
+                self.watch(iteration, loss)
                 sums["loss"] += loss.detach().double()
                 for k, v in losses.items():
                     sums[k] += v.detach().double().mean()
@@ -545,8 +695,7 @@ class _Loop:
                 if iteration % self.log_interval == 0 or iteration == self.total_iters:
                     means = self._reduce_means(sums, len(times))
                     if not math.isfinite(means["loss"]):
-                        raise TrainingError(f"the loss is {means['loss']} at iteration {iteration} (lr {lr:.3g}): "
-                                            "training diverged; lower the lr or check the data")
+                        self.stop_if_diverged(iteration, weights=False)
                     record = dict(mode="train", iter=iteration, lr=lr, **means, time=float(np.mean(times)),
                                   data_time=float(np.mean(data_times)), memory=round(_peak_memory_mib(info.device)))
                     if info.is_main:
@@ -559,7 +708,12 @@ class _Loop:
                 if iteration % self.ckpt_interval == 0 or iteration == self.total_iters:
                     self.save(iteration)
                 if self.val_set is not None and (iteration % self.val_interval == 0 or iteration == self.total_iters):
-                    self.validate(iteration)
+                    try:
+                        self.validate(iteration)
+                    except (DataError, OSError) as exc:
+                        raise TrainingError(f"{data_error_message(exc)} (validating at iteration {iteration})") from exc
+        except ckpt.WriteError as exc:  # the log file
+            raise TrainingError(f"{exc}: training stopped at iteration {iteration}") from exc
         finally:
             bar.close()
         seconds = time.perf_counter() - started

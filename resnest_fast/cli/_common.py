@@ -24,7 +24,9 @@ def is_rank0() -> bool:
 
 
 def print_error(prog: str, exc: BaseException) -> None:
-    """The command's one line for an error it expected (bad input or environment), on rank 0 only."""
+    """The command's one line for an error it expected (bad input or environment), on rank 0 only. The commands
+    exit 2 after such an error when they did nothing (usage, config, checkpoint, data, output path) and 1 when
+    the work had started and failed (a training that diverged, a result that could not be written)."""
     if is_rank0():
         print(f"{prog}: error: {exc}", file=sys.stderr)
 

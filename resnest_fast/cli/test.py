@@ -1,7 +1,8 @@
 """`resnest-fast test`: a checkpoint scored on its config's validation split (resnest_fast.training.evaluate):
 aAcc, mIoU, mAcc and per-class IoU, whole or sliding-window, optionally multi-scale + flip TTA.
 
-Exit codes: 0 done, 2 nothing done (bad arguments, config, checkpoint or data).
+Exit codes: 0 done, 1 the metrics were computed and printed but --out could not be written (e.g. a full disk),
+2 nothing done (bad arguments, config, checkpoint or data: an unreadable or mismatched validation file is named).
 """
 import argparse
 import sys
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast test") -> int:
-    """Exit code: 0 done, 2 nothing done (bad arguments, config, checkpoint or data)."""
+    """Exit code: 0 done, 1 --out not written, 2 nothing done (bad arguments, config, checkpoint or data)."""
     try:
         summary = run(args.config, args.checkpoint, mode=args.mode, crop_size=args.crop_size, stride=args.stride,
                       tta=args.tta, data_root=args.data_root, out=args.out, overwrite=args.overwrite,
@@ -43,6 +44,9 @@ def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast test") -> 
     except SetupError as exc:
         print_error(prog, exc)
         return 2
+    except OSError as exc:  # --out could not be written after the evaluation (full disk): the table was printed
+        print_error(prog, exc)
+        return 1
     if is_rank0():
         def pct(v):
             return "nan" if v is None else f"{100 * v:.2f}"

@@ -1,7 +1,9 @@
 """`resnest-fast train`: mmseg's iteration-based training of a config's segmenter (resnest_fast.training.train).
 
 Distributed: `torchrun --nproc-per-node N -m resnest_fast train CONFIG ...`. Exit codes: 0 done, 1 training
-failed (e.g. the loss became NaN), 2 nothing done (bad arguments, config, data, checkpoint or work dir).
+started and failed (the loss became NaN, a sample could not be read, a checkpoint could not be written: the
+checkpoints written before are kept), 2 nothing done (bad arguments, config, data, checkpoint, or a work dir that
+holds another run, is in use or cannot be written).
 """
 import argparse
 import sys

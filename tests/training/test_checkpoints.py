@@ -77,3 +77,33 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     got = (torch.rand(3), np.random.rand(3), np.random.standard_normal(), random.random())
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
     assert got[2:] == expected[2:]
+
+
+def test_the_work_dir_lock_is_exclusive_and_goes_with_its_holder(tmp_path):
+    """A second acquire (another open file: what a second process does) is refused naming the holder; release
+    removes the lock file and the folders acquire made; a lock file left behind by a dead holder is taken over."""
+    work = tmp_path / "a" / "w"
+    lock = ckpt.WorkDirLock.acquire(work)
+    assert lock.stale is None and (work / ckpt.LOCK).read_text().startswith(f"process {os.getpid()} on ")
+    with pytest.raises(ValueError, match=rf"work dir '{work}' is in use by another training run \(process "
+                       rf"{os.getpid()} on .*\): wait for it to end, or choose another --work-dir"):
+        ckpt.WorkDirLock.acquire(work)
+    lock.release()
+    assert not (tmp_path / "a").exists()
+    work.mkdir(parents=True)
+    (work / ckpt.LOCK).write_text("process 1 on gone, started 2020-01-01 00:00:00")
+    lock = ckpt.WorkDirLock.acquire(work)
+    assert lock.stale == "process 1 on gone, started 2020-01-01 00:00:00"
+    lock.release()
+    assert work.is_dir() and not (work / ckpt.LOCK).exists()  # a folder that was there stays
+
+
+def test_a_write_that_fails_says_why_in_one_line(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ckpt.WriteError, match=rf"^cannot write {tmp_path}/f/x\.pth: {tmp_path}/f is a file, not a "
+                       "folder$"):
+        ckpt.atomic_save({"w": torch.zeros(2)}, tmp_path / "f" / "x.pth")
+    no_space = OSError(28, "No space left on device")
+    assert ckpt.describe_write_error(no_space, tmp_path / "x.pth", 3 * 2**20).startswith(
+        f"no space left on {tmp_path}: 3.0 MiB needed, ")
+    assert ckpt.describe_write_error(RuntimeError("cannot pickle"), tmp_path / "x.pth") is None

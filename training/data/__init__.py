@@ -3,7 +3,7 @@ mmseg 1.x pipelines on numpy arrays, and batching. Runtime needs: numpy, pillow,
 table), tqdm (converter progress)."""
 
 from .collate import IMAGENET_MEAN, IMAGENET_STD, collate, normalize
-from .datasets import ADE20KDataset, CityscapesDataset, SegDataset
+from .datasets import ADE20KDataset, CityscapesDataset, DataError, SegDataset
 from .io import CorruptFileError, load_image, load_label
 from .meta import ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from .synthetic import SyntheticDataset

@@ -9,17 +9,33 @@ RandomCrop(crop_size, cat_max_ratio) -> RandomFlip(0.5) -> PhotoMetricDistortion
 its final size, only RandomFlip(0.5)). Validation sets get no pipeline: evaluation resizes each image to `scale`
 itself and scores at the original resolution, as mmseg does.
 """
+import difflib
 import os
-from typing import Optional
+from typing import Iterable, Optional
 
 from .datasets import ADE20KDataset, CityscapesDataset
 from .synthetic import SyntheticDataset
 from .transforms import Compose, PhotoMetricDistortion, RandomCrop, RandomFlip, RandomResize
 
-__all__ = ["DATASET_TYPES", "build_dataset", "train_pipeline", "check_data_config"]
+__all__ = ["DATASET_TYPES", "DATA_KEYS", "build_dataset", "train_pipeline", "check_data_config", "check_known_keys"]
 
 DATASET_TYPES = ("cityscapes", "ade20k", "synthetic")
 _REAL = {"cityscapes": CityscapesDataset, "ade20k": ADE20KDataset}
+# every key of `data` that something reads (reduce_zero_label is the dataset's own rule, kept for mmseg's configs)
+DATA_KEYS = ("type", "root", "train_split", "val_split", "scale", "ratio_range", "crop_size", "cat_max_ratio",
+             "batch_size", "num_workers", "tta_ratios", "reduce_zero_label", "num_classes", "size", "train_samples",
+             "val_samples", "train_seed", "val_seed")
+
+
+def check_known_keys(section: str, values: dict, known: Iterable[str], where: str) -> None:
+    """ValueError naming the first key of `values` outside `known` (a misspelt key would otherwise be ignored and
+    its default used), with the closest known key as a suggestion."""
+    known = tuple(known)
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {section}.{close[0]}?)" if close else f" (known: {', '.join(known)})"
+            raise ValueError(f"{where}: unknown key {section}.{key}{hint}")
 
 
 def check_data_config(cfg: dict) -> dict:
@@ -35,6 +51,7 @@ def check_data_config(cfg: dict) -> dict:
     kind = str(data.get("type", "")).lower()
     if kind not in DATASET_TYPES:
         raise ValueError(f"{where}: data.type must be one of {DATASET_TYPES}, got {data.get('type')!r}")
+    check_known_keys("data", data, DATA_KEYS, where)
     if "batch_size" not in data:
         raise ValueError(f"{where}: data.batch_size (images per process) is missing")
     return data

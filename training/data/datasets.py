@@ -7,10 +7,12 @@ Each item is a dict:
 
 Files are listed once at construction (sorted by image path, as mmseg sorts them) and every image must have its
 label: a missing one is an error naming the image and the label path expected, rather than a silently shorter
-dataset. Random transforms draw from a generator seeded by (seed, pass, index), so a sample does not depend on
-which DataLoader worker produced it. The pass is the one an ``InfiniteSampler`` sends along with each index
-(``dataset[(index, pass)]``), or else the epoch given to ``set_epoch`` (which persistent DataLoader workers,
-holding their own copy of the dataset, do not see: prefer the sampler).
+dataset. A sample whose label does not fit the dataset (its size differs from the image's, or it holds a class id
+that is neither a class nor 255) raises DataError naming the files when it is loaded. Random transforms draw from
+a generator seeded by (seed, pass, index), so a sample does not depend on which DataLoader worker produced it.
+The pass is the one an ``InfiniteSampler`` sends along with each index (``dataset[(index, pass)]``), or else the
+epoch given to ``set_epoch`` (which persistent DataLoader workers, holding their own copy of the dataset, do not
+see: prefer the sampler).
 """
 
 import glob
@@ -23,6 +25,22 @@ from torch.utils.data import Dataset
 from .io import load_image, load_label
 from .meta import ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from .transforms import IMG, SEG
+
+
+class DataError(ValueError):
+    """A sample's files do not fit together or the dataset (size mismatch, class id out of range); names them."""
+
+
+def data_error_message(exc: BaseException) -> str:
+    """The one-line message of a data error, also when a DataLoader worker raised it: torch re-raises it in the
+    main process with the worker's whole traceback in the message, whose last line is the original
+    `module.Type: message`."""
+    text = str(exc).strip()
+    if "Traceback" in text:
+        last = text.splitlines()[-1]
+        head, sep, rest = last.partition(": ")
+        text = rest if sep and " " not in head else last
+    return text
 
 
 def resolve_index(index, length, default_pass):
@@ -83,11 +101,23 @@ class SegDataset(Dataset):
         img = load_image(img_path)
         seg = load_label(seg_path, reduce_zero_label=self.reduce_zero_label)
         if img.shape[:2] != seg.shape:
-            raise ValueError(
+            raise DataError(
                 f"image {img_path} is {img.shape[1]}x{img.shape[0]} but its label {seg_path} is "
                 f"{seg.shape[1]}x{seg.shape[0]}"
             )
+        self.check_label(seg, seg_path)
         return {IMG: img, SEG: seg, "img_path": img_path, "seg_path": seg_path, "ori_shape": img.shape[:2]}
+
+    def check_label(self, seg, seg_path):
+        """DataError when the (H, W) uint8 label map holds an id that is neither a class (0..num_classes-1) nor 255
+        (ignored): the loss would fail later with only the id, and the evaluation would miscount it."""
+        n = self.num_classes
+        if n and n < 255:
+            found = np.flatnonzero(np.bincount(seg.ravel(), minlength=256)[n:255])
+            if found.size:
+                ids = ", ".join(str(int(v) + n) for v in found[:5])
+                raise DataError(f"label file {seg_path} holds class id(s) {ids}: the dataset has {n} classes "
+                                f"(0..{n - 1}, 255 = ignore)")
 
     def __getitem__(self, index):
         """``dataset[i]`` or ``dataset[(i, pass)]`` (what ``InfiniteSampler`` yields)."""

@@ -153,3 +153,20 @@ def test_random_transform_without_generator_is_refused(cityscapes_root):
     for t in (RandomCrop(4), RandomFlip()):
         with pytest.raises(TypeError, match="numpy.random.Generator"):
             t(results)
+
+
+def test_a_label_id_outside_the_classes_names_the_file_when_loaded(cityscapes_root):
+    """Cityscapes has 19 classes: 19 and 77 are neither a class nor 255 (the loss would fail later with only
+    `Target 77 is out of bounds`); 0..18 and 255 are fine, so the untouched samples still load."""
+    from resnest_fast.training.data import DataError
+
+    root, written = cityscapes_root
+    ds = CityscapesDataset(root, split="train")
+    label = np.array(written[ds.img_paths[1]][1])
+    label[0, :3] = (77, 19, 77)
+    write_png(ds.seg_paths[1], label)
+    bad = sorted(set(np.unique(label).tolist()) - set(range(19)) - {255})
+    with pytest.raises(DataError, match=rf"^label file {ds.seg_paths[1]} holds class id\(s\) "
+                       rf"{', '.join(map(str, bad))}: the dataset has 19 classes \(0\.\.18, 255 = ignore\)$"):
+        ds[1]
+    assert ds[0]["gt_semantic_seg"].shape == (12, 20) and ds[2]["gt_semantic_seg"].shape == (12, 20)

@@ -1,0 +1,214 @@
+"""`resnest-fast train` and `resnest-fast test` over a table of bad inputs: each row is refused with one line that
+names the argument or file and what was expected (never a traceback), exit code 2 when nothing was done (usage,
+config, checkpoint, data or work dir) and 1 when training started and failed, and every file that existed before
+(work dirs, checkpoints, data) is byte-identical afterwards, with nothing new left behind."""
+import hashlib
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from resnest_fast.cli import main
+from resnest_fast.segmentation import build_model
+from resnest_fast.segmentation.config import CONFIG_DIR
+from resnest_fast.training.checkpoints import WorkDirLock
+from tests.training.data.files import smooth_image, write_jpg, write_png
+from tests.training.train_helpers import tiny_config
+
+ADE = "resnest_s101-d8_fcn_4xb4-160k_ade20k-512x512"
+
+
+def _ade_config(folder) -> str:
+    """The ADE20k config with a small model, 32x32 crops and a small test scale, as a file (`test` takes no
+    --cfg-options)."""
+    base = next(CONFIG_DIR.rglob(f"{ADE}.py"))
+    path = folder / "ade_small.py"
+    path.write_text("\n".join([
+        f"_base_ = {str(base)!r}",
+        ("model = dict(data_preprocessor=dict(size=(32, 32)), backbone=dict(depth=50, stem_channels=16, "
+         "base_channels=8), decode_head=dict(in_channels=256, channels=16), "
+         "auxiliary_head=dict(in_channels=128, channels=8))"),
+        "data = dict(crop_size=(32, 32), scale=(48, 24), batch_size=2, num_workers=0)",
+        "runtime = dict(num_threads=1, log_interval=1)",
+    ]) + "\n")
+    return str(path)
+
+
+def _ade_tree(root, bad=None):
+    """ADEChallengeData2016 with 2 training and 1 validation image; `bad` spoils the first of each split:
+    'corrupt' (a truncated JPEG), 'size' (a label smaller than its image), 'rgb' (an RGB label), 'range' (a class
+    id 200, beyond ADE20k's 150 after reduce_zero_label)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("training", 2), ("validation", 1)):
+        for i in range(n):
+            img = root / "ADEChallengeData2016" / "images" / split / f"ADE_{i}.jpg"
+            seg = root / "ADEChallengeData2016" / "annotations" / split / f"ADE_{i}.png"
+            write_jpg(str(img), smooth_image(rng, 24, 30))
+            label = rng.integers(0, 5, (24, 30)).astype("uint8")
+            if i == 0 and bad == "size":
+                label = label[:20]
+            if i == 0 and bad == "rgb":
+                label = np.stack([label] * 3, -1)
+            if i == 0 and bad == "range":
+                label[3, 4] = 200
+            write_png(str(seg), label)
+            if i == 0 and bad == "corrupt":
+                img.write_bytes(img.read_bytes()[:200])
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_inputs")
+    torch.manual_seed(0)
+    w = {"root": root, "tiny": tiny_config(root), "ade": _ade_config(root)}
+    assert main(["train", w["tiny"], "--work-dir", str(root / "run"), "--max-iters", "2", "--no-progress",
+                 "--cfg-options", "schedule.val_interval=0"]) == 0
+    state_dict = torch.load(root / "run" / "iter_2.pth", weights_only=True)["state_dict"]
+    torch.save({"state_dict": {k: v.to(torch.int32) if v.is_floating_point() else v for k, v in state_dict.items()}},
+               root / "int32.pth")
+    (root / "text.pth").write_text("101 is a number, not a checkpoint\n")
+    torch.save(torch.zeros(3), root / "tensor.pth")
+    torch.save({"meta": {}, "state_dict": "abc"}, root / "str_state_dict.pth")
+    torch.save({"meta": {"iter": 2}, "state_dict": "abc", "optimizer": {}, "param_schedulers": [{}]},
+               root / "str_training_state.pth")
+    torch.save(build_model(w["ade"]).state_dict(), root / "ade.pth")
+    for bad in ("corrupt", "size", "rgb", "range"):
+        w[bad] = _ade_tree(root / f"ade_{bad}", bad)
+    (root / "a_file").write_text("not a folder")
+    return w
+
+
+def _snapshot(root):
+    """{relative path: sha256} of every file and {relative path} of every folder under root."""
+    files, folders = {}, set()
+    for folder, dirs, names in os.walk(root):
+        folders.update(os.path.relpath(os.path.join(folder, d), root) for d in dirs)
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return files, folders
+
+
+# (id, argv with {placeholders}, exit code, what the error must say[, its number of lines if not 1])
+TRAIN = [
+    ("typo-in-cfg-option", "{tiny} --cfg-options schedule.val_intervall=1", 2,
+     r"unknown key schedule\.val_intervall \(did you mean schedule\.val_interval\?\)"),
+    ("typo-in-runtime", "{tiny} --cfg-options runtime.log_intervall=1", 2,
+     r"unknown key runtime\.log_intervall \(did you mean runtime\.log_interval\?\)"),
+    ("typo-in-data", "{tiny} --cfg-options data.batchsize=2", 2, r"unknown key data\.batchsize"),
+    ("typo-in-a-section", "{tiny} --cfg-options schedul.val_interval=1", 2,
+     r"--cfg-options 'schedul\.val_interval=1': the config has no entry 'schedul' \(did you mean schedule\?\)"),
+    ("negative-checkpoint-interval", "{tiny} --cfg-options schedule.checkpoint_interval=-1", 2,
+     r"schedule\.checkpoint_interval must be a whole number >= 0 \(0 or None: only at the end\), got -1"),
+    ("negative-val-interval", "{tiny} --cfg-options schedule.val_interval=-3", 2,
+     r"schedule\.val_interval must be a whole number >= 0 \(0 or None: no validation\), got -3"),
+    ("fractional-log-interval", "{tiny} --cfg-options runtime.log_interval=2.5", 2,
+     r"runtime\.log_interval must be a positive whole number, got 2\.5"),
+    ("batch-size-1", "{tiny} --batch-size 1", 2, r"data\.batch_size 1 is too small: .*BatchNorm"),
+    ("negative-num-workers", "{tiny} --num-workers -1", 2,
+     r"data\.num_workers must be a whole number >= 0, got -1"),
+    ("work-dir-is-a-file", "{tiny} --work-dir {root}/a_file", 2, r"work dir '.*/a_file' is a file, not a folder"),
+    ("work-dir-under-a-file", "{tiny} --work-dir {root}/a_file/sub", 2,
+     r"work dir '.*/a_file/sub' cannot be created: .*/a_file is a file, not a folder"),
+    ("resume-a-text-file", "{tiny} --resume {root}/text.pth", 2,
+     r"text\.pth' is not a PyTorch checkpoint: expected what torch\.save writes .* got a file starting with b'101"),
+    ("resume-one-tensor", "{tiny} --resume {root}/tensor.pth", 2,
+     r"tensor\.pth' is not a training checkpoint of this project: .* got a tensor of shape \[3\]"),
+    ("resume-state-dict-a-string", "{tiny} --resume {root}/str_training_state.pth", 2,
+     r"str_training_state\.pth' holds no state_dict: expected a dict of tensors.* got a str \('abc'\)"),
+    ("load-from-a-text-file", "{tiny} --load-from {root}/text.pth", 2, r"text\.pth' is not a PyTorch checkpoint"),
+    ("corrupt-training-image", "{ade} --data-root {corrupt} --max-iters 1", 1,
+     r"cannot decode image file .*ade_corrupt/.*/training/ADE_0\.jpg"),
+    ("label-out-of-range", "{ade} --data-root {range} --max-iters 1", 1,
+     r"label file .*ade_range/.*/training/ADE_0\.png holds class id\(s\) 199: the dataset has 150 classes"),
+    ("label-out-of-range-in-a-worker", "{ade} --data-root {range} --max-iters 1 --num-workers 1", 1,
+     (r"^resnest-fast train: error: label file .*ADE_0\.png holds class id\(s\) 199: the dataset has 150 classes "
+      r"\(0\.\.149, 255 = ignore\) \(loading the batch of iteration 1\)$")),
+]
+
+TEST = [
+    ("text-file-checkpoint", "{tiny} {root}/text.pth", 2, r"text\.pth' is not a PyTorch checkpoint"),
+    ("state-dict-a-string", "{tiny} {root}/str_state_dict.pth", 2,
+     r"str_state_dict\.pth' holds no state_dict: .* got a str \('abc'\)"),
+    # the line naming the file, then the load report's line (as for missing keys or shape mismatches)
+    ("int32-weights", "{tiny} {root}/int32.pth", 2,
+     (r"int32\.pth' does not fit EncoderDecoder \(nothing was loaded\):\n"
+      r"dtype mismatches, not a float-to-float cast \(\d+\): .*checkpoint int32 vs model float32"), 2),
+    ("negative-num-workers", "{tiny} {root}/run/iter_2.pth --num-workers -1", 2,
+     r"num_workers .* must be a whole number >= 0, got -1"),
+    ("out-under-a-file", "{tiny} {root}/run/iter_2.pth --out {root}/a_file/m.json", 2,
+     r"--out '.*/a_file/m\.json' cannot be written: .*/a_file is a file, not a folder"),
+    ("out-is-a-folder", "{tiny} {root}/run/iter_2.pth --out {root}/run", 2, r"--out '.*/run' is a folder"),
+    ("corrupt-validation-image", "{ade} {root}/ade.pth --data-root {corrupt}", 2,
+     r"cannot decode image file .*ade_corrupt/.*/validation/ADE_0\.jpg"),
+    ("image-label-size-mismatch", "{ade} {root}/ade.pth --data-root {size}", 2,
+     r"image .*validation/ADE_0\.jpg is 30x24 but its label .*validation/ADE_0\.png is 30x20"),
+    ("rgb-label", "{ade} {root}/ade.pth --data-root {rgb}", 2,
+     r"label file .*validation/ADE_0\.png has mode RGB .* must be a single-channel image"),
+    ("label-out-of-range", "{ade} {root}/ade.pth --data-root {range}", 2,
+     r"label file .*validation/ADE_0\.png holds class id\(s\) 199"),
+]
+
+
+def _run(world, capsys, command, argv):
+    args = [a.format(**{k: str(v) for k, v in world.items()}) for a in argv.split()]
+    if command == "train" and "--work-dir" not in args:
+        args += ["--work-dir", str(world["root"] / "fresh")]
+    before = _snapshot(world["root"])
+    capsys.readouterr()
+    code = main([command, *args, "--no-progress"])
+    out, err = capsys.readouterr()
+    assert _snapshot(world["root"]) == before, "a file was changed, or something was left behind"
+    return code, out, err
+
+
+def _assert_refused(world, capsys, command, row):
+    _, argv, exit_code, message, *count = row
+    code, out, err = _run(world, capsys, command, argv)
+    assert "Traceback" not in err + out
+    lines = err.strip().splitlines()
+    assert code == exit_code and len(lines) == (count or [1])[0], err
+    assert re.search(message, err.strip(), re.MULTILINE), err
+    assert lines[0].startswith(f"resnest-fast {command}: error: "), err
+
+
+@pytest.mark.parametrize("row", TRAIN, ids=[r[0] for r in TRAIN])
+def test_train_refuses(world, capsys, one_thread, row):
+    _assert_refused(world, capsys, "train", row)
+
+
+@pytest.mark.parametrize("row", TEST, ids=[r[0] for r in TEST])
+def test_test_refuses(world, capsys, one_thread, row):
+    _assert_refused(world, capsys, "test", row)
+
+
+def test_a_work_dir_in_use_is_refused(world, capsys, one_thread):
+    """A run holding the work dir's lock (here this process): the second is refused before it looks or writes."""
+    lock = WorkDirLock.acquire(world["root"] / "busy")
+    try:
+        code, _, err = _run(world, capsys, "train", f"{world['tiny']} --work-dir {world['root']}/busy")
+    finally:
+        lock.release()
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(r"work dir '.*/busy' is in use by another training run \(process \d+ on .*\): wait for it",
+                     err), err
+    assert not (world["root"] / "busy").exists()  # released: the folder it made is gone with its lock
+
+
+def test_test_out_on_a_full_disk_prints_the_metrics_then_one_line(world, capsys, monkeypatch, one_thread):
+    """The metrics are computed and printed; writing --out fails (ENOSPC): exit 1, one error line, no file."""
+    from tests.training.test_train_failures import _full_disk_after
+
+    out = world["root"] / "metrics.json"
+    _full_disk_after(monkeypatch, 10)
+    code = main(["test", world["tiny"], str(world["root"] / "run" / "iter_2.pth"), "--out", str(out),
+                 "--no-progress"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "mIoU" in err, err
+    assert err.strip().splitlines()[-1].startswith(f"resnest-fast test: error: no space left on {world['root']}: ")
+    assert not out.exists() and not [p for p in os.listdir(world["root"]) if p.endswith(".tmp")]
