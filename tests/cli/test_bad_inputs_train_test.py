@@ -21,13 +21,13 @@ ADE = "resnest_s101-d8_fcn_4xb4-160k_ade20k-512x512"
 
 
 def _ade_config(folder) -> str:
-    """The ADE20k config with a small model, 32x32 crops and a small test scale, as a file (`test` takes no
-    --cfg-options)."""
+    """The ADE20k config with a small model trained from scratch, 32x32 crops and a small test scale, as a file
+    (`test` takes no --cfg-options)."""
     base = next(CONFIG_DIR.rglob(f"{ADE}.py"))
     path = folder / "ade_small.py"
     path.write_text("\n".join([
         f"_base_ = {str(base)!r}",
-        ("model = dict(data_preprocessor=dict(size=(32, 32)), backbone=dict(depth=50, stem_channels=16, "
+        ("model = dict(pretrained=None, data_preprocessor=dict(size=(32, 32)), backbone=dict(depth=50, stem_channels=16, "
          "base_channels=8), decode_head=dict(in_channels=256, channels=16), "
          "auxiliary_head=dict(in_channels=128, channels=8))"),
         "data = dict(crop_size=(32, 32), scale=(48, 24), batch_size=2, num_workers=0)",
