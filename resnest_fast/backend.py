@@ -24,15 +24,36 @@ def normalize_backend(name, where="backend"):
     return name.lower()
 
 
-_default = normalize_backend(os.environ.get(ENV_VAR, "auto") or "auto", f"environment variable {ENV_VAR}")
+def environment_backend():
+    """The backend that ENV_VAR names ("auto" when it is unset or empty); a ValueError naming the variable when it
+    names none. The commands call it first, to refuse a bad value in one line."""
+    value = os.environ.get(ENV_VAR) or "auto"
+    if value.lower() not in BACKENDS:
+        raise ValueError(f"environment variable {ENV_VAR} must be one of {', '.join(BACKENDS)} (or unset), "
+                         f"got {value!r}")
+    return value.lower()
+
+
+# A bad value is not raised here: importing the package must work for the commands to say what is wrong in one
+# line (their entry point imports it first); whatever needs the default raises it instead.
+try:
+    _default = environment_backend()
+    _environment_error = None
+except ValueError as err:
+    _default, _environment_error = None, str(err)
 
 
 def get_default_backend():
+    """The backend used when an op or module is given backend=None; a ValueError when ENV_VAR names no backend
+    and set_default_backend was not called."""
+    if _default is None:
+        raise ValueError(f"{_environment_error} (or call resnest_fast.set_default_backend)")
     return _default
 
 
 def set_default_backend(name):
-    """Sets the backend used when an op or module is given backend=None; returns the previous default."""
+    """Sets the backend used when an op or module is given backend=None; returns the previous default (None
+    when ENV_VAR named no backend)."""
     global _default
     previous = _default
     _default = normalize_backend(name, "backend") or "auto"
@@ -41,7 +62,7 @@ def set_default_backend(name):
 
 def resolve_backend(backend, device):
     """The concrete backend ("cpu", "cuda", "triton" or "reference") that runs for tensors on `device`."""
-    name = normalize_backend(backend, "backend") or _default
+    name = normalize_backend(backend, "backend") or get_default_backend()
     dev = device.type
     if name == "auto":
         if dev == "cuda":

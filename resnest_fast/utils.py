@@ -3,13 +3,14 @@
 A leaf: imports nothing of resnest_fast, so any layer may import it.
 """
 import os
+import re
 import secrets
 from pathlib import Path
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["int_pair", "atomic_write", "fsync_dir", "distributed_world_size"]
+__all__ = ["int_pair", "atomic_write", "atomic_write_leftovers", "fsync_dir", "distributed_world_size"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -51,6 +52,33 @@ def fsync_dir(folder: PathLike) -> None:
         os.close(fd)
 
 
+_TOKEN_BYTES = 6
+
+
+def _temp_name_parts(path: Path, to_path: bool) -> Tuple[str, str]:
+    """(prefix, suffix) of the temporary file's name, the random token going between them."""
+    return (f".{path.stem}.", f".tmp{path.suffix}") if to_path else (f".{path.name}.", ".tmp")
+
+
+def atomic_write_leftovers(paths: Iterable[PathLike], to_path: bool = False) -> List[Path]:
+    """The temporary files that atomic_write calls for `paths`, killed before their cleanup (SIGKILL, power
+    loss), left beside them: exactly the names atomic_write gives them, never any other file. Each folder is
+    listed once."""
+    by_folder: Dict[Path, List[str]] = {}
+    for path in map(Path, paths):
+        prefix, suffix = _temp_name_parts(path, to_path)
+        by_folder.setdefault(path.parent, []).append(f"{re.escape(prefix)}[0-9a-f]{{{2 * _TOKEN_BYTES}}}{re.escape(suffix)}")
+    found = []
+    for folder, names in by_folder.items():
+        pattern = re.compile("|".join(names))
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        found += [folder / name for name in entries if pattern.fullmatch(name)]
+    return sorted(found)
+
+
 def atomic_write(path: PathLike, write: Callable, *, overwrite: bool = True, to_path: bool = False) -> bool:
     """Writes a file so that readers see either nothing new or the whole file, never part of it.
 
@@ -62,8 +90,8 @@ def atomic_write(path: PathLike, write: Callable, *, overwrite: bool = True, to_
     than replace). The temporary file is removed whatever happens. Returns True when `path` was written.
     """
     path = Path(path)
-    token = secrets.token_hex(6)
-    tmp = path.with_name(f".{path.stem}.{token}.tmp{path.suffix}" if to_path else f".{path.name}.{token}.tmp")
+    prefix, suffix = _temp_name_parts(path, to_path)
+    tmp = path.with_name(prefix + secrets.token_hex(_TOKEN_BYTES) + suffix)
     try:
         if to_path:
             write(tmp)

@@ -9,6 +9,8 @@ import sys
 from types import ModuleType
 from typing import Optional, Sequence
 
+from resnest_fast.cli._common import run_command
+
 __all__ = ["COMMANDS", "command_module", "main"]
 
 # command -> one-line help; the module is resnest_fast.cli.<command>
@@ -47,4 +49,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             sub.add_parser(name, help=help_text)
     args = parser.parse_args(argv)
-    return module.run_from_args(args, prog=f"resnest-fast {args.command}")
+    return run_command(module.run_from_args, args, f"resnest-fast {args.command}")

@@ -4,9 +4,9 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from resnest_fast.backend import BACKENDS
+from resnest_fast.backend import BACKENDS, environment_backend
 
-__all__ = ["add_runtime_arguments", "is_rank0", "print_error", "command_main"]
+__all__ = ["add_runtime_arguments", "is_rank0", "print_error", "run_command", "command_main"]
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,9 +31,20 @@ def print_error(prog: str, exc: BaseException) -> None:
         print(f"{prog}: error: {exc}", file=sys.stderr)
 
 
+def run_command(run_from_args: Callable[..., int], args: argparse.Namespace, prog: str) -> int:
+    """run_from_args(args, prog=prog) once the environment is usable: a RESNEST_FAST_BACKEND that names no
+    backend is a usage error of every command (one line, exit 2), not a traceback from deep inside a model."""
+    try:
+        environment_backend()
+    except ValueError as exc:
+        print_error(prog, exc)
+        return 2
+    return run_from_args(args, prog=prog)
+
+
 def command_main(doc: str, add_arguments: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
                  run_from_args: Callable[..., int], prog: str, argv: Optional[Sequence[str]] = None) -> int:
     """`python -m resnest_fast.cli.<command>`: the command's parser (first paragraph of its docstring as the
     description), then run_from_args; returns the exit code."""
     parser = add_arguments(argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0]))
-    return run_from_args(parser.parse_args(argv), prog=parser.prog)
+    return run_command(run_from_args, parser.parse_args(argv), parser.prog)

@@ -2,7 +2,8 @@
 
 Each image goes through mmseg's test pipeline and post-processing, so a label map here is the one mmseg would
 predict and score:
-  decode (pillow, RGB, EXIF orientation applied; `resnest_fast.training.data.io.load_image`)
+  decode (pillow, RGB, EXIF orientation applied, 16-bit samples >> 8 as OpenCV does, 32-bit integer or float
+  images refused; `resnest_fast.training.data.io.load_image`)
   -> resize of the uint8 image keeping its ratio to the config's test scale (`data.scale`, mmcv's rescale rule,
      `resnest_fast.segmentation.inference.resize_image`), unless --scale says otherwise
   -> whole-image or sliding-window logits (`EncoderDecoder.inference`)
@@ -16,8 +17,10 @@ label map) and whose palette is the dataset's; `<stem>_overlay.png|jpg`, the ima
 mmseg's visualiser does (`(img * (1 - opacity) + color * opacity)` truncated to uint8).
 
 Files are written atomically (`resnest_fast.utils.atomic_write`; a hard link when existing files must be kept,
-so "never overwrite" holds even against a concurrent writer): an interrupted run leaves no partial output.
-Input files are only read.
+so "never overwrite" holds even against a concurrent writer): an interrupted run leaves no partial output, and
+the hidden temporary files of a run killed outright (SIGKILL) are removed by the next run once a minute old.
+Input files are only read; an input folder reached through a symbolic link is compared by its real path, so an
+--out-dir inside it is never read back as input.
 
 Python: `colorize`, `overlay`, `run` here; one image: `resnest_fast.segmentation.segment_image`.
 """
@@ -39,7 +42,7 @@ from resnest_fast.segmentation.inference import Scale, config_scale, load_model,
 from resnest_fast.training.data.io import CorruptFileError, load_image
 from resnest_fast.training.data.meta import ADE20K_PALETTE, CITYSCAPES_PALETTE
 from resnest_fast.training.errors import SetupError
-from resnest_fast.utils import atomic_write
+from resnest_fast.utils import atomic_write, atomic_write_leftovers
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -49,6 +52,7 @@ __all__ = [
     "generated_palette",
     "resolve_palette",
     "plan_outputs",
+    "remove_stale_temporaries",
     "run",
     "add_arguments",
     "main",
@@ -154,6 +158,29 @@ def _write_atomically(path: Path, image: Image.Image, fmt: str, overwrite: bool,
     return atomic_write(path, lambda f: image.save(f, format=fmt, **save_args), overwrite=overwrite)
 
 
+# A temporary file of atomic_write older than this was left by a run that was killed (SIGKILL, power loss) before
+# it could remove it; a younger one may belong to a run writing into the same folder right now (one image's
+# write takes well under a second).
+STALE_TEMP_SECONDS = 60.0
+
+
+def remove_stale_temporaries(outputs: Sequence[Path], log=None) -> List[Path]:
+    """Removes the temporary files that killed runs left beside `outputs` (exactly atomic_write's names for these
+    outputs, older than STALE_TEMP_SECONDS; no other file is touched) and returns them."""
+    removed, now = [], time.time()
+    for tmp in atomic_write_leftovers(outputs):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # gone meanwhile, or not ours to remove: left as it is
+            continue
+    if removed and log is not None:
+        tqdm.write(f"removed {len(removed)} temporary file(s) that an interrupted run left in {removed[0].parent}"
+                   + (" and other folders" if len({p.parent for p in removed}) > 1 else ""), file=log)
+    return removed
+
+
 @dataclass(frozen=True)
 class _Job:
     source: Path
@@ -163,15 +190,18 @@ class _Job:
 
 def _walk_images(folder: Path, skip: Path, failures: List[Tuple[str, str]]) -> List[Path]:
     """Image files under `folder`, sorted (folders depth-first by name), hidden files and folders left out (our
-    temporary files, macOS's '._*'), and the output folder left out when it lies inside. Folders that cannot be
-    listed are added to `failures`."""
+    temporary files, macOS's '._*'), and the output folder (`skip`, a real path) left out when it lies inside,
+    whatever the route to it. Folders that cannot be listed are added to `failures`."""
     found = []
 
     def unreadable(err: OSError):
         failures.append((str(err.filename), f"cannot list folder {err.filename}: {err.strerror}"))
 
+    # `skip` is a real path; a folder is compared by its real path too, or an input reached through a symbolic
+    # link would walk into the output folder and segment the previous run's outputs
     for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and Path(dirpath, d) != skip)
+        dirnames[:] = sorted(d for d in dirnames
+                             if not d.startswith(".") and Path(os.path.realpath(os.path.join(dirpath, d))) != skip)
         found += [Path(dirpath, f) for f in sorted(filenames)
                   if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
     return found
@@ -189,15 +219,16 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
     if overlay_format not in ("auto", "png", "jpg"):
         raise ValueError(f"overlay_format must be 'auto', 'png' or 'jpg', got {overlay_format!r}")
     out_dir = Path(os.path.abspath(out_dir))
+    real_out_dir = Path(os.path.realpath(out_dir))
     failures: List[Tuple[str, str]] = []
     sources: List[Tuple[Path, Path]] = []  # (image, root its output path is relative to)
     for given in inputs:
         path = Path(os.path.abspath(given))
         if path.is_dir():
-            if path == out_dir:
+            if Path(os.path.realpath(path)) == real_out_dir:
                 raise ValueError(f"--out-dir {str(out_dir)!r} is an input folder: outputs would be read as inputs "
                                  "by the next run; choose another folder")
-            sources += [(p, path) for p in _walk_images(path, out_dir, failures)]
+            sources += [(p, path) for p in _walk_images(path, real_out_dir, failures)]
         elif path.is_file():
             sources.append((path, path.parent))
         else:
@@ -215,7 +246,7 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
     for src, _ in unique:
         stems[(src.parent, src.stem)] = stems.get((src.parent, src.stem), 0) + 1
     jobs, claimed = [], {}
-    inputs_set = {str(src) for src, _ in unique}
+    inputs_set = set(seen)  # real paths: an output must not replace an input reached by another route
     for src, _ in unique:
         folder = out_dir / src.parent.relative_to(common)
         base = src.name if stems[(src.parent, src.stem)] > 1 else src.stem
@@ -225,7 +256,7 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
         clash = next((claimed[p] for p in (job.pred, job.overlay) if p in claimed), None)
         if clash is not None:
             failures.append((str(src), f"{src}: its outputs would have the same names as those of {clash}"))
-        elif str(job.pred) in inputs_set or str(job.overlay) in inputs_set:
+        elif os.path.realpath(job.pred) in inputs_set or os.path.realpath(job.overlay) in inputs_set:
             failures.append((str(src), f"{src}: an output would replace an input file ({job.pred.name})"))
         else:
             claimed[job.pred] = claimed[job.overlay] = src
@@ -296,6 +327,7 @@ def run(
         raise SetupError(f"no image found in {[str(i) for i in inputs]} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     for path, message in failures:
         tqdm.write(f"error: {message}", file=log)
+    remove_stale_temporaries([p for job in jobs for p in (job.pred, job.overlay)], log)
 
     written, skipped_files = [], []
     processed = skipped = 0
@@ -329,7 +361,8 @@ def run(
                 tqdm.write(f"kept existing {', '.join(str(p) for p in kept)}", file=log)
             processed += 1
             busy += time.perf_counter() - t0
-        except (CorruptFileError, OSError, ValueError, RuntimeError) as exc:
+        # MemoryError: one image too large for this machine must not stop the others
+        except (CorruptFileError, OSError, ValueError, RuntimeError, MemoryError) as exc:
             message = str(exc) if str(job.source) in str(exc) else f"{job.source}: {exc}"
             failures.append((str(job.source), message))
             tqdm.write(f"error: {message}", file=log)

@@ -7,6 +7,8 @@ size with the model's align_corners (mmseg's `postprocess_result`), argmax. Test
 SegTTAModel: for every ratio the *original* image resized by it, unflipped and flipped, softmax probabilities
 averaged.
 """
+import math
+import os
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -17,6 +19,8 @@ from resnest_fast.checkpoint import load_checkpoint
 from resnest_fast.segmentation.builder import build_model
 from resnest_fast.segmentation.config import load_config
 from resnest_fast.segmentation.decode_heads import resize
+from resnest_fast.segmentation.segmentor import slide_windows
+from resnest_fast.utils import int_pair
 
 __all__ = [
     "rescale_size",
@@ -27,9 +31,36 @@ __all__ = [
     "load_model",
     "config_scale",
     "slide_defaults",
+    "check_scale",
 ]
 
 Scale = Union[None, float, Tuple[int, int]]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _factor(value, name: str) -> float:
+    """value as a positive finite Python float; TypeError/ValueError naming `name` otherwise."""
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def check_scale(scale, name: str = "scale") -> Scale:
+    """`scale` as segment_image takes it: None, a positive factor (a Python float), or a pair of positive ints
+    (tuple or list) bounding the long and short edges (a tuple). A TypeError/ValueError naming `name` otherwise."""
+    if scale is None:
+        return None
+    if _is_number(scale):
+        return _factor(scale, f"{name} (a factor)")
+    if not isinstance(scale, (tuple, list)) or len(scale) != 2:
+        raise TypeError(f"{name} must be None, a positive factor or a pair of positive ints (long, short edge), "
+                        f"got {scale!r}")
+    return int_pair(scale, name, 1)
 
 
 def rescale_size(old_size, scale):
@@ -39,10 +70,9 @@ def rescale_size(old_size, scale):
     Returns ((new_w, new_h), factor).
     """
     w, h = old_size
-    if isinstance(scale, (int, float)):
-        if scale <= 0:
-            raise ValueError(f"scale factor must be positive, got {scale}")
-        factor = float(scale)
+    scale = check_scale(scale)
+    if isinstance(scale, float):
+        factor = scale
     else:
         long_edge, short_edge = max(scale), min(scale)
         factor = min(long_edge / max(h, w), short_edge / min(h, w))
@@ -66,7 +96,8 @@ def resize_image(img, size):
 def tta_size(width: int, height: int, ratio: float) -> Tuple[int, int]:
     """(w, h) of an image of width x height after mmcv's Resize(scale_factor=ratio, keep_ratio=True): the target
     int(edge * ratio + 0.5), then mmcv's imrescale to that target (which may round an edge differently)."""
-    target = (int(width * float(ratio) + 0.5), int(height * float(ratio) + 0.5))
+    ratio = _factor(ratio, "a TTA ratio")
+    target = (int(width * ratio + 0.5), int(height * ratio + 0.5))
     return rescale_size((width, height), target)[0]
 
 
@@ -108,6 +139,11 @@ def predict_scores(
     if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8):
         what = f"{img.dtype} array of shape {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
         raise ValueError(f"img must be an (H, W, 3) uint8 RGB array, got a {what}")
+    scale = check_scale(scale)
+    if tta_ratios is not None:
+        if isinstance(tta_ratios, (str, bytes)) or not hasattr(tta_ratios, "__iter__"):
+            raise TypeError(f"tta_ratios must be a sequence of positive numbers, got {tta_ratios!r}")
+        tta_ratios = [_factor(r, "each of tta_ratios") for r in tta_ratios]
     h, w = img.shape[:2]
     if tta_ratios is None and not flip:
         size = None if scale is None else rescale_size((w, h), scale)[0]
@@ -156,10 +192,8 @@ def load_model(config, checkpoint, backend: Optional[str] = None, device: Option
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU (use --device cpu)")
     if checkpoint is None:
         raise ValueError("a checkpoint is required (a segmenter with random weights predicts nothing useful)")
-    cfg = config if isinstance(config, dict) else load_config(config)
-    if not isinstance(cfg.get("model"), dict):
-        raise ValueError(f"config {cfg.get('filename', '<dict>')!r} has no `model = dict(...)`")
-    model = build_model(cfg, backend=backend)
+    cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else config
+    model = build_model(cfg, backend=backend)  # names a config that is not a dict or has no `model`
     meta = load_checkpoint(model, checkpoint, strict=True).meta
     return model.eval().to(device), cfg, meta
 
@@ -177,13 +211,8 @@ def slide_defaults(model, cfg: dict, crop_size, stride):
         crop_size = test_cfg.get("crop_size") or cfg.get("crop_size") or (cfg.get("data") or {}).get("crop_size")
         if crop_size is None:
             raise ValueError("slide mode needs --crop-size: the config has neither test_cfg.crop_size nor crop_size")
-    crop_size = tuple(int(c) for c in crop_size)
+    crop_size = int_pair(crop_size, "crop_size", 1)
     if stride is None:
         stride = test_cfg.get("stride") if test_cfg.get("crop_size") == crop_size else None
         stride = stride or tuple(max(1, int(c * 2 / 3)) for c in crop_size)
-    stride = tuple(int(s) for s in stride)
-    if len(crop_size) != 2 or len(stride) != 2 or min(crop_size + stride) < 1:
-        raise ValueError(f"crop_size and stride must be pairs of positive ints, got {crop_size} and {stride}")
-    if any(s > c for s, c in zip(stride, crop_size)):
-        raise ValueError(f"stride {stride} larger than crop_size {crop_size} would leave pixels uncovered")
-    return crop_size, stride
+    return slide_windows(crop_size, stride)

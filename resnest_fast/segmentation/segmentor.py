@@ -19,10 +19,35 @@ from resnest_fast.models import ResNeSt
 from resnest_fast.segmentation.decode_heads import BaseDecodeHead, build_head, resize
 from resnest_fast.utils import int_pair
 
-__all__ = ["EncoderDecoder", "build_segmentor"]
+__all__ = ["EncoderDecoder", "build_segmentor", "check_image", "slide_windows"]
 
 _PREPROCESSOR_KEYS = {"type", "mean", "std", "bgr_to_rgb", "rgb_to_bgr", "pad_val", "seg_pad_val", "size",
                       "size_divisor", "test_cfg"}
+
+
+def slide_windows(crop_size, stride) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """(crop_size, stride) as pairs (h, w) of positive ints, the sliding-window settings of `inference`.
+
+    A stride larger than the window leaves rows or columns that no window covers: their logits would be 0 / 0
+    (NaN) and their label 0, so it is refused here, the one check the model and the commands share."""
+    crop = int_pair(crop_size, "crop_size", 1)
+    step = int_pair(stride, "stride", 1)
+    if step[0] > crop[0] or step[1] > crop[1]:
+        raise ValueError(f"stride {step} is larger than crop_size {crop}: pixels between the windows would get no "
+                         "prediction (use a stride <= crop_size)")
+    return crop, step
+
+
+def check_image(img, name: str = "img") -> None:
+    """A ValueError/TypeError naming `name` unless img is a (B, 3, H, W) tensor with B, H, W >= 1 of 0-255 RGB
+    values, uint8 or floating point (or another integer type; all are converted to the model's dtype)."""
+    if not isinstance(img, Tensor):
+        raise TypeError(f"{name} must be a (B, 3, H, W) torch.Tensor of 0-255 RGB values, got {type(img).__name__}")
+    if img.dim() != 4 or img.shape[1] != 3 or 0 in img.shape:
+        raise ValueError(f"{name} must be a (B, 3, H, W) tensor of 0-255 RGB values with B, H, W >= 1, "
+                         f"got shape {tuple(img.shape)}")
+    if img.dtype == torch.bool or img.is_complex():
+        raise TypeError(f"{name} must be uint8 or floating point (0-255 RGB values), got {img.dtype}")
 
 
 def build_backbone(cfg) -> ResNeSt:
@@ -103,8 +128,7 @@ class EncoderDecoder(nn.Module):
         if mode not in ("whole", "slide"):
             raise ValueError(f"test_cfg['mode'] must be 'whole' or 'slide', got {mode!r}")
         if mode == "slide":
-            cfg["crop_size"] = int_pair(cfg.get("crop_size"), "test_cfg['crop_size']", 1)
-            cfg["stride"] = int_pair(cfg.get("stride"), "test_cfg['stride']", 1)
+            cfg["crop_size"], cfg["stride"] = slide_windows(cfg.get("crop_size"), cfg.get("stride"))
         cfg["mode"] = mode
         return cfg
 
@@ -151,6 +175,7 @@ class EncoderDecoder(nn.Module):
 
     def forward(self, img: Tensor) -> Tensor:
         """RGB 0-255 image (B, 3, H, W) -> logits (B, num_classes, H, W), whole-image inference."""
+        check_image(img)
         return self.encode_decode(self.preprocess(img))
 
     # ------------------------------------------------------------------------------------------------- train
@@ -159,6 +184,7 @@ class EncoderDecoder(nn.Module):
         """img (B, 3, H, W) RGB 0-255, labels (B, H, W) int64 (255 = ignore) -> mmseg's loss dict:
         decode.loss_ce, decode.acc_seg, aux.loss_ce, aux.acc_seg. `sum_losses` adds the *loss* entries.
         img_shape: the sizes before padding of a padded batch (see `preprocess`)."""
+        check_image(img)
         if labels.dim() != 3 or labels.shape[0] != img.shape[0]:
             raise ValueError(f"labels must be (B, H, W) with B = {img.shape[0]}, got {tuple(labels.shape)}")
         feats = self.extract_feat(self.preprocess(img, img_shape))
@@ -180,6 +206,7 @@ class EncoderDecoder(nn.Module):
         """RGB 0-255 (B, 3, H, W) -> logits (B, num_classes, H, W), whole or sliding-window as test_cfg says
         (arguments override it). Slide: mmseg's windows (the last one of a row or column flush with the border),
         logits averaged where windows overlap."""
+        check_image(img)
         cfg = dict(self.test_cfg)
         if mode is not None:
             cfg["mode"] = mode

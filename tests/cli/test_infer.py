@@ -57,8 +57,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """(config path, checkpoint path, model with the checkpoint's weights, images folder, {rel: RGB array})."""
-    root = tmp_path_factory.mktemp("infer")
+    return make_setup(tmp_path_factory.mktemp("infer"))
+
+
+def make_setup(root):
+    """(config path, checkpoint path, model with the checkpoint's weights, images folder, {rel: RGB array}) under
+    the folder root."""
     config = root / "small_fcn.py"
     config.write_text(CONFIG)
     torch.manual_seed(0)

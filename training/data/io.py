@@ -4,6 +4,10 @@ Semantics follow mmseg 1.x's loaders so that what a model sees is what it would 
 - images: ``LoadImageFromFile`` decodes in colour, honouring the EXIF orientation (cv2 and mmcv's pillow path both
   do), any mode converted to 3 channels. We return RGB where mmseg returns BGR: its data preprocessor swaps
   the channels back to RGB (``bgr_to_rgb=True`` in the ResNeSt configs), so the model input is the same.
+- high bit depth: mmseg decodes with OpenCV, whose colour flag turns 16-bit samples into 8-bit ones by
+  ``>> 8`` (mmcv.imread(backend='cv2') gives 33375 -> 130); pillow's own conversion would clip them to 255, so 16-bit
+  grayscale is shifted here as OpenCV does. 32-bit integer and float images (pillow modes I and F) OpenCV cannot
+  read in colour at all, and their range is not defined: they are refused with an error naming the file.
 - labels: ``LoadAnnotations`` decodes 'unchanged' (palette indices for 'P' PNGs, no EXIF rotation) and casts to
   uint8; ``reduce_zero_label`` maps 0 -> 255 and every other value v -> v - 1 (255 stays 255).
 """
@@ -25,7 +29,9 @@ def _open_fully(path, kind):
     try:
         img = Image.open(path)
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    # DecompressionBombError (not an OSError): pillow refuses a pixel count that could exhaust memory, e.g. a
+    # tiny file whose header claims 30000 x 30000
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise CorruptFileError(f"cannot decode {kind} file {path}: {err}") from err
     return img
 
@@ -33,6 +39,10 @@ def _open_fully(path, kind):
 def load_image(path):
     """Decode an image file to a (H, W, 3) uint8 RGB array (EXIF orientation applied, like mmseg's loader)."""
     img = _open_fully(path, "image")
+    if img.mode in ("I", "F"):
+        kind = "32-bit float" if img.mode == "F" else "32-bit integer"
+        raise CorruptFileError(f"cannot use image file {path}: its pixels are {kind} (pillow mode {img.mode}), "
+                               "which have no defined 0-255 range; convert it to an 8- or 16-bit image")
     try:
         img = ImageOps.exif_transpose(img)
         if img.mode == "LA":
@@ -40,6 +50,9 @@ def load_image(path):
             rgba = img.convert("RGBA")
             img = Image.new("RGB", rgba.size, (124, 117, 104))
             img.paste(rgba, mask=rgba.split()[3])
+        elif img.mode.startswith("I;16"):
+            gray = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
+            return np.repeat(gray[:, :, None], 3, axis=2)  # a fresh array: writable
         elif img.mode != "RGB":
             img = img.convert("RGB")
         array = np.array(img, dtype=np.uint8)  # a writable copy: transforms and torch.from_numpy may write

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from resnest_fast.training.data.io import CorruptFileError, load_image, load_label, reduce_zero
-from tests.training.data.files import write_png
+from tests.training.data.files import write_png, write_png_header_only
 
 
 def test_image_is_rgb_in_file_order(tmp_path):
@@ -85,3 +85,43 @@ def test_truncated_file_names_it(tmp_path, loader):
     (tmp_path / "cut.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     with pytest.raises(CorruptFileError, match="cut.png"):
         loader(str(tmp_path / "cut.png"))
+
+
+def test_16_bit_images_decode_as_mmcv_with_opencv_does(tmp_path):
+    # mmseg's LoadImageFromFile reads with mmcv.imread(backend='cv2', flag='color'): OpenCV's colour flag turns
+    # 16-bit samples into 8-bit ones by >> 8 (pillow's convert('RGB') would clip 99 % of them to 255)
+    cv2 = pytest.importorskip("cv2")
+    mmcv = pytest.importorskip("mmcv")
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 65536, (20, 30), dtype=np.uint16)
+    rgb = rng.integers(0, 65536, (20, 30, 3), dtype=np.uint16)
+    paths = [tmp_path / "gray16.png", tmp_path / "rgb16.png", tmp_path / "gray16.tif"]
+    cv2.imwrite(str(paths[0]), gray)
+    cv2.imwrite(str(paths[1]), rgb)
+    Image.fromarray(gray).save(paths[2])
+    for path in paths:
+        out = load_image(str(path))
+        reference = mmcv.imread(str(path), backend="cv2")[..., ::-1]  # BGR -> RGB
+        assert out.dtype == np.uint8 and out.flags.writeable
+        np.testing.assert_array_equal(out, reference, err_msg=str(path))
+    assert 100 < load_image(str(paths[0])).mean() < 156  # what mmseg sees; clipping gave ~254
+
+
+@pytest.mark.parametrize("mode, array", [
+    ("F", np.linspace(0, 300, 600, dtype=np.float32).reshape(20, 30)),
+    ("I", np.arange(600, dtype=np.int32).reshape(20, 30) * 100),
+])
+def test_32_bit_images_are_refused_with_their_path(tmp_path, mode, array):
+    # OpenCV cannot read these in colour (mmcv.imread returns None) and they have no 0-255 range; pillow's
+    # conversion clipped 74 % of a float image to 255
+    path = tmp_path / "deep.tif"
+    Image.fromarray(array, mode=mode).save(path)
+    with pytest.raises(CorruptFileError, match=f"{path}.*32-bit"):
+        load_image(str(path))
+
+
+def test_a_decompression_bomb_is_a_corrupt_file_named_by_path(tmp_path):
+    path = tmp_path / "bomb.png"
+    write_png_header_only(path, 30000, 30000)
+    with pytest.raises(CorruptFileError, match=f"{path}.*decompression bomb"):
+        load_image(str(path))

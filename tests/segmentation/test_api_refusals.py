@@ -1,0 +1,115 @@
+"""The Python API refuses what it cannot do right, with a message that names the argument: sliding windows that
+leave pixels uncovered, a malformed `scale` or TTA ratio, images of no pixels or of a dtype that is not a picture,
+a config that is not one, and constructor arguments that would only fail later inside a kernel."""
+import numpy as np
+import pytest
+import torch
+
+from resnest_fast.nn import SplitAttentionConv2d
+from resnest_fast.segmentation import build_model, predict_scores, segment_image, slide_defaults
+from resnest_fast.segmentation.decode_heads.blocks import ConvModule
+from resnest_fast.segmentation.segmentor import build_segmentor
+from resnest_fast.testing.small_models import small_model_cfg
+
+
+@pytest.fixture(scope="module")
+def model():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield build_segmentor(small_model_cfg()).eval()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def img():
+    return np.random.default_rng(0).integers(0, 256, (45, 67, 3), dtype=np.uint8)
+
+
+def as_batch(img):
+    return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def test_slide_windows_that_leave_pixels_uncovered_are_refused(model, img):
+    # 16x16 windows every 40 pixels on 45x67: mmseg's window rule leaves rows 16-28 and columns 16-39 with
+    # no window at all; those logits were 0/0 = NaN and their label 0
+    x = as_batch(img)
+    with pytest.raises(ValueError, match=r"stride \(40, 40\) is larger than crop_size \(16, 16\)"):
+        model.predict(x, mode="slide", crop_size=(16, 16), stride=(40, 40))
+    with pytest.raises(ValueError, match="stride"):
+        segment_image(model, img, mode="slide", crop_size=(16, 16), stride=(16, 40))
+    with pytest.raises(ValueError, match="stride"):  # the model's own test_cfg is checked when it is built
+        build_segmentor(dict(small_model_cfg(), test_cfg=dict(mode="slide", crop_size=(8, 8), stride=(9, 8))))
+    with pytest.raises(ValueError, match="stride"):  # the commands' defaults go through the same check
+        slide_defaults(model, {}, (16, 16), (40, 40))
+    # windows as large as the stride tile the image: every pixel has a prediction
+    logits = model.inference(x, mode="slide", crop_size=(16, 16), stride=(16, 16))
+    assert logits.shape == (1, model.num_classes, 45, 67) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("scale, kind", [
+    ([32], TypeError), ("64", TypeError), ((64, 0), ValueError), (0.0, ValueError), (float("nan"), ValueError),
+    (torch.tensor(2.0), TypeError), ((64.5, 32), TypeError), (True, TypeError),
+])
+def test_a_malformed_scale_is_named(model, img, scale, kind):
+    with pytest.raises(kind, match="scale"):
+        segment_image(model, img, scale=scale)
+
+
+def test_scale_as_a_list_or_a_numpy_number_is_the_tuple_or_the_float(model, img):
+    # a list is what a JSON or YAML config gives; np.float32 is not a Python float (it has no len either)
+    as_pair = segment_image(model, img, scale=(40, 30))
+    np.testing.assert_array_equal(segment_image(model, img, scale=[40, 30]), as_pair)
+    np.testing.assert_array_equal(segment_image(model, img, scale=np.float32(0.5)),
+                                  segment_image(model, img, scale=0.5))
+
+
+def test_malformed_tta_ratios_are_named(model, img):
+    with pytest.raises(TypeError, match="tta_ratios"):
+        predict_scores(model, img, tta_ratios=0.5)
+    with pytest.raises(ValueError, match="tta_ratios"):
+        predict_scores(model, img, tta_ratios=[1.0, -0.5])
+
+
+def test_integer_and_double_images_give_the_uint8_images_logits_and_others_are_refused(model, img):
+    x = as_batch(img)
+    expected = model(x)  # uint8: accepted as before
+    for dtype in (torch.int64, torch.int32, torch.float64, torch.float16):
+        torch.testing.assert_close(model(x.to(dtype)), expected, rtol=0, atol=0)
+        torch.testing.assert_close(model.inference(x.to(dtype)), expected, rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"img must be uint8 or floating point.*torch\.bool"):
+        model(x > 127)
+    with pytest.raises(TypeError, match="img must be a .*torch.Tensor.*ndarray"):
+        model.predict(img)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 45, 67), (1, 3, 0, 67), (1, 3, 45, 0)])
+def test_an_image_batch_without_pixels_is_named(model, shape):
+    empty = torch.zeros(shape)
+    model.train()
+    try:
+        with pytest.raises(ValueError, match=r"img must be .* B, H, W >= 1, got shape"):
+            model(empty)
+        with pytest.raises(ValueError, match="img must be"):
+            model.loss(empty, torch.zeros((shape[0],) + shape[2:], dtype=torch.int64))
+    finally:
+        model.eval()
+    with pytest.raises(ValueError, match="img must be"):
+        model.predict(empty)
+
+
+def test_build_model_names_a_config_that_is_not_one():
+    with pytest.raises(TypeError, match="config must be a shipped config's name, a .py file or a config dict"):
+        build_model(None)
+    with pytest.raises(ValueError, match="has no `model = dict"):
+        build_model({"data": {}})
+
+
+@pytest.mark.parametrize("make", [
+    lambda k: SplitAttentionConv2d(8, 8, kernel_size=k),
+    lambda k: ConvModule(4, 4, k),
+])
+def test_a_kernel_size_below_1_is_refused_by_the_constructor(make):
+    for k in (0, -1, (3, 0)):
+        with pytest.raises(ValueError, match="kernel_size"):
+            make(k)
