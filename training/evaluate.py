@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from resnest_fast.checkpoint import CheckpointError
-from resnest_fast.segmentation import load_config, load_model, predict_scores, slide_defaults
+from resnest_fast.segmentation import load_model, predict_scores, resolve_config, slide_defaults
 from resnest_fast.training.checkpoints import atomic_write_text
 from resnest_fast.training.data.builder import build_dataset, check_data_config
 from resnest_fast.training.distributed import cleanup, init_distributed
@@ -143,7 +143,7 @@ def run(
             out_path = Path(out) if out is not None else None
             if out_path is not None and out_path.exists() and not overwrite:
                 raise ValueError(f"--out {str(out_path)!r} exists (pass --overwrite to replace it)")
-            cfg = config if isinstance(config, dict) else load_config(config)
+            cfg = resolve_config(config)
             data = check_data_config(cfg)
             if (cfg.get("runtime") or {}).get("num_threads"):
                 torch.set_num_threads(int(cfg["runtime"]["num_threads"]))

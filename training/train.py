@@ -27,7 +27,6 @@ already holds a run is never written into without --resume.
 Python: `train(cfg, ...)`. Command line (resnest_fast.cli.train): `resnest-fast train --help`; distributed:
 `torchrun --nproc-per-node N -m resnest_fast train CONFIG ...`.
 """
-import ast
 import copy
 import datetime
 import functools
@@ -49,7 +48,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from resnest_fast.checkpoint import CheckpointError, load_checkpoint
-from resnest_fast.segmentation import build_segmentor, load_config
+from resnest_fast.segmentation import build_segmentor, resolve_config
+from resnest_fast.segmentation.config import apply_cfg_options  # re-exported: its home moved there
 from resnest_fast.training import checkpoints as ckpt
 from resnest_fast.training.data.builder import build_dataset, check_data_config
 from resnest_fast.training.data.collate import collate
@@ -66,38 +66,6 @@ RUN_FILE = "run.json"
 
 class TrainingError(RuntimeError):
     """Training started but could not go on (e.g. a non-finite loss)."""
-
-
-# ----------------------------------------------------------------------------------------------------- config
-
-
-def _parse_value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # a bare word: a string
-
-
-def apply_cfg_options(cfg: dict, options: Sequence[str]) -> dict:
-    """A copy of cfg with `key.sub=value` overrides (mmengine's --cfg-options): value is a Python literal (1, 0.5,
-    (512, 512), None, 'SyncBN') or else taken as a string; missing dicts on the way are created."""
-    cfg = copy.deepcopy(cfg)
-    for option in options:
-        key, sep, text = option.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--cfg-options takes key.sub=value, got {option!r}")
-        node = cfg
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ValueError(f"--cfg-options {option!r}: {'.'.join(parts[:i + 1])} is a "
-                                 f"{type(nxt).__name__}, not a dict")
-            node = nxt
-        node[parts[-1]] = _parse_value(text)
-    return cfg
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -265,8 +233,8 @@ def train(
     threads, deterministic_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         try:
-            cfg = copy.deepcopy(cfg) if isinstance(cfg, dict) else load_config(cfg)
-            cfg = apply_cfg_options(cfg, cfg_options)
+            # the options first: for an mmseg file they name mmseg's keys, as with mmseg's own tools
+            cfg = copy.deepcopy(resolve_config(cfg, cfg_options))
             if not isinstance(cfg.get("model"), dict):
                 raise ValueError(f"config {cfg.get('filename', '<dict>')!r} has no `model = dict(...)`")
             data = check_data_config(cfg)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from resnest_fast.checkpoint import load_checkpoint
 from resnest_fast.segmentation.builder import build_model
-from resnest_fast.segmentation.config import load_config
+from resnest_fast.segmentation.config import resolve_config
 from resnest_fast.segmentation.decode_heads import resize
 
 __all__ = [
@@ -156,7 +156,7 @@ def load_model(config, checkpoint, backend: Optional[str] = None, device: Option
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU (use --device cpu)")
     if checkpoint is None:
         raise ValueError("a checkpoint is required (a segmenter with random weights predicts nothing useful)")
-    cfg = config if isinstance(config, dict) else load_config(config)
+    cfg = resolve_config(config)
     if not isinstance(cfg.get("model"), dict):
         raise ValueError(f"config {cfg.get('filename', '<dict>')!r} has no `model = dict(...)`")
     model = build_model(cfg, backend=backend)
