@@ -64,6 +64,12 @@ def _resolve(name_or_path: Union[str, os.PathLike]) -> pathlib.Path:
 def _load_file(path: pathlib.Path, chain: tuple) -> dict:
     if path in chain:
         raise ValueError(f"config {path} inherits from itself through {[str(p) for p in chain]}")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for marker, what in (("{{_base_.", "mmengine's {{_base_.x}} substitution"),
+                         ("read_base(", "mmengine's read_base() (pure-Python) config style")):
+        if marker in text:
+            raise ValueError(f"config {path}: {what} is not supported: write the values out, or inherit with "
+                             "`_base_ = [...]` and merged dicts")
     try:
         values = runpy.run_path(str(path))
     except Exception as exc:

@@ -217,7 +217,8 @@ def _data(r: _Reader, cfg: dict) -> dict:
     val = r.dict_of(cfg.get("val_dataloader"), "val_dataloader")
     test = cfg.get("test_dataloader", val)
     if _plain(test) != _plain(val):
-        r.fail("test_dataloader", "must be the val_dataloader (`resnest-fast test` scores the validation split)")
+        r.fail("test_dataloader", "must be the val_dataloader (`resnest-fast test` scores the validation split; "
+               "override both alike)")
     r.only(val, "val_dataloader", ("batch_size", "num_workers", "persistent_workers", "sampler", "dataset"))
     val_sampler = r.dict_of(val.get("sampler", dict(type="DefaultSampler")), "val_dataloader.sampler",
                             "DefaultSampler")

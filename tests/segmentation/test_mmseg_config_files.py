@@ -21,7 +21,14 @@ from mmengine.config import Config  # noqa: E402
 from resnest_fast.cli import infer as infer_cli  # noqa: E402
 from resnest_fast.cli import test as test_cli  # noqa: E402
 from resnest_fast.cli import train as train_cli  # noqa: E402
-from resnest_fast.segmentation import build_model, list_configs, load_config, load_model, predict_scores  # noqa: E402
+from resnest_fast.segmentation import (  # noqa: E402
+    build_model,
+    list_configs,
+    load_config,
+    load_model,
+    predict_scores,
+    resolve_config,
+)
 from resnest_fast.segmentation.config import CONFIG_DIR, apply_cfg_options  # noqa: E402
 from resnest_fast.training.data.io import load_image  # noqa: E402
 from tests.training.data.files import write_png  # noqa: E402
@@ -76,6 +83,14 @@ def test_an_mmseg_file_gives_the_projects_model_and_training_values(name):
     crop = reference["train_dataloader"]["dataset"]["pipeline"][3]
     assert theirs["data"]["crop_size"] == tuple(crop["crop_size"])
     assert theirs["data"]["cat_max_ratio"] == crop["cat_max_ratio"]
+
+
+def test_a_dict_loaded_by_mmengine_is_translated_alike():
+    name = NAMES[-1]
+    from_file = load_config(mmseg_file(name))
+    from_dict = resolve_config(Config.fromfile(mmseg_file(name)).to_dict())
+    assert from_dict == {k: v for k, v in from_file.items() if k not in ("filename", "name")}
+    assert from_dict["model"]["data_preprocessor"]["bgr_to_rgb"] is False
 
 
 @pytest.mark.parametrize("name", NAMES[::3])
@@ -216,6 +231,13 @@ def _derived(tmp_path, text):
 ])
 def test_what_the_project_does_not_run_is_refused_naming_the_key(tmp_path, text, key):
     with pytest.raises(ValueError, match=f"derived.py: {key}: "):
+        load_config(_derived(tmp_path, text))
+
+
+@pytest.mark.parametrize("text", ["model = dict(decode_head=dict(num_classes={{_base_.num_classes}}))",
+                                  "from mmengine.config import read_base\nwith read_base():\n    pass"])
+def test_mmengine_substitution_syntax_is_refused_by_name(tmp_path, text):
+    with pytest.raises(ValueError, match="mmengine's .* is not supported"):
         load_config(_derived(tmp_path, text))
 
 
