@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from resnest_fast.checkpoint import CheckpointError
-from resnest_fast.segmentation import load_config, load_model, predict_scores, slide_defaults
+from resnest_fast.segmentation import load_model, predict_scores, resolve_config, slide_defaults
 from resnest_fast.training.checkpoints import WriteError, atomic_write_text, describe_write_error
 from resnest_fast.training.data.builder import build_dataset, check_data_config
 from resnest_fast.training.data.datasets import DataError, data_error_message
@@ -160,7 +160,7 @@ def run(
             out_path = Path(out) if out is not None else None
             if out_path is not None:
                 _check_out(out_path, overwrite)
-            cfg = config if isinstance(config, dict) else load_config(config)
+            cfg = resolve_config(config)
             data = check_data_config(cfg)
             if (cfg.get("runtime") or {}).get("num_threads"):
                 torch.set_num_threads(int(cfg["runtime"]["num_threads"]))

@@ -36,10 +36,8 @@ not whole numbers in range.
 Python: `train(cfg, ...)`. Command line (resnest_fast.cli.train): `resnest-fast train --help`; distributed:
 `torchrun --nproc-per-node N -m resnest_fast train CONFIG ...`.
 """
-import ast
 import copy
 import datetime
-import difflib
 import functools
 import json
 import math
@@ -61,7 +59,8 @@ from tqdm import tqdm
 from resnest_fast.checkpoint import CheckpointError, check_state_dict, load_checkpoint, torch_load
 from resnest_fast.models import load_pretrained
 from resnest_fast.nn import SyncBatchNorm
-from resnest_fast.segmentation import build_segmentor, load_config
+from resnest_fast.segmentation import build_segmentor, resolve_config
+from resnest_fast.segmentation.config import apply_cfg_options  # re-exported: its home moved there
 from resnest_fast.training import checkpoints as ckpt
 from resnest_fast.training.data.builder import build_dataset, check_data_config, check_known_keys
 from resnest_fast.training.data.collate import collate
@@ -78,7 +77,6 @@ RUN_FILE = "run.json"
 # every key of `schedule` and `runtime` that training reads: any other is a typo whose default would silently apply
 SCHEDULE_KEYS = ("max_iters", "val_interval", "checkpoint_interval", "optimizer", "lr_policy")
 RUNTIME_KEYS = ("seed", "deterministic", "amp", "log_interval", "keep_checkpoints", "num_threads")
-SECTIONS = ("model", "data", "schedule", "runtime")
 
 
 class TrainingError(RuntimeError):
@@ -86,42 +84,6 @@ class TrainingError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------------- config
-
-
-def _parse_value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # a bare word: a string
-
-
-def apply_cfg_options(cfg: dict, options: Sequence[str]) -> dict:
-    """A copy of cfg with `key.sub=value` overrides (mmengine's --cfg-options): value is a Python literal (1, 0.5,
-    (512, 512), None, 'SyncBN') or else taken as a string; missing dicts on the way are created. The first part
-    must name one of the config's entries or a section training reads (SECTIONS): a new top-level name would be
-    read by nothing. Keys inside `schedule`, `runtime` and `data` are checked by train()."""
-    cfg = copy.deepcopy(cfg)
-    for option in options:
-        key, sep, text = option.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--cfg-options takes key.sub=value, got {option!r}")
-        node = cfg
-        parts = key.split(".")
-        if parts[0] not in cfg and parts[0] not in SECTIONS:
-            known = sorted(set(SECTIONS) | {k for k in cfg if isinstance(k, str) and not k.startswith("_")})
-            close = difflib.get_close_matches(parts[0], known, n=1)
-            hint = f"did you mean {close[0]}?" if close else f"the config's entries: {', '.join(known)}"
-            raise ValueError(f"--cfg-options {option!r}: the config has no entry {parts[0]!r} ({hint})")
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ValueError(f"--cfg-options {option!r}: {'.'.join(parts[:i + 1])} is a "
-                                 f"{type(nxt).__name__}, not a dict")
-            node = nxt
-        node[parts[-1]] = _parse_value(text)
-    return cfg
 
 
 def _whole(value, name: str, minimum: int, note: str = "") -> int:
@@ -322,8 +284,8 @@ def train(
     threads, deterministic_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         try:
-            cfg = copy.deepcopy(cfg) if isinstance(cfg, dict) else load_config(cfg)
-            cfg = apply_cfg_options(cfg, cfg_options)
+            # the options first: for an mmseg file they name mmseg's keys, as with mmseg's own tools
+            cfg = copy.deepcopy(resolve_config(cfg, cfg_options))
             if not isinstance(cfg.get("model"), dict):
                 raise ValueError(f"config {cfg.get('filename', '<dict>')!r} has no `model = dict(...)`")
             data = check_data_config(cfg)

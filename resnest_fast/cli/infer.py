@@ -400,7 +400,8 @@ def _scale_arg(values: List[str]):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("config", help="a shipped config's name (resnest_s101-d8_...) or a .py config file")
+    parser.add_argument("config", help="a shipped config's name (resnest_s101-d8_...) or a .py config file (ours, "
+                        "or mmseg 1.x's)")
     parser.add_argument("checkpoint", help="checkpoint file (mmseg's format or a state_dict)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help=f"image files and/or folders (searched recursively for {', '.join(IMAGE_EXTENSIONS)})")

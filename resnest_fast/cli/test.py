@@ -15,7 +15,8 @@ __all__ = ["add_arguments", "run_from_args", "main"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("config", help="a shipped config's name or a .py config file (it must define `data`)")
+    parser.add_argument("config", help="a shipped config's name or a .py config file (ours with `data`, or "
+                        "mmseg 1.x's)")
     parser.add_argument("checkpoint", help="checkpoint file (ours, mmseg's format or a state_dict)")
     parser.add_argument("--mode", choices=("whole", "slide"), default=None,
                         help="whole-image or sliding-window inference (default: the config's test_cfg)")

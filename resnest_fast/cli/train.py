@@ -16,7 +16,7 @@ __all__ = ["add_arguments", "run_from_args", "main"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("config", help="a shipped config's name (resnest_s101-d8_..., or the synthetic one) or a "
-                        ".py config file")
+                        ".py config file (ours, or mmseg 1.x's)")
     parser.add_argument("--work-dir", help="where checkpoints and logs go (default: work_dirs/<config name>)")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                         help="continue a run: from CKPT, or without it from the work dir's latest checkpoint")
@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="images per process (default: the config's data.batch_size)")
     parser.add_argument("--num-workers", type=int, help="data loading processes per training process")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config entries, e.g. schedule.val_interval=500 runtime.log_interval=10")
+                        help="override config entries, e.g. schedule.val_interval=500 runtime.log_interval=10; for an "
+                        "mmseg config file its own keys, e.g. train_cfg.max_iters=1000 model.pretrained=None")
     add_runtime_arguments(parser)
     return parser
 

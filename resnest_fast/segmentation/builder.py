@@ -1,10 +1,9 @@
 """build_model: a segmentor from a config (a shipped config's name, a .py file or a loaded dict), optionally
 with a checkpoint's weights."""
-import os
 from typing import Optional
 
 from resnest_fast.checkpoint import load_checkpoint
-from resnest_fast.segmentation.config import load_config
+from resnest_fast.segmentation.config import resolve_config
 from resnest_fast.segmentation.segmentor import EncoderDecoder, build_segmentor
 
 __all__ = ["build_model"]
@@ -12,11 +11,10 @@ __all__ = ["build_model"]
 
 def build_model(config, checkpoint: Optional[str] = None, backend: Optional[str] = None,
                 strict: bool = True) -> EncoderDecoder:
-    """The segmentor of a config (a shipped config's name, a .py file, or an already loaded dict), with the
-    weights of `checkpoint` (mmseg's format or ours) loaded through resnest_fast.load_checkpoint."""
-    if not isinstance(config, (dict, str, os.PathLike)):
-        raise TypeError(f"config must be a shipped config's name, a .py file or a config dict, got {config!r}")
-    cfg = config if isinstance(config, dict) else load_config(config)
+    """The segmentor of a config (a shipped config's name, a .py file of ours or of mmseg 1.x, or an already loaded
+    dict), with the weights of `checkpoint` (mmseg's format or ours) loaded through resnest_fast.load_checkpoint.
+    Whatever the config, the model takes RGB images (see EncoderDecoder)."""
+    cfg = resolve_config(config)
     if "model" not in cfg:
         raise ValueError(f"config {cfg.get('filename', '<dict>')!r} has no `model = dict(...)`")
     if not isinstance(cfg["model"], dict):

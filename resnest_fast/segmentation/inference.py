@@ -8,7 +8,6 @@ SegTTAModel: for every ratio the *original* image resized by it, unflipped and f
 averaged.
 """
 import math
-import os
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 
 from resnest_fast.checkpoint import load_checkpoint
 from resnest_fast.segmentation.builder import build_model
-from resnest_fast.segmentation.config import load_config
+from resnest_fast.segmentation.config import resolve_config
 from resnest_fast.segmentation.decode_heads import resize
 from resnest_fast.segmentation.segmentor import slide_windows
 from resnest_fast.utils import int_pair
@@ -192,7 +191,7 @@ def load_model(config, checkpoint, backend: Optional[str] = None, device: Option
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU (use --device cpu)")
     if checkpoint is None:
         raise ValueError("a checkpoint is required (a segmenter with random weights predicts nothing useful)")
-    cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else config
+    cfg = resolve_config(config)
     model = build_model(cfg, backend=backend)  # names a config that is not a dict or has no `model`
     meta = load_checkpoint(model, checkpoint, strict=True).meta
     return model.eval().to(device), cfg, meta

@@ -5,14 +5,20 @@ Same submodule names as mmseg (`backbone`, `decode_head`, `auxiliary_head`), so 
 decode logits resized to the input with the head's align_corners, whole or sliding-window inference with mmseg's
 window rule, and the training losses `decode.loss_ce` + `aux.loss_ce` (weight 0.4 in the ResNeSt configs).
 
-Images come in as RGB, 0-255 (uint8 or float), (B, 3, H, W). mmseg's configs say `bgr_to_rgb=True` because
-mmcv decodes with OpenCV (BGR); this project decodes with pillow (RGB), so its configs say False. Set
-`bgr_to_rgb=True` if you feed OpenCV-decoded arrays.
+Channel order. Images come in as (B, 3, H, W), 0-255 (uint8 or float), in `model.input_order`: 'rgb' for every
+model built from a config file, this project's or mmseg's alike, because every loader of this project decodes RGB
+(pillow). mmseg's files say `bgr_to_rgb=True` since mmcv decodes BGR (OpenCV) and swaps to RGB; the config loader
+translates that, in one place (segmentation.mmseg_config), into this model's `bgr_to_rgb=False`, so the network
+sees the same RGB input either way and `model(x)` / `model.predict(x)` want RGB whichever file built the model.
+Here `data_preprocessor`'s `bgr_to_rgb` / `rgb_to_bgr` (either: swap the channels before normalising) describe what
+this model is given, not what a decoder produced: to feed OpenCV arrays (BGR) either reverse the channels yourself
+(`model(x.flip(1))`, or `img[..., ::-1]` on the HWC array) or build the model with
+`data_preprocessor=dict(..., bgr_to_rgb=True)` in a dict or a config of this project's schema; its `input_order`
+is then 'bgr' and it must not be given the RGB images of this project's loaders or commands.
 """
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resnest_fast.models import ResNeSt
@@ -69,10 +75,12 @@ class EncoderDecoder(nn.Module):
         backbone: dict(type='ResNeSt', ...) (mmseg's backbone config) or a module returning a tuple of features.
         decode_head, auxiliary_head: mmseg head configs (see segmentation.decode_heads.build_head); auxiliary may be None.
         data_preprocessor: dict(mean, std, bgr_to_rgb=False, pad_val=0, seg_pad_val=255, size=None) as mmseg's
-            SegDataPreProcessor; `size` is the training crop that batches are padded to.
+            SegDataPreProcessor; `size` is the training crop that batches are padded to. mean and std are in the
+            network's channel order (R, G, B); bgr_to_rgb (or rgb_to_bgr) True: the images given are BGR and are
+            swapped first (`input_order` 'bgr'), see the module docstring for mmseg's files.
         test_cfg: dict(mode='whole') or dict(mode='slide', crop_size=(h, w), stride=(h, w)).
         backend: backend of the fused split-attention ops (None: the default).
-    forward(img (B, 3, H, W) RGB 0-255) -> logits (B, num_classes, H, W) (what you deploy; argmax is the label
+    forward(img (B, 3, H, W) 0-255, in `input_order`: RGB unless built with bgr_to_rgb=True) -> logits (B, num_classes, H, W) (what you deploy; argmax is the label
     map). `decode(x)` is mmseg's `forward(mode='tensor')`: normalised input -> logits at 1/8 resolution.
     """
 
@@ -116,6 +124,8 @@ class EncoderDecoder(nn.Module):
         # Not persistent: mmseg keeps them out of its state_dict too.
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        if pre.get("bgr_to_rgb") and pre.get("rgb_to_bgr"):
+            raise ValueError("data_preprocessor: bgr_to_rgb and rgb_to_bgr cannot both be True")
         self.bgr_to_rgb = bool(pre.get("bgr_to_rgb", False) or pre.get("rgb_to_bgr", False))
         self.pad_val = pre.get("pad_val", 0)
         self.seg_pad_val = pre.get("seg_pad_val", 255)
@@ -132,8 +142,14 @@ class EncoderDecoder(nn.Module):
         cfg["mode"] = mode
         return cfg
 
+    @property
+    def input_order(self) -> str:
+        """'rgb' or 'bgr': the channel order the images given to forward / inference / predict / loss must have."""
+        return "bgr" if self.bgr_to_rgb else "rgb"
+
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, test_cfg={self.test_cfg}, crop_size={self.crop_size}"
+        return (f"num_classes={self.num_classes}, input_order={self.input_order!r}, test_cfg={self.test_cfg}, "
+                f"crop_size={self.crop_size}")
 
     # ------------------------------------------------------------------------------------------------ inputs
     def preprocess(self, img: Tensor, img_shape: Optional[Sequence[Tuple[int, int]]] = None) -> Tensor:
