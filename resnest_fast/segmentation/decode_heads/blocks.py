@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from resnest_fast.nn import build_norm, check_conv_cfg
 from resnest_fast.utils import int_pair
 
-__all__ = ["ConvModule", "DepthwiseSeparableConvModule", "resize", "check_int", "check_ints", "check_act_cfg"]
+__all__ = ["ConvModule", "DepthwiseSeparableConvModule", "resize", "check_int", "check_ints", "check_act_cfg",
+           "check_only"]
 
 IntPair = Union[int, Tuple[int, int]]
 
@@ -40,7 +41,9 @@ def check_act_cfg(act_cfg: Optional[dict]) -> bool:
 _DEFAULT_ORDER = ("conv", "norm", "act")
 
 
-def _only(name: str, value, accepted: Sequence) -> None:
+def check_only(name: str, value, accepted: Sequence) -> None:
+    """ValueError naming `name` unless `value` is one of `accepted` (an mmseg/mmcv option implemented at those
+    values only)."""
     if value not in accepted:
         raise ValueError(f"{name}={value!r} is not supported (only {' or '.join(repr(a) for a in accepted)})")
 
@@ -53,7 +56,7 @@ class ConvModule(nn.Module):
     None), order, conv_cfg, norm_cfg, act_cfg, inplace, with_spectral_norm, with_explicit_padding.
 
     (B, in_channels, H, W) -> (B, out_channels, H', W'). `bias='auto'` (mmcv's default) gives the conv a bias
-    only when there is a norm. `norm_cfg=None` means no norm; `act_cfg=None` means no activation (then, as in mmcv,
+    only when there is no norm. `norm_cfg=None` means no norm; `act_cfg=None` means no activation (then, as in mmcv,
     there is no `activate` attribute). The norm normalises out_channels, or in_channels when it comes before the
     conv in `order`. Not implemented (ValueError): spectral norm, padding modes other than 'zeros' and 'circular',
     efficient_conv_bn_eval, convs other than Conv2d, activations other than ReLU, norms other than BN / SyncBN.
@@ -92,12 +95,12 @@ class ConvModule(nn.Module):
         if norm_cfg is not None and not isinstance(norm_cfg, dict):
             raise TypeError(f"norm_cfg must be None or a dict like dict(type='BN'), got {norm_cfg!r}")
         with_activation = check_act_cfg(act_cfg)
-        _only("with_spectral_norm", with_spectral_norm, [False])
+        check_only("with_spectral_norm", with_spectral_norm, [False])
         # mmcv's "official" padding modes are the conv's own; the others need an explicit padding layer
-        _only("padding_mode", padding_mode, ["zeros", "circular"])
+        check_only("padding_mode", padding_mode, ["zeros", "circular"])
         if not isinstance(order, tuple) or len(order) != 3 or set(order) != set(_DEFAULT_ORDER):
             raise ValueError(f"order={order!r} is not supported (a permutation of {_DEFAULT_ORDER})")
-        _only("efficient_conv_bn_eval", efficient_conv_bn_eval, [False])
+        check_only("efficient_conv_bn_eval", efficient_conv_bn_eval, [False])
         self.conv_cfg, self.norm_cfg, self.act_cfg = conv_cfg, norm_cfg, act_cfg
         self.inplace = inplace
         self.with_spectral_norm = False

@@ -6,7 +6,8 @@ from typing import Optional, Sequence
 from torch import Tensor, nn
 
 from resnest_fast.nn import check_conv_cfg
-from resnest_fast.segmentation.decode_heads.blocks import ConvModule, check_act_cfg, check_int, resize
+from resnest_fast.segmentation.decode_heads.blocks import (ConvModule, check_act_cfg, check_int, check_only,
+                                                           resize)
 from resnest_fast.segmentation.decode_heads.losses import acc_seg, build_loss, check_labels
 
 __all__ = ["BaseDecodeHead"]
@@ -66,15 +67,10 @@ class BaseDecodeHead(nn.Module):
             raise TypeError(f"threshold must be None or a number, got {threshold!r}")
         self.threshold = threshold
         self.in_index = check_int("in_index", in_index)
-        if input_transform is not None:
-            raise ValueError(f"input_transform={input_transform!r} is not supported (only None: one input feature)")
-        self.input_transform = None
-        if sampler is not None:
-            raise ValueError(f"sampler={sampler!r} is not supported (only None)")
-        self.sampler = None
-        if init_cfg not in _INIT_CFGS:
-            raise ValueError(f"init_cfg={init_cfg!r} is not supported (only {' or '.join(map(repr, _INIT_CFGS))})")
-        self.init_cfg = init_cfg
+        check_only("input_transform", input_transform, [None])  # one input feature
+        check_only("sampler", sampler, [None])
+        check_only("init_cfg", init_cfg, _INIT_CFGS)
+        self.input_transform, self.sampler, self.init_cfg = input_transform, sampler, init_cfg
         if isinstance(dropout_ratio, bool) or not isinstance(dropout_ratio, (int, float)):
             raise TypeError(f"dropout_ratio must be a number, got {dropout_ratio!r}")
         if not 0 <= dropout_ratio < 1:
