@@ -58,7 +58,7 @@ from tqdm import tqdm
 
 from resnest_fast.checkpoint import CheckpointError, check_state_dict, load_checkpoint, torch_load
 from resnest_fast.models import load_pretrained
-from resnest_fast.nn import SyncBatchNorm
+from resnest_fast.nn import DistributedDataParallel, SyncBatchNorm
 from resnest_fast.segmentation import build_segmentor, resolve_config
 from resnest_fast.segmentation.config import apply_cfg_options  # re-exported: its home moved there
 from resnest_fast.training import checkpoints as ckpt
@@ -408,7 +408,7 @@ def train(
         if info.world_size > 1:
             # no buffer broadcast at each forward (mmseg's broadcast_buffers=False): SyncBN keeps the running
             # statistics equal on every rank, and plain BN's are per process as in mmseg
-            ddp = nn.parallel.DistributedDataParallel(
+            ddp = DistributedDataParallel(  # torch's, also accepting our CPU SyncBatchNorm
                 ddp, device_ids=[info.local_rank] if info.device.type == "cuda" else None, forward_sync_buffers=False)
         meta = dict(seed=seed_value, world_size=info.world_size, batch_size=batch, config=_plain(cfg),
                     config_name=cfg.get("name"), dataset_meta=_dataset_meta(train_set), amp=amp,

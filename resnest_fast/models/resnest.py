@@ -16,15 +16,14 @@ import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from resnest_fast.nn import SplitAttentionConv2d, build_norm
+from resnest_fast.nn import SplitAttentionConv2d, build_norm, check_conv_cfg
 from resnest_fast.nn.bn_relu_conv import bn_relu_conv
 
 __all__ = ["Bottleneck", "ResLayer", "ResNeSt"]
 
 
 def _conv(conv_cfg, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1):
-    if conv_cfg is not None and conv_cfg.get("type") not in ("Conv", "Conv2d"):
-        raise ValueError(f"conv_cfg must be None or dict(type='Conv2d'), got {conv_cfg!r}")
+    check_conv_cfg(conv_cfg)
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      bias=False)
 

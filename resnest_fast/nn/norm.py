@@ -1,11 +1,12 @@
-"""build_norm: the subset of mmcv's build_norm_layer that ResNeSt and its heads use (BN / BN2d / SyncBN)."""
+"""build_norm: the subset of mmcv's build_norm_layer that ResNeSt and its heads use (BN / BN2d / SyncBN); and
+check_conv_cfg, the subset of mmcv's build_conv_layer they use (a plain Conv2d)."""
 from typing import Optional
 
 from torch import nn
 
 from resnest_fast.nn.sync_batchnorm import SyncBatchNorm
 
-__all__ = ["build_norm"]
+__all__ = ["build_norm", "check_conv_cfg"]
 
 # SyncBN: torch's SyncBatchNorm on CUDA, our own synchronisation on CPU (gloo), a plain BatchNorm on one process.
 _NORM_TYPES = {"BN": nn.BatchNorm2d, "BN2d": nn.BatchNorm2d, "SyncBN": SyncBatchNorm}
@@ -31,3 +32,11 @@ def build_norm(norm_cfg: Optional[dict], num_features: int, arg_name: str = "nor
     for p in layer.parameters():
         p.requires_grad = requires_grad
     return layer
+
+
+def check_conv_cfg(conv_cfg: Optional[dict], arg_name: str = "conv_cfg") -> None:
+    """mmcv's conv_cfg restricted to a plain nn.Conv2d: None, dict(type='Conv2d') or dict(type='Conv'); ValueError
+    naming `arg_name` otherwise."""
+    if conv_cfg is not None and (not isinstance(conv_cfg, dict) or conv_cfg.get("type") not in ("Conv", "Conv2d")
+                                 or set(conv_cfg) != {"type"}):
+        raise ValueError(f"{arg_name} must be None or dict(type='Conv2d'), got {conv_cfg!r}")

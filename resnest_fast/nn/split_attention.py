@@ -19,8 +19,7 @@ from torch import Tensor, nn
 
 from resnest_fast import _extension as ext
 from resnest_fast.backend import normalize_backend, resolve_backend
-from resnest_fast.nn.norm import build_norm
-from resnest_fast.nn.sync_batchnorm import SyncBatchNorm
+from resnest_fast.nn.norm import build_norm, check_conv_cfg
 from resnest_fast.op_rules import MAX_RADIX, accumulation_dtype
 from resnest_fast.ops import (
     attention_weights_reference,
@@ -97,8 +96,7 @@ class SplitAttentionConv2d(nn.Module):
             raise NotImplementedError(
                 "dcn is not supported by resnest_fast.nn.SplitAttentionConv2d (the ResNeSt configs use dcn=None)"
             )
-        if conv_cfg is not None and conv_cfg.get("type") not in ("Conv", "Conv2d"):
-            raise ValueError(f"conv_cfg must be None or dict(type='Conv2d'), got {conv_cfg!r}")
+        check_conv_cfg(conv_cfg)
         if in_channels % (groups * radix):
             raise ValueError(
                 f"in_channels ({in_channels}) must be divisible by groups*radix ({groups * radix}) for the conv"
@@ -215,7 +213,7 @@ class SplitAttentionConv2d(nn.Module):
 
     def _syncbn_across_processes(self) -> bool:
         return (
-            isinstance(self.bn0, (nn.SyncBatchNorm, SyncBatchNorm))
+            isinstance(self.bn0, nn.SyncBatchNorm)  # ours is one too
             and self.training
             and distributed_world_size(self.bn0.process_group) > 1
         )

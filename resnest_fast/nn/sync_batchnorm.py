@@ -16,9 +16,11 @@ Running statistics are updated as nn.BatchNorm2d does on the combined batch (unb
 cumulative average when momentum is None), identically on every process. In eval mode, or when no process group of
 more than one process exists, this is a plain BatchNorm.
 
-The class has nn.SyncBatchNorm's arguments, parameters and buffers (state_dicts are unchanged) but is not its
-subclass: DistributedDataParallel refuses every nn.SyncBatchNorm in a CPU module. `build_norm(dict(type='SyncBN'))`
-builds it.
+The class is a subclass of nn.SyncBatchNorm (isinstance checks, mmengine's revert_sync_batchnorm and the like see a
+SyncBN) with its arguments, parameters and buffers (state_dicts are BatchNorm's). torch's DistributedDataParallel
+refuses every nn.SyncBatchNorm in a CPU module, this one included, so a CPU model with it is wrapped in this module's
+DistributedDataParallel, which lets these layers through and refuses torch's own as before.
+`build_norm(dict(type='SyncBN'))` builds it.
 """
 from typing import Optional
 
@@ -26,12 +28,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnest_fast.op_rules import accumulation_dtype
 from resnest_fast.utils import distributed_world_size
 
-__all__ = ["SyncBatchNorm", "sync_batch_norm"]
+__all__ = ["SyncBatchNorm", "sync_batch_norm", "DistributedDataParallel"]
 
 # Devices whose tensors torch's own SyncBatchNorm synchronises.
 _TORCH_SYNC_DEVICES = ("cuda", "hpu", "xpu")
@@ -140,32 +141,27 @@ def sync_batch_norm(
     return _SyncBatchNormFunction.apply(x, weight, bias, running_mean, running_var, eps, momentum, group)
 
 
-class SyncBatchNorm(_BatchNorm):
-    """nn.SyncBatchNorm's arguments, parameters, buffers and behaviour, synchronising CPU tensors too.
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """nn.SyncBatchNorm that synchronises CPU tensors too: its arguments, parameters, buffers and behaviour.
 
     CUDA (and HPU/XPU) tensors take torch's implementation; CPU tensors in training mode, with torch.distributed
     initialised, take `sync_batch_norm` (a plain BatchNorm when the group has one process).
 
-    It is deliberately not a subclass of nn.SyncBatchNorm: DistributedDataParallel refuses any nn.SyncBatchNorm in
-    a CPU module ("SyncBatchNorm layers only work with GPU modules"), which is the very case this class serves.
-    Code that asks "is this a SyncBN?" should test `isinstance(m, (nn.SyncBatchNorm, SyncBatchNorm))`."""
+    A CPU module holding it must be wrapped in resnest_fast.nn.DistributedDataParallel: torch's refuses any
+    nn.SyncBatchNorm in a CPU module ("SyncBatchNorm layers only work with GPU modules")."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, process_group=None, device=None, dtype=None, **kwargs):
         # kwargs: what the BatchNorm of this torch adds (torch 2.13: bias=)
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype,
-                         **kwargs)
-        self.process_group = process_group
-
-    _check_input_dim = nn.SyncBatchNorm._check_input_dim
-    _check_non_zero_input_channels = nn.SyncBatchNorm._check_non_zero_input_channels
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group, device=device,
+                         dtype=dtype, **kwargs)
 
     def _group(self):
         return self.process_group if self.process_group is not None else dist.group.WORLD
 
     def forward(self, input: Tensor) -> Tensor:
         if input.device.type in _TORCH_SYNC_DEVICES:
-            return nn.SyncBatchNorm.forward(self, input)
+            return super().forward(input)
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
         factor = 0.0 if self.momentum is None else self.momentum
@@ -181,3 +177,16 @@ class SyncBatchNorm(_BatchNorm):
                                 self.eps)
         return sync_batch_norm(input, self.weight, self.bias, running_mean, running_var, self.eps, factor,
                                self._group())
+
+
+class DistributedDataParallel(nn.parallel.DistributedDataParallel):
+    """torch's DistributedDataParallel that also accepts resnest_fast.nn.SyncBatchNorm layers in a CPU module.
+
+    torch refuses every nn.SyncBatchNorm in a CPU module because its own cannot reduce CPU tensors; ours can (gloo),
+    so only modules holding torch's own are refused, with torch's error. Everything else is torch's class."""
+
+    def _passing_sync_batchnorm_handle(self, module: nn.Module) -> None:
+        if self.device_type != "cpu" or any(
+            isinstance(m, nn.SyncBatchNorm) and not isinstance(m, SyncBatchNorm) for m in module.modules()
+        ):
+            super()._passing_sync_batchnorm_handle(module)

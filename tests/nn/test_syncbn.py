@@ -9,6 +9,7 @@ from torch import nn
 
 from resnest_fast.nn import SplitAttentionConv2d, SyncBatchNorm, build_norm
 from tests.distributed import run_distributed
+from tests.mmseg_reference import import_mmseg
 
 # Per-rank batch sizes: unequal on purpose, so that the statistics must be weighted by each process's count.
 SIZES = (1, 3)
@@ -133,7 +134,7 @@ def test_split_attention_distributed_path_matches_one_process(tmp_path):
 
 def test_build_norm_syncbn_is_ours_and_a_plain_bn_on_one_process():
     bn = build_norm(dict(type="SyncBN", requires_grad=True), 4)
-    assert type(bn) is SyncBatchNorm and not isinstance(bn, nn.SyncBatchNorm)  # DDP refuses those on CPU
+    assert type(bn) is SyncBatchNorm and isinstance(bn, nn.SyncBatchNorm)
     assert repr(bn) == repr(nn.SyncBatchNorm(4))
     ref = nn.BatchNorm2d(4)
     x = torch.randn(3, 4, 5, 5)
@@ -142,3 +143,19 @@ def test_build_norm_syncbn_is_ours_and_a_plain_bn_on_one_process():
     assert set(bn.state_dict()) == set(ref.state_dict())
     bn.eval()
     torch.testing.assert_close(bn(x), ref.eval()(x))  # running statistics in eval mode
+
+
+def test_syncbn_is_an_nn_syncbatchnorm_with_batchnorms_state_dict():
+    """isinstance checks (mmseg's tests, torch's convert helpers, mmengine's revert_sync_batchnorm) see a SyncBN;
+    the state_dict stays BatchNorm2d's, so BN checkpoints load with strict=True."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), build_norm(dict(type="SyncBN"), 4))
+    assert isinstance(model[1], nn.SyncBatchNorm)
+    bn = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+    assert list(model[1].state_dict()) == list(bn.state_dict())
+    model[1].load_state_dict(bn.state_dict(), strict=True)
+    # mmengine converts every nn.SyncBatchNorm back to a BatchNorm, keeping the statistics
+    reverted = import_mmseg("mmengine.model").revert_sync_batchnorm(model)
+    assert not isinstance(reverted[1], nn.SyncBatchNorm)
+    torch.testing.assert_close(reverted[1].running_mean, bn.running_mean)

@@ -257,7 +257,7 @@ def test_build_head_accepts_mmseg_defaults_and_syncbn():
 
 
 def test_initialisation_is_mmsegs():
-    head = FCNHead(64, 16, num_classes=19)
+    head = FCNHead(64, 16, num_classes=19, norm_cfg=BN)
     assert torch.all(head.conv_seg.bias == 0) and abs(head.conv_seg.weight.std().item() - 0.01) < 0.003
     bn = head.convs[0].bn
     assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
@@ -286,7 +286,7 @@ def test_forward_errors_name_the_feature():
         (dict(type="UPerHead"), ValueError, "cfg\\['type'\\] must be one of"),
         (dict(pool_scales=(1, 2)), ValueError, "unknown config keys \\['pool_scales'\\]"),
         (dict(num_clases=19), ValueError, "unknown config keys \\['num_clases'\\]"),
-        (dict(conv_cfg=dict(type="Conv2d")), ValueError, "conv_cfg="),
+        (dict(conv_cfg=dict(type="DCNv2")), ValueError, "conv_cfg"),
         (dict(act_cfg=dict(type="GELU")), ValueError, "act_cfg="),
         (dict(input_transform="resize_concat"), ValueError, "input_transform="),
         (dict(sampler=dict(type="OHEMPixelSampler")), ValueError, "sampler="),

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 import torch
-from torch.nn.parallel import DistributedDataParallel
+from torch import nn
 
+from resnest_fast.nn import DistributedDataParallel
 from resnest_fast.segmentation import build_segmentor
 from resnest_fast.training.data import SyntheticDataset, collate
 from resnest_fast.training.distributed import init_distributed
@@ -39,6 +40,13 @@ def _ddp_worker(rank, world_size, tmp):
     model = build_segmentor(_model_cfg())
     model.load_state_dict(data["state"])
     model.train()
+    # torch's DDP refuses every nn.SyncBatchNorm in a CPU module, ours included; resnest_fast.nn's lets ours through
+    # and still refuses torch's own, which cannot reduce CPU tensors
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    with pytest.raises(ValueError, match="SyncBatchNorm layers only work with GPU modules"):
+        nn.parallel.DistributedDataParallel(_LossModule(model))
+    with pytest.raises(ValueError, match="SyncBatchNorm layers only work with GPU modules"):
+        DistributedDataParallel(nn.Sequential(nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4)))
     ddp = DistributedDataParallel(_LossModule(model), forward_sync_buffers=False)
     optimizer = build_optimizer(model.parameters(), SGD)
     mine = slice(2 * rank, 2 * rank + 2)

@@ -6,7 +6,8 @@ DepthwiseSeparableASPPHead (DeepLabV3+), as mmseg 1.2.2 defines them: same submo
 maths (bilinear resizes with the head's align_corners, the same concat orders). They run unfused in ATen: a
 small part of a ResNeSt-101 segmenter's time and memory next to the backbone's fused split-attention blocks.
 """
-from resnest_fast.segmentation.decode_heads.aspp_head import ASPPHead, ASPPModule, DepthwiseSeparableASPPHead
+from resnest_fast.segmentation.decode_heads.aspp_head import (ASPPHead, ASPPModule, DepthwiseSeparableASPPHead,
+                                                              DepthwiseSeparableASPPModule)
 from resnest_fast.segmentation.decode_heads.blocks import ConvModule, DepthwiseSeparableConvModule, resize
 from resnest_fast.segmentation.decode_heads.builder import HEADS, build_head
 from resnest_fast.segmentation.decode_heads.decode_head import BaseDecodeHead
@@ -27,6 +28,7 @@ __all__ = [
     "PPM",
     "PSPHead",
     "ASPPModule",
+    "DepthwiseSeparableASPPModule",
     "ASPPHead",
     "DepthwiseSeparableASPPHead",
     "build_loss",

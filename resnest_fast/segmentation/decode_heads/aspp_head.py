@@ -9,29 +9,39 @@ from resnest_fast.segmentation.decode_heads.blocks import (ConvModule, Depthwise
                                                            check_ints, resize)
 from resnest_fast.segmentation.decode_heads.decode_head import BaseDecodeHead
 
-__all__ = ["ASPPModule", "ASPPHead", "DepthwiseSeparableASPPHead"]
+__all__ = ["ASPPModule", "DepthwiseSeparableASPPModule", "ASPPHead", "DepthwiseSeparableASPPHead"]
 
 
 class ASPPModule(nn.ModuleList):
     """The parallel atrous convs of ASPP: a 1x1 ConvModule for dilation 1, else a 3x3 ConvModule with that
-    dilation (padding = dilation), or with `separable` a DepthwiseSeparableConvModule (mmseg's
-    DepthwiseSeparableASPPModule).
+    dilation (padding = dilation). mmseg's arguments and attributes.
 
     (B, in_channels, h, w) -> list of len(dilations) tensors (B, channels, h, w).
     """
 
-    def __init__(self, dilations: Sequence[int], in_channels: int, channels: int, norm_cfg: Optional[dict],
-                 separable: bool = False):
+    separable = False
+
+    def __init__(self, dilations: Sequence[int], in_channels: int, channels: int, conv_cfg: Optional[dict],
+                 norm_cfg: Optional[dict], act_cfg: Optional[dict]):
         def branch(d: int) -> nn.Module:
             if d == 1:
-                return ConvModule(in_channels, channels, 1, norm_cfg=norm_cfg)
-            block = DepthwiseSeparableConvModule if separable else ConvModule
-            return block(in_channels, channels, 3, padding=d, dilation=d, norm_cfg=norm_cfg)
+                return ConvModule(in_channels, channels, 1, **cfgs)
+            block = DepthwiseSeparableConvModule if self.separable else ConvModule
+            return block(in_channels, channels, 3, padding=d, dilation=d, **cfgs)
 
+        cfgs = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg)
         super().__init__(branch(d) for d in dilations)
+        self.dilations, self.in_channels, self.channels = dilations, in_channels, channels
+        self.conv_cfg, self.norm_cfg, self.act_cfg = conv_cfg, norm_cfg, act_cfg
 
     def forward(self, x: Tensor) -> List[Tensor]:
         return [branch(x) for branch in self]
+
+
+class DepthwiseSeparableASPPModule(ASPPModule):
+    """ASPPModule whose dilated branches are DepthwiseSeparableConvModules (DeepLabV3+), as in mmseg."""
+
+    separable = True
 
 
 class ASPPHead(BaseDecodeHead):
@@ -42,13 +52,13 @@ class ASPPHead(BaseDecodeHead):
     (1, 6, 12, 18); its ResNeSt configs use (1, 12, 24, 36).
     """
 
-    _separable = False
+    _aspp_module = ASPPModule
 
     def __init__(self, in_channels: int, channels: int, *, dilations: Sequence[int] = (1, 6, 12, 18), **kwargs):
         super().__init__(in_channels, channels, **kwargs)
         self.dilations = check_ints("dilations", dilations, 1)
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), self._conv(in_channels, channels, 1))
-        self.aspp_modules = ASPPModule(self.dilations, in_channels, channels, self.norm_cfg, self._separable)
+        self.aspp_modules = self._aspp_module(self.dilations, in_channels, channels, **self.conv_kwargs)
         self.bottleneck = self._conv((len(self.dilations) + 1) * channels, channels, 3, padding=1)
 
     def _aspp(self, x: Tensor) -> Tensor:
@@ -69,7 +79,7 @@ class DepthwiseSeparableASPPHead(ASPPHead):
     (B, num_classes, H1, W1). c1_in_channels=0 skips the decoder's skip branch (then c1_channels must be 0).
     """
 
-    _separable = True
+    _aspp_module = DepthwiseSeparableASPPModule
 
     def __init__(self, in_channels: int, channels: int, *, c1_in_channels: int, c1_channels: int, **kwargs):
         super().__init__(in_channels, channels, **kwargs)
@@ -81,8 +91,10 @@ class DepthwiseSeparableASPPHead(ASPPHead):
             raise ValueError(f"c1_channels must be 0 when c1_in_channels is 0 (no skip branch), got {c1_channels}")
         self.c1_bottleneck = self._conv(c1_in_channels, c1_channels, 1) if c1_in_channels > 0 else None
         self.sep_bottleneck = nn.Sequential(
-            DepthwiseSeparableConvModule(channels + c1_channels, channels, 3, padding=1, norm_cfg=self.norm_cfg),
-            DepthwiseSeparableConvModule(channels, channels, 3, padding=1, norm_cfg=self.norm_cfg),
+            DepthwiseSeparableConvModule(channels + c1_channels, channels, 3, padding=1, norm_cfg=self.norm_cfg,
+                                         act_cfg=self.act_cfg),
+            DepthwiseSeparableConvModule(channels, channels, 3, padding=1, norm_cfg=self.norm_cfg,
+                                         act_cfg=self.act_cfg),
         )
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:

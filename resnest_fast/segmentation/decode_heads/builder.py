@@ -16,16 +16,6 @@ HEADS: Dict[str, type] = {
     "DepthwiseSeparableASPPHead": DepthwiseSeparableASPPHead,
 }
 
-# mmseg BaseDecodeHead arguments these heads do not implement: accepted only at the value that changes nothing.
-_MMSEG_DEFAULT_ONLY = {
-    "conv_cfg": [None],
-    "act_cfg": [dict(type="ReLU"), dict(type="ReLU", inplace=True), dict(type="ReLU", inplace=False)],
-    "input_transform": [None],
-    "sampler": [None],
-    "threshold": [None],
-    "init_cfg": [None, dict(type="Normal", std=0.01, override=dict(name="conv_seg"))],
-}
-
 
 def _head_arguments(cls: type) -> Tuple[set, set]:
     """(all, required) keyword arguments of a head class and of the BaseDecodeHead classes it extends."""
@@ -48,9 +38,9 @@ def build_head(cfg: dict) -> BaseDecodeHead:
     num_classes=19, norm_cfg=dict(type='SyncBN', requires_grad=True), align_corners=False,
     loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)).
 
-    `type` is one of HEADS. Unknown keys raise ValueError naming them; mmseg options that are not implemented
-    (conv_cfg, act_cfg, input_transform, sampler, threshold, init_cfg, out_channels) are accepted only at the
-    value that leaves the head unchanged, and raise ValueError otherwise.
+    `type` is one of HEADS; the other keys are the head's arguments (mmseg's). Unknown keys raise ValueError naming
+    them; mmseg options the heads do not implement are accepted at their default and raise ValueError otherwise
+    (see BaseDecodeHead).
     """
     if not isinstance(cfg, dict):
         raise TypeError(f"cfg must be a dict with a 'type' key, got {type(cfg).__name__}")
@@ -59,19 +49,6 @@ def build_head(cfg: dict) -> BaseDecodeHead:
     if kind not in HEADS:
         raise ValueError(f"cfg['type'] must be one of {sorted(HEADS)}, got {kind!r}")
     cls = HEADS[kind]
-    for key, accepted in _MMSEG_DEFAULT_ONLY.items():
-        if key in cfg:
-            value = cfg.pop(key)
-            if value not in accepted:
-                only = " or ".join(repr(a) for a in accepted)
-                raise ValueError(f"{kind}: {key}={value!r} is not supported (only {only})")
-    if "out_channels" in cfg:
-        out_channels = cfg.pop("out_channels")
-        if out_channels is not None and out_channels != cfg.get("num_classes"):
-            raise ValueError(
-                f"{kind}: out_channels={out_channels!r} is not supported (only None or num_classes; binary "
-                "segmentation with one output channel is not implemented)"
-            )
     allowed, required = _head_arguments(cls)
     unknown = sorted(set(cfg) - allowed)
     if unknown:

@@ -5,21 +5,32 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
-from resnest_fast.segmentation.decode_heads.blocks import ConvModule, check_int, resize
+from resnest_fast.nn import check_conv_cfg
+from resnest_fast.segmentation.decode_heads.blocks import (ConvModule, check_act_cfg, check_int, check_only,
+                                                           resize)
 from resnest_fast.segmentation.decode_heads.losses import acc_seg, build_loss, check_labels
 
 __all__ = ["BaseDecodeHead"]
+
+
+_INIT_CFGS = (None, dict(type="Normal", std=0.01, override=dict(name="conv_seg")))
 
 
 class BaseDecodeHead(nn.Module):
     """What mmseg's decode heads share: the input selection, Dropout2d and the 1x1 classifier `conv_seg`, and the
     loss. Subclasses implement `forward(feats) -> logits`.
 
-    feats: tuple of backbone features (B, C_i, H_i, W_i); the head reads `feats[in_index]` (in_channels
-    channels). forward returns logits (B, num_classes, h, w) at that feature's resolution (DeepLabV3+: at
-    feats[0]'s). `loss(logits, labels)` resizes the logits to the labels as mmseg does and applies
-    `loss_decode` (mmseg's CrossEntropyLoss config; see `cross_entropy` for its denominator).
-    norm_cfg None means convs with bias and no norm, as in mmseg.
+    mmseg 1.2.2's arguments, defaults and attributes. feats: tuple of backbone features (B, C_i, H_i, W_i); the head
+    reads `feats[in_index]` (in_channels channels). forward returns logits (B, num_classes, h, w) at that feature's
+    resolution (DeepLabV3+: at feats[0]'s). `loss(logits, labels)` resizes the logits to the labels as mmseg does
+    and applies `loss_decode` (mmseg's CrossEntropyLoss config; see `cross_entropy` for its denominator).
+    norm_cfg None (mmseg's default) means convs with bias and no norm; the configs set dict(type='SyncBN').
+    conv_cfg (None or Conv2d) and act_cfg (None or ReLU) go to every ConvModule.
+
+    Not implemented (ValueError naming the argument): input_transform other than None, out_channels other than
+    None / num_classes (binary segmentation with one channel), samplers, init_cfg other than mmseg's default or
+    None (conv_seg is always initialised normal(0, 0.01) with zero bias). `threshold` is kept but, as in mmseg
+    with out_channels > 1, unused.
     """
 
     def __init__(
@@ -28,28 +39,52 @@ class BaseDecodeHead(nn.Module):
         channels: int,
         *,
         num_classes: int,
-        in_index: int = -1,
+        out_channels: Optional[int] = None,
+        threshold: Optional[float] = None,
         dropout_ratio: float = 0.1,
-        norm_cfg: Optional[dict] = dict(type="BN"),
-        align_corners: bool = False,
+        conv_cfg: Optional[dict] = None,
+        norm_cfg: Optional[dict] = None,
+        act_cfg: Optional[dict] = dict(type="ReLU"),
+        in_index: int = -1,
+        input_transform: Optional[str] = None,
         loss_decode: dict = dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
         ignore_index: int = 255,
+        sampler: Optional[dict] = None,
+        align_corners: bool = False,
+        init_cfg: Optional[dict] = dict(type="Normal", std=0.01, override=dict(name="conv_seg")),
     ):
         super().__init__()
         self.in_channels = check_int("in_channels", in_channels, 1)
         self.channels = check_int("channels", channels, 1)
         self.num_classes = check_int("num_classes", num_classes, 1)
+        if out_channels is not None and out_channels != num_classes:
+            raise ValueError(
+                f"out_channels={out_channels!r} is not supported (only None or num_classes={num_classes}; binary "
+                "segmentation with one output channel is not implemented)"
+            )
+        self.out_channels = num_classes
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+            raise TypeError(f"threshold must be None or a number, got {threshold!r}")
+        self.threshold = threshold
         self.in_index = check_int("in_index", in_index)
+        check_only("input_transform", input_transform, [None])  # one input feature
+        check_only("sampler", sampler, [None])
+        check_only("init_cfg", init_cfg, _INIT_CFGS)
+        self.input_transform, self.sampler, self.init_cfg = input_transform, sampler, init_cfg
         if isinstance(dropout_ratio, bool) or not isinstance(dropout_ratio, (int, float)):
             raise TypeError(f"dropout_ratio must be a number, got {dropout_ratio!r}")
         if not 0 <= dropout_ratio < 1:
             raise ValueError(f"dropout_ratio must be in [0, 1), got {dropout_ratio}")
+        check_conv_cfg(conv_cfg)
         if norm_cfg is not None and not isinstance(norm_cfg, dict):
             raise TypeError(f"norm_cfg must be None or a dict like dict(type='BN'), got {norm_cfg!r}")
+        check_act_cfg(act_cfg)
         if not isinstance(align_corners, bool):
             raise TypeError(f"align_corners must be a bool, got {align_corners!r}")
         self.dropout_ratio = float(dropout_ratio)
+        self.conv_cfg = None if conv_cfg is None else dict(conv_cfg)
         self.norm_cfg = None if norm_cfg is None else dict(norm_cfg)
+        self.act_cfg = None if act_cfg is None else dict(act_cfg)
         self.align_corners = align_corners
         self.ignore_index = check_int("ignore_index", ignore_index)
         self.loss_decode = build_loss(loss_decode)
@@ -58,8 +93,13 @@ class BaseDecodeHead(nn.Module):
         nn.init.normal_(self.conv_seg.weight, mean=0.0, std=0.01)
         nn.init.zeros_(self.conv_seg.bias)
 
+    @property
+    def conv_kwargs(self) -> dict:
+        """conv_cfg, norm_cfg and act_cfg as every ConvModule of the head takes them."""
+        return dict(conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+
     def _conv(self, in_channels: int, out_channels: int, kernel_size: int, **kwargs) -> ConvModule:
-        return ConvModule(in_channels, out_channels, kernel_size, norm_cfg=self.norm_cfg, **kwargs)
+        return ConvModule(in_channels, out_channels, kernel_size, **self.conv_kwargs, **kwargs)
 
     def _feature(self, feats: Sequence[Tensor], index: int, channels: int, name: str) -> Tensor:
         if not isinstance(feats, (tuple, list)):
