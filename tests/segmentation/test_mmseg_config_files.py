@@ -68,9 +68,9 @@ def test_an_mmseg_file_gives_the_projects_model_and_training_values(name):
     ref_pre = reference["model"]["data_preprocessor"]
     assert ref_pre.pop("bgr_to_rgb") is True
     assert _tuples(model) == _tuples(reference["model"])
-    # ... which is the project's model, but for the ImageNet weights mmseg's file names
-    assert theirs["model"]["pretrained"] == "open-mmlab://resnest101" and ours["model"]["pretrained"] is None
-    assert dict(theirs["model"], pretrained=None) == ours["model"]
+    # ... which is the project's model, ImageNet weights included
+    assert theirs["model"]["pretrained"] == "open-mmlab://resnest101"
+    assert theirs["model"] == ours["model"]
     # the same recipe: schedule, runtime, crop, pipeline values, batch, TTA ratios
     assert theirs["schedule"] == ours["schedule"] and theirs["runtime"] == ours["runtime"]
     assert theirs["crop_size"] == ours["crop_size"] == reference["crop_size"]
