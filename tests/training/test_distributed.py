@@ -28,6 +28,13 @@ def _model_cfg():
     return cfg
 
 
+def _model():
+    """The small segmenter in float64: with every residual branch live (mmseg's initialisation), batch norms over a
+    few values per channel make fp32 gradients of this net differ by percents between two summation orders, which
+    would hide a wrong reduction; in float64 the two runs agree to 1e-10."""
+    return build_segmentor(_model_cfg()).double()
+
+
 def _step(model, losses):
     loss = model.sum_losses(losses)
     loss.backward()
@@ -37,7 +44,7 @@ def _step(model, losses):
 
 def _ddp_worker(rank, world_size, tmp):
     data = torch.load(os.path.join(tmp, "batch.pt"))
-    model = build_segmentor(_model_cfg())
+    model = _model()
     model.load_state_dict(data["state"])
     model.train()
     # torch's DDP refuses every nn.SyncBatchNorm in a CPU module, ours included; resnest_fast.nn's lets ours through
@@ -60,7 +67,8 @@ def test_two_process_ddp_step_equals_one_process_on_the_combined_batch(tmp_path,
     items = [SyntheticDataset(4, size=(32, 32), num_classes=6, seed=5)[i] for i in range(4)]
     items[1]["gt_semantic_seg"][:5] = 255  # some ignored pixels
     batch = collate(items, size=(32, 32))
-    model = build_segmentor(_model_cfg())
+    batch["img"] = batch["img"].double()
+    model = _model()
     torch.save({"state": model.state_dict(), "img": batch["img"], "labels": batch["gt_semantic_seg"],
                 "img_shape": batch["img_shape"]}, tmp_path / "batch.pt")
     run_distributed(_ddp_worker, 2, tmp_path, str(tmp_path))
@@ -70,18 +78,18 @@ def test_two_process_ddp_step_equals_one_process_on_the_combined_batch(tmp_path,
     loss, grads = _step(model, model.loss(batch["img"], batch["gt_semantic_seg"], batch["img_shape"]))
     optimizer.step()
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss, rtol=1e-5, atol=1e-6)
-    # fp32 sums of many terms in another order (and the synchronised path instead of the fused one): compare each
-    # gradient within 1e-4 of its own size plus 1e-5 of the largest (biases before a BN are 0 plus rounding)
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss, rtol=1e-10, atol=1e-12)
+    # float64 sums of many terms in another order (and the synchronised path instead of the fused one): compare each
+    # gradient within 1e-8 of its own size plus 1e-9 of the largest (biases before a BN are 0 plus rounding)
     largest = max(float(g.abs().max()) for g in grads.values())
     for name, g in grads.items():
         for r in range(2):  # DDP left the averaged gradient on both ranks
-            torch.testing.assert_close(ranks[r]["grads"][name], g, rtol=1e-4, atol=1e-5 * largest,
+            torch.testing.assert_close(ranks[r]["grads"][name], g, rtol=1e-8, atol=1e-9 * largest,
                                        msg=lambda m, n=name: f"{n}: {m}")
     for name, value in model.state_dict().items():  # weights after the SGD step, and BN running statistics
         for r in range(2):
             if value.is_floating_point():
-                torch.testing.assert_close(ranks[r]["state"][name], value, rtol=1e-5, atol=1e-6,
+                torch.testing.assert_close(ranks[r]["state"][name], value, rtol=1e-9, atol=1e-10,
                                            msg=lambda m, n=name: f"{n}: {m}")
             else:
                 assert torch.equal(ranks[r]["state"][name], value), name
