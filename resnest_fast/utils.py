@@ -10,7 +10,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["int_pair", "atomic_write", "atomic_write_leftovers", "fsync_dir", "distributed_world_size"]
+__all__ = ["int_pair", "atomic_write", "atomic_write_leftovers", "fsync_dir", "distributed_world_size",
+           "check_input_dtype"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -129,3 +130,15 @@ def distributed_world_size(group: Optional[object] = None) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return 1
     return dist.get_world_size(group) if group is not None else dist.get_world_size()
+
+
+def check_input_dtype(module: str, x, weight) -> None:
+    """TypeError naming `module` when x (a tensor) cannot meet `weight` in a conv: another dtype outside autocast
+    (torch's own message, "expected scalar type Double but found Float", names neither the module nor the fix).
+    weight None (a conv replaced by one without a plain weight, e.g. after optimize_for_inference): no check."""
+    import torch
+
+    if weight is None or x.dtype == weight.dtype or (x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
+        return
+    raise TypeError(f"{module}: input x is {x.dtype} but the weights are {weight.dtype}: convert the input "
+                    f"(x.to({weight.dtype})) or the module (module.to({x.dtype}) for a floating dtype)")

@@ -18,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnest_fast.nn import SplitAttentionConv2d, build_norm, check_conv_cfg
 from resnest_fast.nn.bn_relu_conv import bn_relu_conv
+from resnest_fast.utils import check_input_dtype
 
 __all__ = ["Bottleneck", "ResLayer", "ResNeSt"]
 
@@ -334,6 +335,7 @@ class ResNeSt(nn.Module):
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         if x.dim() != 4:
             raise ValueError(f"ResNeSt expects x of shape (B, C, H, W), got {tuple(x.shape)}")
+        check_input_dtype("ResNeSt", x, getattr(self.stem[0], "weight", None))
         # the stem is mmseg's Sequential (its state_dict names); run so that only BN inputs are kept for backward
         s = self.stem
         if self.training and torch.is_grad_enabled() and len(s) == 9:

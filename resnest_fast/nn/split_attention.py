@@ -29,7 +29,7 @@ from resnest_fast.ops import (
     splat_combine,
     splat_pool,
 )
-from resnest_fast.utils import distributed_world_size, int_pair
+from resnest_fast.utils import check_input_dtype, distributed_world_size, int_pair
 
 __all__ = ["SplitAttentionConv2d", "RSoftmax"]
 
@@ -231,6 +231,7 @@ class SplitAttentionConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"SplitAttentionConv2d expects x of shape (B, C, H, W), got {tuple(x.shape)}")
+        check_input_dtype("SplitAttentionConv2d", x, getattr(self.conv, "weight", None))
         return self.attend(self.conv(x))
 
     def attend(self, y: Tensor) -> Tensor:

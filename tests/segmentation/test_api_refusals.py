@@ -113,3 +113,18 @@ def test_a_kernel_size_below_1_is_refused_by_the_constructor(make):
     for k in (0, -1, (3, 0)):
         with pytest.raises(ValueError, match="kernel_size"):
             make(k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+def test_a_module_given_another_dtype_than_its_weights_names_itself_and_the_fix(dtype):
+    from resnest_fast.models import ResNeSt
+
+    block = SplitAttentionConv2d(8, 8, 3, padding=1, norm_cfg=dict(type="BN")).eval()
+    backbone = ResNeSt(depth=50, stem_channels=16, base_channels=8, num_stages=1, strides=(1,), dilations=(1,),
+                       out_indices=(0,)).eval()
+    for name, module, x in (("SplitAttentionConv2d", block, torch.ones(1, 8, 6, 6, dtype=dtype)),
+                            ("ResNeSt", backbone, torch.ones(1, 3, 16, 16, dtype=dtype))):
+        with pytest.raises(TypeError, match=rf"^{name}: input x is {dtype} but the weights are torch\.float32"):
+            module(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast inputs stay allowed
+        block(torch.ones(1, 8, 6, 6, dtype=torch.bfloat16))
