@@ -70,6 +70,7 @@ import torch
 from benchmarks import report
 from benchmarks.memory import saved_storage_bytes
 from benchmarks.onnx_runtime import RUNTIMES, missing_runtime, runtime_session
+from resnest_fast.export import export_onnx
 from resnest_fast.testing.mmseg_reference import MmsegUnavailable, build_mmseg_segmentor
 
 # The eight configs of resnest_fast/segmentation/configs/resnest/ (mmseg's file names), by "<head>-<dataset>".
@@ -242,7 +243,6 @@ def bench_model(name, size=None, compile=False, rounds=None, warmup=5, device="c
     MODEL_CONFIGS / HEAD_CONFIGS) and, with `peak_memory`, measures each one's memory in its own process; returns
     {provider: median seconds} (the reference under its kind: "mmseg" or "reference-backend") and adds CSV rows."""
     from resnest_fast import optimize_for_inference
-    from resnest_fast.export import export_onnx
 
     name = resolve_models([name])[0]
     size = tuple(size) if size else crop_size(name)
