@@ -242,6 +242,12 @@ def bench_model(name, size=None, compile=False, rounds=None, warmup=5, device="c
     """Times `providers` (names of PROVIDERS; default: default_providers(compile)) for config `name` (or a key of
     MODEL_CONFIGS / HEAD_CONFIGS) and, with `peak_memory`, measures each one's memory in its own process; returns
     {provider: median seconds} (the reference under its kind: "mmseg" or "reference-backend") and adds CSV rows."""
+    # the weights, the input and the ONNX file for the measuring processes
+    with tempfile.TemporaryDirectory(prefix="resnest_fast_models_") as tmp:
+        return _bench_model(name, size, compile, rounds, warmup, device, peak_memory, memory_calls, providers, tmp)
+
+
+def _bench_model(name, size, compile, rounds, warmup, device, peak_memory, memory_calls, providers, tmp):
     from resnest_fast import optimize_for_inference
 
     name = resolve_models([name])[0]
@@ -260,8 +266,6 @@ def bench_model(name, size=None, compile=False, rounds=None, warmup=5, device="c
     def label(provider):
         return provider.replace(REFERENCE, kind, 1) if provider.startswith(REFERENCE) else provider
 
-    tmpdir = tempfile.TemporaryDirectory(prefix="resnest_fast_models_")
-    tmp = tmpdir.name
     fast = optimize_for_inference(ours) if any(p.startswith("ours-optimized") for p in selected) else None
     plain = {REFERENCE: ref_forward, "ours": ours.decode, "ours-optimized": fast.decode if fast else None}
     fns, compile_s, export_s, onnx_path = {}, {}, None, None
@@ -310,34 +314,33 @@ def bench_model(name, size=None, compile=False, rounds=None, warmup=5, device="c
     _progress(f"{model} eval {shape} on {device}, median of {rounds}: " + ", ".join(parts))
     _progress(f"{model} max |logits - {kind}'s|: " + ", ".join(f"{k} {e:.1e}" for k, e in errors.items()))
 
-    with tmpdir:
-        memory_providers = [label(p) for p in selected if p == REFERENCE or p in MEMORY_PROVIDERS]
-        if peak_memory and memory_providers:
-            weights, inp = os.path.join(tmp, "weights.pt"), os.path.join(tmp, "input.pt")
-            torch.save({k: v.cpu() for k, v in ref.state_dict().items()}, weights)
-            torch.save(x.cpu(), inp)
-            want = want.cpu()
-        # The compiled graphs hold frozen copies of every weight: free them before the measuring processes start.
-        del fns, plain, fast, ours, ref, ref_forward
-        torch._dynamo.reset()
-        gc.collect()
-        if peak_memory and memory_providers:
-            measured = {}
-            for provider in memory_providers:
-                res = measure_in_subprocess(name, provider, weights, inp, os.path.join(tmp, f"{provider}.pt"),
-                                            device=device, calls=memory_calls, onnx=onnx_path)
-                _check_logits(f"{model} {provider} (memory process)", torch.load(res.pop("output")), want, kind)
-                measured[provider] = res
-            base = measured.get(kind)
-            for provider, res in measured.items():
-                report.add("models", {"bench": "eval_peak_memory", "model": name, "input": shape, "device": device,
-                                      "provider": provider, "calls": memory_calls, "measure": res["measure"],
-                                      "after_build_mib": res["after_build_mib"], "peak_mib": res["peak_mib"],
-                                      "growth_mib": res["growth_mib"],
-                                      "growth_vs_reference": round(res["growth_mib"] / max(base["growth_mib"], 1e-9),
-                                                                   3) if base else ""})
-            _progress(f"{model} eval {shape} memory ({res['measure']}): " + ", ".join(
-                f"{p} peak {r['peak_mib']:.0f} MiB, growth {r['growth_mib']:.0f} MiB" for p, r in measured.items()))
+    memory_providers = [label(p) for p in selected if p == REFERENCE or p in MEMORY_PROVIDERS]
+    if peak_memory and memory_providers:
+        weights, inp = os.path.join(tmp, "weights.pt"), os.path.join(tmp, "input.pt")
+        torch.save({k: v.cpu() for k, v in ref.state_dict().items()}, weights)
+        torch.save(x.cpu(), inp)
+        want = want.cpu()
+    # The compiled graphs hold frozen copies of every weight: free them before the measuring processes start.
+    del fns, plain, fast, ours, ref, ref_forward
+    torch._dynamo.reset()
+    gc.collect()
+    if peak_memory and memory_providers:
+        measured = {}
+        for provider in memory_providers:
+            res = measure_in_subprocess(name, provider, weights, inp, os.path.join(tmp, f"{provider}.pt"),
+                                        device=device, calls=memory_calls, onnx=onnx_path)
+            _check_logits(f"{model} {provider} (memory process)", torch.load(res.pop("output")), want, kind)
+            measured[provider] = res
+        base = measured.get(kind)
+        for provider, res in measured.items():
+            report.add("models", {"bench": "eval_peak_memory", "model": name, "input": shape, "device": device,
+                                  "provider": provider, "calls": memory_calls, "measure": res["measure"],
+                                  "after_build_mib": res["after_build_mib"], "peak_mib": res["peak_mib"],
+                                  "growth_mib": res["growth_mib"],
+                                  "growth_vs_reference": round(res["growth_mib"] / max(base["growth_mib"], 1e-9),
+                                                               3) if base else ""})
+        _progress(f"{model} eval {shape} memory ({res['measure']}): " + ", ".join(
+            f"{p} peak {r['peak_mib']:.0f} MiB, growth {r['growth_mib']:.0f} MiB" for p, r in measured.items()))
     return medians
 
 
