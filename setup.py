@@ -167,7 +167,10 @@ setup(
     # label table (ids, trainIds, colours) instead of a hand-typed copy
     install_requires=["torch>=2.4", "numpy", "pillow", "tqdm", "cityscapesscripts"],
     package_data={"resnest_fast.segmentation": ["configs/*/*.py", "configs/*/*/*.py"]},
-    extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "numpy"]},
+    # deploy: the ONNX exporter and the two CPU runtimes the model benchmark compares with (optional: nothing in
+    # the library needs them to run)
+    extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "numpy"],
+                    "deploy": ["onnx", "onnxscript", "onnxruntime", "openvino"]},
     entry_points={"console_scripts": ["resnest-fast=resnest_fast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -15,7 +15,16 @@ are the same code for both):
   ours-optimized-compiled
                        (--compile) the same compile of ours-optimized (Inductor packs and fuses the convs that
                        are not Winograd, which stays our op): the fastest path for a user who compiles
-Every provider's logits are checked against mmseg's before anything is timed or measured.
+  onnxruntime          ours exported by resnest_fast.export.export_onnx (split attention as its reference
+                       decomposition), on ONNX Runtime's CPU provider, all graph optimisations, intra-op threads =
+                       torch's threads (benchmarks/onnx_runtime.py holds the session code)
+  openvino             the same ONNX file on OpenVINO's CPU plugin: latency hint, f32 inference precision, as many
+                       threads as torch
+--providers picks which run (default: the reference, ours, ours-optimized, and the compiled ones with --compile;
+"mmseg" names the reference either way). The runtimes are optional extras (pip install 'resnest_fast[deploy]'):
+one whose package is missing is skipped with one line saying how to install it.
+Every provider's logits are checked against mmseg's before anything is timed or measured (the reference's logits
+are computed even when it is not timed); the max abs difference goes to the CSV.
 
 Timing (mmseg's tools/analysis_tools/benchmark.py: batch 1, 5 warm-up iterations, then N timed ones, synchronised,
 fps = timed iterations / their total time): --warmup 5, --rounds N (default 5 on CPU, 200 on CUDA as mmseg),
@@ -34,13 +43,16 @@ for the check. Measured there:
   CUDA  the same with torch.cuda.memory_allocated / max_memory_allocated (peak stats reset after building).
 RSS is per process, hence one process per measurement; it includes the Python interpreter and the imported
 libraries (mmseg imports more than ours), so compare growth_mib across providers, peak_mib within one. Compiled
-providers are timed only. Train mode (--memory): the bytes autograd keeps for backward (each storage once) for the
+providers are timed only. A runtime's process loads the ONNX file the timing process exported (torch imported,
+no torch model built): after_build_mib is its RSS once the session is created. Train mode (--memory): the bytes autograd keeps for backward (each storage once) for the
 loss of a batch of 2, ours / mmseg.
 Rows go to benchmarks/results/models.csv (--results-dir to change; machine, versions and git revision added).
 
     python -m benchmarks.models --models deeplabv3 --size 256 512 --compile --memory   # run.sh's figure
     python -m benchmarks.models --models all                                           # eight models, crop sizes
     python -m benchmarks.models --models all --size 128 256 --rounds 2                 # a quick check
+    python -m benchmarks.models --models deeplabv3 --size 256 512 --rounds 3 \
+        --providers mmseg ours ours-optimized onnxruntime openvino                      # the deployment table
     python -m benchmarks.plot_models benchmarks/results/models*.csv -o benchmarks/results/models.png
 """
 import argparse
@@ -57,6 +69,8 @@ import torch
 
 from benchmarks import report
 from benchmarks.memory import saved_storage_bytes
+from benchmarks.onnx_runtime import RUNTIMES, missing_runtime, runtime_session
+from resnest_fast.export import export_onnx
 from resnest_fast.testing.mmseg_reference import MmsegUnavailable, build_mmseg_segmentor
 
 # The eight configs of resnest_fast/segmentation/configs/resnest/ (mmseg's file names), by "<head>-<dataset>".
@@ -75,7 +89,14 @@ HEAD_CONFIGS = {head: MODEL_CONFIGS[f"{head}-cityscapes"] for head in ("fcn", "p
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
 STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
 CHECK_TOL = 1e-3
-MEMORY_PROVIDERS = ("ours", "ours-optimized")  # after the reference
+MEMORY_PROVIDERS = ("ours", "ours-optimized") + tuple(RUNTIMES)  # after the reference
+REFERENCE = "mmseg"  # --providers' name for the reference, whichever kind this environment builds
+COMPILED = ("mmseg-compiled", "ours-compiled", "ours-optimized-compiled")
+PROVIDERS = (REFERENCE, "ours", "ours-optimized") + COMPILED + tuple(RUNTIMES)
+
+
+def default_providers(compile=False):
+    return [REFERENCE, "ours", "ours-optimized"] + (list(COMPILED) if compile else [])
 
 
 def resolve_models(names):
@@ -177,9 +198,11 @@ def time_providers(providers, x, warmup=5, rounds=5):
 
 
 def _check_logits(label, got, want, kind):
+    """Max abs difference of `got` from the reference's logits; AssertionError naming `label` beyond CHECK_TOL."""
     err = (got.float() - want.float()).abs().max().item()
     if not err <= CHECK_TOL * max(1.0, want.abs().max().item()):
         raise AssertionError(f"{label}: logits differ from {kind}'s by {err:.3g}; not timing")
+    return err
 
 
 def _progress(line):
@@ -188,15 +211,49 @@ def _progress(line):
     print(line, file=sys.stderr, flush=True)
 
 
+class _Decode(torch.nn.Module):
+    """`model.decode` as a module's forward, for export: normalised input -> decode logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.decode(x)
+
+
+def available_providers(providers, device):
+    """The providers of `providers` that can run here, in order; a runtime whose package is missing (or asked for on
+    a GPU) is left out with one printed line saying why."""
+    out = []
+    for provider in providers:
+        if provider in RUNTIMES:
+            line = missing_runtime(provider) if device == "cpu" else f"{provider}: skipped, CPU only (--device cpu)"
+            if line:
+                print(line, file=sys.stderr, flush=True)
+                continue
+        if provider not in out:
+            out.append(provider)
+    return out
+
+
 def bench_model(name, size=None, compile=False, rounds=None, warmup=5, device="cpu", peak_memory=True,
-                memory_calls=2):
-    """Times the providers for config `name` (or a key of MODEL_CONFIGS / HEAD_CONFIGS) and, with `peak_memory`,
-    measures each one's memory in its own process; returns {provider: median seconds} and adds CSV rows."""
+                memory_calls=2, providers=None):
+    """Times `providers` (names of PROVIDERS; default: default_providers(compile)) for config `name` (or a key of
+    MODEL_CONFIGS / HEAD_CONFIGS) and, with `peak_memory`, measures each one's memory in its own process; returns
+    {provider: median seconds} (the reference under its kind: "mmseg" or "reference-backend") and adds CSV rows."""
+    # the weights, the input and the ONNX file for the measuring processes
+    with tempfile.TemporaryDirectory(prefix="resnest_fast_models_") as tmp:
+        return _bench_model(name, size, compile, rounds, warmup, device, peak_memory, memory_calls, providers, tmp)
+
+
+def _bench_model(name, size, compile, rounds, warmup, device, peak_memory, memory_calls, providers, tmp):
     from resnest_fast import optimize_for_inference
 
     name = resolve_models([name])[0]
     size = tuple(size) if size else crop_size(name)
     rounds = rounds or (200 if device == "cuda" else 5)
+    selected = available_providers(providers or default_providers(compile), device)
     model = short_name(name)
     torch.manual_seed(0)
     ref, kind, ref_forward, ours = build_pair(name)
@@ -205,74 +262,95 @@ def bench_model(name, size=None, compile=False, rounds=None, warmup=5, device="c
     img = torch.rand(1, 3, *size) * 255
     x = ((img - MEAN) / STD).to(device)
     shape = f"1x3x{size[0]}x{size[1]}"
-    providers = {kind: ref_forward, "ours": ours.decode}
-    fast = optimize_for_inference(ours)
-    providers["ours-optimized"] = fast.decode
-    compile_s = {}
-    if compile:
-        for label, fn in ((f"{kind}-compiled", ref_forward), ("ours-compiled", ours.decode),
-                          ("ours-optimized-compiled", fast.decode)):
+
+    def label(provider):
+        return provider.replace(REFERENCE, kind, 1) if provider.startswith(REFERENCE) else provider
+
+    fast = optimize_for_inference(ours) if any(p.startswith("ours-optimized") for p in selected) else None
+    plain = {REFERENCE: ref_forward, "ours": ours.decode, "ours-optimized": fast.decode if fast else None}
+    fns, compile_s, export_s, onnx_path = {}, {}, None, None
+    for provider in selected:
+        if provider in plain:
+            fns[label(provider)] = plain[provider]
+        elif provider in COMPILED:
             t = time.perf_counter()
-            compiled = _compiled(fn)
+            compiled = _compiled(plain[provider[:-len("-compiled")]])
             with torch.no_grad():
                 compiled(x)
-            compile_s[label] = time.perf_counter() - t
-            providers[label] = compiled
+            compile_s[label(provider)] = time.perf_counter() - t
+            fns[label(provider)] = compiled
+        elif provider in RUNTIMES:
+            if onnx_path is None:
+                onnx_path = os.path.join(tmp, "decode.onnx")
+                t = time.perf_counter()
+                # checked below against the reference, like every provider
+                export_onnx(_Decode(ours), x, onnx_path, validate=False)
+                export_s = time.perf_counter() - t
+            fns[provider] = runtime_session(provider, onnx_path, torch.get_num_threads())
+        else:
+            raise ValueError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
+    errors = {}
     with torch.no_grad():
         want = ref_forward(x)
-        for label, fn in providers.items():
-            _check_logits(f"{model} {label}", fn(x), want, kind)
-    times = time_providers(providers, x, warmup=warmup, rounds=rounds)
+        for lab, fn in fns.items():
+            errors[lab] = _check_logits(f"{model} {lab}", fn(x), want, kind)
+    times = time_providers(fns, x, warmup=warmup, rounds=rounds)
     medians = {k: statistics.median(v) for k, v in times.items()}
-    for label, ts in times.items():
+    for lab, ts in times.items():
         report.add("models", {"bench": "eval_forward", "model": name, "input": shape, "device": device,
-                              "provider": label, "warmup": warmup, "rounds": len(ts),
-                              "median_s": round(medians[label], 4), "mean_s": round(statistics.mean(ts), 4),
+                              "provider": lab, "warmup": warmup, "rounds": len(ts),
+                              "median_s": round(medians[lab], 4), "mean_s": round(statistics.mean(ts), 4),
                               "min_s": round(min(ts), 4), "fps": round(len(ts) / sum(ts), 3),
-                              "speedup_vs_reference": round(medians[kind] / medians[label], 3),
-                              "compile_s": round(compile_s.get(label, 0.0), 1)})
-    parts = [f"{k} {v:.3f}s ({medians[kind] / v:.2f}x)" for k, v in medians.items()]
-    if compile:
-        for label in ("ours-compiled", "ours-optimized-compiled"):
-            parts.append(f"{label} vs {kind}-compiled {medians[f'{kind}-compiled'] / medians[label]:.2f}x")
+                              "speedup_vs_reference": round(medians[kind] / medians[lab], 3) if kind in medians
+                              else "",
+                              "max_abs_diff_vs_reference": f"{errors[lab]:.2e}",
+                              "compile_s": round(compile_s.get(lab, 0.0), 1),
+                              "onnx_export_s": round(export_s, 1) if lab in RUNTIMES else ""})
+    parts = [f"{k} {v:.3f}s" + (f" ({medians[kind] / v:.2f}x)" if kind in medians else "")
+             for k, v in medians.items()]
+    for lab in ("ours-compiled", "ours-optimized-compiled"):
+        if lab in medians and f"{kind}-compiled" in medians:
+            parts.append(f"{lab} vs {kind}-compiled {medians[f'{kind}-compiled'] / medians[lab]:.2f}x")
     _progress(f"{model} eval {shape} on {device}, median of {rounds}: " + ", ".join(parts))
+    _progress(f"{model} max |logits - {kind}'s|: " + ", ".join(f"{k} {e:.1e}" for k, e in errors.items()))
 
-    with tempfile.TemporaryDirectory(prefix="resnest_fast_models_") as tmp:
-        if peak_memory:
-            weights, inp = os.path.join(tmp, "weights.pt"), os.path.join(tmp, "input.pt")
-            torch.save({k: v.cpu() for k, v in ref.state_dict().items()}, weights)
-            torch.save(x.cpu(), inp)
-            want = want.cpu()
-        # The compiled graphs hold frozen copies of every weight: free them before the measuring processes start.
-        del providers, fast, ours, ref, ref_forward
-        torch._dynamo.reset()
-        gc.collect()
-        if peak_memory:
-            measured = {}
-            for provider in (kind,) + MEMORY_PROVIDERS:
-                res = measure_in_subprocess(name, provider, weights, inp, os.path.join(tmp, f"{provider}.pt"),
-                                            device=device, calls=memory_calls)
-                _check_logits(f"{model} {provider} (memory process)", torch.load(res.pop("output")), want, kind)
-                measured[provider] = res
-            for provider, res in measured.items():
-                report.add("models", {"bench": "eval_peak_memory", "model": name, "input": shape, "device": device,
-                                      "provider": provider, "calls": memory_calls, "measure": res["measure"],
-                                      "after_build_mib": res["after_build_mib"], "peak_mib": res["peak_mib"],
-                                      "growth_mib": res["growth_mib"],
-                                      "growth_vs_reference": round(res["growth_mib"] /
-                                                                   max(measured[kind]["growth_mib"], 1e-9), 3)})
-            _progress(f"{model} eval {shape} memory ({measured[kind]['measure']}): " + ", ".join(
-                f"{p} peak {r['peak_mib']:.0f} MiB, growth {r['growth_mib']:.0f} MiB" for p, r in measured.items()))
+    memory_providers = [label(p) for p in selected if p == REFERENCE or p in MEMORY_PROVIDERS]
+    if peak_memory and memory_providers:
+        weights, inp = os.path.join(tmp, "weights.pt"), os.path.join(tmp, "input.pt")
+        torch.save({k: v.cpu() for k, v in ref.state_dict().items()}, weights)
+        torch.save(x.cpu(), inp)
+        want = want.cpu()
+    # The compiled graphs hold frozen copies of every weight: free them before the measuring processes start.
+    del fns, plain, fast, ours, ref, ref_forward
+    torch._dynamo.reset()
+    gc.collect()
+    if peak_memory and memory_providers:
+        measured = {}
+        for provider in memory_providers:
+            res = measure_in_subprocess(name, provider, weights, inp, os.path.join(tmp, f"{provider}.pt"),
+                                        device=device, calls=memory_calls, onnx=onnx_path)
+            _check_logits(f"{model} {provider} (memory process)", torch.load(res.pop("output")), want, kind)
+            measured[provider] = res
+        base = measured.get(kind)
+        for provider, res in measured.items():
+            report.add("models", {"bench": "eval_peak_memory", "model": name, "input": shape, "device": device,
+                                  "provider": provider, "calls": memory_calls, "measure": res["measure"],
+                                  "after_build_mib": res["after_build_mib"], "peak_mib": res["peak_mib"],
+                                  "growth_mib": res["growth_mib"],
+                                  "growth_vs_reference": round(res["growth_mib"] / max(base["growth_mib"], 1e-9),
+                                                               3) if base else ""})
+        _progress(f"{model} eval {shape} memory ({res['measure']}): " + ", ".join(
+            f"{p} peak {r['peak_mib']:.0f} MiB, growth {r['growth_mib']:.0f} MiB" for p, r in measured.items()))
     return medians
 
 
-def measure_in_subprocess(name, provider, weights, inp, output, device="cpu", calls=2, timeout=3600):
+def measure_in_subprocess(name, provider, weights, inp, output, device="cpu", calls=2, timeout=3600, onnx=None):
     """Runs `_memory_worker` in a fresh Python process (killed after `timeout` seconds); returns its result dict
-    (output: the logits file)."""
+    (output: the logits file). A runtime provider (a key of RUNTIMES) runs the ONNX file `onnx`."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, dir=os.path.dirname(output)) as f:
         spec_path = f.name
         json.dump({"model": name, "provider": provider, "weights": weights, "input": inp, "output": output,
-                   "device": device, "calls": calls, "threads": torch.get_num_threads(),
+                   "device": device, "calls": calls, "threads": torch.get_num_threads(), "onnx": onnx,
                    "result": spec_path + ".result"}, f)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
@@ -284,11 +362,16 @@ def measure_in_subprocess(name, provider, weights, inp, output, device="cpu", ca
         return json.load(f)
 
 
-def _build_for_memory(name, provider, weights):
-    """(module, forward) of `provider` for config `name`, with the saved weights, as the timing process has it."""
+def _build_for_memory(name, provider, weights, onnx=None):
+    """(module, forward) of `provider` for config `name`, with the saved weights, as the timing process has it; a
+    runtime's module is None and its forward the session on the ONNX file `onnx`."""
     from resnest_fast import optimize_for_inference
     from resnest_fast.segmentation import build_segmentor, load_config
 
+    if provider in RUNTIMES:
+        if not onnx:
+            raise ValueError(f"memory process: {provider} needs the ONNX file")
+        return None, runtime_session(provider, onnx, torch.get_num_threads())
     state = torch.load(weights, map_location="cpu", weights_only=True)
     if provider in ("mmseg", "reference-backend"):
         model, kind, forward = reference_model(name)
@@ -316,8 +399,9 @@ def _memory_worker(spec_path):
         spec = json.load(f)
     torch.set_num_threads(spec["threads"])
     device = spec["device"]
-    model, forward = _build_for_memory(spec["model"], spec["provider"], spec["weights"])
-    model.to(device)
+    model, forward = _build_for_memory(spec["model"], spec["provider"], spec["weights"], spec.get("onnx"))
+    if model is not None:
+        model.to(device)
     x = torch.load(spec["input"], weights_only=True).to(device)
     gc.collect()  # the loaded state_dict is gone; what remains is the model, the input and the libraries
     mib = 2.0 ** 20
@@ -390,6 +474,9 @@ def parse_args(argv=None):
     parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
                         help="input size (default: each config's crop size)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (freezing) both models")
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=None, metavar="PROVIDER",
+                        help=f"which providers run, of {', '.join(PROVIDERS)} (default: mmseg ours ours-optimized, "
+                             "and the -compiled ones with --compile)")
     parser.add_argument("--rounds", type=int, default=None, help="timed iterations (default 5 on CPU, 200 on CUDA)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up iterations per provider (mmseg: 5)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -413,6 +500,8 @@ def parse_args(argv=None):
                                ("--memory-calls", args.memory_calls, 1), ("--threads", args.threads, 1)):
         if value is not None and value < least:
             parser.error(f"{flag} must be at least {least}, got {value}")
+    if args.providers is None:
+        args.providers = default_providers(args.compile)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
@@ -429,7 +518,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     for name in args.models:
         bench_model(name, args.size, compile=args.compile, rounds=args.rounds, warmup=args.warmup,
-                    device=args.device, peak_memory=args.peak_memory, memory_calls=args.memory_calls)
+                    device=args.device, peak_memory=args.peak_memory, memory_calls=args.memory_calls,
+                    providers=args.providers)
         if args.memory:
             saved_bytes(name, size=tuple(args.size) if args.size else crop_size(name))
     report.flush(args.results_dir)

@@ -1,7 +1,9 @@
-"""ONNX Runtime against our eager CPU path, on one split-attention block and on a whole segmentor.
+"""ONNX Runtime and OpenVINO against our eager CPU path, on one split-attention block and on a whole segmentor;
+and the home of the runtime sessions that benchmarks/models.py times as providers too.
 
     python -m benchmarks.onnx_runtime                    # defaults below; CSV to docs/results/onnx-runtime-<date>.csv
     python -m benchmarks.onnx_runtime --size 128 256 --iters 5 --csv /tmp/onnx.csv
+    python -m benchmarks.onnx_runtime --post-conv-stages # only "post-conv", at each distinct shape of ResNeSt-101-D8
 
 Cases: "post-conv" (a block after its conv: what the fused ops replace), "block" (one SplitAttentionConv2d, conv
 included), and a ResNeSt-D8 FCN segmentor at full widths (depth --depth). Providers, side by side in one process,
@@ -10,7 +12,12 @@ same weights and input:
   torch-reference  eager PyTorch with backend='reference': the decomposition the ONNX file holds;
   torch-optimized  resnest_fast.optimize_for_inference(model): BN folded, conv post-ops, prepacked oneDNN weights;
   onnxruntime      the file written by resnest_fast.export.export_onnx, on ONNX Runtime's CPU provider with all
-                   graph optimisations and as many intra-op threads as torch uses.
+                   graph optimisations and as many intra-op threads as torch uses;
+  openvino         the same file on OpenVINO's CPU plugin: latency hint, f32 inference precision, as many
+                   inference threads as torch uses.
+A runtime whose package is missing is skipped with one line saying how to install it.
+--post-conv-stages runs the post-conv case at the distinct split-attention shapes of ResNeSt-101-D8 at --size
+(batch 1, benchmarks/stage_shapes.py) and sums them weighted by how often each occurs in the model.
 Each is warmed up, then timed over --iters calls, the providers taking turns within each iteration; the median is
 reported (mean and min in the CSV). Outputs are
 compared with torch-fused. This is a script, not a test: figures depend on the machine and its load.
@@ -18,6 +25,8 @@ compared with torch-fused. This is a script, not a test: figures depend on the m
 import argparse
 import csv
 import datetime
+import importlib
+import importlib.util
 import os
 import statistics
 import sys
@@ -26,12 +35,12 @@ import time
 
 import torch
 
+from benchmarks import report
+from benchmarks.stage_shapes import distinct_blocks, resnest101_d8_blocks
 from resnest_fast import optimize_for_inference
 from resnest_fast.export import export_onnx, reference_ops
 from resnest_fast.nn import SplitAttentionConv2d
 from resnest_fast.segmentation import build_segmentor, load_config
-
-from benchmarks import report
 
 CONFIG = "resnest_s101-d8_fcn_4xb2-80k_cityscapes-512x1024"
 
@@ -87,20 +96,62 @@ def timed(providers, warmup, iters):
     return times
 
 
-def bench(name, model, x, args, tmpdir, rows):
-    import onnxruntime as ort
+# Runtime -> (packages it needs, beyond onnx/onnxscript for the export, and how to install them).
+RUNTIMES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",)}
+EXPORT_PACKAGES = ("onnx", "onnxscript")
+INSTALL_HINT = "pip install 'resnest_fast[deploy]'"
 
+
+def missing_runtime(runtime):
+    """None when `runtime` (a key of RUNTIMES) and the ONNX exporter are importable, else the one line to print:
+    which package is missing and how to install it."""
+    missing = [p for p in EXPORT_PACKAGES + RUNTIMES[runtime] if importlib.util.find_spec(p) is None]
+    if not missing:
+        return None
+    return (f"{runtime}: skipped, package {', '.join(missing)} not installed "
+            f"(pip install {' '.join(missing)}, or {INSTALL_HINT})")
+
+
+def runtime_session(runtime, path, threads):
+    """A callable x (CPU tensor) -> first output (tensor) running the ONNX file `path` on `runtime`'s CPU backend
+    with `threads` intra-op threads, every graph optimisation on, f32 arithmetic."""
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    if runtime == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                              "INFERENCE_PRECISION_HINT": "f32",
+                                                              "INFERENCE_NUM_THREADS": str(threads)})
+        request = compiled.create_infer_request()
+
+        def run(x):
+            request.infer({0: x.numpy()})
+            # the request reuses its output buffer on the next call
+            return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+        return run
+    raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+
+
+def runtime_version(runtime):
+    module = importlib.import_module(runtime)
+    return getattr(module, "__version__", None) or module.get_version()
+
+
+def bench(name, model, x, args, tmpdir, rows, runtimes):
     path = os.path.join(tmpdir, f"{name}.onnx")
     t0 = time.perf_counter()
-    export_onnx(model, x, path, validate=True)
+    export_onnx(model, x, path, validate="onnxruntime" in runtimes)
     export_s = time.perf_counter() - t0
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-
     fast = optimize_for_inference(model)
     with torch.no_grad():
         want = model(x)
@@ -113,21 +164,39 @@ def bench(name, model, x, args, tmpdir, rows):
             "torch-fused": lambda: model(x),
             "torch-reference": run_reference,
             "torch-optimized": lambda: fast(x),
-            "onnxruntime": lambda: torch.from_numpy(session.run(None, feed)[0]),
         }
+        for runtime in runtimes:
+            session = runtime_session(runtime, path, torch.get_num_threads())
+            providers[runtime] = lambda session=session: session(x)
         errors = {provider: (fn() - want).abs().max().item() for provider, fn in providers.items()}
         all_times = timed(providers, args.warmup, args.iters)
         medians = {}
         for provider, times in all_times.items():
             err = errors[provider]
             medians[provider] = statistics.median(times)
-            rows.append(dict(case=name, shape="x".join(map(str, x.shape)), provider=provider,
-                             median_ms=round(medians[provider], 2), mean_ms=round(statistics.mean(times), 2),
-                             min_ms=round(min(times), 2), iters=args.iters, max_abs_diff_vs_fused=f"{err:.2e}",
-                             onnx_export_s=round(export_s, 1) if provider == "onnxruntime" else ""))
+            rows.append({"case": name, "shape": "x".join(map(str, x.shape)), "provider": provider,
+                         "median_ms": round(medians[provider], 3), "mean_ms": round(statistics.mean(times), 3),
+                         "min_ms": round(min(times), 3), "iters": args.iters, "max_abs_diff_vs_fused": f"{err:.2e}",
+                         "onnx_export_s": round(export_s, 1) if provider in runtimes else ""})
     fused = medians["torch-fused"]
     print(f"{name} {tuple(x.shape)}: " + ", ".join(
-        f"{p} {m:.1f} ms ({m / fused:.2f}x fused)" for p, m in medians.items()), flush=True)
+        f"{p} {m:.2f} ms ({m / fused:.2f}x fused, max |diff| {errors[p]:.1e})" for p, m in medians.items()),
+        flush=True)
+    return medians
+
+
+def post_conv_stages(args, tmpdir, rows, runtimes):
+    """The post-conv case at each distinct split-attention shape of ResNeSt-101-D8 for a 1x3xHxW input; prints and
+    returns {provider: ms per model forward}, each shape's median weighted by how many blocks have it."""
+    totals = {}
+    for label, b, count in distinct_blocks(resnest101_d8_blocks(1, *args.size)):
+        sa = block(b.channels, b.radix)
+        medians = bench(f"post-conv-{label}", PostConv(sa), torch.randn(*b.y_shape), args, tmpdir, rows, runtimes)
+        rows[-len(medians):] = [{**row, "blocks": count} for row in rows[-len(medians):]]
+        for provider, ms in medians.items():
+            totals[provider] = totals.get(provider, 0.0) + count * ms
+    print("post-conv of all 33 blocks per forward: " + ", ".join(f"{p} {t:.1f} ms" for p, t in totals.items()))
+    return totals
 
 
 def main(argv=None):
@@ -139,29 +208,42 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--csv", default=None, help="default: docs/results/onnx-runtime-<date>.csv")
+    parser.add_argument("--post-conv-stages", action="store_true",
+                        help="only the post-conv case, at the distinct shapes of ResNeSt-101-D8 for a 1x3x--size input")
+    parser.add_argument("--csv", default=None, help="default: docs/results/onnx-runtime[-post-conv-stages]-<date>.csv")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    runtimes = []
+    for runtime in RUNTIMES:
+        line = missing_runtime(runtime)
+        if line:
+            print(line, flush=True)
+        else:
+            runtimes.append(runtime)
     rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
-        b, c, h, w = args.block_shape
-        sa = block(c, 2)
-        bench("post-conv", PostConv(sa), torch.randn(b, 2 * c, h, w), args, tmpdir, rows)
-        bench("block", sa, torch.randn(b, c, h, w), args, tmpdir, rows)
-        model = segmentor(args.depth)
-        img = torch.rand(1, 3, *args.size) * 255
-        bench(f"fcn-s{args.depth}-d8", model, img, args, tmpdir, rows)
-    import onnxruntime
-
+        if args.post_conv_stages:
+            post_conv_stages(args, tmpdir, rows, runtimes)
+        else:
+            b, c, h, w = args.block_shape
+            sa = block(c, 2)
+            bench("post-conv", PostConv(sa), torch.randn(b, 2 * c, h, w), args, tmpdir, rows, runtimes)
+            bench("block", sa, torch.randn(b, c, h, w), args, tmpdir, rows, runtimes)
+            model = segmentor(args.depth)
+            img = torch.rand(1, 3, *args.size) * 255
+            bench(f"fcn-s{args.depth}-d8", model, img, args, tmpdir, rows, runtimes)
     ctx = report.context()
-    ctx["onnxruntime"] = onnxruntime.__version__
+    for runtime in runtimes:
+        ctx[runtime] = runtime_version(runtime)
+    stem = "onnx-runtime-post-conv-stages" if args.post_conv_stages else "onnx-runtime"
     out = args.csv or os.path.join(os.path.dirname(report.HERE), "docs", "results",
-                                   f"onnx-runtime-{datetime.date.today().isoformat()}.csv")
+                                   f"{stem}-{datetime.date.today().isoformat()}.csv")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
+    fields = list(dict.fromkeys(k for row in rows for k in row))
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) + list(ctx))
+        writer = csv.DictWriter(f, fieldnames=fields + list(ctx))
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, **ctx})

@@ -86,6 +86,7 @@ def build_mmseg_segmentor(model_cfg: dict):
     import_mmseg("mmseg")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from mmengine.config import ConfigDict
         from mmseg.registry import MODELS
         from mmseg.utils import register_all_modules
 
@@ -96,4 +97,6 @@ def build_mmseg_segmentor(model_cfg: dict):
             if cfg.get(head) is not None:
                 cfg[head]["norm_cfg"] = dict(type="BN", requires_grad=True)
         cfg["data_preprocessor"]["bgr_to_rgb"] = True
-        return MODELS.build(cfg)
+        # mmseg's EncoderDecoder sets `backbone.pretrained = pretrained` by attribute, as on the ConfigDict its
+        # config files give; the weights are only read by init_weights(), which is not called here
+        return MODELS.build(ConfigDict(cfg))

@@ -103,3 +103,14 @@ def test_memory_process_measures_one_provider(tmp_path):
     assert res["peak_mib"] >= res["after_build_mib"] > 0
     assert res["growth_mib"] == pytest.approx(res["peak_mib"] - res["after_build_mib"], abs=0.2)
     assert "peak RSS" in res["measure"]
+
+
+def test_reference_builds_from_a_shipped_config_that_names_imagenet_weights():
+    from resnest_fast.segmentation import load_config
+
+    config = models.HEAD_CONFIGS["fcn"]
+    assert load_config(config)["model"].get("pretrained")  # what broke the build: mmseg assigns it by attribute
+    model, kind, _ = models.reference_model(config)
+    if kind != "mmseg":
+        pytest.skip("mmseg is not installed")
+    assert type(model).__name__ == "EncoderDecoder" and type(model).__module__.startswith("mmseg")
