@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 source scripts/setup_env.sh
 echo "== installing the test tools and the reference (mmsegmentation 1.2.2 on mmcv-lite)"
 pip_install -q "$TORCH_SPEC" pytest pytest-benchmark pytest-timeout mmengine==0.10.7 mmcv-lite==2.1.0 \
-  mmsegmentation==1.2.2 ftfy regex pillow tqdm cityscapesscripts onnx onnxscript onnxruntime
+  mmsegmentation==1.2.2 ftfy regex pillow tqdm cityscapesscripts onnx onnxscript onnxruntime openvino==2026.4.1
 # timm's SplitAttn and ResNeSt are references of convert() and load_pretrained(); timm would pull torchvision (and
 # another torch), so only its source is installed and tests/timm_reference.py imports it without torchvision
 pip_install -q --no-deps timm
