@@ -96,4 +96,8 @@ def build_mmseg_segmentor(model_cfg: dict):
             if cfg.get(head) is not None:
                 cfg[head]["norm_cfg"] = dict(type="BN", requires_grad=True)
         cfg["data_preprocessor"]["bgr_to_rgb"] = True
-        return MODELS.build(cfg)
+        # mmseg's EncoderDecoder writes `backbone.pretrained = pretrained` by attribute, which a plain dict refuses
+        # (the configs name the ImageNet weights); building never loads them (that is init_weights)
+        from mmengine.config import ConfigDict
+
+        return MODELS.build(ConfigDict(cfg))
