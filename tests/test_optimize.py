@@ -5,14 +5,19 @@ import copy
 import pytest
 import torch
 
+from benchmarks.memory import held_storages
 from resnest_fast import optimize_for_inference
 from resnest_fast.models import ResNeSt
 from resnest_fast.ops import winograd as winograd_ops
-from resnest_fast.optimize import FrozenBottleneck, FrozenConv2d, winograd_weight_inverse
+from resnest_fast.optimize import (
+    FrozenBottleneck,
+    FrozenConv2d,
+    winograd_weight_inverse,
+)
 from resnest_fast.segmentation import build_segmentor
-from tests.parity import randomize_model
 from resnest_fast.testing.small_models import small_model_cfg
 from resnest_fast.testing.tolerances import assert_max_abs
+from tests.parity import randomize_model
 
 
 def small(head):
@@ -80,34 +85,6 @@ def test_inplace_and_gradients_are_off():
     assert "prepack=" in repr(fast)
 
 
-def kept_tensor_bytes(module):
-    """{storage key: bytes} of every tensor the module's tree holds (parameters, buffers and plain attributes such
-    as oneDNN's packed weights), each storage once; an opaque oneDNN tensor counts its logical size."""
-    found = {}
-
-    def visit(obj):
-        if isinstance(obj, torch.Tensor):
-            if obj.is_mkldnn:
-                found[("mkldnn", id(obj))] = obj.numel() * obj.element_size()
-            else:
-                s = obj.untyped_storage()
-                found[(s.data_ptr(), s.nbytes())] = s.nbytes()
-        elif isinstance(obj, (tuple, list)):
-            for item in obj:
-                visit(item)
-        elif isinstance(obj, dict):
-            for item in obj.values():
-                visit(item)
-
-    for m in module.modules():
-        visit({k: v for k, v in vars(m).items() if k != "_modules"})
-    return found
-
-
-def conv_weight_bytes(model):
-    return {n: p.numel() * p.element_size() for n, p in model.named_parameters() if p.dim() == 4}
-
-
 @pytest.mark.parametrize("head", ["deeplabv3", "pspnet"])
 def test_optimised_model_keeps_one_copy_of_each_weight(head, monkeypatch):
     """After a call, each conv keeps its weight in the form that ran (oneDNN's packed copy or the Winograd
@@ -116,13 +93,13 @@ def test_optimised_model_keeps_one_copy_of_each_weight(head, monkeypatch):
     model = small(head)
     model.auxiliary_head = None  # dropped by the optimisation: leave it out of the bound
     original = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    original_storages = set(kept_tensor_bytes(model))
+    original_storages = set(held_storages(model))
     fast = optimize_for_inference(model)
     with torch.no_grad():
         fast(torch.rand(1, 3, 64, 96) * 255)
     convs = [m for m in fast.modules() if isinstance(m, FrozenConv2d)]
     winograd_bytes = sum(m.winograd_weight.numel() * 4 for m in convs if m.winograd_weight is not None)
-    held = kept_tensor_bytes(fast)
+    held = {k: nbytes for k, (nbytes, _) in held_storages(fast).items()}
     assert not original_storages & set(held), "the optimised model holds tensors of the original"
     # the Winograd transform is 16/9 of the weight it replaces; folding removes the BN tensors
     assert sum(held.values()) <= original + winograd_bytes * 7 / 16, (sum(held.values()), original)
