@@ -7,16 +7,19 @@ Columns (MiB, one row per provider and allocator setting):
                .held_bytes_by_form), split into dense / onednn-packed / winograd
   after_build  RSS with the model built, its weights loaded, the input made
   peak         peak RSS over the calls (VmHWM reset after building, benchmarks.peak_rss)
-  activations  peak of the bytes live in torch's CPU allocator during the last call (torch.profiler memory
-               events: the output and every intermediate, oneDNN's scratch pads excluded)
+  activations  peak of the bytes of the live tensors that ops returned during one more call (the output and
+               every intermediate, each storage once; oneDNN's scratch pads not seen)
   heap_free    bytes glibc keeps on its heaps after the calls, free but not returned to the system
                (mallinfo2().fordblks: "large blocks kept on the heap")
   slack        peak - after_build - activations: what the calls cost beyond the live tensors (first-call weight
                packing, oneDNN scratch pads, allocator slack)
-Allocator settings: "default" (glibc's, whose mmap threshold grows up to 32 MiB as large blocks are freed, after
-which blocks of that size come from the heap and stay there) and "mmap-threshold" (MALLOC_MMAP_THRESHOLD_=65536:
-every block over 64 KiB is its own mapping, given back to the system when freed) and "arena-max-1"
-(MALLOC_ARENA_MAX=1). The environment variables are read by glibc at process start, hence one process each.
+Allocator settings (glibc reads them at process start, hence one process each):
+  default          glibc's: its mmap threshold grows up to 32 MiB as large blocks are freed, after which blocks
+                   of that size come from the heap and stay there when freed
+  tuned            docs/deployment.md's recommendation for speed (GLIBC_TUNABLES mmap_threshold=32 MiB,
+                   trim_threshold=1 GiB: large blocks stay on the heap, none is page-faulted in again)
+  mmap-64k         MALLOC_MMAP_THRESHOLD_=65536: every block over 64 KiB is its own mapping, returned when freed
+  arena-max-1      MALLOC_ARENA_MAX=1: one heap for all threads
 
     python -m benchmarks.inference_memory --size 256 512 --threads 2
 """
@@ -34,7 +37,8 @@ import torch
 from benchmarks import report
 
 PROVIDERS = ("mmseg", "ours", "ours-optimized")
-ALLOCATORS = {"default": {}, "mmap-threshold": {"MALLOC_MMAP_THRESHOLD_": "65536"},
+TUNED = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+ALLOCATORS = {"default": {}, "tuned": {"GLIBC_TUNABLES": TUNED}, "mmap-64k": {"MALLOC_MMAP_THRESHOLD_": "65536"},
               "arena-max-1": {"MALLOC_ARENA_MAX": "1"}}
 MIB = 2.0 ** 20
 
@@ -56,19 +60,34 @@ def heap_free_bytes():
     return fn().fordblks
 
 
-def live_bytes_peak(fn, *args):
-    """Peak of the bytes live in torch's CPU allocator during fn(*args), from the profiler's memory events (bytes
-    allocated before the call and still live are not counted)."""
-    from torch.profiler import ProfilerActivity, profile
+def live_bytes_peak(fn, *args, exclude=()):
+    """Peak of the bytes held by the tensors that the ops run by fn(*args) returned and that are still alive, each
+    storage once (a TorchDispatchMode sees every op, ours included; memory a kernel uses inside itself, such as
+    oneDNN's scratch pads, is not seen). Storages whose data pointers are in `exclude` (the weights, the input)
+    are not counted when an op returns a view of them."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    class LivePeak(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live, self.peak = {}, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor) and not t.is_mkldnn:
+                    s = t.untyped_storage()
+                    if s.data_ptr() not in exclude:
+                        self.live.setdefault(s._cdata, (StorageWeakRef(s), s.nbytes()))
+            self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
+            self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+            return out
+
+    with LivePeak() as mode:
         fn(*args)
-    events = sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start)
-    live = peak = 0
-    for e in events:
-        live += e.cpu_memory_usage
-        peak = max(peak, live)
-    return peak
+    return mode.peak
 
 
 def _worker(spec_path):
@@ -92,11 +111,14 @@ def _worker(spec_path):
     after_build = current_rss_bytes()
     exact = reset_peak()
     with torch.no_grad():
-        for _ in range(spec["calls"] - 1):
-            forward(x)
+        for _ in range(spec["calls"]):
+            out = forward(x)
         peak_calls = peak_rss_bytes()
-        activations = live_bytes_peak(forward, x)
-        out = forward(x)
+        # one more call under the dispatch mode, after the peak was read (its bookkeeping costs memory)
+        from benchmarks.memory import held_storages
+
+        known = {key[0] for key in held_storages(model)} | {x.untyped_storage().data_ptr()}
+        activations = live_bytes_peak(forward, x, exclude=known)
     from benchmarks.memory import held_bytes_by_form
 
     forms = held_bytes_by_form(model)
@@ -114,10 +136,12 @@ def measure(name, provider, allocator, weights, inp, tmp, threads, calls):
         json.dump({"model": name, "provider": provider, "weights": weights, "input": inp, "output": output,
                    "threads": threads, "calls": calls, "result": spec_path + ".result"}, f)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, **ALLOCATORS[allocator])
+    env = {k: v for k, v in os.environ.items()
+           if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}  # only the setting asked for
+    env.update(ALLOCATORS[allocator])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "benchmarks.inference_memory", "--worker", spec_path], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=3600)
+                          env=env, capture_output=True, text=True, timeout=3600, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{provider} ({allocator}) failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     with open(spec_path + ".result") as f:
@@ -131,7 +155,7 @@ def main(argv=None):
     parser.add_argument("--model", default="deeplabv3", help="a config name or head (default deeplabv3)")
     parser.add_argument("--size", nargs=2, type=int, default=(256, 512), metavar=("H", "W"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--calls", type=int, default=2, help="inference calls per process (at least 2)")
+    parser.add_argument("--calls", type=int, default=2, help="inference calls whose peak is measured (default 2)")
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--allocators", nargs="+", choices=tuple(ALLOCATORS), default=list(ALLOCATORS))
     parser.add_argument("--results-dir", default=None)
@@ -140,8 +164,9 @@ def main(argv=None):
     if args.worker:
         _worker(args.worker)
         return
-    if args.calls < 2 or args.threads < 1 or min(args.size) < 1:
-        parser.error("--calls must be at least 2, --threads at least 1 and --size positive")
+    for flag, value in (("--calls", args.calls), ("--threads", args.threads), ("--size", min(args.size))):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
     from benchmarks.models import MEAN, STD, reference_model, resolve_models
 
     name = resolve_models([args.model])[0]

@@ -46,7 +46,7 @@ def _fold(conv: nn.Conv2d, bn: _BatchNorm | None):
     shift = -bn.running_mean.double() * scale + (bn.bias.double() if bn.bias is not None else 0.0)
     if b is not None:
         shift = shift + b.double() * scale
-    w = (w.double() * scale.view(-1, 1, 1, 1)).to(w.dtype)
+    w = w.to(torch.float64, copy=True).mul_(scale.view(-1, 1, 1, 1)).to(w.dtype)
     return w, shift.to(conv.weight.dtype)
 
 
@@ -57,9 +57,13 @@ def winograd_weight_inverse(u: Tensor, groups: int) -> Tensor:
     4x4 tile sums)."""
     _, cg, kg = u.shape
     left = torch.tensor(((1.0, 0, 0, 0), (-1, 2, 0, -1), (0, 0, 0, 1)), dtype=torch.float64, device=u.device)
-    tiles = u.detach().double().reshape(groups, 4, 4, cg, kg).permute(0, 4, 3, 1, 2)  # (groups, K/g, C/g, 4, 4)
-    w = torch.einsum("ia,gkcab,jb->gkcij", left, tiles, left)
-    return w.reshape(groups * kg, cg, 3, 3).to(u.dtype).contiguous()
+    tiles = u.detach().reshape(groups, 4, 4, cg, kg)
+    out = torch.empty(groups, kg, cg, 3, 3, dtype=u.dtype, device=u.device)
+    step = max(1, (1 << 18) // (cg * 16))  # float64 intermediates a few output channels at a time
+    for k0 in range(0, kg, step):
+        t = tiles[..., k0: k0 + step].double()
+        out[:, k0: k0 + t.shape[-1]] = torch.einsum("ia,gabck,jb->gkcij", left, t, left)
+    return out.reshape(groups * kg, cg, 3, 3)
 
 
 class FrozenConv2d(nn.Module):
