@@ -19,6 +19,7 @@ where oneDNN cannot pack a weight (e.g. bfloat16 on a CPU without AVX-512), the 
 F.conv2d instead.
 """
 import copy
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +34,14 @@ from resnest_fast.segmentation.decode_heads import ConvModule
 __all__ = ["FrozenBottleneck", "FrozenConv2d", "optimize_for_inference"]
 
 
-def _fold(conv: nn.Conv2d, bn: _BatchNorm | None):
-    """(weight, bias) of conv followed by bn in eval mode."""
+def _fold(conv: nn.Conv2d, bn: _BatchNorm | None, in_place: bool = False):
+    """(weight, bias) of conv followed by bn in eval mode. `in_place` writes the folded weight into conv's own
+    weight storage (conv is then spent) instead of a new tensor: the memory the original weight held is what the
+    folded one holds, and is released with it."""
     w = conv.weight.detach()
     b = conv.bias.detach() if conv.bias is not None else None
     if bn is None:
-        return w.clone(), None if b is None else b.clone()
+        return (w, b) if in_place else (w.clone(), None if b is None else b.clone())
     if bn.running_mean is None:
         raise ValueError(f"cannot fold {bn}: it has no running statistics (track_running_stats=False)")
     invstd = torch.rsqrt(bn.running_var.double() + bn.eps)
@@ -46,8 +49,12 @@ def _fold(conv: nn.Conv2d, bn: _BatchNorm | None):
     shift = -bn.running_mean.double() * scale + (bn.bias.double() if bn.bias is not None else 0.0)
     if b is not None:
         shift = shift + b.double() * scale
-    w = w.to(torch.float64, copy=True).mul_(scale.view(-1, 1, 1, 1)).to(w.dtype)
-    return w, shift.to(conv.weight.dtype)
+    out = w if in_place else torch.empty_like(w)
+    scale = scale.view(-1, 1, 1, 1)
+    step = max(1, (1 << 18) // max(1, w[0].numel()))  # float64 copies of a few output channels at a time
+    for k0 in range(0, w.shape[0], step):
+        out[k0: k0 + step] = w[k0: k0 + step].to(torch.float64, copy=True).mul_(scale[k0: k0 + step])
+    return out, shift.to(conv.weight.dtype)
 
 
 def winograd_weight_inverse(u: Tensor, groups: int) -> Tensor:
@@ -81,11 +88,12 @@ class FrozenConv2d(nn.Module):
     and drops the old one, so inputs that alternate between sizes where Winograd pays and sizes where it does
     not rebuild the weight at each switch."""
 
-    def __init__(self, conv: nn.Conv2d, bn: _BatchNorm | None = None, relu: bool = False, winograd: bool = True):
+    def __init__(self, conv: nn.Conv2d, bn: _BatchNorm | None = None, relu: bool = False, winograd: bool = True,
+                 fold_in_place: bool = False):
         super().__init__()
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"FrozenConv2d needs zero padding given as ints, got {conv.padding!r}")
-        weight, bias = _fold(conv, bn)
+        weight, bias = _fold(conv, bn, in_place=fold_in_place)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size = conv.kernel_size
         self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
@@ -209,13 +217,14 @@ class FrozenBottleneck(nn.Module):
     """A ResNeSt bottleneck for inference: relu(conv1+bn1) -> split attention (prepacked conv) -> [avg-pool] ->
     relu(conv3+bn3 + shortcut) with the add and the ReLU as post-ops of conv3."""
 
-    def __init__(self, block: Bottleneck, winograd: bool = True):
+    def __init__(self, block: Bottleneck, winograd: bool = True, fold_in_place: bool = False):
         super().__init__()
-        self.conv1 = FrozenConv2d(block.conv1, block.bn1, relu=True, winograd=winograd)
-        self.conv2 = _freeze(block.conv2, winograd)
+        opts = _Options(winograd, fold_in_place)
+        self.conv1 = FrozenConv2d(block.conv1, block.bn1, relu=True, winograd=winograd, fold_in_place=fold_in_place)
+        self.conv2 = _freeze(block.conv2, opts)
         self.avd_layer = block.avd_layer if block.avg_down_stride else None
-        self.conv3 = FrozenConv2d(block.conv3, block.bn3, relu=True, winograd=winograd)
-        self.downsample = None if block.downsample is None else _freeze(block.downsample, winograd)
+        self.conv3 = FrozenConv2d(block.conv3, block.bn3, relu=True, winograd=winograd, fold_in_place=fold_in_place)
+        self.downsample = None if block.downsample is None else _freeze(block.downsample, opts)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv2(self.conv1(x))
@@ -223,6 +232,11 @@ class FrozenBottleneck(nn.Module):
             out = self.avd_layer(out)
         identity = x if self.downsample is None else self.downsample(x)
         return self.conv3(out, identity)
+
+
+class _Options(NamedTuple):
+    winograd: bool
+    fold_in_place: bool
 
 
 def _is_conv_module(m: nn.Module) -> bool:
@@ -240,7 +254,7 @@ def _is_conv_module(m: nn.Module) -> bool:
                                                                                           False)
 
 
-def _freeze_sequential(seq: nn.Sequential, winograd: bool) -> nn.Sequential:
+def _freeze_sequential(seq: nn.Sequential, opts: _Options) -> nn.Sequential:
     """conv [-> BN] [-> ReLU] runs inside a Sequential become FrozenConv2d; other children are frozen in turn."""
     out, items, i = [], list(seq), 0
     while i < len(items):
@@ -249,29 +263,29 @@ def _freeze_sequential(seq: nn.Sequential, winograd: bool) -> nn.Sequential:
             bn = items[i + 1] if i + 1 < len(items) and isinstance(items[i + 1], _BatchNorm) else None
             j = i + 1 + (bn is not None)
             relu = j < len(items) and isinstance(items[j], nn.ReLU)
-            out.append(FrozenConv2d(m, bn, relu=relu, winograd=winograd))
+            out.append(FrozenConv2d(m, bn, relu=relu, **opts._asdict()))
             i = j + relu
         else:
-            out.append(_freeze(m, winograd))
+            out.append(_freeze(m, opts))
             i += 1
     return nn.Sequential(*out)
 
 
-def _freeze(m: nn.Module, winograd: bool) -> nn.Module:
+def _freeze(m: nn.Module, opts: _Options) -> nn.Module:
     if isinstance(m, Bottleneck):
-        return FrozenBottleneck(m, winograd)
+        return FrozenBottleneck(m, **opts._asdict())
     if isinstance(m, SplitAttentionConv2d):
-        m.conv = FrozenConv2d(m.conv, winograd=winograd)  # bn0 stays: the fused ops apply it (and the ReLU) on the fly
+        m.conv = FrozenConv2d(m.conv, **opts._asdict())  # bn0 stays: the fused ops apply it (and the ReLU) on the fly
         return m
     if _is_conv_module(m):
         return FrozenConv2d(m.conv, getattr(m, "bn", None), relu=getattr(m, "activate", None) is not None,
-                            winograd=winograd)
+                            **opts._asdict())
     if type(m) is nn.Sequential:
-        return _freeze_sequential(m, winograd)
+        return _freeze_sequential(m, opts)
     if type(m) is nn.Conv2d:
-        return FrozenConv2d(m, winograd=winograd)
+        return FrozenConv2d(m, **opts._asdict())
     for name, child in list(m.named_children()):
-        new = _freeze(child, winograd)
+        new = _freeze(child, opts)
         if new is not child:
             setattr(m, name, new)
     return m
@@ -321,7 +335,8 @@ def optimize_for_inference(model: nn.Module, inplace: bool = False, keep_auxilia
     model.eval()
     if not keep_auxiliary_head and getattr(model, "auxiliary_head", None) is not None:
         model.auxiliary_head = None  # never run at inference; its prepacked weights would only take memory
-    frozen = _freeze(model, winograd)
+    # inplace: the folded weights overwrite the originals' storage, which `model` gives up
+    frozen = _freeze(model, _Options(winograd, fold_in_place=inplace))
     _unshare(frozen, shared)
     for p in frozen.parameters():
         p.requires_grad_(False)
