@@ -161,3 +161,21 @@ def test_winograd_weight_inverse_recovers_the_weight():
     assert_max_abs("inverse", winograd_weight_inverse(u, 3), w, tol=1e-12)
     u32 = winograd_ops.winograd_weight_transform(w.float(), groups=3)
     assert_max_abs("inverse fp32", winograd_weight_inverse(u32, 3).double(), w, tol=5e-6)
+
+
+def test_inplace_folds_into_the_original_weight_storage_and_copy_leaves_it():
+    """inplace=True writes the folded weight where the conv's weight was (no second copy while building); the
+    default copy folds into new tensors and leaves the original's values alone."""
+    model = small("fcn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    conv = model.decode_head.convs[0].conv
+    fast = optimize_for_inference(model)
+    assert fast.decode_head.convs[0].weight.data_ptr() != conv.weight.data_ptr()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    ptr = conv.weight.data_ptr()
+    fast = optimize_for_inference(model, inplace=True)
+    assert fast.decode_head.convs[0].weight.data_ptr() == ptr
+    want = optimize_for_inference(small("fcn"))  # same random weights: randomize_model is seeded
+    img = torch.rand(1, 3, 40, 56) * 255
+    with torch.no_grad():
+        assert_max_abs("logits", fast(img), want(img), tol=1e-5)
