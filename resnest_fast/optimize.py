@@ -86,7 +86,12 @@ class FrozenConv2d(nn.Module):
     Winograd transform (`winograd_weight`, 16/9 of the weight's bytes). A call that needs another form builds it
     from the one kept (the packed copy gives the weight back exactly, the Winograd transform up to its rounding)
     and drops the old one, so inputs that alternate between sizes where Winograd pays and sizes where it does
-    not rebuild the weight at each switch."""
+    not rebuild the weight at each switch.
+
+    torch.compile: a module traced before its first eager call keeps its folded weight (the graph reads it) and
+    then only adds forms. Traced after an eager call, each converted conv brings its folded weight back at a graph
+    break; compile before the first call (torch 2.13's Inductor then failed a later recompile of those graphs).
+    """
 
     def __init__(self, conv: nn.Conv2d, bn: _BatchNorm | None = None, relu: bool = False, winograd: bool = True,
                  fold_in_place: bool = False):
@@ -114,6 +119,8 @@ class FrozenConv2d(nn.Module):
                         and self.dilation == [d, d] and self.padding == [d, d]
                         and self.in_channels // self.groups >= winograd_ops.WINOGRAD_MIN_CHANNELS)
         self.use_winograd = bool(use_winograd)
+        # set when torch.compile traces the module: its graph reads the folded weight, which must then stay
+        self.keep_folded_weight = False
         self.register_buffer("winograd_weight", None)  # U = G w G^T, made at the first call that runs Winograd
 
     def dense_weight(self) -> Tensor:
@@ -131,12 +138,28 @@ class FrozenConv2d(nn.Module):
         return kept.dtype if kept is not None else self._packed[1].dtype
 
     def _keep_only(self, **form):
-        """Keeps the one weight form given (weight=, winograd_weight= or packed=) and releases the others."""
+        """Keeps the one weight form given (weight=, winograd_weight= or packed=) and releases the others; once
+        torch.compile has traced the module it only adds (a compiled graph may read any of them)."""
+        if self.keep_folded_weight:
+            for name, value in form.items():
+                setattr(self, "_packed" if name == "packed" else name, value)
+            return
         self.weight = form.get("weight")
         self.winograd_weight = form.get("winograd_weight")
         self._packed = form.get("packed")
 
+    @torch.compiler.disable
+    def _restore_folded_weight(self) -> None:
+        """Brings the folded weight back and keeps it from now on (run eagerly: a graph break when torch.compile
+        traces a module that an eager call had already converted)."""
+        self.keep_folded_weight = True
+        if self.weight is None:
+            self._keep_only(weight=self.dense_weight())
+
     def _winograd_u(self) -> Tensor:
+        if self.winograd_weight is None and torch.compiler.is_compiling():
+            # traced on the folded weight (freezing folds it into a constant); the module is left as it is
+            return winograd_ops.winograd_weight_transform(self.weight, self.groups)
         if self.winograd_weight is None:
             self._keep_only(winograd_weight=winograd_ops.winograd_weight_transform(self.dense_weight(),
                                                                                    self.groups))
@@ -186,6 +209,10 @@ class FrozenConv2d(nn.Module):
                                                      self.dilation[0]))
 
     def forward(self, x: Tensor, other: Tensor | None = None) -> Tensor:
+        if torch.compiler.is_compiling():
+            self.keep_folded_weight = True
+            if self.weight is None:  # an eager call came first and dropped it
+                self._restore_folded_weight()
         if self._winograd_applies(x):
             return winograd_ops.conv3x3_winograd(x, self._winograd_u(), self.bias, other, self.dilation[0],
                                                  self.groups, self.relu)

@@ -179,3 +179,24 @@ def test_inplace_folds_into_the_original_weight_storage_and_copy_leaves_it():
     img = torch.rand(1, 3, 40, 56) * 255
     with torch.no_grad():
         assert_max_abs("logits", fast(img), want(img), tol=1e-5)
+
+
+@pytest.mark.heavy
+def test_compiled_before_the_first_call_keeps_what_its_graph_reads(monkeypatch):
+    """torch.compile (freezing) of the optimised model, then eager calls that convert the weights, then the
+    compiled function again and at a new size: every result within fp32 rounding of the original model."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(winograd_ops, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(inductor_config, "freezing", True)
+    model = small("deeplabv3")
+    fast = optimize_for_inference(model)
+    compiled = torch.compile(fast.decode)
+    x, y = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        want, want_y = model.decode(x), model.decode(y)
+        for label, fn, inp, ref in (("compiled", compiled, x, want), ("eager", fast.decode, x, want),
+                                    ("compiled again", compiled, x, want), ("compiled, new size", compiled, y, want_y),
+                                    ("eager, new size", fast.decode, y, want_y)):
+            assert_max_abs(label, fn(inp), ref, tol=1e-4)
+    assert all(m.keep_folded_weight and m.weight is not None for m in fast.modules() if isinstance(m, FrozenConv2d))
