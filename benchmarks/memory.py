@@ -25,3 +25,37 @@ def saved_bytes_ratio(b, c, h, w, radix=2):
     ours = saved_storage_bytes(block, x)
     ref = saved_storage_bytes(lambda t: eager_post_conv(block, block.conv(t)), x)
     return ours, ref
+
+
+def held_storages(module):
+    """{storage key: (bytes, form)} of every tensor the module's tree holds (parameters, buffers and plain
+    attributes such as oneDNN's packed weights), each storage once. form: "onednn-packed" (an opaque oneDNN
+    tensor, counted at its logical size: its blocked layout may pad a few channels), "winograd" (a
+    `winograd_weight`) or "dense"."""
+    found = {}
+
+    def visit(obj, form):
+        if isinstance(obj, torch.Tensor):
+            if obj.is_mkldnn:
+                found[("mkldnn", id(obj))] = (obj.numel() * obj.element_size(), "onednn-packed")
+            else:
+                s = obj.untyped_storage()
+                found.setdefault((s.data_ptr(), s.nbytes()), (s.nbytes(), form))
+        elif isinstance(obj, (tuple, list)):
+            for item in obj:
+                visit(item, form)
+        elif isinstance(obj, dict):
+            for name, item in obj.items():
+                visit(item, "winograd" if name == "winograd_weight" else form)
+
+    for m in module.modules():
+        visit({k: v for k, v in vars(m).items() if k != "_modules"}, "dense")
+    return found
+
+
+def held_bytes_by_form(module):
+    """{form: bytes} over `held_storages(module)`."""
+    out = {}
+    for nbytes, form in held_storages(module).values():
+        out[form] = out.get(form, 0) + nbytes
+    return out

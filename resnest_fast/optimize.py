@@ -19,7 +19,7 @@ where oneDNN cannot pack a weight (e.g. bfloat16 on a CPU without AVX-512), the 
 F.conv2d instead.
 """
 import copy
-from typing import Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,15 +31,17 @@ from resnest_fast.nn.split_attention import SplitAttentionConv2d
 from resnest_fast.ops import winograd as winograd_ops
 from resnest_fast.segmentation.decode_heads import ConvModule
 
-__all__ = ["optimize_for_inference", "FrozenConv2d", "FrozenBottleneck"]
+__all__ = ["FrozenBottleneck", "FrozenConv2d", "optimize_for_inference"]
 
 
-def _fold(conv: nn.Conv2d, bn: Optional[_BatchNorm]):
-    """(weight, bias) of conv followed by bn in eval mode."""
+def _fold(conv: nn.Conv2d, bn: _BatchNorm | None, in_place: bool = False):
+    """(weight, bias) of conv followed by bn in eval mode. `in_place` writes the folded weight into conv's own
+    weight storage (conv is then spent) instead of a new tensor: the memory the original weight held is what the
+    folded one holds, and is released with it."""
     w = conv.weight.detach()
     b = conv.bias.detach() if conv.bias is not None else None
     if bn is None:
-        return w.clone(), None if b is None else b.clone()
+        return (w, b) if in_place else (w.clone(), None if b is None else b.clone())
     if bn.running_mean is None:
         raise ValueError(f"cannot fold {bn}: it has no running statistics (track_running_stats=False)")
     invstd = torch.rsqrt(bn.running_var.double() + bn.eps)
@@ -47,23 +49,56 @@ def _fold(conv: nn.Conv2d, bn: Optional[_BatchNorm]):
     shift = -bn.running_mean.double() * scale + (bn.bias.double() if bn.bias is not None else 0.0)
     if b is not None:
         shift = shift + b.double() * scale
-    w = (w.double() * scale.view(-1, 1, 1, 1)).to(w.dtype)
-    return w, shift.to(conv.weight.dtype)
+    out = w if in_place else torch.empty_like(w)
+    scale = scale.view(-1, 1, 1, 1)
+    step = max(1, (1 << 18) // max(1, w[0].numel()))  # float64 copies of a few output channels at a time
+    for k0 in range(0, w.shape[0], step):
+        out[k0: k0 + step] = w[k0: k0 + step].to(torch.float64, copy=True).mul_(scale[k0: k0 + step])
+    return out, shift.to(conv.weight.dtype)
+
+
+def winograd_weight_inverse(u: Tensor, groups: int) -> Tensor:
+    """The 3x3 weight w (K, C/groups, 3, 3) back from U = winograd_weight_transform(w, groups), computed in
+    float64: rows/columns 0 and 3 of G are unit vectors and row 1 is (1/2)(1, 1, 1), so w = L U L^T with
+    L = ((1, 0, 0, 0), (-1, 2, 0, -1), (0, 0, 0, 1)) (L G = I). Exact up to U's rounding (a few ulps of the
+    4x4 tile sums)."""
+    _, cg, kg = u.shape
+    left = torch.tensor(((1.0, 0, 0, 0), (-1, 2, 0, -1), (0, 0, 0, 1)), dtype=torch.float64, device=u.device)
+    tiles = u.detach().reshape(groups, 4, 4, cg, kg)
+    out = torch.empty(groups, kg, cg, 3, 3, dtype=u.dtype, device=u.device)
+    step = max(1, (1 << 18) // (cg * 16))  # float64 intermediates a few output channels at a time
+    for k0 in range(0, kg, step):
+        t = tiles[..., k0: k0 + step].double()
+        out[:, k0: k0 + t.shape[-1]] = torch.einsum("ia,gabck,jb->gkcij", left, t, left)
+    return out.reshape(groups * kg, cg, 3, 3)
 
 
 class FrozenConv2d(nn.Module):
     """An eval-only conv with BN folded in and optional post-ops: `relu(conv(x) [+ other])`.
 
     On CPU the weight is prepacked for oneDNN and the output is channels_last; elsewhere it is F.conv2d. With
-    `winograd` (the default), a float32 3x3 stride-1 conv with enough channels per group runs as Winograd
-    F(2x2, 3x3) on CPU (resnest_fast.ops.winograd: 2.25x fewer multiply-adds) for the input sizes where that
-    pays (`winograd_worthwhile`), keeping the transformed weight as well."""
+    `winograd` (the default), a float32 3x3 stride-1 conv with enough channels per group (`use_winograd`) runs as
+    Winograd F(2x2, 3x3) on CPU (resnest_fast.ops.winograd: 2.25x fewer multiply-adds) for the input sizes where
+    that pays (`winograd_worthwhile`).
 
-    def __init__(self, conv: nn.Conv2d, bn: Optional[_BatchNorm] = None, relu: bool = False, winograd: bool = True):
+    Memory: the module keeps one copy of its weight, in the form the last call ran: the folded weight
+    (`weight`, until the first call and wherever F.conv2d runs), oneDNN's packed copy (`_packed`) or the
+    Winograd transform (`winograd_weight`, 16/9 of the weight's bytes). A call that needs another form builds it
+    from the one kept (the packed copy gives the weight back exactly, the Winograd transform up to its rounding)
+    and drops the old one, so inputs that alternate between sizes where Winograd pays and sizes where it does
+    not rebuild the weight at each switch.
+
+    torch.compile: a module traced before its first eager call keeps its folded weight (the graph reads it) and
+    then only adds forms. Traced after an eager call, each converted conv brings its folded weight back at a graph
+    break; compile before the first call (torch 2.13's Inductor then failed a later recompile of those graphs).
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: _BatchNorm | None = None, relu: bool = False, winograd: bool = True,
+                 fold_in_place: bool = False):
         super().__init__()
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"FrozenConv2d needs zero padding given as ints, got {conv.padding!r}")
-        weight, bias = _fold(conv, bn)
+        weight, bias = _fold(conv, bn, in_place=fold_in_place)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size = conv.kernel_size
         self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
@@ -83,9 +118,52 @@ class FrozenConv2d(nn.Module):
                         and tuple(self.kernel_size) == (3, 3) and self.stride == [1, 1]
                         and self.dilation == [d, d] and self.padding == [d, d]
                         and self.in_channels // self.groups >= winograd_ops.WINOGRAD_MIN_CHANNELS)
-        # U = G w G^T, made once (the weight stays too: the oneDNN path serves the sizes Winograd does not)
-        self.register_buffer("winograd_weight",
-                             winograd_ops.winograd_weight_transform(weight, self.groups) if use_winograd else None)
+        self.use_winograd = bool(use_winograd)
+        # set when torch.compile traces the module: its graph reads the folded weight, which must then stay
+        self.keep_folded_weight = False
+        self.register_buffer("winograd_weight", None)  # U = G w G^T, made at the first call that runs Winograd
+
+    def dense_weight(self) -> Tensor:
+        """The folded weight (K, C/groups, kh, kw), from whichever form the module keeps (a new tensor unless it
+        keeps the weight itself)."""
+        if self.weight is not None:
+            return self.weight
+        if self._packed is not None:
+            return self._packed[1].to_dense()
+        return winograd_weight_inverse(self.winograd_weight, self.groups)
+
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype of the weight, whichever form the module keeps."""
+        kept = self.weight if self.weight is not None else self.winograd_weight
+        return kept.dtype if kept is not None else self._packed[1].dtype
+
+    def _keep_only(self, **form):
+        """Keeps the one weight form given (weight=, winograd_weight= or packed=) and releases the others; once
+        torch.compile has traced the module it only adds (a compiled graph may read any of them)."""
+        if self.keep_folded_weight:
+            for name, value in form.items():
+                setattr(self, "_packed" if name == "packed" else name, value)
+            return
+        self.weight = form.get("weight")
+        self.winograd_weight = form.get("winograd_weight")
+        self._packed = form.get("packed")
+
+    @torch.compiler.disable
+    def _restore_folded_weight(self) -> None:
+        """Brings the folded weight back and keeps it from now on (run eagerly: a graph break when torch.compile
+        traces a module that an eager call had already converted)."""
+        self.keep_folded_weight = True
+        if self.weight is None:
+            self._keep_only(weight=self.dense_weight())
+
+    def _winograd_u(self) -> Tensor:
+        if self.winograd_weight is None and torch.compiler.is_compiling():
+            # traced on the folded weight (freezing folds it into a constant); the module is left as it is
+            return winograd_ops.winograd_weight_transform(self.weight, self.groups)
+        if self.winograd_weight is None:
+            self._keep_only(winograd_weight=winograd_ops.winograd_weight_transform(self.dense_weight(),
+                                                                                   self.groups))
+        return self.winograd_weight
 
     def _pack(self, x: Tensor):
         """The weight in oneDNN's blocked layout for inputs of x's shape (oneDNN picks the layout by the input
@@ -94,39 +172,54 @@ class FrozenConv2d(nn.Module):
         shape = tuple(x.shape)
         if self._packed is not None and self._packed[0] == shape:
             return self._packed[1]
+        dense = self.dense_weight()
         try:
-            weight = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight, self.padding, self.stride, self.dilation, self.groups, list(shape))
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                dense, self.padding, self.stride, self.dilation, self.groups, list(shape))
         except RuntimeError:
             self.packable = False
+            self._keep_only(weight=dense)
             return None
-        self._packed = (shape, weight)
-        return weight
+        self._keep_only(packed=(shape, packed))
+        return packed
+
+    def _unpacked_weight(self) -> Tensor:
+        """The folded weight for F.conv2d, kept from now on (the other forms are released)."""
+        if self.weight is None:
+            self._keep_only(weight=self.dense_weight())
+        return self.weight
 
     def _apply(self, fn, recurse=True):
-        self._packed = None  # repacked from the converted weight at the next call
+        # the packed copy is no buffer (.to()/.double() would not convert it): back to the folded weight, repacked
+        # or transformed again from the converted weight at the next call
+        if self.weight is None:
+            self._keep_only(weight=self.dense_weight())
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, relu={self.relu}, "
                 f"prepack={self.packable}" + (", native_depthwise=True" if self.native_depthwise else "")
-                + (", winograd=True" if self.winograd_weight is not None else ""))
+                + (", winograd=True" if self.use_winograd else ""))
 
     def _winograd_applies(self, x: Tensor) -> bool:
-        return (self.winograd_weight is not None and x.device.type == "cpu" and x.dtype == torch.float32
-                and self.winograd_weight.dtype == torch.float32 and not x.requires_grad
+        return (self.use_winograd and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight_dtype() == torch.float32 and not x.requires_grad
                 and winograd_ops.winograd_worthwhile(self.in_channels // self.groups, x.shape[-2], x.shape[-1],
                                                      self.dilation[0]))
 
-    def forward(self, x: Tensor, other: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, other: Tensor | None = None) -> Tensor:
+        if torch.compiler.is_compiling():
+            self.keep_folded_weight = True
+            if self.weight is None:  # an eager call came first and dropped it
+                self._restore_folded_weight()
         if self._winograd_applies(x):
-            return winograd_ops.conv3x3_winograd(x, self.winograd_weight, self.bias, other, self.dilation[0],
+            return winograd_ops.conv3x3_winograd(x, self._winograd_u(), self.bias, other, self.dilation[0],
                                                  self.groups, self.relu)
         packed = None
         # Under torch.compile the conv is left to Inductor (with freezing it packs the weight and fuses the
         # post-ops itself): packing here is a side effect that would break the graph at every conv.
-        if (self.packable and x.device.type == "cpu" and x.dtype == self.weight.dtype and not x.requires_grad
+        if (self.packable and x.device.type == "cpu" and x.dtype == self.weight_dtype() and not x.requires_grad
                 and not torch.compiler.is_compiling()):
             x = x.contiguous(memory_format=torch.channels_last)
             packed = self._pack(x)
@@ -141,7 +234,7 @@ class FrozenConv2d(nn.Module):
                 self.stride, self.dilation, self.groups, "add", None, unary if self.relu else None, [], "")
         if self.native_depthwise and x.device.type == "cpu":
             x = x.contiguous()
-        out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        out = F.conv2d(x, self._unpacked_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
         if other is not None:
             out = out + other
         return torch.relu_(out) if self.relu else out
@@ -151,13 +244,14 @@ class FrozenBottleneck(nn.Module):
     """A ResNeSt bottleneck for inference: relu(conv1+bn1) -> split attention (prepacked conv) -> [avg-pool] ->
     relu(conv3+bn3 + shortcut) with the add and the ReLU as post-ops of conv3."""
 
-    def __init__(self, block: Bottleneck, winograd: bool = True):
+    def __init__(self, block: Bottleneck, winograd: bool = True, fold_in_place: bool = False):
         super().__init__()
-        self.conv1 = FrozenConv2d(block.conv1, block.bn1, relu=True, winograd=winograd)
-        self.conv2 = _freeze(block.conv2, winograd)
+        opts = _Options(winograd, fold_in_place)
+        self.conv1 = FrozenConv2d(block.conv1, block.bn1, relu=True, winograd=winograd, fold_in_place=fold_in_place)
+        self.conv2 = _freeze(block.conv2, opts)
         self.avd_layer = block.avd_layer if block.avg_down_stride else None
-        self.conv3 = FrozenConv2d(block.conv3, block.bn3, relu=True, winograd=winograd)
-        self.downsample = None if block.downsample is None else _freeze(block.downsample, winograd)
+        self.conv3 = FrozenConv2d(block.conv3, block.bn3, relu=True, winograd=winograd, fold_in_place=fold_in_place)
+        self.downsample = None if block.downsample is None else _freeze(block.downsample, opts)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv2(self.conv1(x))
@@ -165,6 +259,11 @@ class FrozenBottleneck(nn.Module):
             out = self.avd_layer(out)
         identity = x if self.downsample is None else self.downsample(x)
         return self.conv3(out, identity)
+
+
+class _Options(NamedTuple):
+    winograd: bool
+    fold_in_place: bool
 
 
 def _is_conv_module(m: nn.Module) -> bool:
@@ -182,7 +281,7 @@ def _is_conv_module(m: nn.Module) -> bool:
                                                                                           False)
 
 
-def _freeze_sequential(seq: nn.Sequential, winograd: bool) -> nn.Sequential:
+def _freeze_sequential(seq: nn.Sequential, opts: _Options) -> nn.Sequential:
     """conv [-> BN] [-> ReLU] runs inside a Sequential become FrozenConv2d; other children are frozen in turn."""
     out, items, i = [], list(seq), 0
     while i < len(items):
@@ -191,32 +290,52 @@ def _freeze_sequential(seq: nn.Sequential, winograd: bool) -> nn.Sequential:
             bn = items[i + 1] if i + 1 < len(items) and isinstance(items[i + 1], _BatchNorm) else None
             j = i + 1 + (bn is not None)
             relu = j < len(items) and isinstance(items[j], nn.ReLU)
-            out.append(FrozenConv2d(m, bn, relu=relu, winograd=winograd))
+            out.append(FrozenConv2d(m, bn, relu=relu, **opts._asdict()))
             i = j + relu
         else:
-            out.append(_freeze(m, winograd))
+            out.append(_freeze(m, opts))
             i += 1
     return nn.Sequential(*out)
 
 
-def _freeze(m: nn.Module, winograd: bool) -> nn.Module:
+def _freeze(m: nn.Module, opts: _Options) -> nn.Module:
     if isinstance(m, Bottleneck):
-        return FrozenBottleneck(m, winograd)
+        return FrozenBottleneck(m, **opts._asdict())
     if isinstance(m, SplitAttentionConv2d):
-        m.conv = FrozenConv2d(m.conv, winograd=winograd)  # bn0 stays: the fused ops apply it (and the ReLU) on the fly
+        m.conv = FrozenConv2d(m.conv, **opts._asdict())  # bn0 stays: the fused ops apply it (and the ReLU) on the fly
         return m
     if _is_conv_module(m):
         return FrozenConv2d(m.conv, getattr(m, "bn", None), relu=getattr(m, "activate", None) is not None,
-                            winograd=winograd)
+                            **opts._asdict())
     if type(m) is nn.Sequential:
-        return _freeze_sequential(m, winograd)
+        return _freeze_sequential(m, opts)
     if type(m) is nn.Conv2d:
-        return FrozenConv2d(m, winograd=winograd)
+        return FrozenConv2d(m, **opts._asdict())
     for name, child in list(m.named_children()):
-        new = _freeze(child, winograd)
+        new = _freeze(child, opts)
         if new is not child:
             setattr(m, name, new)
     return m
+
+
+def _copy_sharing_folded_tensors(model: nn.Module):
+    """(deep copy of model, {id: tensor} of the original's tensors the copy shares): the parameters and buffers
+    of every Conv2d and BatchNorm are shared instead of copied, since freezing folds them into new tensors and
+    drops them. The copy then costs the small modules only, not a second set of weights."""
+    shared = {id(t): t for m in model.modules() if isinstance(m, (nn.Conv2d, _BatchNorm))
+              for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))}
+    return copy.deepcopy(model, memo=dict(shared)), shared
+
+
+def _unshare(model: nn.Module, shared: dict) -> None:
+    """Gives the modules that freezing kept as they are (e.g. the split-attention's fc1/bn0) their own copy of
+    any tensor still shared with the original, so that the original is never changed through them."""
+    for m in model.modules():
+        for table in (m._parameters, m._buffers):
+            for name, t in table.items():
+                if t is not None and id(t) in shared:
+                    table[name] = nn.Parameter(t.detach().clone(), False) if isinstance(t, nn.Parameter) \
+                        else t.detach().clone()
 
 
 @torch.no_grad()
@@ -225,17 +344,28 @@ def optimize_for_inference(model: nn.Module, inplace: bool = False, keep_auxilia
     """An inference-only version of `model` (a segmentor, a ResNeSt backbone, or any module built from them and
     mmcv-style ConvModules): eval mode, BN folded into the convs, ReLU/residual adds as conv post-ops, conv
     weights prepacked for oneDNN on CPU, activations channels_last. Its outputs equal the model's within fp32
-    rounding. `inplace=False` (default) leaves `model` untouched and works on a deep copy. `winograd=False` keeps
-    every conv on oneDNN / F.conv2d (no Winograd F(2x2, 3x3) for the big 3x3 convs on CPU, see FrozenConv2d)."""
+    rounding. `winograd=False` keeps every conv on oneDNN / F.conv2d (no Winograd F(2x2, 3x3) for the big 3x3
+    convs on CPU, see FrozenConv2d).
+
+    Memory: the result keeps one copy of each conv weight, in the form that runs (see FrozenConv2d).
+    `inplace=False` (default) leaves `model` untouched: the result shares nothing with it, and building it copies
+    only the modules that are kept as they are (the convs and BNs are read, folded into new tensors, not
+    copied), but while the caller holds `model` its weights stay alive next to the result's. `inplace=True`
+    converts `model` itself (it is then the inference-only module) and drops its convs' and BNs' tensors as it
+    folds them: the way to hold a single set of weights, e.g. `model = optimize_for_inference(model,
+    inplace=True)`."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    shared = {}
     if not inplace:
-        model = copy.deepcopy(model)
+        model, shared = _copy_sharing_folded_tensors(model)
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     if not keep_auxiliary_head and getattr(model, "auxiliary_head", None) is not None:
         model.auxiliary_head = None  # never run at inference; its prepacked weights would only take memory
-    frozen = _freeze(model, winograd)
+    # inplace: the folded weights overwrite the originals' storage, which `model` gives up
+    frozen = _freeze(model, _Options(winograd, fold_in_place=inplace))
+    _unshare(frozen, shared)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
     frozen.eval()
     return frozen

@@ -5,13 +5,19 @@ import copy
 import pytest
 import torch
 
+from benchmarks.memory import held_storages
 from resnest_fast import optimize_for_inference
 from resnest_fast.models import ResNeSt
-from resnest_fast.optimize import FrozenBottleneck, FrozenConv2d
+from resnest_fast.ops import winograd as winograd_ops
+from resnest_fast.optimize import (
+    FrozenBottleneck,
+    FrozenConv2d,
+    winograd_weight_inverse,
+)
 from resnest_fast.segmentation import build_segmentor
-from tests.parity import randomize_model
 from resnest_fast.testing.small_models import small_model_cfg
 from resnest_fast.testing.tolerances import assert_max_abs
+from tests.parity import randomize_model
 
 
 def small(head):
@@ -77,3 +83,120 @@ def test_inplace_and_gradients_are_off():
     with pytest.raises(TypeError, match="nn.Module"):
         optimize_for_inference(None)
     assert "prepack=" in repr(fast)
+
+
+@pytest.mark.parametrize("head", ["deeplabv3", "pspnet"])
+def test_optimised_model_keeps_one_copy_of_each_weight(head, monkeypatch):
+    """After a call, each conv keeps its weight in the form that ran (oneDNN's packed copy or the Winograd
+    transform, 16/9 of the weight), not also the folded fp32 weight it came from, and nothing of the original."""
+    monkeypatch.setattr(winograd_ops, "WINOGRAD_MIN_CHANNELS", 1)  # the small model's convs are narrow
+    model = small(head)
+    model.auxiliary_head = None  # dropped by the optimisation: leave it out of the bound
+    original = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    original_storages = set(held_storages(model))
+    fast = optimize_for_inference(model)
+    with torch.no_grad():
+        fast(torch.rand(1, 3, 64, 96) * 255)
+    convs = [m for m in fast.modules() if isinstance(m, FrozenConv2d)]
+    winograd_bytes = sum(m.winograd_weight.numel() * 4 for m in convs if m.winograd_weight is not None)
+    held = {k: nbytes for k, (nbytes, _) in held_storages(fast).items()}
+    assert not original_storages & set(held), "the optimised model holds tensors of the original"
+    # the Winograd transform is 16/9 of the weight it replaces; folding removes the BN tensors
+    assert sum(held.values()) <= original + winograd_bytes * 7 / 16, (sum(held.values()), original)
+    for m in convs:
+        forms = [m.weight is not None, m._packed is not None, m.winograd_weight is not None]
+        assert sum(forms) == 1, (m, forms)
+
+
+def test_inplace_releases_the_original_convs_and_bns():
+    import gc
+    import weakref
+
+    model = small("fcn")
+    refs = [weakref.ref(t) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d))
+            and not isinstance(m, torch.nn.Conv2d) or type(m) is torch.nn.Conv2d and m.kernel_size != (1, 1)
+            for t in m.parameters(recurse=False)]
+    assert len(refs) > 20
+    fast = optimize_for_inference(model, inplace=True)
+    del model
+    gc.collect()
+    alive = [r for r in refs if r() is not None]
+    kept = {id(t) for m in fast.modules() for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))}
+    # what survives is held by the split-attention modules that run unfolded (fc1, fc2, bn0, bn1)
+    assert all(id(r()) in kept for r in alive)
+    assert len(alive) < len(refs) / 2, (len(alive), len(refs))
+
+
+def f64_conv(conv, x):
+    return torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), conv.stride,
+                                      conv.padding, conv.dilation, conv.groups)
+
+
+@pytest.mark.skipif(not winograd_ops.HAS_WINOGRAD_KERNELS or not torch.backends.mkldnn.is_available(),
+                    reason="needs the Winograd kernel and oneDNN")
+def test_sizes_alternating_between_winograd_and_onednn_keep_one_form_and_the_outputs():
+    """At dilation 2 a 3x3 or 5x5 input does not pay for Winograd (its phases round up to 4x4 or 8x8), a 16x16 one does: the conv
+    switches forms each call, rebuilding the weight from the one it keeps, and stays within fp32 rounding of a
+    float64 convolution."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(128, 32, 3, padding=2, dilation=2, groups=2).eval()
+    fast = FrozenConv2d(conv)
+    assert fast.use_winograd and fast.weight is not None and fast.winograd_weight is None
+    for size, form in ((16, "winograd"), (3, "packed"), (16, "winograd"), (5, "packed"), (16, "winograd")):
+        x = torch.randn(1, 128, size, size)
+        with torch.no_grad():
+            got = fast(x)
+        assert_max_abs(f"{size}x{size}", got.double(), f64_conv(conv, x), tol=1e-4)
+        kept = {"weight": fast.weight, "packed": fast._packed, "winograd": fast.winograd_weight}
+        assert [k for k, v in kept.items() if v is not None] == [form]
+    fast.double()  # converting brings the folded weight back
+    x = torch.randn(1, 128, 5, 5, dtype=torch.float64)
+    assert fast.winograd_weight is None and fast.weight.dtype == torch.float64
+    assert_max_abs("float64", fast(x), f64_conv(conv, x), tol=1e-5)
+
+
+def test_winograd_weight_inverse_recovers_the_weight():
+    w = torch.randn(12, 5, 3, 3, dtype=torch.float64)
+    u = winograd_ops.winograd_weight_transform(w, groups=3)
+    assert_max_abs("inverse", winograd_weight_inverse(u, 3), w, tol=1e-12)
+    u32 = winograd_ops.winograd_weight_transform(w.float(), groups=3)
+    assert_max_abs("inverse fp32", winograd_weight_inverse(u32, 3).double(), w, tol=5e-6)
+
+
+def test_inplace_folds_into_the_original_weight_storage_and_copy_leaves_it():
+    """inplace=True writes the folded weight where the conv's weight was (no second copy while building); the
+    default copy folds into new tensors and leaves the original's values alone."""
+    model = small("fcn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    conv = model.decode_head.convs[0].conv
+    fast = optimize_for_inference(model)
+    assert fast.decode_head.convs[0].weight.data_ptr() != conv.weight.data_ptr()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    ptr = conv.weight.data_ptr()
+    fast = optimize_for_inference(model, inplace=True)
+    assert fast.decode_head.convs[0].weight.data_ptr() == ptr
+    want = optimize_for_inference(small("fcn"))  # same random weights: randomize_model is seeded
+    img = torch.rand(1, 3, 40, 56) * 255
+    with torch.no_grad():
+        assert_max_abs("logits", fast(img), want(img), tol=1e-5)
+
+
+@pytest.mark.heavy
+def test_compiled_before_the_first_call_keeps_what_its_graph_reads(monkeypatch):
+    """torch.compile (freezing) of the optimised model, then eager calls that convert the weights, then the
+    compiled function again and at a new size: every result within fp32 rounding of the original model."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(winograd_ops, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(inductor_config, "freezing", True)
+    model = small("deeplabv3")
+    fast = optimize_for_inference(model)
+    compiled = torch.compile(fast.decode)
+    x, y = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        want, want_y = model.decode(x), model.decode(y)
+        for label, fn, inp, ref in (("compiled", compiled, x, want), ("eager", fast.decode, x, want),
+                                    ("compiled again", compiled, x, want), ("compiled, new size", compiled, y, want_y),
+                                    ("eager, new size", fast.decode, y, want_y)):
+            assert_max_abs(label, fn(inp), ref, tol=1e-4)
+    assert all(m.keep_folded_weight and m.weight is not None for m in fast.modules() if isinstance(m, FrozenConv2d))

@@ -72,9 +72,16 @@ def winograd_weight_transform(weight: Tensor, groups: int) -> Tensor:
     if groups < 1 or K % groups:
         raise ValueError(f"groups ({groups}) must be >= 1 and divide the output channels ({K})")
     g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
-    u = torch.einsum("ai,kcij,bj->kcab", g, weight.detach().double(), g)  # (K, C/groups, 4, 4)
-    u = u.reshape(groups, K // groups, cg, 16).permute(0, 3, 2, 1)  # (groups, 16, C/groups, K/groups)
-    return u.reshape(groups * 16, cg, K // groups).to(weight.dtype).contiguous()
+    kg = K // groups
+    out = torch.empty(groups, 16, cg, kg, dtype=weight.dtype, device=weight.device)
+    # a few output channels at a time: the float64 intermediates of a whole 2560 -> 512 weight would take ~0.5 GB
+    step = max(1, (1 << 18) // (cg * 16))
+    for gi in range(groups):
+        for k0 in range(0, kg, step):
+            w = weight[gi * kg + k0: gi * kg + min(k0 + step, kg)].detach().double()
+            u = torch.einsum("ai,kcij,bj->kcab", g, w, g)  # (chunk, C/groups, 4, 4)
+            out[gi, :, :, k0: k0 + w.shape[0]] = u.reshape(w.shape[0], cg, 16).permute(2, 1, 0)
+    return out.reshape(groups * 16, cg, kg)
 
 
 def _phases(x_nhwc: Tensor, dilation: int) -> Tuple[Tensor, int, int]:

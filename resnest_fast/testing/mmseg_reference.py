@@ -97,6 +97,6 @@ def build_mmseg_segmentor(model_cfg: dict):
             if cfg.get(head) is not None:
                 cfg[head]["norm_cfg"] = dict(type="BN", requires_grad=True)
         cfg["data_preprocessor"]["bgr_to_rgb"] = True
-        # mmseg's EncoderDecoder sets `backbone.pretrained = pretrained` by attribute, as on the ConfigDict its
-        # config files give; the weights are only read by init_weights(), which is not called here
+        # mmseg's EncoderDecoder writes `backbone.pretrained = pretrained` by attribute, which a plain dict refuses
+        # (the configs name the ImageNet weights); building never loads them (that is init_weights)
         return MODELS.build(ConfigDict(cfg))

@@ -174,8 +174,8 @@ def test_optimized_segmentor_with_winograd_convs(head, monkeypatch):
     model = randomize_model(build_segmentor(small_model_cfg(head))).eval()
     fast = optimize_for_inference(model)
     direct = optimize_for_inference(model, winograd=False)
-    convs = [m for m in fast.modules() if isinstance(m, FrozenConv2d) and m.winograd_weight is not None]
-    assert not any(isinstance(m, FrozenConv2d) and m.winograd_weight is not None for m in direct.modules())
+    convs = [m for m in fast.modules() if isinstance(m, FrozenConv2d) and m.use_winograd]
+    assert not any(isinstance(m, FrozenConv2d) and m.use_winograd for m in direct.modules())
     if not wg.HAS_WINOGRAD_KERNELS:
         assert not convs
         return

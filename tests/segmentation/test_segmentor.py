@@ -171,3 +171,15 @@ def test_preprocess_follows_the_model_dtype():
         torch.testing.assert_close(x, expected, rtol=0, atol=1e-12)
     with torch.no_grad():
         assert model.eval()(img.float()).dtype == torch.float64
+
+
+def test_mmseg_reference_builds_configs_that_name_pretrained_weights():
+    """mmseg's EncoderDecoder sets `backbone.pretrained` by attribute; our configs name the ImageNet weights, which
+    building (unlike init_weights) never loads."""
+    import_mmseg("mmseg")
+    from resnest_fast.testing.mmseg_reference import build_mmseg_segmentor
+    from resnest_fast.testing.small_models import small_model_cfg
+
+    cfg = dict(small_model_cfg("fcn"), pretrained="open-mmlab://resnest101")
+    model = build_mmseg_segmentor(cfg)
+    assert type(model).__name__ == "EncoderDecoder" and model.backbone.init_cfg["type"] == "Pretrained"
