@@ -158,9 +158,7 @@ class EncoderDecoder(nn.Module):
         img_shape: each sample's (h, w) before the batch was padded (what `data.collate` records). mmseg
         normalises first and pads with 0 afterwards, so the padded area (outside each img_shape) is set to 0
         after normalisation; without img_shape the whole tensor is normalised as it is."""
-        if not isinstance(img, Tensor) or img.dim() != 4 or img.shape[1] != 3:
-            shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
-            raise ValueError(f"img must be a (B, 3, H, W) tensor of 0-255 RGB values, got {shape}")
+        check_image(img)
         # the model's dtype for uint8 and float images alike: a float32 image must not reach a float64 (or
         # bfloat16) model's first conv in float32
         x = img.to(self.decode_head.conv_seg.weight.dtype)
@@ -191,7 +189,6 @@ class EncoderDecoder(nn.Module):
 
     def forward(self, img: Tensor) -> Tensor:
         """RGB 0-255 image (B, 3, H, W) -> logits (B, num_classes, H, W), whole-image inference."""
-        check_image(img)
         return self.encode_decode(self.preprocess(img))
 
     # ------------------------------------------------------------------------------------------------- train
@@ -200,10 +197,10 @@ class EncoderDecoder(nn.Module):
         """img (B, 3, H, W) RGB 0-255, labels (B, H, W) int64 (255 = ignore) -> mmseg's loss dict:
         decode.loss_ce, decode.acc_seg, aux.loss_ce, aux.acc_seg. `sum_losses` adds the *loss* entries.
         img_shape: the sizes before padding of a padded batch (see `preprocess`)."""
-        check_image(img)
+        x = self.preprocess(img, img_shape)
         if labels.dim() != 3 or labels.shape[0] != img.shape[0]:
             raise ValueError(f"labels must be (B, H, W) with B = {img.shape[0]}, got {tuple(labels.shape)}")
-        feats = self.extract_feat(self.preprocess(img, img_shape))
+        feats = self.extract_feat(x)
         losses = {}
         heads = [("decode", self.decode_head)] + ([("aux", self.auxiliary_head)] if self.auxiliary_head else [])
         for prefix, head in heads:  # the decode head first: the heads' dropout draws in mmseg's order
@@ -222,7 +219,7 @@ class EncoderDecoder(nn.Module):
         """RGB 0-255 (B, 3, H, W) -> logits (B, num_classes, H, W), whole or sliding-window as test_cfg says
         (arguments override it). Slide: mmseg's windows (the last one of a row or column flush with the border),
         logits averaged where windows overlap."""
-        check_image(img)
+        x = self.preprocess(img)
         cfg = dict(self.test_cfg)
         if mode is not None:
             cfg["mode"] = mode
@@ -231,7 +228,6 @@ class EncoderDecoder(nn.Module):
         if stride is not None:
             cfg["stride"] = stride
         cfg = self._check_test_cfg(cfg)
-        x = self.preprocess(img)
         if cfg["mode"] == "whole":
             return self.encode_decode(x)
         return self.slide_inference(x, cfg["crop_size"], cfg["stride"])
