@@ -51,26 +51,10 @@ def _fold(conv: nn.Conv2d, bn: _BatchNorm | None, in_place: bool = False):
         shift = shift + b.double() * scale
     out = w if in_place else torch.empty_like(w)
     scale = scale.view(-1, 1, 1, 1)
-    step = max(1, (1 << 18) // max(1, w[0].numel()))  # float64 copies of a few output channels at a time
+    step = winograd_ops.float64_chunk(w[0].numel())  # float64 copies of a few output channels at a time
     for k0 in range(0, w.shape[0], step):
         out[k0: k0 + step] = w[k0: k0 + step].to(torch.float64, copy=True).mul_(scale[k0: k0 + step])
     return out, shift.to(conv.weight.dtype)
-
-
-def winograd_weight_inverse(u: Tensor, groups: int) -> Tensor:
-    """The 3x3 weight w (K, C/groups, 3, 3) back from U = winograd_weight_transform(w, groups), computed in
-    float64: rows/columns 0 and 3 of G are unit vectors and row 1 is (1/2)(1, 1, 1), so w = L U L^T with
-    L = ((1, 0, 0, 0), (-1, 2, 0, -1), (0, 0, 0, 1)) (L G = I). Exact up to U's rounding (a few ulps of the
-    4x4 tile sums)."""
-    _, cg, kg = u.shape
-    left = torch.tensor(((1.0, 0, 0, 0), (-1, 2, 0, -1), (0, 0, 0, 1)), dtype=torch.float64, device=u.device)
-    tiles = u.detach().reshape(groups, 4, 4, cg, kg)
-    out = torch.empty(groups, kg, cg, 3, 3, dtype=u.dtype, device=u.device)
-    step = max(1, (1 << 18) // (cg * 16))  # float64 intermediates a few output channels at a time
-    for k0 in range(0, kg, step):
-        t = tiles[..., k0: k0 + step].double()
-        out[:, k0: k0 + t.shape[-1]] = torch.einsum("ia,gabck,jb->gkcij", left, t, left)
-    return out.reshape(groups * kg, cg, 3, 3)
 
 
 class FrozenConv2d(nn.Module):
@@ -130,7 +114,7 @@ class FrozenConv2d(nn.Module):
             return self.weight
         if self._packed is not None:
             return self._packed[1].to_dense()
-        return winograd_weight_inverse(self.winograd_weight, self.groups)
+        return winograd_ops.winograd_weight_inverse(self.winograd_weight, self.groups)
 
     def weight_dtype(self) -> torch.dtype:
         """The dtype of the weight, whichever form the module keeps."""

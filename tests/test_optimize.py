@@ -9,11 +9,7 @@ from benchmarks.memory import held_storages
 from resnest_fast import optimize_for_inference
 from resnest_fast.models import ResNeSt
 from resnest_fast.ops import winograd as winograd_ops
-from resnest_fast.optimize import (
-    FrozenBottleneck,
-    FrozenConv2d,
-    winograd_weight_inverse,
-)
+from resnest_fast.optimize import FrozenBottleneck, FrozenConv2d
 from resnest_fast.segmentation import build_segmentor
 from resnest_fast.testing.small_models import small_model_cfg
 from resnest_fast.testing.tolerances import assert_max_abs
@@ -153,14 +149,6 @@ def test_sizes_alternating_between_winograd_and_onednn_keep_one_form_and_the_out
     x = torch.randn(1, 128, 5, 5, dtype=torch.float64)
     assert fast.winograd_weight is None and fast.weight.dtype == torch.float64
     assert_max_abs("float64", fast(x), f64_conv(conv, x), tol=1e-5)
-
-
-def test_winograd_weight_inverse_recovers_the_weight():
-    w = torch.randn(12, 5, 3, 3, dtype=torch.float64)
-    u = winograd_ops.winograd_weight_transform(w, groups=3)
-    assert_max_abs("inverse", winograd_weight_inverse(u, 3), w, tol=1e-12)
-    u32 = winograd_ops.winograd_weight_transform(w.float(), groups=3)
-    assert_max_abs("inverse fp32", winograd_weight_inverse(u32, 3).double(), w, tol=5e-6)
 
 
 def test_inplace_folds_into_the_original_weight_storage_and_copy_leaves_it():

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["conv3x3_winograd", "conv3x3_winograd_reference", "winograd_weight_transform",
+           "winograd_weight_inverse", "float64_chunk",
            "winograd_input_transform_reference", "winograd_output_transform_reference", "winograd_tiles",
            "winograd_worthwhile", "HAS_WINOGRAD_KERNELS", "WINOGRAD_MIN_CHANNELS"]
 
@@ -63,6 +64,12 @@ def winograd_worthwhile(in_channels_per_group: int, height: int, width: int, dil
     return in_channels_per_group >= WINOGRAD_MIN_CHANNELS and computed <= 1.25 * height * width
 
 
+def float64_chunk(elements_per_channel: int) -> int:
+    """How many output channels of a weight to take at a time through float64 intermediates (the weight
+    transforms and the BN fold): a whole 2560 -> 512 weight in float64 would put ~0.5 GB on the peak."""
+    return max(1, (1 << 18) // max(1, elements_per_channel))
+
+
 def winograd_weight_transform(weight: Tensor, groups: int) -> Tensor:
     """U = G w G^T for weight (K, C/groups, 3, 3), computed in float64, returned in weight's dtype with shape
     (groups * 16, C/groups, K/groups): the right-hand operands of the 16 GEMMs of every group."""
@@ -74,14 +81,29 @@ def winograd_weight_transform(weight: Tensor, groups: int) -> Tensor:
     g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
     kg = K // groups
     out = torch.empty(groups, 16, cg, kg, dtype=weight.dtype, device=weight.device)
-    # a few output channels at a time: the float64 intermediates of a whole 2560 -> 512 weight would take ~0.5 GB
-    step = max(1, (1 << 18) // (cg * 16))
+    step = float64_chunk(cg * 16)
     for gi in range(groups):
         for k0 in range(0, kg, step):
             w = weight[gi * kg + k0: gi * kg + min(k0 + step, kg)].detach().double()
             u = torch.einsum("ai,kcij,bj->kcab", g, w, g)  # (chunk, C/groups, 4, 4)
             out[gi, :, :, k0: k0 + w.shape[0]] = u.reshape(w.shape[0], cg, 16).permute(2, 1, 0)
     return out.reshape(groups * 16, cg, kg)
+
+
+def winograd_weight_inverse(u: Tensor, groups: int) -> Tensor:
+    """The 3x3 weight w (K, C/groups, 3, 3) back from U = winograd_weight_transform(w, groups), computed in
+    float64: rows/columns 0 and 3 of G are unit vectors and row 1 is (1/2)(1, 1, 1), so w = L U L^T with
+    L = ((1, 0, 0, 0), (-1, 2, 0, -1), (0, 0, 0, 1)) (L G = I). Exact up to U's rounding (a few ulps of the
+    4x4 tile sums)."""
+    _, cg, kg = u.shape
+    left = torch.tensor(((1.0, 0, 0, 0), (-1, 2, 0, -1), (0, 0, 0, 1)), dtype=torch.float64, device=u.device)
+    tiles = u.detach().reshape(groups, 4, 4, cg, kg)
+    out = torch.empty(groups, kg, cg, 3, 3, dtype=u.dtype, device=u.device)
+    step = float64_chunk(cg * 16)
+    for k0 in range(0, kg, step):
+        t = tiles[..., k0: k0 + step].double()
+        out[:, k0: k0 + t.shape[-1]] = torch.einsum("ia,gabck,jb->gkcij", left, t, left)
+    return out.reshape(groups * kg, cg, 3, 3)
 
 
 def _phases(x_nhwc: Tensor, dilation: int) -> Tuple[Tensor, int, int]:

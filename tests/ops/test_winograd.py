@@ -188,3 +188,11 @@ def test_optimized_segmentor_with_winograd_convs(head, monkeypatch):
     assert len(convs) >= 10 and len(calls) >= 10, (len(convs), len(calls))
     assert_max_abs("logits", got, want, tol=1e-4)
     assert "winograd=True" in repr(fast)
+
+
+def test_winograd_weight_inverse_recovers_the_weight():
+    w = torch.randn(12, 5, 3, 3, dtype=torch.float64)
+    u = wg.winograd_weight_transform(w, groups=3)
+    assert_max_abs("inverse", wg.winograd_weight_inverse(u, 3), w, tol=1e-12)
+    u32 = wg.winograd_weight_transform(w.float(), groups=3)
+    assert_max_abs("inverse fp32", wg.winograd_weight_inverse(u32, 3).double(), w, tol=5e-6)
