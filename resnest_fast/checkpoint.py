@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict", "check_state_dict",
-           "compare_state_dicts", "torch_load"]
+           "compare_state_dicts", "strip_module_prefix", "torch_load"]
 
 
 class CheckpointError(ValueError):
@@ -138,10 +138,14 @@ def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> Tuple[
         sd = obj["model"]
     else:
         sd = obj
-    sd = collections.OrderedDict(check_state_dict(sd, path))
-    if all(k.startswith("module.") for k in sd):
-        sd = collections.OrderedDict((k[len("module."):], v) for k, v in sd.items())
-    return sd, meta
+    return strip_module_prefix(check_state_dict(sd, path)), meta
+
+
+def strip_module_prefix(sd: Mapping[str, Tensor]) -> "collections.OrderedDict[str, Tensor]":
+    """An ordered copy of `sd` without DDP's `module.` prefix when every key has it."""
+    if sd and all(k.startswith("module.") for k in sd):
+        return collections.OrderedDict((k[len("module."):], v) for k, v in sd.items())
+    return collections.OrderedDict(sd)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from resnest_fast.checkpoint import CheckpointError, compare_state_dicts, read_state_dict
+from resnest_fast.checkpoint import CheckpointError, compare_state_dicts, read_state_dict, strip_module_prefix
 
 __all__ = ["OPENMMLAB_URLS", "PretrainedReport", "PretrainedUnavailable", "load_pretrained", "resolve_pretrained",
            "to_backbone_keys"]
@@ -84,9 +84,7 @@ class PretrainedReport:
 
 def _strip_prefixes(sd: Mapping[str, Tensor]) -> Tuple[Dict[str, Tensor], List[str]]:
     """(entries under `backbone.` with it removed, or all of them; the other keys) after removing DDP's `module.`."""
-    sd = collections.OrderedDict(sd)
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = collections.OrderedDict((k[len("module."):], v) for k, v in sd.items())
+    sd = strip_module_prefix(sd)
     if any(k.startswith("backbone.") for k in sd):
         inside = collections.OrderedDict((k[len("backbone."):], v) for k, v in sd.items() if k.startswith("backbone."))
         return inside, [k for k in sd if not k.startswith("backbone.")]
