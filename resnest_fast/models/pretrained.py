@@ -170,7 +170,7 @@ def load_pretrained(
     state_dict already in memory. The layout is recognised by the keys (see the module docstring).
 
     Raises CheckpointError, with the backbone unchanged, when the file misses any backbone weight or buffer
-    (`num_batches_tracked` aside), has one with another shape, or has blocks or stem entries the backbone lacks
+    (`num_batches_tracked` aside), has one with another shape or a dtype that is not a float-to-float cast, or has blocks or stem entries the backbone lacks
     (a deeper network); PretrainedUnavailable when an `open-mmlab://` file cannot be had offline.
     """
     if isinstance(source, Mapping):
@@ -195,7 +195,7 @@ def load_pretrained(
         counters = []
     # entries of the stem or of a built stage that the backbone lacks: another depth or width, not extra baggage
     foreign = [k for k in report.unexpected if k.startswith("stem.") or _stage(k) in stages]
-    if report.missing or report.mismatched or foreign:
+    if report.missing or report.mismatched or report.dtype_mismatched or foreign:
         report.unexpected = foreign
         raise CheckpointError(
             f"pretrained {where} ({layout} layout) does not fit the backbone {type(backbone).__name__}"

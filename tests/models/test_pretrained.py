@@ -149,6 +149,10 @@ def test_a_partial_or_misshapen_file_is_refused_and_nothing_is_loaded(tmp_path):
     with pytest.raises(CheckpointError, match=r"shape mismatches.*stem\.0\.weight: checkpoint \[16, 3, 3, 3\] vs "
                                               r"model \[8, 3, 3, 3\]"):
         load_pretrained(ours, wide)
+    ints = {k: v.to(torch.int32) if v.is_floating_point() else v for k, v in sd.items()}
+    with pytest.raises(CheckpointError, match=r"dtype mismatches, not a float-to-float cast \(\d+\): stem\.0\.weight: "
+                                              r"checkpoint int32 vs model float32"):
+        load_pretrained(ours, ints)
     for k, v in ours.state_dict().items():
         assert torch.equal(v, before[k]), k
     one_counter_less = {k: v for k, v in sd.items() if k != "layer1.0.bn1.num_batches_tracked"}
