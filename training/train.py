@@ -39,6 +39,7 @@ Python: `train(cfg, ...)`. Command line (resnest_fast.cli.train): `resnest-fast 
 import copy
 import datetime
 import functools
+import gc
 import json
 import math
 import os
@@ -279,6 +280,7 @@ def train(
     prebuilt, model = model, None
     info: Optional[DistInfo] = None
     run: Optional[_Run] = None
+    loop = ddp = None
     finished = False
     # process-wide settings this call changes, given back at the end (train() may run inside a larger program)
     threads, deterministic_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -434,6 +436,14 @@ def train(
         if run is not None:
             run.close(finished)
         if info is not None:
+            # DDP's reducer holds the process group; were it the last holder, the group would die in the reducer's
+            # destructor, which keeps the GIL while it joins gloo's worker threads, as a worker freeing a finished
+            # collective's tensors waits for the GIL (a hang at exit). Dropped here, the group dies in
+            # destroy_process_group instead.
+            if loop is not None:
+                loop.ddp = None
+            loop = ddp = None
+            gc.collect()
             cleanup(info)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic_before)

@@ -152,3 +152,42 @@ def test_a_two_process_run_resumes_bit_identically_and_refuses_a_used_work_dir(t
     again = _train(cfg, tmp_path / "a", 2, nproc=2)
     assert again.returncode != 0
     assert again.stderr.count("error: work dir") == 1, again.stderr  # both ranks refuse; rank 0 says so
+
+
+def _live_ddp_at_cleanup(rank, world_size, cfg, work, port, report):
+    """Trains under a gloo group that train() itself creates (env rendezvous, as under torchrun) and records how many
+    DistributedDataParallel wrappers are still alive when train() destroys the group."""
+    import gc
+    from resnest_fast.training import train as train_module
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    real = train_module.cleanup
+
+    def cleanup(info):
+        gc.collect()
+        live = sum(isinstance(o, nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+        with open(os.path.join(report, f"rank{rank}.txt"), "w") as f:
+            f.write(str(live))
+        real(info)
+
+    train_module.cleanup = cleanup
+    train_module.train(cfg, work_dir=work, batch_size=2,
+                       progress=False, log=open(os.devnull, "w"),
+                       cfg_options=["model.decode_head.dropout_ratio=0", "model.auxiliary_head.dropout_ratio=0"])
+
+
+def test_the_ddp_wrapper_is_gone_before_the_process_group_is_destroyed(tmp_path):
+    """DDP's reducer holds the gloo process group. Were it the last holder, the group would be destroyed in the
+    reducer's destructor, which keeps the GIL while it joins gloo's worker threads, while a worker freeing a
+    finished collective's tensors waits for the GIL: the process hangs at exit (seen under torchrun, in about one run
+    of several). train() must drop the wrapper first, so that destroy_process_group frees the group."""
+    import socket
+    import torch.multiprocessing as mp
+    cfg = tiny_config(tmp_path, schedule="dict(max_iters=2, val_interval=0, checkpoint_interval=2)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_live_ddp_at_cleanup, args=(2, cfg, str(tmp_path / "work"), port, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "0", f"rank {rank}: a DDP wrapper outlived train()"
