@@ -188,3 +188,18 @@ def test_compiled_before_the_first_call_keeps_what_its_graph_reads(monkeypatch):
                                     ("eager, new size", fast.decode, y, want_y)):
             assert_max_abs(label, fn(inp), ref, tol=1e-4)
     assert all(m.keep_folded_weight and m.weight is not None for m in fast.modules() if isinstance(m, FrozenConv2d))
+
+
+def test_the_optimised_segmentor_takes_images_again_after_its_weights_were_packed():
+    """forward(img) converts the image to the weights' dtype; once its convs keep only packed weights, that dtype
+    must still be found (it was read from conv_seg.weight, None after the first call)."""
+    model = small("fcn")
+    fast = optimize_for_inference(model)
+    img = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        want = model(img)
+        first, second = fast(img), fast(img)
+    assert fast.decode_head.conv_seg.weight is None or not torch.backends.mkldnn.is_available()
+    assert torch.equal(first, second)
+    assert_max_abs("fcn", second, want, tol=1e-3)
+    assert fast.weight_dtype() == torch.float32 and fast.double().weight_dtype() == torch.float64

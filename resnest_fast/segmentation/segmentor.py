@@ -16,6 +16,7 @@ this model is given, not what a decoder produced: to feed OpenCV arrays (BGR) ei
 `data_preprocessor=dict(..., bgr_to_rgb=True)` in a dict or a config of this project's schema; its `input_order`
 is then 'bgr' and it must not be given the RGB images of this project's loaders or commands.
 """
+import itertools
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -152,6 +153,14 @@ class EncoderDecoder(nn.Module):
                 f"crop_size={self.crop_size}")
 
     # ------------------------------------------------------------------------------------------------ inputs
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype of the model's weights: that of its first floating parameter or buffer (a conv may hold its
+        weight in another form than `.weight`, as optimize_for_inference's do once they have run)."""
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return torch.get_default_dtype()
+
     def preprocess(self, img: Tensor, img_shape: Optional[Sequence[Tuple[int, int]]] = None) -> Tensor:
         """(B, 3, H, W) 0-255 image (uint8 or float) -> normalised float input, in the model's dtype.
 
@@ -161,7 +170,7 @@ class EncoderDecoder(nn.Module):
         check_image(img)
         # the model's dtype for uint8 and float images alike: a float32 image must not reach a float64 (or
         # bfloat16) model's first conv in float32
-        x = img.to(self.decode_head.conv_seg.weight.dtype)
+        x = img.to(self.weight_dtype())
         if self.bgr_to_rgb:
             x = x.flip(1)
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
