@@ -6,6 +6,7 @@ Columns (MiB, one row per provider and allocator setting):
   weights      bytes of the tensors the model holds after the calls, each storage once (benchmarks.memory
                .held_bytes_by_form), split into dense / onednn-packed / winograd
   after_build  RSS with the model built, its weights loaded, the input made
+  build_peak   peak RSS up to then (VmHWM: loading a state_dict holds two copies of the weights for a moment)
   peak         peak RSS over the calls (VmHWM reset after building, benchmarks.peak_rss)
   activations  peak of the bytes of the live tensors that ops returned during one more call (the output and
                every intermediate, each storage once; oneDNN's scratch pads not seen)
@@ -36,7 +37,9 @@ import torch
 
 from benchmarks import report
 
-PROVIDERS = ("mmseg", "ours", "ours-optimized")
+# ours-optimized is built with optimize_for_inference(..., input_size=the input's shape), its weight forms made at
+# build time; ours-optimized-at-first-call without it, the forms made during the first call
+PROVIDERS = ("mmseg", "ours", "ours-optimized", "ours-optimized-at-first-call")
 TUNED = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 ALLOCATORS = {"default": {}, "tuned": {"GLIBC_TUNABLES": TUNED}, "mmap-64k": {"MALLOC_MMAP_THRESHOLD_": "65536"},
               "arena-max-1": {"MALLOC_ARENA_MAX": "1"}}
@@ -105,10 +108,13 @@ def _worker(spec_path):
     libs = current_rss_bytes()
     from benchmarks.models import _build_for_memory
 
-    model, forward = _build_for_memory(spec["model"], spec["provider"], spec["weights"])
     x = torch.load(spec["input"], weights_only=True)
+    at_first_call = spec["provider"] == "ours-optimized-at-first-call"
+    model, forward = _build_for_memory(spec["model"], "ours-optimized" if at_first_call else spec["provider"],
+                                       spec["weights"], input_size=None if at_first_call else tuple(x.shape))
     gc.collect()
     after_build = current_rss_bytes()
+    build_peak = peak_rss_bytes()
     exact = reset_peak()
     with torch.no_grad():
         for _ in range(spec["calls"]):
@@ -123,7 +129,8 @@ def _worker(spec_path):
 
     forms = held_bytes_by_form(model)
     torch.save(out, spec["output"])
-    result = {"exact_peak": exact, "libs": libs, "after_build": after_build, "peak": peak_calls,
+    result = {"exact_peak": exact, "libs": libs, "after_build": after_build, "build_peak": build_peak,
+              "peak": peak_calls,
               "activations": activations, "heap_free": heap_free_bytes(), "forms": forms}
     with open(spec["result"], "w") as f:
         json.dump(result, f)

@@ -36,10 +36,12 @@ Peak memory (default on; --no-peak-memory to skip): each (model, provider) runs 
 the weights the timing process saved, runs --memory-calls inference calls on the same input and returns its logits
 for the check. Measured there:
   CPU   after_build_mib = RSS (VmRSS) once the model is built, its weights loaded, the input made;
+        build_peak_mib  = peak RSS (VmHWM) up to then (loading a state_dict holds two copies of the weights);
         peak_mib        = peak RSS (VmHWM) over the inference calls, the peak first reset to the current RSS
                           (/proc/self/clear_refs; if the kernel refuses, the lifetime peak, said in the row);
         growth_mib      = peak_mib - after_build_mib: what inference adds (activations, oneDNN caches,
-                          ours-optimized's weight prepacking at its first call, memory the allocator keeps).
+                          memory the allocator keeps). ours-optimized is built with input_size= the input's
+                          shape, so its weight forms are made at build time.
   CUDA  the same with torch.cuda.memory_allocated / max_memory_allocated (peak stats reset after building).
 RSS is per process, hence one process per measurement; it includes the Python interpreter and the imported
 libraries (mmseg imports more than ours), so compare growth_mib across providers, peak_mib within one. Compiled
@@ -336,7 +338,7 @@ def _bench_model(name, size, compile, rounds, warmup, device, peak_memory, memor
             report.add("models", {"bench": "eval_peak_memory", "model": name, "input": shape, "device": device,
                                   "provider": provider, "calls": memory_calls, "measure": res["measure"],
                                   "after_build_mib": res["after_build_mib"], "peak_mib": res["peak_mib"],
-                                  "growth_mib": res["growth_mib"],
+                                  "growth_mib": res["growth_mib"], "build_peak_mib": res.get("build_peak_mib"),
                                   "growth_vs_reference": round(res["growth_mib"] / max(base["growth_mib"], 1e-9),
                                                                3) if base else ""})
         _progress(f"{model} eval {shape} memory ({res['measure']}): " + ", ".join(
@@ -362,9 +364,11 @@ def measure_in_subprocess(name, provider, weights, inp, output, device="cpu", ca
         return json.load(f)
 
 
-def _build_for_memory(name, provider, weights, onnx=None):
+def _build_for_memory(name, provider, weights, onnx=None, input_size=None):
     """(module, forward) of `provider` for config `name`, with the saved weights, as the timing process has it; a
-    runtime's module is None and its forward the session on the ONNX file `onnx`."""
+    runtime's module is None and its forward the session on the ONNX file `onnx`. ours-optimized is built for
+    inputs of `input_size` (its weight forms made at build time, as a deployment that knows its input size
+    would), or at its first call where None."""
     from resnest_fast import optimize_for_inference
     from resnest_fast.segmentation import build_segmentor, load_config
 
@@ -383,9 +387,10 @@ def _build_for_memory(name, provider, weights, onnx=None):
     else:
         raise ValueError(f"provider {provider!r} has no memory measurement")
     model.load_state_dict(state, strict=True)
+    del state  # as `model.load_state_dict(torch.load(path))` drops it: not alive while the model is optimised
     model.eval()
     if provider == "ours-optimized":
-        model = optimize_for_inference(model, inplace=True)
+        model = optimize_for_inference(model, inplace=True, input_size=input_size)
     if forward is None:
         forward = model.decode
     return model, forward
@@ -399,10 +404,11 @@ def _memory_worker(spec_path):
         spec = json.load(f)
     torch.set_num_threads(spec["threads"])
     device = spec["device"]
-    model, forward = _build_for_memory(spec["model"], spec["provider"], spec["weights"], spec.get("onnx"))
+    x = torch.load(spec["input"], weights_only=True).to(device)
+    model, forward = _build_for_memory(spec["model"], spec["provider"], spec["weights"], spec.get("onnx"),
+                                       input_size=tuple(x.shape) if device == "cpu" else None)
     if model is not None:
         model.to(device)
-    x = torch.load(spec["input"], weights_only=True).to(device)
     gc.collect()  # the loaded state_dict is gone; what remains is the model, the input and the libraries
     mib = 2.0 ** 20
     if device == "cuda":
@@ -412,6 +418,7 @@ def _memory_worker(spec_path):
         measure = "cuda max_memory_allocated over the calls, reset after building"
     else:
         after_build = current_rss_bytes()
+        build_peak = peak_rss_bytes()
         exact = reset_peak()
         measure = ("peak RSS over the calls (VmHWM reset after building)" if exact else
                    "lifetime peak RSS (VmHWM; clear_refs refused, the build is included)")
@@ -425,6 +432,7 @@ def _memory_worker(spec_path):
         peak = peak_rss_bytes()
     torch.save(out.cpu(), spec["output"])
     result = {"measure": measure, "after_build_mib": round(after_build / mib, 1), "peak_mib": round(peak / mib, 1),
+              "build_peak_mib": None if device == "cuda" else round(build_peak / mib, 1),
               "growth_mib": round((peak - after_build) / mib, 1), "output": spec["output"]}
     tmp = spec["result"] + ".tmp"
     with open(tmp, "w") as f:
