@@ -1,0 +1,48 @@
+"""benchmarks.stages: the parts it times are the model's stages under mmseg's names, nested parts never take longer
+than what holds them, and every block's part adds up under one label."""
+import torch
+
+from benchmarks import stages
+from resnest_fast import optimize_for_inference
+from resnest_fast.segmentation import build_segmentor
+from resnest_fast.testing.small_models import small_model_cfg
+
+
+def _models():
+    torch.manual_seed(0)
+    ours = build_segmentor(small_model_cfg("deeplabv3")).eval()
+    fast = optimize_for_inference(ours)
+    return {"ours": (ours, ours.decode), "ours-optimized": (fast, fast.decode)}
+
+
+def test_parts_are_the_stages_and_nest_within_their_totals():
+    models = _models()
+    x = torch.randn(1, 3, 64, 96)
+    results = stages.measure(models, x, rounds=2, warmup=1)
+    for provider, (total, parts) in results.items():
+        assert {"stem", "layer1", "layer4", "layer3.conv1", "head.aspp_modules.1", "head.bottleneck",
+                "head.conv_seg"} <= set(parts), (provider, sorted(parts))
+        # ours eager runs conv2's conv and split attention from the block (bn1 + ReLU fused into the conv's input)
+        assert ("layer3.conv2" in parts) == (provider == "ours-optimized")
+        top = [p for p in parts if "." not in p or p.startswith("head.") and p.count(".") == 1]
+        assert sum(parts[p] for p in top) <= total
+        for layer in ("layer1", "layer2", "layer3", "layer4"):
+            inner = [v for p, v in parts.items() if p.startswith(layer + ".")]
+            assert inner and sum(inner) <= parts[layer]
+
+
+def test_a_label_adds_up_over_the_blocks():
+    ours, _ = _models()["ours"]
+    timer = stages.StageTimer(ours)
+    calls = []
+    for block in ours.backbone.layer3:
+        block.conv1.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        ours.decode(torch.randn(1, 3, 32, 32))
+    assert len(calls) == len(ours.backbone.layer3) > 1
+    assert timer.times["layer3.conv1"] > 0
+    timer.remove()
+    timer.reset()
+    with torch.no_grad():
+        ours.decode(torch.randn(1, 3, 32, 32))
+    assert not timer.times  # the hooks are gone
