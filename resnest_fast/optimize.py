@@ -18,9 +18,9 @@ The result is for inference only (no gradients, eval mode, its state_dict is not
 where oneDNN cannot pack a weight (e.g. bfloat16 on a CPU without AVX-512), the folded convs run through
 F.conv2d instead.
 """
-import contextlib
 import contextvars
 import copy
+import functools
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -40,6 +40,14 @@ __all__ = ["FrozenBottleneck", "FrozenConv2d", "optimize_for_inference", "prepar
 # While set, FrozenConv2d.forward records the shape of its input here and returns an empty output of the right
 # shape: a forward on fake tensors then tells each conv the input it will see, without computing anything.
 _PLANNED_SHAPES: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("planned_shapes", default=None)
+
+
+@functools.lru_cache(maxsize=None)
+def _eagerly(fn):
+    """fn, run outside the graph when torch.compile traces its caller (torch.compiler.disable). Made at the first
+    use, not at import: torch.compiler.disable imports torch._dynamo, which would make `import resnest_fast` take
+    about a second more and 100+ MiB more resident memory in every process, compiling or not."""
+    return torch.compiler.disable(fn)
 
 
 def _fold(conv: nn.Conv2d, bn: _BatchNorm | None, in_place: bool = False):
@@ -140,10 +148,9 @@ class FrozenConv2d(nn.Module):
         self.winograd_weight = form.get("winograd_weight")
         self._packed = form.get("packed")
 
-    @torch.compiler.disable
     def _restore_folded_weight(self) -> None:
-        """Brings the folded weight back and keeps it from now on (run eagerly: a graph break when torch.compile
-        traces a module that an eager call had already converted)."""
+        """Brings the folded weight back and keeps it from now on (run through `_eagerly`: a graph break when
+        torch.compile traces a module that an eager call had already converted)."""
         self.keep_folded_weight = True
         if self.weight is None:
             self._keep_only(weight=self.dense_weight())
@@ -229,7 +236,7 @@ class FrozenConv2d(nn.Module):
         if torch.compiler.is_compiling():
             self.keep_folded_weight = True
             if self.weight is None:  # an eager call came first and dropped it
-                self._restore_folded_weight()
+                _eagerly(FrozenConv2d._restore_folded_weight)(self)
         if self._winograd_applies(x):
             return winograd_ops.conv3x3_winograd(x, self._winograd_u(), self.bias, other, self.dilation[0],
                                                  self.groups, self.relu)

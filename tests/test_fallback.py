@@ -70,3 +70,14 @@ def test_backend_environment_variable(value):
         assert proc.returncode != 0 and "RESNEST_FAST_BACKEND" in proc.stderr
     else:
         assert proc.returncode == 0 and proc.stdout.strip() == "reference", proc.stderr
+
+
+def test_import_leaves_the_compiler_stack_out():
+    """`import resnest_fast` must not pull in torch._dynamo or Inductor (a second and 140 MiB of resident memory
+    in a process that never compiles: what a deployment that only runs the optimised model pays). Triton is
+    imported where its kernels can run (CUDA, or its interpreter), by design."""
+    code = ("import sys, resnest_fast, resnest_fast.optimize, resnest_fast.segmentation\n"
+            "print(','.join(m for m in ('torch._dynamo', 'torch._inductor', 'sympy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"imported at import time: {proc.stdout.strip()}"
