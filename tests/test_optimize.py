@@ -170,7 +170,14 @@ def test_inplace_folds_into_the_original_weight_storage_and_copy_leaves_it():
 
 
 @pytest.mark.heavy
-def test_compiled_before_the_first_call_keeps_what_its_graph_reads(monkeypatch):
+@pytest.mark.parametrize("dynamic", [
+    False,
+    # not strict: in a process that compiled the same code with static shapes before, it passes
+    pytest.param(None, marks=pytest.mark.xfail(
+        strict=False, reason="torch 2.13 Inductor: recompiling the frozen graph for a new size with dynamic "
+                             "shapes emits code naming an undefined size symbol (NameError); docs/deployment.md")),
+])
+def test_compiled_before_the_first_call_gives_the_model_outputs_across_eager_calls_and_sizes(monkeypatch, dynamic):
     """torch.compile (freezing) of the optimised model, then eager calls that convert the weights, then the
     compiled function again and at a new size: every result within fp32 rounding of the original model."""
     import torch._inductor.config as inductor_config
@@ -179,15 +186,15 @@ def test_compiled_before_the_first_call_keeps_what_its_graph_reads(monkeypatch):
     monkeypatch.setattr(inductor_config, "freezing", True)
     model = small("deeplabv3")
     fast = optimize_for_inference(model)
-    compiled = torch.compile(fast.decode)
+    compiled = torch.compile(fast.decode, dynamic=dynamic)
     x, y = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 48, 64)
     with torch.no_grad():
         want, want_y = model.decode(x), model.decode(y)
         for label, fn, inp, ref in (("compiled", compiled, x, want), ("eager", fast.decode, x, want),
                                     ("compiled again", compiled, x, want), ("compiled, new size", compiled, y, want_y),
-                                    ("eager, new size", fast.decode, y, want_y)):
+                                    ("eager, new size", fast.decode, y, want_y), ("compiled, first size", compiled, x,
+                                                                                 want)):
             assert_max_abs(label, fn(inp), ref, tol=1e-4)
-    assert all(m.keep_folded_weight and m.weight is not None for m in fast.modules() if isinstance(m, FrozenConv2d))
 
 
 def _forms(model):
