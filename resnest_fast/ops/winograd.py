@@ -8,9 +8,9 @@ the 3x3 bottleneck of the ASPP head) run at the FMA peak in oneDNN's direct conv
 of the model. F(2x2, 3x3) computes each 2x2 output tile from a 4x4 input tile with 16 products per channel pair
 instead of 36 (2.25x fewer multiply-adds), in 16 GEMMs that MKL runs at the same peak; the transforms are
 memory-bound passes over the input and the output (C++ kernels, csrc/ops/cpu/winograd_kernel.cpp). Its transform
-coefficients are 0, +-1 and +-1/2, so in fp32 it is about as accurate as the direct convolution (tests compare
-both with a float64 convolution). The larger F(4x4, 3x3) would save more but has coefficients up to 8 and loses
-about a decimal digit.
+coefficients are 0, +-1 and +-1/2: against a float64 convolution its fp32 error is a small multiple (1.2-2.7x) of
+the direct fp32 convolution's (tests compare both with float64; benchmarks/winograd_accuracy.py measures it). The
+larger F(4x4, 3x3) would save more multiply-adds but errs one to two decimal digits more, whatever its points.
 
 Dilation d is handled exactly, without zeros in the kernel: the output splits into d*d phases (h mod d, w mod d),
 each an undilated 3x3 convolution of the matching input phase (csrc/ops/winograd_geometry.h gives the
