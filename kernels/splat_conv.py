@@ -251,7 +251,7 @@ def launch_params(
     block_m, block_n, block_k, warps = TILE["fp32" if dtype == torch.float32 else "tensor_core"]
     block_n = max(DOT_MIN, _pow2_at_most(k_g, block_n))
     block_k = max(DOT_MIN, _pow2_at_most(cin_g, block_k))
-    block_w = _pow2_at_most(W, 16 if channels_last else 32)
+    block_w = _pow2_at_most(W, min(block_m, 16 if channels_last else 32))
     block_h = _pow2_at_most(H, max(1, block_m // block_w))
     block_h = max(block_h, DOT_MIN // block_w)  # tiny images: pad the rectangle up to tl.dot's minimum
 
