@@ -294,7 +294,7 @@ class ConvLaunchModel:
     params: ConvLaunchParams
     num_sms: int
     programs_per_sm: float
-    shared_bytes: int  # the pipeline's operand buffers per program
+    shared_bytes: int  # the pipeline's operand buffers per program, at most (ptxas may report less)
     flops: int  # useful multiply-adds x 2 (padding and masked tails excluded)
     tile_flops: int  # multiply-adds the tiles issue x 2 (masked tails included)
     bytes_stored: int  # y and the partial sums
@@ -315,7 +315,8 @@ def launch_model(
 ) -> ConvLaunchModel:
     """Programs per SM, shared memory per program, the work the tiles waste on masked tails and the bytes of the
     finishing pass, from launch_params (the launcher's own). shared = NUM_STAGES x (BLOCK_M x BLOCK_K + BLOCK_K x
-    BLOCK_N) x element size, what Triton's pipeliner allocates for the two tl.dot operands."""
+    BLOCK_N) x element size: what Triton's pipeliner allocates for the two tl.dot operands at most (the compiled fp32
+    FMA kernels and some NCHW bf16 ones take less: scripts/triton_compile_check.py prints it)."""
     lp = launch_params(B, Cin, K, H, W, radix, groups, dtype, channels_last, num_sms)
     elem = torch.empty((), dtype=dtype).element_size()
     G = lp.conv_groups
