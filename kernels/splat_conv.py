@@ -58,7 +58,9 @@ __all__ = ["splat_conv_pool", "launch_params", "launch_model", "ConvLaunchParams
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-@triton.jit
+# C_STEPS and N_BLOCKS stay runtime values even where they are 1 (layer1: 32 input and 64 output channels per
+# group): specialised to a constant, the 9-step loop got a static trip count and ptxas spilled (255 registers).
+@triton.jit(do_not_specialize=["C_STEPS", "N_BLOCKS"])
 def _conv_bn_relu_pool_kernel(
     x_ptr,  # (B, Cin, H, W) read through (sxb, sxc, sxh, sxw): any strides, NCHW and channels_last included
     w_ptr,  # (G, 9, CIN_G, K_G) contiguous, x's dtype: the weight packed so a (BLOCK_K, BLOCK_N) tile is rows
