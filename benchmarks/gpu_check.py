@@ -410,7 +410,6 @@ def bench_conv_pool(s: Settings) -> List[dict]:
                     rows.append({"shape": label, "y": "x".join(map(str, blk.y_shape)), "dtype": dname,
                                  "op": f"conv-pool-eval-{layout}", "provider": provider, "ms": round(sec * 1e3, 4),
                                  "gb_s": "", "pct_of_copy": "", "tflop_s": round(flops / sec / 1e12, 3)})
-                del x
     return rows
 
 

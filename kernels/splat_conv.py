@@ -27,15 +27,17 @@ splat_pool.activate_reference and splat_pool_reference (the oracle of tests/kern
     same bits, every run. The radix splits of channel c (k = r*C + c) are in different conv groups (a group's
     K/G = C/groups channels never straddle two splits), so no program's tile holds more than one split of a
     channel: the splits can only be added in the finishing pass, by channel index.
-Launch geometry (launch_params, the one function the launcher, launch_model and tests/kernels/test_launch_model.py
-call): a flat 1-D grid of (sample, spatial tile, conv group, channel block) programs, channel block innermost so the
-programs that share an x tile run together and read it from L2. Tiles start at the shape a tensor-core GEMM wants
-(bf16/fp16: 128 positions x 128 channels x 64-deep steps, 8 warps; fp32 FMAs: 64 x 64 x 32, 4 warps) and shrink,
-longer side first, to >= 32 x 32, until the grid has MIN_PROGRAMS_PER_SM programs per SM (every ResNeSt-101-D8 stage
-shape at batch 1 reaches it); the reduction runs as one flat pipelined loop over (tap, channel block) with
-NUM_STAGES-deep software pipelining. Positions are a rectangle of power-of-two sides, so (h, w) come from shifts, not
-divisions; the only integer divisions are per program or per loop step (scalars). Offsets that can pass 2**31 are
-int64. The launcher runs on x's device and its current stream.
+Launch geometry (launch_params, the one function the launcher, launch_model and the launch-model tests of
+tests/kernels/test_splat_conv_triton.py call): a flat 1-D grid of (sample, spatial tile, conv group, channel block)
+programs, channel block innermost so the programs that share an x tile run together and read it from L2. Tiles start
+at the shape a tensor-core GEMM wants (bf16/fp16: 128 positions x 128 channels x 64-deep steps, 8 warps; fp32 FMAs:
+64 x 64 x 32, 4 warps; 4 warps for any tile below 128 x 128) and shrink, longer side first, to >= 32 x 32, until the
+grid has MIN_PROGRAMS_PER_SM programs per SM (every ResNeSt-101-D8 stage conv at batch 1 reaches it); the reduction
+runs as one flat loop over (tap, channel block) with NUM_STAGES-deep software pipelining. The weight is repacked on
+every call (pack_weight: 1.2 MB at layer3 in bf16, small next to y; a module would keep it packed). Positions are a
+rectangle of power-of-two sides, so (h, w) come from shifts, not divisions; the only integer divisions are per
+program or per loop step (scalars). Offsets that can pass 2**31 are int64. The launcher runs on x's device and its
+current stream.
 Inference only: no backward (resnest_fast/ops/registrations.py registers one that says so).
 
 Launches go through splat.launch, so splat.record_launches lists them and scripts/triton_compile_check.py compiles
@@ -243,11 +245,12 @@ def launch_params(
     """The launch geometry of splat_conv_pool for x (B, Cin, H, W), weight (K, Cin/(radix*groups), 3, 3).
 
     The tile starts at TILE and halves its longer side (positions on a tie; down to MIN_BLOCK_M positions and
-    MIN_BLOCK_N channels: a square tile reads the fewest operand bytes per multiply-add) until B x tiles x groups x channel blocks reaches MIN_PROGRAMS_PER_SM x num_sms: at batch 1 a 128-position tile
-    leaves layer1-3 of a 512x512 crop with 1-2 programs per SM. Every side is clamped to the tensor (rounded up to
-    a power of two, at least DOT_MIN). The rectangle's width is the contiguous side for NCHW (32 positions, 128 B in
-    fp32), and 16 for channels_last, where the contiguous side is BLOCK_K and a squarer rectangle re-reads less of
-    its halo."""
+    MIN_BLOCK_N channels: a square tile reads the fewest operand bytes per multiply-add) until B x tiles x
+    groups x channel blocks reaches MIN_PROGRAMS_PER_SM x num_sms: at batch 1 a 128-position tile leaves
+    layer1-3 of a 512x512 crop with 1-2 programs per SM. Every side is clamped to the tensor (rounded up to a
+    power of two, at least DOT_MIN). The rectangle's width is the contiguous side for NCHW (32 positions, 128 B
+    in fp32), and 16 for channels_last, where the contiguous side is BLOCK_K and a squarer rectangle re-reads
+    less of its halo."""
     G = radix * groups
     cin_g, k_g = Cin // G, K // G
     block_m, block_n, block_k, warps = TILE["fp32" if dtype == torch.float32 else "tensor_core"]
@@ -321,8 +324,7 @@ def launch_model(
     FMA kernels and some NCHW bf16 ones take less: scripts/triton_compile_check.py prints it)."""
     lp = launch_params(B, Cin, K, H, W, radix, groups, dtype, channels_last, num_sms)
     elem = torch.empty((), dtype=dtype).element_size()
-    G = lp.conv_groups
-    cin_g, k_g = Cin // G, K // G
+    cin_g = Cin // lp.conv_groups
     shared = lp.num_stages * (lp.block_m * lp.block_k + lp.block_k * lp.block_n) * elem
     flops = 2 * B * H * W * K * cin_g * 9
     tile_flops = 2 * lp.programs * lp.block_m * lp.block_n * lp.c_steps * lp.block_k * 9

@@ -6,8 +6,9 @@ backward ops do the work. The module's two-pass training backward (splat_backwar
 from an autograd.Function instead, so they only need fakes.
 Triton ops (launchers: resnest_fast/kernels/splat.py): torch.library.custom_op around each launcher, with the same
 fakes and autograd as the C++ ops. resnest_fast::triton_splat_conv_pool (resnest_fast/kernels/splat_conv.py) is
-inference-only: its autograd registration only says so when a backward reaches it. Not triton_op/wrap_triton: under TRITON_INTERPRET=1 the interpreter touches the
-data pointers of fake tensors, and both opcheck and torch.compile(fullgraph=True) fail.
+inference-only: its autograd registration only says so when a backward reaches it. Not triton_op/wrap_triton: under
+TRITON_INTERPRET=1 the interpreter touches the data pointers of fake tensors, and both opcheck and
+torch.compile(fullgraph=True) fail.
 """
 import warnings
 

@@ -222,7 +222,7 @@ def test_launcher_uses_launch_params(channels_last):
     lp = splat_conv.launch_params(B, cin, k, H, W, 2, 1, torch.bfloat16, channels_last)
     with splat.record_launches() as launches:
         y, gap = splat_conv.splat_conv_pool(x, weight, scale, shift, 2, 1, 2)
-    (kernel, programs, warps, args, constexprs), finish = launches
+    (kernel, programs, warps, _args, constexprs), finish = launches
     assert kernel is splat_conv._conv_bn_relu_pool_kernel and (programs, warps) == (lp.programs, lp.num_warps)
     assert (constexprs["BLOCK_H"], constexprs["BLOCK_W"], constexprs["BLOCK_N"], constexprs["BLOCK_K"]) == (
         lp.block_h, lp.block_w, lp.block_n, lp.block_k)
