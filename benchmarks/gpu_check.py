@@ -7,11 +7,17 @@ Steps (`python -m benchmarks.gpu_check STEP [--dry-run] [--out DIR]`; `all` runs
   ops        correctness: splat_pool and splat_combine forward and backward (autograd) on each GPU backend (cuda,
              compiled Triton) against the reference evaluated in float64 on the CPU, fp32/bf16/fp16, NCHW,
              channels_last and truly strided inputs, small odd shapes and the stage shapes below; the module's
-             training step (bn_stats and both fused backward ops) against the float64 reference backend.
+             training step (bn_stats and both fused backward ops) against the float64 reference backend; the Triton
+             splat_conv_pool (conv + bn0 + relu + pool partials in one kernel) at the conv shapes below against its
+             reference in float64 (cuDNN without tf32 for the fp32 reference's own error), and run-to-run bits.
              Rule (flash-attention's): |ours - ref64| <= 2 |torch in the same dtype - ref64| + floor * max(1, |ref64|)
   bench-ops  CUDA-event timings at the stage shapes (ResNeSt-101-D8: Cityscapes layer3 at the training batch, layer1
              of a 1024x2048 image at batch 1), fp32 and bf16: mmseg's eager code, torch.compile of it, ours per
-             backend; effective GB/s and % of the device-to-device copy bandwidth measured in the same run
+             backend; effective GB/s and % of the device-to-device copy bandwidth measured in the same run. Then
+             splat_conv_pool at Cityscapes layer3 (batch 2 at 512x1024, batch 1 at 1024x2048), fp32 and bf16, NCHW
+             and channels_last: the Triton kernel against cuDNN's conv alone, cuDNN + bn0/relu (writing y) + our
+             splat_pool, and cuDNN + our splat_pool with bn0/relu inside (the modules' path, y never written); fp32
+             cuDNN without tf32 (like the kernel's ieee fp32) and, for the conv alone, with it (PyTorch's default)
   models     whole-model fps by mmseg's method (batch 1, Cityscapes 1024x2048 whole, warm-up, timed iterations,
              synchronised) for the four heads: the reference backend, ours, ours under torch.compile; fp32 and
              bf16 autocast
@@ -37,7 +43,14 @@ from benchmarks.providers import eager_combine_op, eager_pool_op, eager_post_con
 from benchmarks.stage_shapes import Block, resnest101_d8_blocks
 from resnest_fast import _extension as ext
 from resnest_fast.backend import available_backends
-from resnest_fast.ops import splat_combine, splat_combine_reference, splat_pool, splat_pool_reference
+from resnest_fast.ops import (
+    splat_combine,
+    splat_combine_reference,
+    splat_conv_pool,
+    splat_conv_pool_reference,
+    splat_pool,
+    splat_pool_reference,
+)
 from resnest_fast.testing.tolerances import FACTOR, FLOOR
 
 STEPS = ("sanitize", "ops", "bench-ops", "models", "memory")
@@ -58,6 +71,7 @@ class Settings:
             self.stage_shapes = {"tiny-stage": Block("tiny", 2, 16, 24, 40)}
             self.image, self.train_image, self.train_batch = (64, 128), (64, 128), 2
             self.warmup, self.iters, self.op_iters = 1, 2, 3
+            self.conv_shapes = {"tiny-conv": Block("tiny-conv", 1, 8, 5, 9, dilation=2)}
         else:
             self.small_shapes = [(2, 8, 7, 9, 2, 1), (1, 16, 5, 3, 4, 2), (2, 32, 33, 65, 2, 1), (1, 8, 1, 1, 1, 1)]
             city = resnest101_d8_blocks(2, 512, 1024)
@@ -66,6 +80,9 @@ class Settings:
                                  "2048-layer1": next(b for b in big if b.stage == "layer1")}
             self.image, self.train_image, self.train_batch = (1024, 2048), (512, 1024), 2
             self.warmup, self.iters, self.op_iters = 5, 50, 20
+            # layer3's repeated blocks (dilation 2): x (B, 256, H, W) -> y (B, 512, H, W), conv groups 2
+            self.conv_shapes = {"city-layer3": next(b for b in city if b.stage == "layer3" and b.index > 0),
+                                "2048-layer3": next(b for b in big if b.stage == "layer3" and b.index > 0)}
 
     def backends(self) -> List[str]:
         """The fused backends under test: on a GPU cuda and Triton (compiled, never the interpreter); on the CPU the
@@ -160,6 +177,60 @@ def check_ops(s: Settings) -> List[dict]:
                                      "layout": layout, "tensor": name, "max_err": f"{err:.3g}",
                                      "bound": f"{bound:.3g}", "ok": err <= bound})
     rows += check_module_training(s)
+    rows += check_conv_pool(s)
+    return rows
+
+
+@contextlib.contextmanager
+def _cudnn_tf32(allow: bool):
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
+
+
+def _conv_inputs(blk: Block, dtype, device, layout: str, seed=0):
+    """x (B, C, H, W), weight (radix*C, C/(radix*groups), 3, 3) at He scale, bn0 folded (scale, shift) in float32."""
+    gen = torch.Generator().manual_seed(seed)
+    k, conv_groups = blk.radix * blk.channels, blk.radix * blk.groups
+    fan_in = 9 * blk.channels // conv_groups
+    x = torch.randn(blk.x_shape, generator=gen)
+    weight = torch.randn(k, blk.channels // conv_groups, 3, 3, generator=gen) * (2 / fan_in) ** 0.5
+    scale = torch.rand(k, generator=gen) + 0.5
+    shift = torch.randn(k, generator=gen) * 0.5
+    x = _layouts(x.to(device, dtype), layout)
+    return x, weight.to(device, dtype), scale.to(device), shift.to(device)
+
+
+def check_conv_pool(s: Settings) -> List[dict]:
+    """The Triton splat_conv_pool (y and gap) against its reference: float64 on the device (no tf32 in float64), and
+    the same-dtype reference with cuDNN's tf32 off, so the bound is the error of a true fp32 conv."""
+    if "triton" not in s.backends():
+        return []
+    rows = []
+    for label, blk in s.conv_shapes.items():
+        for dname in ("fp32", "bf16"):
+            dtype = DTYPES[dname]
+            for layout in ("nchw", "channels_last"):
+                x, weight, scale, shift = _conv_inputs(blk, dtype, s.device, layout)
+                args = (blk.radix, blk.groups, blk.dilation)
+                with torch.no_grad(), _cudnn_tf32(False):
+                    got = splat_conv_pool(x, weight, scale, shift, *args, backend="triton")
+                    again = splat_conv_pool(x, weight, scale, shift, *args, backend="triton")
+                    same = splat_conv_pool_reference(x, weight, scale, shift, *args)
+                    ref64 = splat_conv_pool_reference(x.double(), weight.double(), scale.double(), shift.double(),
+                                                      *args)
+                base = {"check": "conv-pool", "backend": "triton", "shape": label, "dtype": dname, "layout": layout}
+                for name, g, sm, r in zip(("y", "gap"), got, same, ref64):
+                    err, bound = _error(g, sm, r, dtype)
+                    rows.append({**base, "tensor": name, "max_err": f"{err:.3g}", "bound": f"{bound:.3g}",
+                                 "ok": err <= bound})
+                same_bits = all(torch.equal(a, b) for a, b in zip(got, again))
+                rows.append({**base, "tensor": "y,gap run to run", "max_err": "equal" if same_bits else "differ",
+                             "bound": "equal", "ok": same_bits})
+                del x, got, again, same, ref64
     return rows
 
 
@@ -292,6 +363,53 @@ def bench_ops(s: Settings) -> List[dict]:
                              "op": "post-conv-train-fwd-bwd", "provider": provider, "ms": round(sec * 1e3, 4),
                              "gb_s": "", "pct_of_copy": ""})
             torch._dynamo.reset()
+    return rows + bench_conv_pool(s)
+
+
+def bench_conv_pool(s: Settings) -> List[dict]:
+    """splat_conv_pool against cuDNN-based pipelines producing the same tensors: ms, and TFLOP/s of the conv's
+    useful multiply-adds; every provider in the same process, on the same inputs."""
+    if "triton" not in s.backends():
+        return []
+    import torch.nn.functional as F
+
+    pool_backend = next(b for b in ("cuda", "triton") if b in s.backends())  # our best separate splat_pool
+    rows = []
+    for label, blk in s.conv_shapes.items():
+        conv_groups = blk.radix * blk.groups
+        flops = 2 * blk.batch * blk.height * blk.width * blk.radix * blk.channels * 9 * blk.channels // conv_groups
+        for dname in ("fp32", "bf16"):
+            dtype = DTYPES[dname]
+            for layout in ("nchw", "channels_last"):
+                x, weight, scale, shift = _conv_inputs(blk, dtype, s.device, layout)
+                r, g, d = blk.radix, blk.groups, blk.dilation
+                sc, sh = scale[:, None, None], shift[:, None, None]
+
+                def conv():
+                    return F.conv2d(x, weight, None, 1, d, d, conv_groups)
+
+                def unfused():  # y written by bn0 + relu, then read again by the pool
+                    y = torch.relu(conv() * sc + sh).to(dtype)
+                    return y, splat_pool(y, None, None, r, False, backend=pool_backend)
+
+                def module_path():  # what the modules run: bn0 + relu inside the pool, y never written
+                    c = conv()
+                    return c, splat_pool(c, scale, shift, r, True, backend=pool_backend)
+
+                def ours():
+                    return splat_conv_pool(x, weight, scale, shift, r, g, d, backend="triton")
+
+                providers = {"cudnn-conv": (conv, False), "cudnn+bn-relu+splat_pool": (unfused, False),
+                             f"cudnn+splat_pool-{pool_backend}-bn-relu-inside": (module_path, False),
+                             "ours-triton-conv-pool": (ours, False)}
+                if dname == "fp32":
+                    providers["cudnn-conv-tf32"] = (conv, True)
+                for provider, (fn, tf32) in providers.items():
+                    with torch.no_grad(), _cudnn_tf32(tf32):
+                        sec = _time(fn, s.device, s.warmup, s.op_iters)
+                    rows.append({"shape": label, "y": "x".join(map(str, blk.y_shape)), "dtype": dname,
+                                 "op": f"conv-pool-eval-{layout}", "provider": provider, "ms": round(sec * 1e3, 4),
+                                 "gb_s": "", "pct_of_copy": "", "tflop_s": round(flops / sec / 1e12, 3)})
     return rows
 
 
@@ -440,7 +558,8 @@ def summarize(results: Dict[str, List[dict]], s: Settings) -> List[str]:
         for r in results["bench-ops"]:
             if r["provider"] != "torch":
                 pct = f" ({r['pct_of_copy']} %)" if r["pct_of_copy"] != "" else ""
-                lines.append(f"  {r['shape']} {r['dtype']} {r['op']} {r['provider']}: {r['ms']} ms{pct}")
+                tflops = f" ({r['tflop_s']} TFLOP/s)" if r.get("tflop_s", "") != "" else ""
+                lines.append(f"  {r['shape']} {r['dtype']} {r['op']} {r['provider']}: {r['ms']} ms{pct}{tflops}")
     if "models" in results:
         lines.append("models (fps, batch 1):")
         for r in results["models"]:

@@ -640,7 +640,7 @@ _num_sms_cache: Dict[int, int] = {}
 _launch_hook: Optional[Callable] = None
 
 
-def _num_sms(x: Tensor) -> int:
+def num_sms(x: Tensor) -> int:
     if not x.is_cuda:
         return DEFAULT_NUM_SMS
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
@@ -649,7 +649,7 @@ def _num_sms(x: Tensor) -> int:
     return _num_sms_cache[index]
 
 
-def _launch(kernel, programs: int, num_warps: int, args: tuple, constexprs: dict) -> None:
+def launch(kernel, programs: int, num_warps: int, args: tuple, constexprs: dict) -> None:
     """Every launch goes through here, so record_launches can list them (scripts/triton_compile_check.py)."""
     if _launch_hook is not None:
         _launch_hook(kernel, programs, num_warps, args, constexprs)
@@ -670,7 +670,7 @@ def record_launches():
         _launch_hook = previous
 
 
-def _on_device(x: Tensor):
+def on_device(x: Tensor):
     """Triton launches on the current device's current stream: make that x's device (and so its stream)."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
@@ -695,7 +695,7 @@ def _prepare(x: Tensor, radix: int):
 def _params(kernel: str, xc: Tensor, fmt, radix: int, affine: bool) -> LaunchParams:
     B, RC, H, W = xc.shape
     return launch_params(
-        kernel, B, RC // radix, H, W, radix, xc.dtype, fmt == torch.channels_last, _num_sms(xc), affine
+        kernel, B, RC // radix, H, W, radix, xc.dtype, fmt == torch.channels_last, num_sms(xc), affine
     )
 
 
@@ -717,7 +717,7 @@ def _finish_param_grads(part: Tensor, scale: Tensor, acc) -> Tuple[Tensor, Tenso
     outs = []
     for i in range(2):
         out = torch.empty((n,), dtype=scale.dtype, device=part.device)
-        _launch(_sum_rows_kernel, n_blocks, NUM_WARPS, (part[i], out, n, rows, 1, n_blocks),
+        launch(_sum_rows_kernel, n_blocks, NUM_WARPS, (part[i], out, n, rows, 1, n_blocks),
                 dict(ACC=acc, BLOCK_N=FINISH_BLOCK_N))
         outs.append(out)
     return outs[0], outs[1]
@@ -751,14 +751,14 @@ def splat_pool(x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], radi
     lp = _params("pool", xc, fmt, radix, scale is not None)
     acc = _acc_dtype(x)
     part = torch.empty((B, lp.chunks, C), dtype=accumulation_dtype(x.dtype), device=x.device)
-    with _on_device(x):
-        _launch(
+    with on_device(x):
+        launch(
             _pool_partial_kernel, lp.programs, lp.num_warps,
             (xc, scale, shift, part, C, P, lp.c_blocks, lp.chunks, lp.chunk_p, *_flat_strides(xc)),
             dict(RADIX=radix, AFFINE=scale is not None, RELU=relu, ACC=acc, BLOCK_C=lp.block_c, BLOCK_P=lp.block_p),
         )
         n_blocks = triton.cdiv(C, lp.finish_block)
-        _launch(_sum_rows_kernel, lp.finish_programs, lp.num_warps, (part, gap, C, lp.chunks, P, n_blocks),
+        launch(_sum_rows_kernel, lp.finish_programs, lp.num_warps, (part, gap, C, lp.chunks, P, n_blocks),
                 dict(ACC=acc, BLOCK_N=lp.finish_block))
     return gap
 
@@ -780,8 +780,8 @@ def splat_pool_backward(
     lp = _params("pool_backward", xc, fmt, radix, affine)
     acc = _acc_dtype(x)
     part = torch.empty((2, B, lp.chunks, radix * C), dtype=accumulation_dtype(x.dtype), device=x.device)
-    with _on_device(x):
-        _launch(
+    with on_device(x):
+        launch(
             _pool_bwd_kernel, lp.programs, lp.num_warps,
             (grad_gap.contiguous(), xc, scale, shift, dx, part[0] if affine else None, part[1] if affine else None,
              C, P, lp.c_blocks, lp.chunks, lp.chunk_p, *_flat_strides(xc), *_flat_strides(dx)),
@@ -806,8 +806,8 @@ def splat_combine(
     if out.numel() == 0:
         return out
     lp = _params("combine", xc, fmt, radix, scale is not None)
-    with _on_device(x):
-        _launch(
+    with on_device(x):
+        launch(
             _combine_fwd_kernel, lp.programs, lp.num_warps,
             (xc, logits, scale, shift, out, C, P, C // groups, lp.c_blocks, lp.chunks,
              *_flat_strides(xc), *_flat_strides(out)),
@@ -848,15 +848,15 @@ def splat_combine_backward(
     part = torch.empty((3 if affine else 1, B, lp.chunks, radix * C), dtype=accumulation_dtype(x.dtype),
                        device=x.device)
     dlogits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    with _on_device(x):
-        _launch(
+    with on_device(x):
+        launch(
             _combine_bwd_kernel, lp.programs, lp.num_warps,
             (go, xc, logits, scale, shift, dx, part[0], part[1] if affine else None, part[2] if affine else None,
              C, P, C // groups, lp.c_blocks, lp.chunks, lp.chunk_p,
              *_flat_strides(go), *_flat_strides(xc), *_flat_strides(dx)),
             dict(RADIX=radix, R_P2=r_p2, AFFINE=affine, RELU=relu, ACC=acc, BLOCK_C=lp.block_c, BLOCK_P=lp.block_p),
         )
-        _launch(
+        launch(
             _combine_bwd_finish_kernel, lp.finish_programs, lp.num_warps,
             (part[0], logits, dlogits, C, C // groups, triton.cdiv(C, lp.finish_block), lp.chunks),
             dict(RADIX=radix, R_P2=r_p2, ACC=acc, BLOCK_C=lp.finish_block),

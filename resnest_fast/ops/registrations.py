@@ -5,8 +5,10 @@ of them, so torch.compile and torch.export trace them, and autograd for splat_po
 backward ops do the work. The module's two-pass training backward (splat_backward_*) and splat_bn_stats are called
 from an autograd.Function instead, so they only need fakes.
 Triton ops (launchers: resnest_fast/kernels/splat.py): torch.library.custom_op around each launcher, with the same
-fakes and autograd as the C++ ops. Not triton_op/wrap_triton: under TRITON_INTERPRET=1 the interpreter touches the
-data pointers of fake tensors, and both opcheck and torch.compile(fullgraph=True) fail.
+fakes and autograd as the C++ ops. resnest_fast::triton_splat_conv_pool (resnest_fast/kernels/splat_conv.py) is
+inference-only: its autograd registration only says so when a backward reaches it. Not triton_op/wrap_triton: under
+TRITON_INTERPRET=1 the interpreter touches the data pointers of fake tensors, and both opcheck and
+torch.compile(fullgraph=True) fail.
 """
 import warnings
 
@@ -49,6 +51,12 @@ def fake_combine_backward(grad_out, x, logits, scale, shift, radix, groups, relu
         _param_grad_like(scale, x),
         _param_grad_like(shift, x),
     )
+
+
+def fake_conv_pool(x, weight, scale, shift, radix, groups, dilation):
+    size = (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
+    y = torch.empty(size, dtype=x.dtype, device=x.device, memory_format=kernel_layout(x))
+    return y, x.new_empty((x.shape[0], weight.shape[0] // radix))
 
 
 def fake_bn_stats(x):
@@ -147,7 +155,21 @@ _TRITON_SCHEMAS = {
     "splat_combine_backward": "(Tensor grad_out, Tensor x, Tensor logits, Tensor? scale, Tensor? shift, int radix, "
     "int groups, bool relu) -> (Tensor, Tensor, Tensor, Tensor)",
 }
+_CONV_POOL_SCHEMA = ("(Tensor x, Tensor weight, Tensor scale, Tensor shift, int radix, int groups, int dilation) "
+                     "-> (Tensor, Tensor)")
 _triton_registered = False
+
+
+def _conv_pool_backward(ctx, grad_y, grad_gap):
+    raise RuntimeError("resnest_fast::triton_splat_conv_pool is inference-only: it has no backward (train with "
+                       "the module's conv + splat_pool path)")
+
+
+def _register_conv_pool(launcher) -> None:
+    name = "resnest_fast::triton_splat_conv_pool"
+    torch.library.custom_op(name, launcher, mutates_args=(), schema=_CONV_POOL_SCHEMA)
+    torch.library.register_fake(name)(fake_conv_pool)
+    torch.library.register_autograd(name, _conv_pool_backward, setup_context=lambda ctx, inputs, output: None)
 
 
 def register_triton_ops() -> bool:
@@ -161,11 +183,13 @@ def register_triton_ops() -> bool:
         return False
     try:
         from resnest_fast.kernels import splat as launchers
+        from resnest_fast.kernels import splat_conv
 
         for name, schema in _TRITON_SCHEMAS.items():
             torch.library.custom_op(f"resnest_fast::triton_{name}", getattr(launchers, name), mutates_args=(),
                                     schema=schema)
         _register_pool_and_combine("triton_")
+        _register_conv_pool(splat_conv.splat_conv_pool)
     except Exception as exc:  # a broken triton install must not break `import resnest_fast`
         ext.HAS_TRITON = False
         warnings.warn(f"resnest_fast: triton is installed but its kernels failed to load ({exc})", RuntimeWarning)

@@ -166,7 +166,7 @@ def test_several_tiles_and_chunks_float64(monkeypatch, radix, groups, num_sms, h
     or of several tiles) whose partial sums the finishing passes add, the last chunk a short tail. float64 shows
     the two-stage reductions exact to rounding (the mean is divided in float64 inside the kernel)."""
     monkeypatch.setattr(splat_triton, "block_sizes", lambda c, p, channels_last, dtype=None: (4, 16))
-    monkeypatch.setattr(splat_triton, "_num_sms", lambda x: num_sms)  # the launchers' SM count, GPU or not
+    monkeypatch.setattr(splat_triton, "num_sms", lambda x: num_sms)  # the launchers' SM count, GPU or not
     b, c = 2, 10
     for kernel in ("pool", "pool_backward", "combine_backward"):
         lp = splat_triton.launch_params(kernel, b, c, *hw, radix, torch.float64, layout == "channels_last", num_sms)
