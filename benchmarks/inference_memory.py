@@ -37,9 +37,7 @@ import torch
 
 from benchmarks import report
 
-# ours-optimized is built with optimize_for_inference(..., input_size=the input's shape), its weight forms made at
-# build time; ours-optimized-at-first-call without it, the forms made during the first call
-PROVIDERS = ("mmseg", "ours", "ours-optimized", "ours-optimized-at-first-call")
+PROVIDERS = ("mmseg", "ours", "ours-optimized")
 TUNED = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 ALLOCATORS = {"default": {}, "tuned": {"GLIBC_TUNABLES": TUNED}, "mmap-64k": {"MALLOC_MMAP_THRESHOLD_": "65536"},
               "arena-max-1": {"MALLOC_ARENA_MAX": "1"}}
@@ -108,10 +106,8 @@ def _worker(spec_path):
     libs = current_rss_bytes()
     from benchmarks.models import _build_for_memory
 
+    model, forward = _build_for_memory(spec["model"], spec["provider"], spec["weights"])
     x = torch.load(spec["input"], weights_only=True)
-    at_first_call = spec["provider"] == "ours-optimized-at-first-call"
-    model, forward = _build_for_memory(spec["model"], "ours-optimized" if at_first_call else spec["provider"],
-                                       spec["weights"], input_size=None if at_first_call else tuple(x.shape))
     gc.collect()
     after_build = current_rss_bytes()
     build_peak = peak_rss_bytes()

@@ -40,8 +40,7 @@ for the check. Measured there:
         peak_mib        = peak RSS (VmHWM) over the inference calls, the peak first reset to the current RSS
                           (/proc/self/clear_refs; if the kernel refuses, the lifetime peak, said in the row);
         growth_mib      = peak_mib - after_build_mib: what inference adds (activations, oneDNN caches,
-                          memory the allocator keeps). ours-optimized is built with input_size= the input's
-                          shape, so its weight forms are made at build time.
+                          ours-optimized's weight prepacking at its first call, memory the allocator keeps).
   CUDA  the same with torch.cuda.memory_allocated / max_memory_allocated (peak stats reset after building).
 RSS is per process, hence one process per measurement; it includes the Python interpreter and the imported
 libraries (mmseg imports more than ours), so compare growth_mib across providers, peak_mib within one. Compiled
@@ -364,11 +363,9 @@ def measure_in_subprocess(name, provider, weights, inp, output, device="cpu", ca
         return json.load(f)
 
 
-def _build_for_memory(name, provider, weights, onnx=None, input_size=None):
+def _build_for_memory(name, provider, weights, onnx=None):
     """(module, forward) of `provider` for config `name`, with the saved weights, as the timing process has it; a
-    runtime's module is None and its forward the session on the ONNX file `onnx`. ours-optimized is built for
-    inputs of `input_size` (its weight forms made at build time, as a deployment that knows its input size
-    would), or at its first call where None."""
+    runtime's module is None and its forward the session on the ONNX file `onnx`."""
     from resnest_fast import optimize_for_inference
     from resnest_fast.segmentation import build_segmentor, load_config
 
@@ -390,7 +387,7 @@ def _build_for_memory(name, provider, weights, onnx=None, input_size=None):
     del state  # as `model.load_state_dict(torch.load(path))` drops it: not alive while the model is optimised
     model.eval()
     if provider == "ours-optimized":
-        model = optimize_for_inference(model, inplace=True, input_size=input_size)
+        model = optimize_for_inference(model, inplace=True)
     if forward is None:
         forward = model.decode
     return model, forward
@@ -404,11 +401,10 @@ def _memory_worker(spec_path):
         spec = json.load(f)
     torch.set_num_threads(spec["threads"])
     device = spec["device"]
-    x = torch.load(spec["input"], weights_only=True).to(device)
-    model, forward = _build_for_memory(spec["model"], spec["provider"], spec["weights"], spec.get("onnx"),
-                                       input_size=tuple(x.shape) if device == "cpu" else None)
+    model, forward = _build_for_memory(spec["model"], spec["provider"], spec["weights"], spec.get("onnx"))
     if model is not None:
         model.to(device)
+    x = torch.load(spec["input"], weights_only=True).to(device)
     gc.collect()  # the loaded state_dict is gone; what remains is the model, the input and the libraries
     mib = 2.0 ** 20
     if device == "cuda":

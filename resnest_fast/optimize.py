@@ -18,10 +18,9 @@ The result is for inference only (no gradients, eval mode, its state_dict is not
 where oneDNN cannot pack a weight (e.g. bfloat16 on a CPU without AVX-512), the folded convs run through
 F.conv2d instead.
 """
-import contextvars
 import copy
 import functools
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +31,8 @@ from resnest_fast.models.resnest import Bottleneck
 from resnest_fast.nn.split_attention import SplitAttentionConv2d
 from resnest_fast.ops import winograd as winograd_ops
 from resnest_fast.segmentation.decode_heads import ConvModule
-from resnest_fast.utils import release_free_heap
 
-__all__ = ["FrozenBottleneck", "FrozenConv2d", "optimize_for_inference", "prepare_weights"]
-
-
-# While set, FrozenConv2d.forward records the shape of its input here and returns an empty output of the right
-# shape: a forward on fake tensors then tells each conv the input it will see, without computing anything.
-_PLANNED_SHAPES: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("planned_shapes", default=None)
+__all__ = ["FrozenBottleneck", "FrozenConv2d", "optimize_for_inference"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -164,10 +157,11 @@ class FrozenConv2d(nn.Module):
                                                                                    self.groups))
         return self.winograd_weight
 
-    def _pack(self, shape: tuple):
-        """The weight in oneDNN's blocked layout for inputs of `shape` (oneDNN picks the layout by the input
+    def _pack(self, x: Tensor):
+        """The weight in oneDNN's blocked layout for inputs of x's shape (oneDNN picks the layout by the input
         size: packed without it, a 1x1 conv on 1024 channels ran 2.4x slower here). Repacked when the shape
         changes; None where oneDNN cannot pack it (e.g. bfloat16 without the CPU support it needs)."""
+        shape = tuple(x.shape)
         if self._packed is not None and self._packed[0] == shape:
             return self._packed[1]
         dense = self.dense_weight()
@@ -201,38 +195,12 @@ class FrozenConv2d(nn.Module):
                 + (", winograd=True" if self.use_winograd else ""))
 
     def _winograd_applies(self, x: Tensor) -> bool:
-        return self._winograd_applies_to(tuple(x.shape), x.device, x.dtype) and not x.requires_grad
-
-    def _winograd_applies_to(self, shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> bool:
-        return (self.use_winograd and device.type == "cpu" and dtype == torch.float32
-                and self.weight_dtype() == torch.float32
-                and winograd_ops.winograd_worthwhile(self.in_channels // self.groups, shape[-2], shape[-1],
+        return (self.use_winograd and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight_dtype() == torch.float32 and not x.requires_grad
+                and winograd_ops.winograd_worthwhile(self.in_channels // self.groups, x.shape[-2], x.shape[-1],
                                                      self.dilation[0]))
 
-    def _packs_for(self, device: torch.device, dtype: torch.dtype) -> bool:
-        return self.packable and device.type == "cpu" and dtype == self.weight_dtype()
-
-    def prepare(self, shape: Sequence[int], device: torch.device = torch.device("cpu"),
-                dtype: torch.dtype = torch.float32) -> None:
-        """Builds now the weight form that a call on an input of `shape` (B, C, H, W) will run (Winograd
-        transform or oneDNN packing; nothing for the F.conv2d path), instead of at that call, between its
-        activations."""
-        shape = tuple(int(v) for v in shape)
-        if self._winograd_applies_to(shape, device, dtype):
-            self._winograd_u()
-        elif self._packs_for(device, dtype):
-            self._pack(shape)
-
-    def _output_shape(self, shape: Sequence[int]) -> tuple:
-        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
-                zip(shape[-2:], self.padding, self.dilation, self.kernel_size, self.stride)]
-        return (shape[0], self.out_channels, *size)
-
     def forward(self, x: Tensor, other: Tensor | None = None) -> Tensor:
-        planned = _PLANNED_SHAPES.get()
-        if planned is not None:
-            planned.setdefault(self, []).append((tuple(x.shape), x.dtype))
-            return x.new_empty(self._output_shape(x.shape)).contiguous(memory_format=torch.channels_last)
         if torch.compiler.is_compiling():
             self.keep_folded_weight = True
             if self.weight is None:  # an eager call came first and dropped it
@@ -243,9 +211,10 @@ class FrozenConv2d(nn.Module):
         packed = None
         # Under torch.compile the conv is left to Inductor (with freezing it packs the weight and fuses the
         # post-ops itself): packing here is a side effect that would break the graph at every conv.
-        if self._packs_for(x.device, x.dtype) and not x.requires_grad and not torch.compiler.is_compiling():
+        if (self.packable and x.device.type == "cpu" and x.dtype == self.weight_dtype() and not x.requires_grad
+                and not torch.compiler.is_compiling()):
             x = x.contiguous(memory_format=torch.channels_last)
-            packed = self._pack(tuple(x.shape))
+            packed = self._pack(x)
         if packed is not None:
             unary = "relu" if self.relu else "none"
             if other is None:
@@ -361,49 +330,9 @@ def _unshare(model: nn.Module, shared: dict) -> None:
                         else t.detach().clone()
 
 
-def _input_shape(input_size: Sequence[int], what: str = "input_size") -> tuple:
-    shape = tuple(input_size) if isinstance(input_size, (tuple, list, torch.Size)) else None
-    if shape is None or len(shape) not in (2, 4) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                             and v > 0 for v in shape):
-        raise ValueError(f"{what} must be (H, W) or (B, C, H, W) of positive ints, got {input_size!r}")
-    return (1, 3, *shape) if len(shape) == 2 else shape
-
-
-@torch.no_grad()
-def prepare_weights(model: nn.Module, input_size: Sequence[int], dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Builds every FrozenConv2d's weight form (Winograd transform, oneDNN packing) for inputs of `input_size`
-    ((H, W), batch 1 with 3 channels, or (B, C, H, W): the tensor the backbone receives, i.e. the crop in
-    sliding-window inference) now, rather than at the first call. Made one conv after the other before any
-    activation exists, after which the memory they replaced is given back to the system (glibc's malloc_trim,
-    resnest_fast.utils.release_free_heap); the first call is then no slower than the next. The shapes come from
-    one forward on fake tensors (nothing is computed). Returns `model`."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    shape = _input_shape(input_size)
-    params = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
-    device = params[0].device if params else torch.device("cpu")
-    planned: dict = {}
-    token = _PLANNED_SHAPES.set(planned)
-    try:
-        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-            x = mode.from_tensor(torch.empty(shape, dtype=dtype, device=device))
-            if hasattr(model, "extract_feat") and getattr(model, "decode_head", None) is not None:
-                model.decode_head(model.extract_feat(x))  # what inference runs on each image or crop
-            else:
-                model(x)
-    finally:
-        _PLANNED_SHAPES.reset(token)
-    for conv, calls in planned.items():
-        for conv_shape, conv_dtype in calls:
-            conv.prepare(conv_shape, device, conv_dtype)
-    if device.type == "cpu":
-        release_free_heap()  # the folded weights the forms replaced, and the float64 temporaries
-    return model
-
-
 @torch.no_grad()
 def optimize_for_inference(model: nn.Module, inplace: bool = False, keep_auxiliary_head: bool = False,
-                           winograd: bool = True, input_size: Optional[Sequence[int]] = None) -> nn.Module:
+                           winograd: bool = True) -> nn.Module:
     """An inference-only version of `model` (a segmentor, a ResNeSt backbone, or any module built from them and
     mmcv-style ConvModules): eval mode, BN folded into the convs, ReLU/residual adds as conv post-ops, conv
     weights prepacked for oneDNN on CPU, activations channels_last. Its outputs equal the model's within fp32
@@ -416,12 +345,9 @@ def optimize_for_inference(model: nn.Module, inplace: bool = False, keep_auxilia
     copied), but while the caller holds `model` its weights stay alive next to the result's. `inplace=True`
     converts `model` itself (it is then the inference-only module) and drops its convs' and BNs' tensors as it
     folds them: the way to hold a single set of weights, e.g. `model = optimize_for_inference(model,
-    inplace=True)`. `input_size` ((H, W) or (B, C, H, W) of the inputs to come) builds the weight forms now, for
-    that size (see prepare_weights); without it they are built at the first call."""
+    inplace=True)`."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if input_size is not None:
-        _input_shape(input_size)  # refused before any work
     shared = {}
     if not inplace:
         model, shared = _copy_sharing_folded_tensors(model)
@@ -434,8 +360,4 @@ def optimize_for_inference(model: nn.Module, inplace: bool = False, keep_auxilia
     for p in frozen.parameters():
         p.requires_grad_(False)
     frozen.eval()
-    if input_size is not None:
-        dtype = next((t.dtype for t in (*frozen.parameters(), *frozen.buffers()) if t.is_floating_point()),
-                     torch.float32)
-        prepare_weights(frozen, input_size, dtype)
     return frozen

@@ -122,23 +122,6 @@ def atomic_write(path: PathLike, write: Callable, *, overwrite: bool = True, to_
             tmp.unlink()
 
 
-def release_free_heap() -> bool:
-    """Gives the free memory of the C heap back to the operating system (glibc's malloc_trim(0): free pages inside
-    the heap, not only at its top); False where the C library has no malloc_trim. Freed tensors of a few MB stay
-    with the process otherwise, as holes between live blocks, and count in its resident memory."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
-    return True
-
-
 def distributed_world_size(group: Optional[object] = None) -> int:
     """The number of processes a collective over `group` (default: the world) would reach; 1 when
     torch.distributed is unavailable or not initialised. More than 1 means statistics must be synchronised."""

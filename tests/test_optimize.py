@@ -197,48 +197,6 @@ def test_compiled_before_the_first_call_gives_the_model_outputs_across_eager_cal
             assert_max_abs(label, fn(inp), ref, tol=1e-4)
 
 
-def _forms(model):
-    """{conv: (form name, identity of the kept tensor)} of every FrozenConv2d."""
-    out = {}
-    for m in model.modules():
-        if isinstance(m, FrozenConv2d):
-            kept = {"weight": m.weight, "packed": m._packed, "winograd": m.winograd_weight}
-            out[m] = [(k, id(v)) for k, v in kept.items() if v is not None]
-    return out
-
-
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
-@pytest.mark.parametrize("head", ["pspnet", "deeplabv3plus"])
-def test_input_size_builds_at_build_time_the_forms_the_first_call_runs(head, monkeypatch):
-    """With input_size, each conv holds before any call the form a call of that size runs (packed for that
-    input's shape, or the Winograd transform), and calls of that size change none of them; the logits are the
-    model's."""
-    monkeypatch.setattr(winograd_ops, "WINOGRAD_MIN_CHANNELS", 1)  # the small model's convs are narrow
-    model = small(head)
-    img = torch.rand(1, 3, 64, 96) * 255
-    with torch.no_grad():
-        want = model(img)
-    lazy = optimize_for_inference(model)
-    with torch.no_grad():
-        lazy(img)
-    fast = optimize_for_inference(model, input_size=(64, 96))
-    built = _forms(fast)
-    assert [name for name, _ in sum(built.values(), [])].count("weight") == len(
-        [m for m in built if m.native_depthwise])  # all but ATen's depthwise convs hold a built form
-
-    def described(forms):  # (form, the input shape a packed weight was made for), conv by conv in module order
-        return [(f[0][0], m._packed[0] if m._packed is not None else None) for m, f in forms.items()]
-
-    assert described(built) == described(_forms(lazy))  # what the first call of the model without the hint made
-    assert {f for f, _ in described(built)} >= {"winograd", "packed"}
-    with torch.no_grad():
-        got = fast(img)
-        again = fast(img)
-    assert _forms(fast) == built
-    assert_max_abs(head, got, want, tol=1e-3)
-    assert torch.equal(got, again)
-
-
 def test_the_optimised_segmentor_takes_images_again_after_its_weights_were_packed():
     """forward(img) converts the image to the weights' dtype; once its convs keep only packed weights, that dtype
     must still be found (it was read from conv_seg.weight, None after the first call)."""
@@ -252,10 +210,3 @@ def test_the_optimised_segmentor_takes_images_again_after_its_weights_were_packe
     assert torch.equal(first, second)
     assert_max_abs("fcn", second, want, tol=1e-3)
     assert fast.weight_dtype() == torch.float32 and fast.double().weight_dtype() == torch.float64
-
-
-def test_input_size_is_checked_before_any_work():
-    model = small("fcn")
-    for bad in ((64,), (0, 96), (64.0, 96), "64x96", (1, 3, 64)):
-        with pytest.raises(ValueError, match=r"input_size must be \(H, W\) or \(B, C, H, W\)"):
-            optimize_for_inference(model, input_size=bad)

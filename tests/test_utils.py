@@ -1,6 +1,5 @@
 """resnest_fast.utils: the argument-pair rule and atomic writes, against what a caller can observe."""
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -65,31 +64,3 @@ def test_atomic_write_to_a_path_keeps_the_suffix_for_the_saver(tmp_path):
 
 def test_world_size_is_one_without_a_process_group():
     assert distributed_world_size() == 1
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status; glibc's malloc_trim")
-def test_release_free_heap_gives_freed_heap_blocks_back_to_the_system():
-    """128 MiB of 64 KiB blocks (below glibc's mmap threshold: they come from the heap), freed while a block
-    allocated after them stays live: the memory stays resident until release_free_heap."""
-    import ctypes
-
-    from benchmarks.peak_rss import current_rss_bytes
-    from resnest_fast.utils import release_free_heap
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.malloc.restype = ctypes.c_void_p
-    libc.malloc.argtypes = [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    block, count = 64 * 1024, 2048
-    blocks = [libc.malloc(block) for _ in range(count)]
-    for b in blocks:
-        ctypes.memset(b, 1, block)  # touched: resident
-    keep = libc.malloc(block)  # live above them: the heap's top cannot shrink past it
-    ctypes.memset(keep, 1, block)
-    for b in blocks:
-        libc.free(b)
-    before = current_rss_bytes()
-    assert release_free_heap()
-    after = current_rss_bytes()
-    libc.free(keep)
-    assert before - after > count * block // 2, (before, after)
