@@ -29,6 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnest_fast.models.resnest import Bottleneck
 from resnest_fast.nn.split_attention import SplitAttentionConv2d
+from resnest_fast.ops import depthwise as depthwise_ops
 from resnest_fast.ops import winograd as winograd_ops
 from resnest_fast.segmentation.decode_heads import ConvModule
 
@@ -100,13 +101,17 @@ class FrozenConv2d(nn.Module):
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
         self._packed = None  # (input shape it was packed for, oneDNN weight), made at the first call
-        # Dilated depthwise convs (DeepLabV3+'s separable ASPP) stay on ATen's native NCHW depthwise kernel:
-        # oneDNN ran them 4-8x slower here (2048 channels, 32x64, dilation 12: 27 ms NCHW vs 162 ms prepacked
-        # channels_last), while it wins on undilated depthwise and every other conv.
+        # Dilated depthwise convs (DeepLabV3+'s separable ASPP) stay off oneDNN, which ran them 4-8x slower here
+        # (2048 channels, 32x64, dilation 12: 27 ms NCHW vs 162 ms prepacked channels_last), while it wins on
+        # undilated depthwise and every other conv. The 3x3 stride-1 ones run on resnest_fast.ops.depthwise's
+        # channels_last kernel on CPU (no layout copies around them), the others on ATen's NCHW kernel.
         self.native_depthwise = (conv.groups > 1 and conv.groups == conv.in_channels
                                  and max(conv.dilation) > 1)
         self.packable = torch.backends.mkldnn.is_available() and not self.native_depthwise
         d = self.dilation[0]
+        self.depthwise3x3 = (self.native_depthwise and depthwise_ops.HAS_DEPTHWISE_KERNEL
+                             and self.out_channels == self.in_channels and tuple(self.kernel_size) == (3, 3)
+                             and self.stride == [1, 1] and self.dilation == [d, d] and self.padding == [d, d])
         use_winograd = (winograd and winograd_ops.HAS_WINOGRAD_KERNELS and weight.dtype == torch.float32
                         and tuple(self.kernel_size) == (3, 3) and self.stride == [1, 1]
                         and self.dilation == [d, d] and self.padding == [d, d]
@@ -192,6 +197,7 @@ class FrozenConv2d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, relu={self.relu}, "
                 f"prepack={self.packable}" + (", native_depthwise=True" if self.native_depthwise else "")
+                + (", depthwise3x3=True" if self.depthwise3x3 else "")
                 + (", winograd=True" if self.use_winograd else ""))
 
     def _winograd_applies(self, x: Tensor) -> bool:
@@ -224,6 +230,9 @@ class FrozenConv2d(nn.Module):
             return torch.ops.mkldnn._convolution_pointwise.binary(
                 x, other.contiguous(memory_format=torch.channels_last), packed, self.bias, self.padding,
                 self.stride, self.dilation, self.groups, "add", None, unary if self.relu else None, [], "")
+        if (self.depthwise3x3 and other is None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and x.dtype == self.weight_dtype() and not x.requires_grad):
+            return depthwise_ops.depthwise_conv3x3(x, self._unpacked_weight(), self.bias, self.dilation[0], self.relu)
         if self.native_depthwise and x.device.type == "cpu":
             x = x.contiguous()
         out = F.conv2d(x, self._unpacked_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)

@@ -1,8 +1,8 @@
 """Every torch.library registration of resnest_fast's ops, in one place; imported once, by resnest_fast/ops/__init__.
 
-C++ ops (schemas: csrc/ops/splat.cpp and winograd.cpp; CPU/CUDA kernels registered in C++): fake kernels for all
-of them, so torch.compile and torch.export trace them, and autograd for splat_pool and splat_combine, whose
-backward ops do the work. The module's two-pass training backward (splat_backward_*) and splat_bn_stats are called
+C++ ops (schemas: csrc/ops/splat.cpp, winograd.cpp and depthwise.cpp; CPU/CUDA kernels registered in C++): fake
+kernels for all of them, so torch.compile and torch.export trace them, and autograd for splat_pool and
+splat_combine, whose backward ops do the work. The module's two-pass training backward (splat_backward_*) and splat_bn_stats are called
 from an autograd.Function instead, so they only need fakes.
 Triton ops (launchers: resnest_fast/kernels/splat.py): torch.library.custom_op around each launcher, with the same
 fakes and autograd as the C++ ops. resnest_fast::triton_splat_conv_pool (resnest_fast/kernels/splat_conv.py) is
@@ -16,6 +16,7 @@ import torch
 
 from resnest_fast import _extension as ext
 from resnest_fast.op_rules import accumulation_dtype, kernel_layout
+from resnest_fast.ops.depthwise import HAS_DEPTHWISE_KERNEL
 from resnest_fast.ops.winograd import HAS_WINOGRAD_KERNELS
 
 __all__ = ["register_triton_ops"]
@@ -77,6 +78,10 @@ def fake_backward_input(grad_out, grad_gap, x, logits, scale, shift, coef_a, coe
 def fake_winograd_conv3x3(x, u, bias, other, dilation, groups, relu):
     out = x.new_empty((x.shape[0], groups * u.shape[2], x.shape[2], x.shape[3]))
     return out.contiguous(memory_format=torch.channels_last)
+
+
+def fake_depthwise_conv3x3(x, weight, bias, dilation, relu):
+    return torch.empty_like(x, memory_format=torch.channels_last)
 
 
 # ---------------------------------------------------------------------------------------------------- autograd
@@ -142,6 +147,8 @@ def _register_cpp_ops() -> None:
     torch.library.register_fake("resnest_fast::splat_backward_input")(fake_backward_input)
     if HAS_WINOGRAD_KERNELS:
         torch.library.register_fake("resnest_fast::winograd_conv3x3")(fake_winograd_conv3x3)
+    if HAS_DEPTHWISE_KERNEL:
+        torch.library.register_fake("resnest_fast::depthwise_conv3x3")(fake_depthwise_conv3x3)
 
 
 # ------------------------------------------------------------------------------------------------ Triton ops
