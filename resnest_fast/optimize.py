@@ -101,10 +101,10 @@ class FrozenConv2d(nn.Module):
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
         self._packed = None  # (input shape it was packed for, oneDNN weight), made at the first call
-        # Dilated depthwise convs (DeepLabV3+'s separable ASPP) stay off oneDNN, which ran them 4-8x slower here
-        # (2048 channels, 32x64, dilation 12: 27 ms NCHW vs 162 ms prepacked channels_last), while it wins on
-        # undilated depthwise and every other conv. The 3x3 stride-1 ones run on resnest_fast.ops.depthwise's
-        # channels_last kernel on CPU (no layout copies around them), the others on ATen's NCHW kernel.
+        # Dilated depthwise convs (DeepLabV3+'s separable ASPP) stay off oneDNN, which at large dilations computes
+        # the taps that fall in the padding (benchmarks/test_bench_depthwise.py), while it wins on undilated
+        # depthwise and every other conv. The 3x3 stride-1 ones run on resnest_fast.ops.depthwise's channels_last
+        # kernel on CPU (no layout copies around them), the others on ATen's NCHW kernel.
         self.native_depthwise = (conv.groups > 1 and conv.groups == conv.in_channels
                                  and max(conv.dilation) > 1)
         self.packable = torch.backends.mkldnn.is_available() and not self.native_depthwise

@@ -4,19 +4,18 @@ channel), channels_last, with its bias and ReLU fused, for optimize_for_inferenc
     out = relu?(conv2d(x, weight, bias, stride=1, padding=dilation, dilation=dilation, groups=C))
 
 Why: DeepLabV3+'s separable ASPP runs three such convs over 2048 channels at dilation 12, 24 and 36. ATen's NCHW
-kernel and oneDNN's channels_last one ran them at a small fraction of the memory traffic they need (and oneDNN at
-dilation 36 on a 32-row map 10x slower again), while the optimized model's activations are channels_last, so each
-call also paid two layout copies. The C++ kernel (csrc/ops/cpu/depthwise_kernel.cpp) writes each channels_last
-output row once, skipping the taps that fall in the padding; the sums are the same 9-term sums as the reference's,
-in another order (fp32 rounding).
+kernel and oneDNN's channels_last one ran them at a small fraction of the memory traffic they need (oneDNN slower
+still at dilation 36, where most taps fall in the padding), while the optimized model's activations are
+channels_last, so each call also paid two layout copies. The C++ kernel (csrc/ops/cpu/depthwise_kernel.cpp) writes
+each channels_last output row once, skipping the taps that fall in the padding; the sums are the same 9-term sums as
+the reference's, in another order (fp32 rounding).
 """
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["depthwise_conv3x3", "depthwise_conv3x3_reference", "HAS_DEPTHWISE_KERNEL"]
+__all__ = ["HAS_DEPTHWISE_KERNEL", "depthwise_conv3x3", "depthwise_conv3x3_reference"]
 
 
 def _has_kernel() -> bool:
@@ -28,7 +27,7 @@ def _has_kernel() -> bool:
 HAS_DEPTHWISE_KERNEL = _has_kernel()
 
 
-def depthwise_conv3x3_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, dilation: int = 1,
+def depthwise_conv3x3_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None, dilation: int = 1,
                                 relu: bool = False) -> Tensor:
     """depthwise_conv3x3 in PyTorch ops (F.conv2d), channels_last out."""
     out = F.conv2d(x, weight, bias, 1, dilation, dilation, x.shape[1])
@@ -37,7 +36,7 @@ def depthwise_conv3x3_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def depthwise_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, dilation: int = 1,
+def depthwise_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None, dilation: int = 1,
                       relu: bool = False) -> Tensor:
     """relu?(conv2d(x, weight, bias, padding=dilation, dilation=dilation, groups=C)) for x (B, C, H, W) and weight
     (C, 1, 3, 3); returns (B, C, H, W) channels_last. Inference only (no autograd). The C++ kernel runs on CPU
