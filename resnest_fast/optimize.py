@@ -4,7 +4,8 @@ compile wait.
 A ResNeSt-101-D8 segmenter spends ~85 % of its CPU time in convolutions. In eval mode:
 - every BatchNorm that follows a conv is folded into that conv's weight and bias (exact up to rounding: the BN
   is an affine map per output channel), and the ReLU after it, the residual add of a bottleneck and its ReLU
-  become post-ops of the conv (one pass over the output instead of four);
+  become post-ops of the conv (one pass over the output instead of four), which writes into the shortcut tensor
+  itself wherever nothing else can hold it (FrozenBottleneck);
 - on CPU the conv weights are reordered once into oneDNN's blocked layout (`mkldnn._reorder_convolution_weight`,
   what Inductor's freezing does), and activations are kept channels_last, so no convolution reorders its weight
   or its input on every call;
@@ -33,7 +34,7 @@ from resnest_fast.ops import depthwise as depthwise_ops
 from resnest_fast.ops import winograd as winograd_ops
 from resnest_fast.segmentation.decode_heads import ConvModule
 
-__all__ = ["FrozenBottleneck", "FrozenConv2d", "optimize_for_inference"]
+__all__ = ["FrozenBlocks", "FrozenBottleneck", "FrozenConv2d", "optimize_for_inference"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -200,13 +201,21 @@ class FrozenConv2d(nn.Module):
                 + (", depthwise3x3=True" if self.depthwise3x3 else "")
                 + (", winograd=True" if self.use_winograd else ""))
 
+    def _output_shape(self, x: Tensor) -> tuple[int, ...]:
+        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+                zip(x.shape[-2:], self.padding, self.dilation, self.kernel_size, self.stride)]
+        return (x.shape[0], self.out_channels, *size)
+
     def _winograd_applies(self, x: Tensor) -> bool:
         return (self.use_winograd and x.device.type == "cpu" and x.dtype == torch.float32
                 and self.weight_dtype() == torch.float32 and not x.requires_grad
                 and winograd_ops.winograd_worthwhile(self.in_channels // self.groups, x.shape[-2], x.shape[-1],
                                                      self.dilation[0]))
 
-    def forward(self, x: Tensor, other: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, other: Tensor | None = None, into_other: bool = False) -> Tensor:
+        """relu(conv(x) [+ other]). `into_other=True` lets the packed oneDNN path write the result into `other`
+        itself (an in-place add post-op) and return it: for callers that own `other` and have no further use for it. The
+        other paths ignore it and return a new tensor."""
         if torch.compiler.is_compiling():
             self.keep_folded_weight = True
             if self.weight is None:  # an eager call came first and dropped it
@@ -227,6 +236,12 @@ class FrozenConv2d(nn.Module):
                 return torch.ops.mkldnn._convolution_pointwise(
                     x, packed, self.bias, self.padding, self.stride, self.dilation, self.groups, unary, [],
                     "")
+            if (into_other and other.dtype == x.dtype and not other.requires_grad
+                    and other.is_contiguous(memory_format=torch.channels_last)
+                    and other.shape == self._output_shape(x)):
+                return torch.ops.mkldnn._convolution_pointwise_.binary(
+                    other, x, packed, self.bias, self.padding, self.stride, self.dilation, self.groups, "add", None,
+                    unary if self.relu else None, [], "")
             return torch.ops.mkldnn._convolution_pointwise.binary(
                 x, other.contiguous(memory_format=torch.channels_last), packed, self.bias, self.padding,
                 self.stride, self.dilation, self.groups, "add", None, unary if self.relu else None, [], "")
@@ -241,9 +256,23 @@ class FrozenConv2d(nn.Module):
         return torch.relu_(out) if self.relu else out
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether a forward hook (on module, inside it or global) could see, and keep, a tensor of its forward."""
+    from torch.nn.modules import module as torch_module
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
 class FrozenBottleneck(nn.Module):
     """A ResNeSt bottleneck for inference: relu(conv1+bn1) -> split attention (prepacked conv) -> [avg-pool] ->
-    relu(conv3+bn3 + shortcut) with the add and the ReLU as post-ops of conv3."""
+    relu(conv3+bn3 + shortcut) with the add and the ReLU as post-ops of conv3.
+
+    conv3 writes its output into the shortcut tensor where nothing else can hold that tensor: the downsample's
+    output, and the block's input when `input_is_private` (FrozenBlocks passes it for every block after the first).
+    The block then allocates no output of its own; where that output is large (32 MiB and more at 512x1024), a new
+    one is a fresh mapping from the allocator that the conv faults in page by page. Any forward hook in the block
+    (or a global one) turns this off, since a hook may keep the tensor it sees."""
 
     def __init__(self, block: Bottleneck, winograd: bool = True, fold_in_place: bool = False):
         super().__init__()
@@ -254,12 +283,33 @@ class FrozenBottleneck(nn.Module):
         self.conv3 = FrozenConv2d(block.conv3, block.bn3, relu=True, winograd=winograd, fold_in_place=fold_in_place)
         self.downsample = None if block.downsample is None else _freeze(block.downsample, opts)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, input_is_private: bool = False) -> Tensor:
         out = self.conv2(self.conv1(x))
         if self.avd_layer is not None:
             out = self.avd_layer(out)
         identity = x if self.downsample is None else self.downsample(x)
-        return self.conv3(out, identity)
+        private = False
+        if not torch.compiler.is_compiling() and not x.requires_grad:
+            if identity is x:
+                private = input_is_private
+            else:  # the downsample's output, unless it is a view of x
+                private = identity.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+            private = private and not _hooked(self)
+        return self.conv3(out, identity, into_other=private)
+
+
+class FrozenBlocks(nn.Sequential):
+    """A stage of FrozenBottlenecks (a ResNeSt layer): runs them in turn, and tells each block after the first that
+    its input is private (the previous block's output, which nothing outside the stage has seen), so that its conv3
+    may write into it. Not with a forward hook anywhere in the stage (or a global one)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        private = False
+        hooked = _hooked(self)
+        for block in self:
+            x = block(x, input_is_private=private and not hooked)
+            private = True
+        return x
 
 
 class _Options(NamedTuple):
@@ -308,6 +358,9 @@ def _freeze(m: nn.Module, opts: _Options) -> nn.Module:
     if _is_conv_module(m):
         return FrozenConv2d(m.conv, getattr(m, "bn", None), relu=getattr(m, "activate", None) is not None,
                             **opts._asdict())
+    if (isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward and len(m)
+            and all(isinstance(b, Bottleneck) for b in m)):  # a stage (ResLayer), or a Sequential of blocks
+        return FrozenBlocks(*(FrozenBottleneck(b, **opts._asdict()) for b in m))
     if type(m) is nn.Sequential:
         return _freeze_sequential(m, opts)
     if type(m) is nn.Conv2d:

@@ -210,3 +210,50 @@ def test_the_optimised_segmentor_takes_images_again_after_its_weights_were_packe
     assert torch.equal(first, second)
     assert_max_abs("fcn", second, want, tol=1e-3)
     assert fast.weight_dtype() == torch.float32 and fast.double().weight_dtype() == torch.float64
+
+
+def _small_backbone():
+    cfg = dict(small_model_cfg()["backbone"])
+    cfg.pop("type")
+    return randomize_model(ResNeSt(**cfg)).eval()
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the in-place sum runs on oneDNN's packed path")
+def test_blocks_write_into_a_private_input_and_leave_any_other_alone():
+    """Inside a stage, each block after the first writes its output into its input (the previous block's output,
+    which nothing outside the stage has seen); called on a tensor of the caller's, a block leaves it as it was.
+    Every output stays within fp32 rounding of the original block on a float64 copy of the input."""
+    net = _small_backbone()
+    fast = optimize_for_inference(net)
+    stage, original = fast.layer3, net.layer3
+    assert type(stage).__name__ == "FrozenBlocks" and len(stage) >= 2 and stage[1].downsample is None
+    x = torch.randn(1, original[0].conv1.in_channels, 12, 20).contiguous(memory_format=torch.channels_last)
+    x_before = x.clone()
+    with torch.no_grad():
+        y0 = stage[0](x)  # the downsample's output takes the result, x is the caller's
+        assert torch.equal(x, x_before) and y0.data_ptr() != x.data_ptr()
+        want0 = original.double()[0](x.double())
+        assert_max_abs("block 0", y0.double(), want0, tol=1e-4)
+        want1 = original[1](y0.double())
+        kept = y0.clone()
+        y1 = stage[1](kept)  # not private: the caller's tensor stays
+        assert torch.equal(kept, y0) and y1.data_ptr() != kept.data_ptr()
+        y1_private = stage[1](y0, input_is_private=True)
+        assert y1_private.data_ptr() == y0.data_ptr(), "conv3 did not write into the private input"
+        assert_max_abs("block 1, written in place", y1_private.double(), want1, tol=1e-4)
+        assert torch.equal(y1_private, y1)
+
+
+def test_a_forward_hook_keeps_the_block_output_it_was_given():
+    """A hook that keeps a block's output (feature extraction) must find it intact after the stage ran on: with a
+    hook in the stage no block writes into its input."""
+    net = _small_backbone()
+    fast = optimize_for_inference(net)
+    seen, want = {}, {}
+    fast.layer3[0].register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    net.layer3[0].register_forward_hook(lambda m, i, o: want.setdefault("out", o))
+    x = torch.randn(1, 3, 50, 70)
+    with torch.no_grad():
+        for a, b in zip(fast(x), net(x)):
+            assert_max_abs("features", a, b, tol=1e-4)
+    assert_max_abs("hooked block output", seen["out"], want["out"], tol=1e-4)
