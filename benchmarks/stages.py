@@ -2,8 +2,8 @@
 with the same weights, side by side in one process, CPU.
 
 Each provider's eval forward (normalised input -> decode logits, batch 1) is timed as a whole and, in the same
-calls, per part with forward hooks (perf_counter at each part's entry and exit; the hooks cost microseconds against
-parts of milliseconds). Parts, by mmseg's module names (ours keeps them):
+calls, per part (perf_counter at each part's entry and exit, around the part's forward; microseconds against parts
+of milliseconds). Parts, by mmseg's module names (ours keeps them):
   backbone   stem (+ maxpool), layer1 .. layer4; inside the layers, summed over their blocks: conv1 (1x1 conv, BN,
              ReLU), conv2 (the split-attention conv: grouped 3x3 conv, BN, ReLU, pool, fc, combine), avd_layer
              (the stride's avg-pool), downsample (the shortcut), conv3 (1x1 conv, BN, residual add, ReLU), where the
@@ -50,24 +50,34 @@ def _parts(model):
 
 
 class StageTimer:
-    """Forward hooks adding each part's wall time to `times[label]` (parts of one label, such as the blocks'
-    conv1, add up); `reset()` between calls."""
+    """Adds each part's wall time to `times[label]` (parts of one label, such as the blocks' conv1, add up);
+    `reset()` between calls. It wraps each part's `forward` on the instance rather than registering forward hooks:
+    a hook changes what the optimized model runs (its blocks then stop writing into their inputs, since a hook
+    could keep the tensor it sees)."""
 
     def __init__(self, model):
         self.times = collections.defaultdict(float)
-        self.handles = []
+        self.wrapped = []
         for label, module in _parts(model):
-            start = []
-            self.handles.append(module.register_forward_pre_hook(lambda *_, s=start: s.append(time.perf_counter())))
-            self.handles.append(module.register_forward_hook(
-                lambda *_, s=start, k=label: self.times.__setitem__(k, self.times[k] + time.perf_counter() - s.pop())))
+            if "forward" in vars(module):  # a part listed twice (a module under two labels) is timed once
+                continue
+            module.forward = self._timed(module.forward, label)
+            self.wrapped.append(module)
+
+    def _timed(self, forward, label):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            out = forward(*args, **kwargs)
+            self.times[label] += time.perf_counter() - start
+            return out
+        return timed
 
     def reset(self):
         self.times.clear()
 
     def remove(self):
-        for h in self.handles:
-            h.remove()
+        for module in self.wrapped:
+            del module.forward
 
 
 def build(name, providers):

@@ -46,3 +46,18 @@ def test_a_label_adds_up_over_the_blocks():
     with torch.no_grad():
         ours.decode(torch.randn(1, 3, 32, 32))
     assert not timer.times  # the hooks are gone
+
+
+def test_timing_leaves_the_optimized_model_running_as_it_does_untimed():
+    """The timer registers no forward hook (one would turn off the optimized blocks' in-place residual add), and
+    the timed forward gives the untimed one's logits."""
+    models = _models()
+    fast, forward = models["ours-optimized"]
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        want = forward(x)
+        timer = stages.StageTimer(fast)
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in fast.modules())
+        got = forward(x)
+    assert timer.times["layer3.conv3"] > 0
+    assert torch.equal(got, want)
