@@ -17,8 +17,10 @@ Columns (MiB, one row per provider and allocator setting):
 Allocator settings (glibc reads them at process start, hence one process each):
   default          glibc's: its mmap threshold grows up to 32 MiB as large blocks are freed, after which blocks
                    of that size come from the heap and stay there when freed
-  tuned            docs/deployment.md's recommendation for speed (GLIBC_TUNABLES mmap_threshold=32 MiB,
-                   trim_threshold=1 GiB: large blocks stay on the heap, none is page-faulted in again)
+  tuned            GLIBC_TUNABLES mmap_threshold=32 MiB, trim_threshold=1 GiB: blocks under 32 MiB stay on the heap
+                   when freed; blocks of 32 MiB and more (glibc's cap on the threshold) are still fresh mappings
+  heap-only        docs/deployment.md's recommendation for speed (GLIBC_TUNABLES mmap_max=0, trim_threshold=4 GiB):
+                   no block is a mapping of its own, freed blocks stay on the heap, none is page-faulted in again
   mmap-64k         MALLOC_MMAP_THRESHOLD_=65536: every block over 64 KiB is its own mapping, returned when freed
   arena-max-1      MALLOC_ARENA_MAX=1: one heap for all threads
 
@@ -39,8 +41,9 @@ from benchmarks import report
 
 PROVIDERS = ("mmseg", "ours", "ours-optimized")
 TUNED = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
-ALLOCATORS = {"default": {}, "tuned": {"GLIBC_TUNABLES": TUNED}, "mmap-64k": {"MALLOC_MMAP_THRESHOLD_": "65536"},
-              "arena-max-1": {"MALLOC_ARENA_MAX": "1"}}
+HEAP_ONLY = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296"
+ALLOCATORS = {"default": {}, "tuned": {"GLIBC_TUNABLES": TUNED}, "heap-only": {"GLIBC_TUNABLES": HEAP_ONLY},
+              "mmap-64k": {"MALLOC_MMAP_THRESHOLD_": "65536"}, "arena-max-1": {"MALLOC_ARENA_MAX": "1"}}
 MIB = 2.0 ** 20
 
 
