@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnest_fast.models.resnest import Bottleneck
@@ -109,13 +110,13 @@ class FrozenConv2d(nn.Module):
         self.native_depthwise = (conv.groups > 1 and conv.groups == conv.in_channels
                                  and max(conv.dilation) > 1)
         self.packable = torch.backends.mkldnn.is_available() and not self.native_depthwise
+        # what both the depthwise kernel and Winograd take: 3x3, stride 1, the same size out ("same" padding)
         d = self.dilation[0]
+        same_3x3 = (tuple(self.kernel_size) == (3, 3) and self.stride == [1, 1] and self.dilation == [d, d]
+                    and self.padding == [d, d])
         self.depthwise3x3 = (self.native_depthwise and depthwise_ops.HAS_DEPTHWISE_KERNEL
-                             and self.out_channels == self.in_channels and tuple(self.kernel_size) == (3, 3)
-                             and self.stride == [1, 1] and self.dilation == [d, d] and self.padding == [d, d])
-        use_winograd = (winograd and winograd_ops.HAS_WINOGRAD_KERNELS and weight.dtype == torch.float32
-                        and tuple(self.kernel_size) == (3, 3) and self.stride == [1, 1]
-                        and self.dilation == [d, d] and self.padding == [d, d]
+                             and self.out_channels == self.in_channels and same_3x3)
+        use_winograd = (winograd and winograd_ops.HAS_WINOGRAD_KERNELS and weight.dtype == torch.float32 and same_3x3
                         and self.in_channels // self.groups >= winograd_ops.WINOGRAD_MIN_CHANNELS)
         self.use_winograd = bool(use_winograd)
         # set when torch.compile traces the module: its graph reads the folded weight, which must then stay
@@ -214,8 +215,8 @@ class FrozenConv2d(nn.Module):
 
     def forward(self, x: Tensor, other: Tensor | None = None, into_other: bool = False) -> Tensor:
         """relu(conv(x) [+ other]). `into_other=True` lets the packed oneDNN path write the result into `other`
-        itself (an in-place add post-op) and return it: for callers that own `other` and have no further use for it. The
-        other paths ignore it and return a new tensor."""
+        itself (an in-place add post-op) and return it: for callers that own `other` and have no further use for
+        it. The other paths ignore it and return a new tensor."""
         if torch.compiler.is_compiling():
             self.keep_folded_weight = True
             if self.weight is None:  # an eager call came first and dropped it
@@ -258,7 +259,6 @@ class FrozenConv2d(nn.Module):
 
 def _hooked(module: nn.Module) -> bool:
     """Whether a forward hook (on module, inside it or global) could see, and keep, a tensor of its forward."""
-    from torch.nn.modules import module as torch_module
     if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
