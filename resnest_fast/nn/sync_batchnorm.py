@@ -22,6 +22,7 @@ refuses every nn.SyncBatchNorm in a CPU module, this one included, so a CPU mode
 DistributedDataParallel, which lets these layers through and refuses torch's own as before.
 `build_norm(dict(type='SyncBN'))` builds it.
 """
+import inspect
 from typing import Optional
 
 import torch
@@ -179,11 +180,25 @@ class SyncBatchNorm(nn.SyncBatchNorm):
                                self._group())
 
 
+# torch 2.13 renamed DistributedDataParallel's broadcast_buffers to forward_sync_buffers (the old name warns there)
+TORCH_DDP_HAS_FORWARD_SYNC_BUFFERS = (
+    "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters)
+
+
 class DistributedDataParallel(nn.parallel.DistributedDataParallel):
     """torch's DistributedDataParallel that also accepts resnest_fast.nn.SyncBatchNorm layers in a CPU module.
 
     torch refuses every nn.SyncBatchNorm in a CPU module because its own cannot reduce CPU tensors; ours can (gloo),
-    so only modules holding torch's own are refused, with torch's error. Everything else is torch's class."""
+    so only modules holding torch's own are refused, with torch's error. Everything else is torch's class.
+
+    `forward_sync_buffers` (torch 2.13's name) is accepted on every torch: before 2.13 it is passed on as
+    `broadcast_buffers`, which with False also leaves buffers out of the sync at construction; a model built the
+    same way on every rank (the training command's) has equal buffers there either way."""
+
+    def __init__(self, module: nn.Module, *args, **kwargs):
+        if not TORCH_DDP_HAS_FORWARD_SYNC_BUFFERS and "forward_sync_buffers" in kwargs:
+            kwargs["broadcast_buffers"] = kwargs.pop("forward_sync_buffers")
+        super().__init__(module, *args, **kwargs)
 
     def _passing_sync_batchnorm_handle(self, module: nn.Module) -> None:
         if self.device_type != "cpu" or any(

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from resnest_fast.nn import SplitAttentionConv2d, SyncBatchNorm, build_norm
+from resnest_fast.nn import DistributedDataParallel, SplitAttentionConv2d, SyncBatchNorm, build_norm, sync_batchnorm
 from tests.distributed import run_distributed
 from tests.mmseg_reference import import_mmseg
 
@@ -159,3 +159,19 @@ def test_syncbn_is_an_nn_syncbatchnorm_with_batchnorms_state_dict():
     reverted = import_mmseg("mmengine.model").revert_sync_batchnorm(model)
     assert not isinstance(reverted[1], nn.SyncBatchNorm)
     torch.testing.assert_close(reverted[1].running_mean, bn.running_mean)
+
+
+@pytest.mark.parametrize("torch_has_it", [True, False])
+def test_forward_sync_buffers_is_accepted_on_a_torch_with_or_without_it(monkeypatch, torch_has_it):
+    """torch 2.13 renamed broadcast_buffers to forward_sync_buffers; the training command passes the new name, which
+    before 2.13 was a TypeError in DistributedDataParallel's constructor."""
+    seen = {}
+
+    def torch_init(self, module, *args, **kwargs):
+        seen.update(kwargs)
+
+    monkeypatch.setattr(nn.parallel.DistributedDataParallel, "__init__", torch_init)
+    monkeypatch.setattr(sync_batchnorm, "TORCH_DDP_HAS_FORWARD_SYNC_BUFFERS", torch_has_it)
+    DistributedDataParallel(nn.Linear(2, 2), forward_sync_buffers=False, find_unused_parameters=True)
+    name = "forward_sync_buffers" if torch_has_it else "broadcast_buffers"
+    assert seen == {name: False, "find_unused_parameters": True}
