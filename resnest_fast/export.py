@@ -164,7 +164,25 @@ def export_program(model: nn.Module, example_input, dynamic_shapes=None) -> Expo
             raise ValueError(f"dynamic_shapes shorthand must be 'hw' or 'bhw', got {dynamic_shapes!r}")
         dynamic_shapes = _image_dynamic_shapes(dynamic_shapes, args)
     with _eval_mode(model):
-        return torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
+        program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
+    if dynamic_shapes is not None:
+        refuse_parity_guards(program)
+    return program
+
+
+def refuse_parity_guards(program: ExportedProgram) -> None:
+    """Raises if the program holds a guard on the parity of a size.
+
+    Before 2.13, torch evaluates the output size of ceil-mode average pooling (ResNeSt-D's avg_down downsampling)
+    as a guard that fixes the parity of the feature maps' sizes: a program exported with a dynamic height and width
+    then raises "Guard failed" at about three image sizes in four (e.g. a 100-pixel-wide image after a 96-wide
+    example). Refused here, when the program is made, with the way out."""
+    parity = [g for g in getattr(program, "_guards_code", None) or () if "%" in g]
+    if parity:
+        raise ValueError(
+            f"dynamic_shapes: torch {torch.__version__} fixes the parity of this model's feature sizes when it "
+            f"exports it ({parity[0]}), so the program would refuse most other image sizes; torch 2.13 and later "
+            "export it for every size. Upgrade torch, or export one program per image size (dynamic_shapes=None)")
 
 
 def fused_op_counts(program: ExportedProgram) -> Dict[str, int]:

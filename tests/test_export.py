@@ -23,6 +23,7 @@ from resnest_fast.export import (
     fused_op_counts,
     load_program,
     reference_ops,
+    refuse_parity_guards,
     save_program,
     to_reference,
     trace_torchscript,
@@ -123,13 +124,45 @@ def test_every_head_type_exports(head):
     assert fused_op_counts(program) == {"splat_pool": 16, "splat_combine": 16}
 
 
+def _torch_guards_the_parity(segmentor) -> bool:
+    """Whether torch.export itself (no resnest_fast wrapper) makes a program that refuses a 100-wide image after a
+    96-wide example: torch before 2.13 turns ceil-mode pooling's output size into a guard on its parity."""
+    dims = {"img": {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}}
+    with torch.no_grad():
+        plain = torch.export.export(segmentor, (image(1, 3, 64, 96),), dynamic_shapes=dims)
+        try:
+            plain.module()(image(1, 3, 64, 100))
+        except AssertionError as exc:
+            assert "Guard failed" in str(exc)
+            return True
+    return False
+
+
 def test_dynamic_batch_height_and_width(segmentor):
+    if _torch_guards_the_parity(segmentor):
+        with pytest.raises(ValueError, match=r"dynamic_shapes: torch .* fixes the parity .* torch 2.13"):
+            export_program(segmentor, image(2, 3, 64, 96), dynamic_shapes="bhw")
+        return
     program = export_program(segmentor, image(2, 3, 64, 96), dynamic_shapes="bhw")
     for shape in [(1, 3, 72, 100), (3, 3, 33, 47)]:
         x = image(*shape)
         out = program.module()(x)
         assert out.shape == (shape[0], segmentor.num_classes, *shape[2:])
         assert max_abs(out, eager(segmentor, x)) <= 1e-5
+
+
+def test_a_program_guarding_a_size_parity_is_refused_and_one_guarding_sizes_is_not():
+    class Program:  # what torch.export leaves in an ExportedProgram: the guards its module() checks at each call
+        def __init__(self, guards):
+            self._guards_code = guards
+
+    size_guards = ["(1 + (((-1) + L['img'].size()[3]) // 2)) != 1"]
+    refuse_parity_guards(Program(size_guards))
+    refuse_parity_guards(Program([]))
+    parity = "((((-1) + L['img'].size()[3]) // 4) % 2) != 0"
+    with pytest.raises(ValueError, match="dynamic_shapes: torch .* fixes the parity") as refused:
+        refuse_parity_guards(Program(size_guards + [parity]))
+    assert parity in str(refused.value)
 
 
 def test_dynamic_shorthand_errors():
