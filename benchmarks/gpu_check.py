@@ -63,8 +63,10 @@ ERROR_FLOOR = {torch.float32: 1e-5, torch.bfloat16: FLOOR[torch.bfloat16], torch
 class Settings:
     """Sizes of one run: the real ones on a GPU, tiny ones on the CPU for --dry-run."""
 
-    def __init__(self, dry_run: bool):
+    def __init__(self, dry_run: bool, deadline: Optional[float] = None):
         self.dry_run = dry_run
+        self.deadline = deadline  # time.time() after which no further step or model starts
+        self.skipped: List[str] = []  # what the deadline left out, for the summary
         self.device = torch.device("cpu" if dry_run else "cuda")
         if dry_run:
             self.small_shapes = [(2, 8, 7, 9, 2, 1), (1, 16, 5, 3, 4, 2)]  # (B, C, H, W, radix, groups)
@@ -83,6 +85,13 @@ class Settings:
             # layer3's repeated blocks (dilation 2): x (B, 256, H, W) -> y (B, 512, H, W), conv groups 2
             self.conv_shapes = {"city-layer3": next(b for b in city if b.stage == "layer3" and b.index > 0),
                                 "2048-layer3": next(b for b in big if b.stage == "layer3" and b.index > 0)}
+
+    def out_of_time(self, what: str) -> bool:
+        """Whether the deadline has passed; if so `what` is recorded as skipped."""
+        if self.deadline is None or time.time() < self.deadline:
+            return False
+        self.skipped.append(what)
+        return True
 
     def backends(self) -> List[str]:
         """The fused backends under test: on a GPU cuda and Triton (compiled, never the interpreter); on the CPU the
@@ -458,8 +467,12 @@ def bench_models(s: Settings, heads, compile_heads) -> List[dict]:
     img = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 255
     x = ((img - MEAN) / STD).to(s.device)
     for head in heads:
+        if s.out_of_time(f"models {head}"):
+            continue
         ref, ours = _pair_of_models(head, s)
         for dname, autocast in (("fp32", False), ("bf16-autocast", True)):
+            if s.out_of_time(f"models {head} {dname}"):
+                continue
             providers = {"reference-backend": ref.decode, "ours": ours.decode}
             if head in compile_heads:
                 # On the CPU, Inductor's bf16 conv layout optimisation hands opaque ops NaNs with torch 2.13
@@ -568,6 +581,25 @@ def summarize(results: Dict[str, List[dict]], s: Settings) -> List[str]:
     if "memory" in results:
         lines += [f"train memory {r['model']} {r['input']} {r['provider']}: {r['peak_mib']} MiB ({r['vs_reference']}x)"
                   for r in results["memory"]]
+    if s.skipped:
+        lines.append(f"skipped at the deadline: {', '.join(s.skipped)}")
+    return lines
+
+
+def write_results(results: Dict[str, List[dict]], s: Settings, out: str) -> List[str]:
+    """CSVs of every step so far and summary.txt, rewritten whole after each step: a run cut short keeps the
+    figures of the steps it finished."""
+    report.RESULTS.clear()
+    for step, rows in results.items():
+        for row in rows:
+            report.add(f"gpu-{step}", row)
+    report.flush(out)
+    lines = summarize(results, s)
+    os.makedirs(out, exist_ok=True)
+    tmp = os.path.join(out, "summary.txt.tmp")
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, os.path.join(out, "summary.txt"))
     return lines
 
 
@@ -579,6 +611,9 @@ def parse_args(argv=None):
     parser.add_argument("--models", nargs="+", choices=HEADS, default=list(HEADS), help="heads of the model step")
     parser.add_argument("--compile-models", nargs="*", choices=HEADS, default=["deeplabv3"],
                         help="heads also timed under torch.compile (compiling takes a minute or more each)")
+    parser.add_argument("--deadline", type=float, default=None, metavar="UNIX_TIME",
+                        help="start no step or model after this time (seconds since the epoch); what is left out "
+                             "is listed in the summary (scripts/gpu_check.sh --budget sets it)")
     return parser.parse_args(argv)
 
 
@@ -591,13 +626,15 @@ def main(argv=None) -> int:
         if ext.triton_interpreting():
             print("gpu_check: TRITON_INTERPRET=1 is set: unset it, the GPU check runs Triton compiled", file=sys.stderr)
             return 2
-    s = Settings(args.dry_run)
+    s = Settings(args.dry_run, args.deadline)
     if args.step == "sanitize":
         sanitize(s)
         return 0
     steps = ("ops", "bench-ops", "models", "memory") if args.step == "all" else (args.step,)
     results = {}
     for step in steps:
+        if s.out_of_time(step):
+            continue
         t0 = time.perf_counter()
         if step == "ops":
             results[step] = check_ops(s)
@@ -608,14 +645,8 @@ def main(argv=None) -> int:
         elif step == "memory":
             results[step] = train_memory(s)
         print(f"gpu_check: {step} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    for step, rows in results.items():
-        for row in rows:
-            report.add(f"gpu-{step}", row)
-    report.flush(args.out)
-    lines = summarize(results, s)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "summary.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        write_results(results, s, args.out)
+    lines = write_results(results, s, args.out)  # once more: the steps the deadline left out
     print("\n".join(lines))
     failed = any(not r["ok"] for step in ("ops", "models") for r in results.get(step, []))
     return 1 if failed else 0

@@ -7,75 +7,137 @@
 #             op timings as % of the copy bandwidth, four-model fps (fp32, bf16 autocast), training memory
 #   sanitize  compute-sanitizer memcheck and racecheck over every CUDA op at small odd shapes
 #   pytest    the needs_cuda tests, Triton compiled (TRITON_INTERPRET=0)
-# CSVs, logs and summary.txt go to $OUT if set, else gpu_results/. Exit 1 if a step failed.
+# CSVs, summary.txt and gpu_check.log (every step's output under its name) go to $OUT if set, else gpu_results/:
+# six files, so that a runner which brings back few files brings back all of them. Exit 1 if a step failed.
+# --budget SECONDS: finish within that many seconds (for a lent machine with a time limit): after the build, the
+#   check starts no step or model after half of the time left and is stopped at two thirds; the sanitizers and
+#   the tests share the rest, each stopped when its share runs out. Whatever finished is kept, and the summary
+#   says what was left out.
 # --dry-run: the same on the CPU at tiny shapes, no build, no sanitizer, no GPU tests (CI runs this).
 # --skip-build: use the resnest_fast already installed.
-# Usage: bash scripts/gpu_check.sh [--dry-run] [--skip-build]
+# Usage: bash scripts/gpu_check.sh [--dry-run] [--skip-build] [--budget SECONDS]
 set -uo pipefail
 cd "$(dirname "$0")/.."
+usage() { echo "usage: bash scripts/gpu_check.sh [--dry-run] [--skip-build] [--budget SECONDS]" >&2; exit 2; }
 DRY=0
 BUILD=1
-for arg in "$@"; do
-  case "$arg" in
+BUDGET=""
+BUDGET_GIVEN=0
+while [ $# -gt 0 ]; do
+  case "$1" in
     --dry-run) DRY=1 ;;
     --skip-build) BUILD=0 ;;
-    *) echo "usage: bash scripts/gpu_check.sh [--dry-run] [--skip-build]" >&2; exit 2 ;;
+    --budget) shift; BUDGET=${1:-}; BUDGET_GIVEN=1 ;;
+    --budget=*) BUDGET=${1#--budget=}; BUDGET_GIVEN=1 ;;
+    *) usage ;;
   esac
+  shift
 done
+if [ $BUDGET_GIVEN -eq 1 ] && ! [[ "$BUDGET" =~ ^[0-9]+$ && "$BUDGET" -ge 60 ]]; then
+  echo "gpu_check: --budget takes whole seconds, at least 60 (got '$BUDGET')" >&2
+  exit 2
+fi
+START=$(date +%s)
+DEADLINE=${BUDGET:+$((START + BUDGET))}
+PY=${PYTHON:-python3}
+if [ $DRY -eq 0 ] && ! arch=$("$PY" -c "import sys, torch
+sys.exit(1) if not torch.cuda.is_available() else print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null); then
+  echo "gpu_check: torch sees no CUDA GPU here (on a CPU machine: bash scripts/gpu_check.sh --dry-run)" >&2
+  exit 2
+fi
 OUT=${OUT:-gpu_results}
 mkdir -p "$OUT"
-PY=${PYTHON:-python3}
+LOG="$OUT/gpu_check.log"
+: >"$LOG"
 failed=()
+cut=()
 
-step() {  # step NAME COMMAND...: runs it with its output in $OUT/NAME.log, says how it went, goes on either way
-  local name=$1 start rc
-  shift
+left() {  # seconds until the deadline (a large number without --budget)
+  if [ -n "$DEADLINE" ]; then echo $((DEADLINE - $(date +%s))); else echo 999999; fi
+}
+
+step() {  # step NAME LIMIT COMMAND...: runs it (stopped after LIMIT seconds unless LIMIT is empty) with its
+          # output appended to $LOG under its name, says how it went, and goes on either way
+  local name=$1 limit=$2 start rc part
+  shift 2
   start=$(date +%s)
   echo "== $name"
-  "$@" >"$OUT/$name.log" 2>&1
+  if [ -n "$limit" ] && [ "$limit" -le 0 ]; then
+    echo "   skipped: no time left in the budget"
+    echo "== $name: skipped, no time left in the budget" >>"$LOG"
+    cut+=("$name")
+    return
+  fi
+  part=$(mktemp)
+  if [ -n "$limit" ]; then
+    timeout --kill-after=15 "$limit" "$@" >"$part" 2>&1
+  else
+    "$@" >"$part" 2>&1
+  fi
   rc=$?
+  { echo "== $name (exit $rc, $(( $(date +%s) - start )) s)"; cat "$part"; } >>"$LOG"
   if [ $rc -eq 0 ]; then
     echo "   ok in $(( $(date +%s) - start )) s"
+  elif [ -n "$limit" ] && { [ $rc -eq 124 ] || [ $rc -eq 137 ]; }; then
+    echo "   stopped at its share of the budget ($limit s); what it finished is kept"
+    cut+=("$name")
   else
-    echo "   FAILED (exit $rc) in $(( $(date +%s) - start )) s; the end of $OUT/$name.log:"
-    tail -25 "$OUT/$name.log" | sed 's/^/   | /'
+    echo "   FAILED (exit $rc) in $(( $(date +%s) - start )) s; the end of its output (all of it in $LOG):"
+    tail -25 "$part" | sed 's/^/   | /'
     failed+=("$name")
   fi
+  rm -f "$part"
+}
+
+share() {  # share NUM DEN: NUM/DEN of the time left less 20 s for stopping and the summary, or nothing (no limit)
+           # without --budget
+  if [ -n "$DEADLINE" ]; then echo $(( ($(left) - 20) * $1 / $2 )); fi
 }
 
 if [ $DRY -eq 1 ]; then
-  step info "$PY" -m resnest_fast info
-  step check env TRITON_INTERPRET=1 "$PY" -m benchmarks.gpu_check all --dry-run --out "$OUT"
+  step info "" "$PY" -m resnest_fast info
+  step check "" env TRITON_INTERPRET=1 "$PY" -m benchmarks.gpu_check all --dry-run --out "$OUT" \
+    ${DEADLINE:+--deadline "$DEADLINE"}
 else
-  if ! arch=$("$PY" -c "import sys, torch
-sys.exit(1) if not torch.cuda.is_available() else print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null); then
-    echo "gpu_check: torch sees no CUDA GPU here (on a CPU machine: bash scripts/gpu_check.sh --dry-run)" >&2
-    exit 2
-  fi
   export TRITON_INTERPRET=0
   "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(0))"
   if [ $BUILD -eq 1 ]; then
-    step build env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+    step build "" env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
       "$PY" -m pip install -v --no-build-isolation --no-deps -e .
   fi
-  step info "$PY" -m resnest_fast info
-  # the figures first (correctness, timings): if the machine's time runs out, the slower sweeps go first
-  step check "$PY" -m benchmarks.gpu_check all --out "$OUT"
+  step info "" "$PY" -m resnest_fast info
+  # the figures first (correctness, timings); with a budget the check starts nothing after half of the time left
+  check_deadline=${DEADLINE:+$(( $(date +%s) + $(left) / 2 ))}
+  step check "$(share 2 3)" "$PY" -m benchmarks.gpu_check all --out "$OUT" ${check_deadline:+--deadline "$check_deadline"}
   if command -v compute-sanitizer >/dev/null; then
-    step sanitize-memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m benchmarks.gpu_check sanitize
-    step sanitize-racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$PY" -m benchmarks.gpu_check sanitize
+    step sanitize-memcheck "$(share 1 3)" compute-sanitizer --tool memcheck --error-exitcode 1 \
+      "$PY" -m benchmarks.gpu_check sanitize
+    step sanitize-racecheck "$(share 1 2)" compute-sanitizer --tool racecheck --error-exitcode 1 \
+      "$PY" -m benchmarks.gpu_check sanitize
   else
     echo "== sanitize: compute-sanitizer not found, skipped"
   fi
-  step pytest "$PY" -m pytest -q -p no:cacheprovider -m needs_cuda tests
+  # only the files that hold GPU tests: the others may import what a GPU image lacks (the training stack's
+  # cityscapesscripts, mmsegmentation), and a collection error would fail the step without running a GPU test
+  mapfile -t gpu_tests < <(grep -rl --include='test_*.py' needs_cuda tests | sort)
+  step pytest "$(share 1 1)" "$PY" -m pytest -q -p no:cacheprovider -m needs_cuda "${gpu_tests[@]}"
 fi
 
 if [ -f "$OUT/summary.txt" ]; then
   echo
   cat "$OUT/summary.txt"
+  if grep -q "^skipped at the deadline" "$OUT/summary.txt"; then
+    cut+=("check (part)")
+  fi
+fi
+if [ ${#cut[@]} -gt 0 ]; then
+  echo "gpu_check: cut short by the budget: ${cut[*]} (the summary lists what was left out)"
 fi
 if [ ${#failed[@]} -gt 0 ]; then
-  echo "gpu_check: failed steps: ${failed[*]} (logs in $OUT/)"
+  echo "gpu_check: failed steps: ${failed[*]} (output in $LOG)"
   exit 1
 fi
-echo "gpu_check: all steps passed (results in $OUT/)"
+if [ ${#cut[@]} -gt 0 ]; then
+  exit 1
+fi
+echo "gpu_check: all steps passed in $(( $(date +%s) - START )) s (results in $OUT/)"
