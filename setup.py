@@ -156,6 +156,8 @@ packages += ["resnest_fast.training"] + [
     "resnest_fast.training." + p for p in find_packages(where="training")
 ]
 
+TRITON = "triton>=3.6,<3.10"
+
 setup(
     name="resnest_fast",
     version=VERSION,
@@ -169,7 +171,9 @@ setup(
     package_data={"resnest_fast.segmentation": ["configs/*/*.py", "configs/*/*/*.py"]},
     # deploy: the ONNX exporter and the two CPU runtimes the model benchmark compares with (optional: nothing in
     # the library needs them to run)
-    extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "numpy"],
+    # triton: the versions CI compiles the kernels with (3.6: torch 2.11's pin; 3.8: torch 2.14's; 3.9); 3.10 turns
+    # floating-point fusion off by default, which changes results
+    extras_require={"triton": [TRITON], "test": ["pytest", "pytest-benchmark", "numpy"],
                     "deploy": ["onnx", "onnxscript", "onnxruntime", "openvino"]},
     entry_points={"console_scripts": ["resnest-fast=resnest_fast.cli:main"]},
     ext_modules=ext_modules,

@@ -92,4 +92,5 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then  # run directly rather than sourced
   esac
 fi
 echo "== installing $TORCH_SPEC, triton and the build tools"
-pip_install -q "$TORCH_SPEC" triton ninja "setuptools>=64" wheel numpy
+# triton: the range setup.py's extra names (CI compiles the kernels with 3.6, 3.8 and the version installed here)
+pip_install -q "$TORCH_SPEC" "triton>=3.6,<3.10" ninja "setuptools>=64" wheel numpy

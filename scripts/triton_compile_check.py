@@ -353,7 +353,7 @@ def run(cases: List, archs=ARCHS, jobs: Optional[int] = None, out=sys.stdout) ->
     failures = sum("error" in r for r in results)
     ok = [r for r in results if "error" not in r]
     print(f"\n{len(results)} compiles ({len(ok)} ok, {failures} failed) of {len(cases)} cases in "
-          f"{time.perf_counter() - t0:.0f} s", file=out)
+          f"{time.perf_counter() - t0:.0f} s by Triton {triton.__version__}", file=out)
     for arch in archs:
         rows = [r for r in ok if r["arch"] == arch]
         for name in sorted({all_specs[r["index"]].kernel for r in rows}):
