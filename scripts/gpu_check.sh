@@ -120,7 +120,11 @@ else
   # only the files that hold GPU tests: the others may import what a GPU image lacks (the training stack's
   # cityscapesscripts, mmsegmentation), and a collection error would fail the step without running a GPU test
   mapfile -t gpu_tests < <(grep -rl --include='test_*.py' needs_cuda tests | sort)
-  step pytest "$(share 1 1)" "$PY" -m pytest -q -p no:cacheprovider -m needs_cuda "${gpu_tests[@]}"
+  # with pytest-xdist, several processes share the GPU: Triton compiles each specialisation on its first use, one
+  # at a time in a process
+  workers=()
+  if "$PY" -c "import xdist" 2>/dev/null; then workers=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))"); fi
+  step pytest "$(share 1 1)" "$PY" -m pytest -q -p no:cacheprovider "${workers[@]}" -m needs_cuda "${gpu_tests[@]}"
 fi
 
 if [ -f "$OUT/summary.txt" ]; then

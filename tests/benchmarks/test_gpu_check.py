@@ -90,3 +90,72 @@ def test_a_bad_budget_is_one_line_and_exit_2(budget, tmp_path):
     assert result.returncode == 2, result
     assert result.stderr.count("\n") == 1 and "--budget" in result.stderr
     assert not os.listdir(tmp_path)
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# stands in for a GPU machine's python: answers the script's probes, records each command, sleeps where told
+echo "$*" >>"$FAKE_DIR/calls"
+case "$*" in
+  *get_device_capability*) echo 9.0 ;;
+  "-c import xdist") exit 1 ;;
+  "-c "*) echo "torch 2.11.0 CUDA 13.0 a fake GPU" ;;
+  "-m benchmarks.gpu_check all"*) sleep "${FAKE_CHECK_SECONDS:-0}" ;;
+esac
+exit 0
+"""
+
+
+def _fake_gpu_machine(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("python", "compute-sanitizer"):
+        path = bin_dir / name
+        path.write_text(FAKE_PYTHON)
+        path.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "FAKE_DIR": str(tmp_path), "PYTHON": str(bin_dir / "python"), "OUT": str(out),
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return env, out
+
+
+def _calls(tmp_path):
+    return (tmp_path / "calls").read_text().splitlines()
+
+
+def test_the_gpu_branch_runs_every_step_and_collects_only_the_gpu_test_files(tmp_path):
+    env, out = _fake_gpu_machine(tmp_path)
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--skip-build"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all steps passed" in result.stdout
+    calls = _calls(tmp_path)
+    check = [c for c in calls if c.startswith("-m benchmarks.gpu_check all")]
+    assert check == [f"-m benchmarks.gpu_check all --out {out}"]  # no deadline without a budget
+    assert sum(c.startswith("--tool memcheck") or c.startswith("--tool racecheck") for c in calls) == 2
+    pytest_call = next(c.split() for c in calls if c.startswith("-m pytest"))
+    files = sorted(a for a in pytest_call if a.endswith(".py"))
+    holding = sorted(os.path.relpath(os.path.join(d, f), ROOT) for d, _, fs in os.walk(os.path.join(ROOT, "tests"))
+                     for f in fs if f.startswith("test_") and f.endswith(".py")
+                     and "needs_cuda" in open(os.path.join(d, f)).read())
+    assert files == holding and "tests/ops/test_splat_gpu_and_heavy.py" in files
+    assert "needs_cuda" in pytest_call and "-n" not in pytest_call  # no xdist on this fake machine
+    log = (out / "gpu_check.log").read_text()
+    for name in ("info", "check", "sanitize-memcheck", "sanitize-racecheck", "pytest"):
+        assert f"== {name} (exit 0" in log
+
+
+def test_the_budget_stops_a_long_check_and_still_runs_the_rest_in_time(tmp_path):
+    env, out = _fake_gpu_machine(tmp_path)
+    env["FAKE_CHECK_SECONDS"] = "1000"
+    start = time.time()
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--skip-build", "--budget", "60"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env=env)
+    took = time.time() - start
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert took <= 60, took
+    assert "stopped at its share of the budget" in result.stdout
+    assert "cut short by the budget: check" in result.stdout
+    check = next(c.split() for c in _calls(tmp_path) if c.startswith("-m benchmarks.gpu_check all"))
+    deadline = float(check[check.index("--deadline") + 1])
+    assert start + 15 <= deadline <= start + 31  # half of the time left once the build is done
+    assert any(c.startswith("-m pytest") for c in _calls(tmp_path))  # the tests still had their share
