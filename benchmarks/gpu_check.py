@@ -1,7 +1,8 @@
 """The GPU check: what `scripts/gpu_check.sh` runs on a machine with one NVIDIA GPU, and, with --dry-run, on the
 CPU at tiny shapes (CI runs that, so the script cannot rot).
 
-Steps (`python -m benchmarks.gpu_check STEP [--dry-run] [--out DIR]`; `all` runs ops, bench-ops, models, memory):
+Steps (`python -m benchmarks.gpu_check STEP [--dry-run] [--out DIR]`; `all` runs ops, bench-ops, memory, models:
+the cheap training-memory step before the four heads and their torch.compile, so a time budget cuts the latter):
   sanitize   every CUDA op once at small odd shapes, forward and backward, fp32/bf16/fp16, NCHW and channels_last,
              nothing checked: the step compute-sanitizer (memcheck, racecheck) runs under
   ops        correctness: splat_pool and splat_combine forward and backward (autograd) on each GPU backend (cuda,
@@ -53,7 +54,7 @@ from resnest_fast.ops import (
 )
 from resnest_fast.testing.tolerances import FACTOR, FLOOR
 
-STEPS = ("sanitize", "ops", "bench-ops", "models", "memory")
+STEPS = ("sanitize", "ops", "bench-ops", "memory", "models")
 HEADS = ("deeplabv3", "fcn", "pspnet", "deeplabv3plus")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # floor of the rule per dtype, relative to max(1, |ref64|): fp32 sums of up to ~10^5 terms in another order
@@ -630,7 +631,7 @@ def main(argv=None) -> int:
     if args.step == "sanitize":
         sanitize(s)
         return 0
-    steps = ("ops", "bench-ops", "models", "memory") if args.step == "all" else (args.step,)
+    steps = STEPS[1:] if args.step == "all" else (args.step,)
     results = {}
     for step in steps:
         if s.out_of_time(step):

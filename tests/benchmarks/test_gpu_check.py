@@ -74,7 +74,7 @@ def test_a_run_cut_short_keeps_the_finished_steps_and_lists_the_rest(tmp_path, m
     assert sorted(os.listdir(tmp_path)) == ["gpu-ops.csv", "summary.txt"]
     summary = (tmp_path / "summary.txt").read_text()
     assert "correctness: 1/1 checks" in summary
-    assert "skipped at the deadline: bench-ops, models, memory" in summary
+    assert "skipped at the deadline: bench-ops, memory, models" in summary
 
 
 def test_the_models_step_starts_no_model_after_the_deadline():
