@@ -458,9 +458,11 @@ def _pair_of_models(head: str, s: Settings):
     return ref.eval().to(s.device), ours.eval().to(s.device)
 
 
-def bench_models(s: Settings, heads, compile_heads) -> List[dict]:
+def bench_models(s: Settings, heads, compile_heads,
+                 progress: Optional[Callable[[List[dict]], object]] = None) -> List[dict]:
     """mmseg's benchmark method (tools/analysis_tools/benchmark.py): batch 1, warm-up, timed iterations with a
-    synchronize around each, fps = iterations / time; logits checked against the reference backend first."""
+    synchronize around each, fps = iterations / time; logits checked against the reference backend first.
+    `progress(rows)` is called after each head and precision with every row so far (main writes them out)."""
     import torch._dynamo
 
     rows = []
@@ -496,6 +498,8 @@ def bench_models(s: Settings, heads, compile_heads) -> List[dict]:
                                      "ms_per_image": round(1e3 / fps, 2) if ok else "", "logits_max_diff":
                                      f"{err:.3g}", "ok": ok})
             torch._dynamo.reset()
+            if progress is not None:
+                progress(rows)
         del ref, ours
         if s.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -641,8 +645,9 @@ def main(argv=None) -> int:
             results[step] = check_ops(s)
         elif step == "bench-ops":
             results[step] = bench_ops(s)
-        elif step == "models":
-            results[step] = bench_models(s, args.models, args.compile_models)
+        elif step == "models":  # written out after each head and precision: this step is the longest
+            results[step] = bench_models(s, args.models, args.compile_models,
+                                         lambda rows: write_results({**results, "models": rows}, s, args.out))
         elif step == "memory":
             results[step] = train_memory(s)
         print(f"gpu_check: {step} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)

@@ -159,3 +159,25 @@ def test_the_budget_stops_a_long_check_and_still_runs_the_rest_in_time(tmp_path)
     deadline = float(check[check.index("--deadline") + 1])
     assert start + 15 <= deadline <= start + 31  # half of the time left once the build is done
     assert any(c.startswith("-m pytest") for c in _calls(tmp_path))  # the tests still had their share
+
+
+def test_model_rows_are_on_disk_before_the_model_step_ends(tmp_path, monkeypatch):
+    """The model step is the longest: a run stopped inside it keeps the heads it finished."""
+    ops_row = {"check": "op", "backend": "cpu", "shape": "s", "dtype": "fp32", "layout": "nchw", "tensor": "gap",
+               "max_err": "0", "bound": "1", "ok": True}
+    model_row = {"model": "fcn", "input": "1x3x8x8", "precision": "fp32", "provider": "ours", "fps": 1.0,
+                 "ms_per_image": 1000.0, "logits_max_diff": "0", "ok": True}
+
+    def one_head_then_killed(s, heads, compile_heads, progress=None):
+        progress([model_row])
+        raise SystemExit(137)
+
+    monkeypatch.setattr(gpu_check, "check_ops", lambda s: [ops_row])
+    monkeypatch.setattr(gpu_check, "bench_ops", lambda s: [])
+    monkeypatch.setattr(gpu_check, "train_memory", lambda s: [])
+    monkeypatch.setattr(gpu_check, "bench_models", one_head_then_killed)
+    with pytest.raises(SystemExit):
+        gpu_check.main(["all", "--dry-run", "--out", str(tmp_path)])
+    with open(tmp_path / "gpu-models.csv") as f:
+        assert [(r["model"], r["provider"], r["fps"]) for r in csv.DictReader(f)] == [("fcn", "ours", "1.0")]
+    assert "fcn 1x3x8x8 fp32 ours: 1.0 fps" in (tmp_path / "summary.txt").read_text()
