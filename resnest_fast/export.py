@@ -149,7 +149,8 @@ def export_program(model: nn.Module, example_input, dynamic_shapes=None) -> Expo
             "hw" (height and width dynamic) or "bhw" (batch too; needs an example batch >= 2). The shorthands
             use Dim.DYNAMIC, so a size the model would specialise raises instead of being silently fixed. The
             program checks at every call that the sizes are in the ranges it was exported for
-            (program.range_constraints; e.g. H, W >= 9 for the small PSP/ASPP test models).
+            (program.range_constraints; e.g. H, W >= 9 for the small PSP/ASPP test models). Torch before 2.13
+            fixes the parity of the feature sizes of a ResNeSt-D backbone instead: refused (ValueError).
     Returns: the torch.export.ExportedProgram; `program.module()(img)` runs it.
 
     The fused ops trace through their fake kernels. To save and load: save_program / load_program, or
