@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: one command for a machine with one NVIDIA GPU and no internet (torch with CUDA, triton, pytest
-# already installed; mmsegmentation not needed), in about 8 minutes on an H100:
+# already installed; mmsegmentation not needed), sized for about 8 minutes on an H100 (not yet timed on one):
 #   build     FORCE_CUDA=1 for the visible GPU's arch (--no-build-isolation --no-deps: the machine's torch)
 #   info      what was built and which backend runs
 #   check     python -m benchmarks.gpu_check all: correctness of every op (cuda, Triton) against the reference,
