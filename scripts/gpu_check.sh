@@ -15,20 +15,28 @@
 #   says what was left out.
 # --dry-run: the same on the CPU at tiny shapes, no build, no sanitizer, no GPU tests (CI runs this).
 # --skip-build: use the resnest_fast already installed.
-# Usage: bash scripts/gpu_check.sh [--dry-run] [--skip-build] [--budget SECONDS]
+# --only STEP[,STEP...]: just these of build, check, sanitize, pytest (info always runs), e.g. to finish on a warm
+#   machine what a budget cut: --skip-build --only sanitize,pytest
+# Usage: bash scripts/gpu_check.sh [--dry-run] [--skip-build] [--budget SECONDS] [--only STEPS]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-usage() { echo "usage: bash scripts/gpu_check.sh [--dry-run] [--skip-build] [--budget SECONDS]" >&2; exit 2; }
+usage() {
+  echo "usage: bash scripts/gpu_check.sh [--dry-run] [--skip-build] [--budget SECONDS] [--only STEP[,STEP...]]" >&2
+  exit 2
+}
 DRY=0
 BUILD=1
 BUDGET=""
 BUDGET_GIVEN=0
+ONLY=build,check,sanitize,pytest
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --skip-build) BUILD=0 ;;
     --budget) shift; BUDGET=${1:-}; BUDGET_GIVEN=1 ;;
     --budget=*) BUDGET=${1#--budget=}; BUDGET_GIVEN=1 ;;
+    --only) shift; ONLY=${1:-} ;;
+    --only=*) ONLY=${1#--only=} ;;
     *) usage ;;
   esac
   shift
@@ -37,6 +45,11 @@ if [ $BUDGET_GIVEN -eq 1 ] && ! [[ "$BUDGET" =~ ^[0-9]+$ && "$BUDGET" -ge 60 ]];
   echo "gpu_check: --budget takes whole seconds, at least 60 (got '$BUDGET')" >&2
   exit 2
 fi
+if ! [[ "$ONLY" =~ ^(build|check|sanitize|pytest)(,(build|check|sanitize|pytest))*$ ]]; then
+  echo "gpu_check: --only takes steps among build, check, sanitize, pytest, comma-separated (got '$ONLY')" >&2
+  exit 2
+fi
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
 START=$(date +%s)
 DEADLINE=${BUDGET:+$((START + BUDGET))}
 PY=${PYTHON:-python3}
@@ -47,8 +60,8 @@ sys.exit(1) if not torch.cuda.is_available() else print('%d.%d' % torch.cuda.get
 fi
 OUT=${OUT:-gpu_results}
 mkdir -p "$OUT"
-LOG="$OUT/gpu_check.log"
-: >"$LOG"
+LOG="$OUT/gpu_check.log"  # appended to: a later call with --only adds to the log of the first
+echo "######## bash scripts/gpu_check.sh $* ($(date -u '+%Y-%m-%d %H:%M:%S UTC'))" >>"$LOG"
 failed=()
 cut=()
 
@@ -96,38 +109,45 @@ share() {  # share NUM DEN: NUM/DEN of the time left less 20 s for stopping and 
 
 if [ $DRY -eq 1 ]; then
   step info "" "$PY" -m resnest_fast info
-  step check "" env TRITON_INTERPRET=1 "$PY" -m benchmarks.gpu_check all --dry-run --out "$OUT" \
-    ${DEADLINE:+--deadline "$DEADLINE"}
+  if want check; then
+    step check "" env TRITON_INTERPRET=1 "$PY" -m benchmarks.gpu_check all --dry-run --out "$OUT" \
+      ${DEADLINE:+--deadline "$DEADLINE"}
+  fi
 else
   export TRITON_INTERPRET=0
   "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(0))"
-  if [ $BUILD -eq 1 ]; then
+  if [ $BUILD -eq 1 ] && want build; then
     step build "" env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
       "$PY" -m pip install -v --no-build-isolation --no-deps -e .
   fi
   step info "" "$PY" -m resnest_fast info
   # the figures first (correctness, timings); with a budget the check starts nothing after half of the time left
-  check_deadline=${DEADLINE:+$(( $(date +%s) + $(left) / 2 ))}
-  step check "$(share 2 3)" "$PY" -m benchmarks.gpu_check all --out "$OUT" ${check_deadline:+--deadline "$check_deadline"}
-  if command -v compute-sanitizer >/dev/null; then
+  if want check; then
+    check_deadline=${DEADLINE:+$(( $(date +%s) + $(left) / 2 ))}
+    step check "$(share 2 3)" "$PY" -m benchmarks.gpu_check all --out "$OUT" \
+      ${check_deadline:+--deadline "$check_deadline"}
+  fi
+  if want sanitize && ! command -v compute-sanitizer >/dev/null; then
+    echo "== sanitize: compute-sanitizer not found, skipped"
+  elif want sanitize; then
     step sanitize-memcheck "$(share 1 3)" compute-sanitizer --tool memcheck --error-exitcode 1 \
       "$PY" -m benchmarks.gpu_check sanitize
     step sanitize-racecheck "$(share 1 2)" compute-sanitizer --tool racecheck --error-exitcode 1 \
       "$PY" -m benchmarks.gpu_check sanitize
-  else
-    echo "== sanitize: compute-sanitizer not found, skipped"
   fi
-  # only the files that hold GPU tests: the others may import what a GPU image lacks (the training stack's
-  # cityscapesscripts, mmsegmentation), and a collection error would fail the step without running a GPU test
-  mapfile -t gpu_tests < <(grep -rl --include='test_*.py' needs_cuda tests | sort)
-  # with pytest-xdist, several processes share the GPU: Triton compiles each specialisation on its first use, one
-  # at a time in a process
-  workers=()
-  if "$PY" -c "import xdist" 2>/dev/null; then workers=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))"); fi
-  step pytest "$(share 1 1)" "$PY" -m pytest -q -p no:cacheprovider "${workers[@]}" -m needs_cuda "${gpu_tests[@]}"
+  if want pytest; then
+    # only the files that hold GPU tests: the others may import what a GPU image lacks (the training stack's
+    # cityscapesscripts, mmsegmentation), and a collection error would fail the step without running a GPU test
+    mapfile -t gpu_tests < <(grep -rl --include='test_*.py' needs_cuda tests | sort)
+    # with pytest-xdist, several processes share the GPU: Triton compiles each specialisation on its first use,
+    # one at a time in a process
+    workers=()
+    if "$PY" -c "import xdist" 2>/dev/null; then workers=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))"); fi
+    step pytest "$(share 1 1)" "$PY" -m pytest -q -p no:cacheprovider "${workers[@]}" -m needs_cuda "${gpu_tests[@]}"
+  fi
 fi
 
-if [ -f "$OUT/summary.txt" ]; then
+if want check && [ -f "$OUT/summary.txt" ]; then
   echo
   cat "$OUT/summary.txt"
   if grep -q "^skipped at the deadline" "$OUT/summary.txt"; then

@@ -181,3 +181,22 @@ def test_model_rows_are_on_disk_before_the_model_step_ends(tmp_path, monkeypatch
     with open(tmp_path / "gpu-models.csv") as f:
         assert [(r["model"], r["provider"], r["fps"]) for r in csv.DictReader(f)] == [("fcn", "ours", "1.0")]
     assert "fcn 1x3x8x8 fp32 ours: 1.0 fps" in (tmp_path / "summary.txt").read_text()
+
+
+def test_only_runs_the_steps_it_names(tmp_path):
+    env, out = _fake_gpu_machine(tmp_path)
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--only", "sanitize,pytest"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = _calls(tmp_path)
+    assert not any(c.startswith("-m pip install") or c.startswith("-m benchmarks.gpu_check all") for c in calls)
+    assert any(c.startswith("--tool memcheck") for c in calls) and any(c.startswith("-m pytest") for c in calls)
+
+
+@pytest.mark.parametrize("only", ["", "tests", "check,", "check,,pytest"])
+def test_a_bad_step_list_is_one_line_and_exit_2(only, tmp_path):
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run", "--only", only], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "OUT": str(tmp_path)})
+    assert result.returncode == 2, result
+    assert result.stderr.count("\n") == 1 and "--only" in result.stderr
+    assert not os.listdir(tmp_path)
