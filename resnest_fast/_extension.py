@@ -3,11 +3,14 @@
 `import resnest_fast` must work without either; the pure-PyTorch reference then runs, and one warning names what
 is missing. Nothing here imports Triton (slow, and absent on many machines): HAS_TRITON only looks for the package.
 """
+import importlib.metadata
 import importlib.util
 import os
 import warnings
+from typing import Optional
 
 import torch
+from torch.torch_version import TorchVersion
 
 try:
     from resnest_fast import _C  # noqa: F401  (importing runs the op registrations)
@@ -38,6 +41,28 @@ TRAINING_KERNELS = {
 def triton_interpreting():
     """Triton kernels run on CPU tensors only through its interpreter (TRITON_INTERPRET=1 before import)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def installed_version(dist: str) -> Optional[TorchVersion]:
+    try:
+        return TorchVersion(importlib.metadata.version(dist))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def triton_interpreter_problem() -> Optional[str]:
+    """Why Triton's interpreter cannot run the kernels in this environment, or None (also when not interpreting).
+
+    Triton 3.6 and older convert one-element arrays to Python ints in the interpreter, which numpy 2.4 refuses: every
+    kernel with a loop over tensor bounds fails inside Triton (Triton 3.7 and numpy 2.3 are both fine)."""
+    if not (HAS_TRITON and triton_interpreting()):
+        return None
+    triton_version, numpy_version = installed_version("triton"), installed_version("numpy")
+    if triton_version is not None and numpy_version is not None and triton_version < (3, 7) \
+            and numpy_version >= (2, 4):
+        return (f"Triton {triton_version}'s interpreter cannot run with numpy {numpy_version} (it calls int() on "
+                "one-element arrays, which numpy 2.4 refuses): install numpy<2.4 or triton>=3.7")
+    return None
 
 
 def _warn_missing():

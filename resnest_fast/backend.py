@@ -91,6 +91,8 @@ def resolve_backend(backend, device):
             f"backend='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before importing "
             f"resnest_fast; the input is on {device}"
         )
+    if dev == "cpu" and ext.triton_interpreter_problem():
+        raise RuntimeError(f"backend='triton' is not available on CPU tensors: {ext.triton_interpreter_problem()}")
     return "triton"
 
 
@@ -101,6 +103,7 @@ def available_backends(device_type):
         out.append("cpu")
     if device_type == "cuda" and ext.HAS_CUDA_KERNELS:
         out.append("cuda")
-    if ext.HAS_TRITON and (device_type == "cuda" or ext.triton_interpreting()):
+    interpreted = ext.triton_interpreting() and not ext.triton_interpreter_problem()
+    if ext.HAS_TRITON and (device_type == "cuda" or interpreted):
         out.append("triton")
     return out

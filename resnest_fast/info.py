@@ -34,7 +34,7 @@ def build_info() -> dict:
         "cuda_kernels": ext.HAS_CUDA_KERNELS,
         "winograd_cpu_kernel": _has_winograd(),
         "triton_installed": ext.HAS_TRITON,
-        "triton_interpreter": ext.triton_interpreting(),
+        "triton_interpreter": ext.triton_interpreter_problem() or ext.triton_interpreting(),
         "default_backend": f"{get_default_backend()} ({ENV_VAR})",
         "available": {dev: available_backends(dev) for dev in ("cpu", "cuda")},
         "runs": runs,

@@ -81,3 +81,33 @@ def test_import_leaves_the_compiler_stack_out():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", f"imported at import time: {proc.stdout.strip()}"
+
+
+# (triton, numpy, whether Triton's interpreter runs the kernels): measured with tests/kernels/test_splat_triton.py
+INTERPRETER_RUNS = [("3.6.0", "2.4.6", False), ("3.6.0", "2.5.5", False), ("3.6.0", "2.3.5", True),
+                    ("3.7.1", "2.4.6", True), ("3.8.0", "2.4.6", True)]
+
+
+@pytest.mark.parametrize("triton_version, numpy_version, runs", INTERPRETER_RUNS)
+def test_the_triton_backend_is_not_offered_on_cpu_where_its_interpreter_cannot_run(
+        monkeypatch, triton_version, numpy_version, runs):
+    import torch
+    from torch.torch_version import TorchVersion
+
+    from resnest_fast import _extension as ext
+    from resnest_fast.backend import available_backends, resolve_backend
+
+    versions = {"triton": TorchVersion(triton_version), "numpy": TorchVersion(numpy_version)}
+    monkeypatch.setattr(ext, "HAS_TRITON", True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(ext, "installed_version", versions.get)
+    problem = ext.triton_interpreter_problem()
+    assert (problem is None) == runs
+    assert ("triton" in available_backends("cpu")) == runs
+    if runs:
+        assert resolve_backend("triton", torch.device("cpu")) == "triton"
+    else:
+        assert f"Triton {triton_version}" in problem and "numpy<2.4" in problem and "triton>=3.7" in problem
+        refusal = f"backend='triton' is not available on CPU tensors: Triton {triton_version}"
+        with pytest.raises(RuntimeError, match=refusal):
+            resolve_backend("triton", torch.device("cpu"))

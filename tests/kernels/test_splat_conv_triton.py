@@ -17,6 +17,11 @@ if not torch.cuda.is_available():  # as tests/conftest.py, for a run of this fil
 
 pytest.importorskip("triton")
 
+from resnest_fast import _extension as ext  # noqa: E402
+
+if not torch.cuda.is_available() and ext.triton_interpreter_problem():
+    pytest.skip(ext.triton_interpreter_problem(), allow_module_level=True)
+
 import resnest_fast.kernels.splat_conv as splat_conv  # noqa: E402
 from benchmarks.stage_shapes import resnest101_d8_blocks  # noqa: E402
 from resnest_fast.kernels import splat  # noqa: E402

@@ -18,6 +18,11 @@ if not torch.cuda.is_available():  # as tests/conftest.py, for a run of this fil
 
 pytest.importorskip("triton")
 
+from resnest_fast import _extension as ext  # noqa: E402
+
+if not torch.cuda.is_available() and ext.triton_interpreter_problem():
+    pytest.skip(ext.triton_interpreter_problem(), allow_module_level=True)
+
 import resnest_fast.kernels.splat as splat_triton  # noqa: E402
 from resnest_fast.op_rules import kernel_layout  # noqa: E402
 from resnest_fast.ops import splat_combine, splat_pool  # noqa: E402
