@@ -165,6 +165,23 @@ def test_a_program_guarding_a_size_parity_is_refused_and_one_guarding_sizes_is_n
     assert parity in str(refused.value)
 
 
+def test_export_program_checks_the_guards_of_a_dynamic_export_only(monkeypatch):
+    """On any torch: a program torch exported with a parity guard is refused when the sizes were asked dynamic, and a
+    static export (whose sizes are fixed anyway) is returned as it is."""
+    block = SplitAttentionConv2d(16, 16, 3, padding=1).eval()
+    real_export = torch.export.export
+
+    def export_with_a_parity_guard(*args, **kwargs):
+        program = real_export(*args, **kwargs)
+        program._guards_code = ["((((-1) + L['x'].size()[3]) // 2) % 2) != 0"]
+        return program
+
+    monkeypatch.setattr(torch.export, "export", export_with_a_parity_guard)
+    with pytest.raises(ValueError, match="dynamic_shapes: torch .* fixes the parity"):
+        export_program(block, torch.randn(1, 16, 8, 8), dynamic_shapes="hw")
+    assert fused_op_counts(export_program(block, torch.randn(1, 16, 8, 8))) == {"splat_pool": 1, "splat_combine": 1}
+
+
 def test_dynamic_shorthand_errors():
     block = SplitAttentionConv2d(16, 16, 3, padding=1).eval()
     with pytest.raises(ValueError, match="at least 2"):
