@@ -3,6 +3,7 @@
 `import resnest_fast` must work without either; the pure-PyTorch reference then runs, and one warning names what
 is missing. Nothing here imports Triton (slow, and absent on many machines): HAS_TRITON only looks for the package.
 """
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -43,6 +44,7 @@ def triton_interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.cache  # metadata is read from disk; resolve_backend asks on every op call
 def installed_version(dist: str) -> Optional[TorchVersion]:
     try:
         return TorchVersion(importlib.metadata.version(dist))

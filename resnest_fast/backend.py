@@ -91,8 +91,9 @@ def resolve_backend(backend, device):
             f"backend='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before importing "
             f"resnest_fast; the input is on {device}"
         )
-    if dev == "cpu" and ext.triton_interpreter_problem():
-        raise RuntimeError(f"backend='triton' is not available on CPU tensors: {ext.triton_interpreter_problem()}")
+    problem = ext.triton_interpreter_problem() if dev == "cpu" else None
+    if problem:
+        raise RuntimeError(f"backend='triton' is not available on CPU tensors: {problem}")
     return "triton"
 
 
