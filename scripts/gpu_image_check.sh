@@ -13,13 +13,19 @@ VENV=${GPU_IMAGE_VENV:-${TMPDIR:-/tmp}/resnest_fast_gpu_image_venv}
 is_312() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; }
 PY312=
 if [ -n "${GPU_IMAGE_PYTHON:-}" ]; then
-  is_312 "$GPU_IMAGE_PYTHON" || { echo "gpu_image_check: GPU_IMAGE_PYTHON=$GPU_IMAGE_PYTHON is not a Python 3.12" >&2; exit 2; }
+  if ! is_312 "$GPU_IMAGE_PYTHON"; then
+    echo "gpu_image_check: GPU_IMAGE_PYTHON=$GPU_IMAGE_PYTHON is not a Python 3.12" >&2
+    exit 2
+  fi
   PY312=$GPU_IMAGE_PYTHON
 else
   for candidate in python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12; do
     if is_312 "$candidate"; then PY312=$candidate; break; fi
   done
-  [ -n "$PY312" ] || { echo "gpu_image_check: no Python 3.12 found (set GPU_IMAGE_PYTHON=/path/to/python3.12)" >&2; exit 2; }
+  if [ -z "$PY312" ]; then
+    echo "gpu_image_check: no Python 3.12 found (set GPU_IMAGE_PYTHON=/path/to/python3.12)" >&2
+    exit 2
+  fi
 fi
 if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__ != '2.11.0+cu130')" 2>/dev/null; then
   echo "== creating $VENV ($("$PY312" --version)) with the GPU image's packages"
