@@ -246,8 +246,8 @@ def check_conv_pool(s: Settings) -> List[dict]:
 
 def check_module_training(s: Settings, backends: Optional[List[str]] = None) -> List[dict]:
     """SplitAttentionConv2d's training step (splat_bn_stats, splat_pool, splat_combine and the two fused backward
-    ops on the cuda backend) against the reference backend in float64 on the CPU: output, grad of the input and of
-    every parameter, and the updated running statistics."""
+    ops, on each backend: the CUDA kernels and the Triton ones) against the reference backend in float64 on the CPU:
+    output, grad of the input and of every parameter, and the updated running statistics."""
     from resnest_fast.nn import SplitAttentionConv2d
 
     rows = []

@@ -42,13 +42,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from resnest_fast.op_rules import accumulation_dtype, check_common, check_logits, kernel_layout
+from resnest_fast.op_rules import accumulation_dtype, check_affine, check_common, check_logits, kernel_layout
 
 __all__ = [
     "splat_pool",
     "splat_pool_backward",
     "splat_combine",
     "splat_combine_backward",
+    "splat_bn_stats",
+    "splat_backward_reduce",
+    "splat_backward_input",
     "block_sizes",
     "launch_params",
     "launch_model",
@@ -331,10 +334,12 @@ def _combine_bwd_kernel(
     logits_ptr,  # (B, R*C) contiguous, [groups][radix][C/groups] per sample
     scale_ptr,  # (R*C,) or None when not AFFINE
     shift_ptr,  # (R*C,) or None when not AFFINE
-    dx_ptr,  # (B, R*C, P) written through (dstride_b, dstride_c, dstride_p), x's dtype
+    dx_ptr,  # (B, R*C, P) written through (dstride_b, dstride_c, dstride_p), x's dtype (None when not WRITE_DX)
     da_part_ptr,  # (B, CHUNKS, R*C) contiguous, ACC: partials of d loss / d a[b, r, c] at r*C + c
     dscale_part_ptr,  # (B, CHUNKS, R*C) contiguous, ACC: partials of grad_scale (None when not AFFINE)
     dshift_part_ptr,  # (B, CHUNKS, R*C) contiguous, ACC: partials of grad_shift (None when not AFFINE)
+    mx_part_ptr,  # (B, CHUNKS, R*C) contiguous, ACC: partials of sum_p act'(pre)*x (None when not POOL_SUMS)
+    m_part_ptr,  # (B, CHUNKS, R*C) contiguous, ACC: partials of sum_p act'(pre) (None when not POOL_SUMS)
     C,
     P,
     CPG,
@@ -357,9 +362,13 @@ def _combine_bwd_kernel(
     ACC: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    WRITE_DX: tl.constexpr,
+    POOL_SUMS: tl.constexpr,
 ):
-    # program (b, channel block, chunk): grad_x of its tiles, and stage 1 of the sums over positions (d a, and
-    # grad_scale/grad_shift); _combine_bwd_finish_kernel ends with the softmax backward.
+    # program (b, channel block, chunk): grad_x of its tiles (WRITE_DX: splat_combine_backward), and stage 1 of the
+    # sums over positions (d a, and grad_scale/grad_shift); _combine_bwd_finish_kernel ends with the softmax
+    # backward. splat_backward_reduce (the first pass of the module's fused backward) writes no grad_x and also
+    # sums act'(pre)*x and act'(pre) per (sample, split channel) (POOL_SUMS).
     b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
     offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
@@ -368,7 +377,6 @@ def _combine_bwd_kernel(
     RC = RADIX * C
     a, rows, _, _ = _attention(logits_ptr + b * RC, offs_c, c_mask, CPG, RADIX, R_P2, ACC)
     x_b = x_ptr + b * stride_b
-    dx_b = dx_ptr + b * dstride_b
     g_b = grad_out_ptr + b * gstride_b
     part_row = (b * CHUNKS + k) * RC
     for r in tl.static_range(RADIX):
@@ -378,6 +386,8 @@ def _combine_bwd_kernel(
         da_r = tl.zeros((BLOCK_C, BLOCK_P), ACC)
         dsc = tl.zeros((BLOCK_C, BLOCK_P), ACC)
         dsh = tl.zeros((BLOCK_C, BLOCK_P), ACC)
+        mx = tl.zeros((BLOCK_C,), ACC)  # reduced every step: two fewer tiles live in registers
+        m = tl.zeros((BLOCK_C,), ACC)
         for p0 in range(p_start, p_end, BLOCK_P):
             offs_p = p0 + tl.arange(0, BLOCK_P)
             mask = c_mask[:, None] & (offs_p < p_end)[None, :]
@@ -386,16 +396,26 @@ def _combine_bwd_kernel(
             pre, act = _activate(v, sc, sh, AFFINE, RELU)
             da_r += g * act  # g is 0 outside the tile
             d = _times_act_grad(g * a_r[:, None], pre, RELU)
-            dv = d
             if AFFINE:
-                dv = d * sc[:, None]
                 dsc += d * v
                 dsh += d
-            tl.store(dx_b + _tile_offsets(ch, offs_p, dstride_c, dstride_p), dv.to(dx_ptr.dtype.element_ty), mask=mask)
+            if POOL_SUMS:  # act'(pre) of the tile's own entries only: act(0) = relu(shift) need not be 0
+                mk = _times_act_grad(mask.to(ACC), pre, RELU)
+                mx += tl.sum(mk * v, axis=1)
+                m += tl.sum(mk, axis=1)
+            if WRITE_DX:
+                dv = d
+                if AFFINE:
+                    dv = d * sc[:, None]
+                tl.store(dx_ptr + b * dstride_b + _tile_offsets(ch, offs_p, dstride_c, dstride_p),
+                         dv.to(dx_ptr.dtype.element_ty), mask=mask)
         tl.store(da_part_ptr + part_row + ch, tl.sum(da_r, axis=1), mask=c_mask)
         if AFFINE:
             tl.store(dscale_part_ptr + part_row + ch, tl.sum(dsc, axis=1), mask=c_mask)
             tl.store(dshift_part_ptr + part_row + ch, tl.sum(dsh, axis=1), mask=c_mask)
+        if POOL_SUMS:
+            tl.store(mx_part_ptr + part_row + ch, mx, mask=c_mask)
+            tl.store(m_part_ptr + part_row + ch, m, mask=c_mask)
 
 
 @triton.jit
@@ -431,6 +451,147 @@ def _combine_bwd_finish_kernel(
     tl.store(dlogits_ptr + b * RC + l_offs, dl.to(dlogits_ptr.dtype.element_ty), mask=l_mask)
 
 
+@triton.jit
+def _backward_input_kernel(
+    grad_out_ptr,  # (B, C, P) read through (gstride_b, gstride_c, gstride_p)
+    grad_gap_ptr,  # (B, C) contiguous
+    x_ptr,  # (B, R*C, P) read through (stride_b, stride_c, stride_p)
+    logits_ptr,  # (B, R*C) contiguous, [groups][radix][C/groups] per sample
+    scale_ptr,  # (R*C,) bn0's scale
+    shift_ptr,  # (R*C,) bn0's shift
+    coef_a_ptr,  # (R*C,) the batch statistics' gradient terms (zeros with running statistics)
+    coef_b_ptr,  # (R*C,)
+    dx_ptr,  # (B, R*C, P) written through (dstride_b, dstride_c, dstride_p), x's dtype
+    C,
+    P,
+    CPG,
+    C_BLOCKS,
+    CHUNKS,  # position blocks: one BLOCK_P tile per program
+    gstride_b,
+    gstride_c,
+    gstride_p,
+    stride_b,
+    stride_c,
+    stride_p,
+    dstride_b,
+    dstride_c,
+    dstride_p,
+    RADIX: tl.constexpr,
+    R_P2: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    # program (b, channel block, position block): the second pass of the module's fused backward, bn0 and relu on,
+    #   grad_x = scale * act'(pre) * (grad_out * a + grad_gap / P) + coef_a * x + coef_b
+    # (splat_math.h's splat_backward_input_value); grad_out's tile is read once for the R splits.
+    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = k * BLOCK_P + tl.arange(0, BLOCK_P)
+    c_mask = offs_c < C
+    mask = c_mask[:, None] & (offs_p < P)[None, :]
+    a, rows, _, _ = _attention(logits_ptr + b * RADIX * C, offs_c, c_mask, CPG, RADIX, R_P2, ACC)
+    g = tl.load(grad_out_ptr + b * gstride_b + _tile_offsets(offs_c, offs_p, gstride_c, gstride_p), mask=mask,
+                other=0.0).to(ACC)
+    gg = tl.load(grad_gap_ptr + b * C + offs_c, mask=c_mask, other=0.0).to(ACC) / P
+    x_b = x_ptr + b * stride_b
+    dx_b = dx_ptr + b * dstride_b
+    for r in tl.static_range(RADIX):
+        ch = r * C + offs_c
+        sc, sh = _load_affine(scale_ptr, shift_ptr, ch, c_mask, True, ACC)
+        ca, cb_ = _load_affine(coef_a_ptr, coef_b_ptr, ch, c_mask, True, ACC)
+        v = tl.load(x_b + _tile_offsets(ch, offs_p, stride_c, stride_p), mask=mask, other=0.0).to(ACC)
+        pre, _ = _activate(v, sc, sh, True, True)
+        d = _times_act_grad(g * _row(a, rows, r)[:, None] + gg[:, None], pre, True)
+        dv = sc[:, None] * d + ca[:, None] * v + cb_[:, None]
+        tl.store(dx_b + _tile_offsets(ch, offs_p, dstride_c, dstride_p), dv.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _merge_moments(mean, m2, n_before, t_mean, t_m2, n_t):
+    """Chan et al.'s pairwise update: (mean, m2) of n_before values and (t_mean, t_m2) of n_t more (n_t >= 1, both
+    counts already in the accumulation dtype) -> (mean, m2) of all of them. No difference of large sums, so no
+    cancellation when the mean dwarfs the spread."""
+    n = n_before + n_t
+    delta = t_mean - mean
+    return mean + delta * (n_t / n), m2 + t_m2 + delta * delta * (n_before * (n_t / n))
+
+
+@triton.jit
+def _bn_stats_partial_kernel(
+    x_ptr,  # (B, K, P) read through (stride_b, stride_c, stride_p)
+    mean_part_ptr,  # (B, CHUNKS, K) contiguous, ACC: mean of the chunk's positions
+    m2_part_ptr,  # (B, CHUNKS, K) contiguous, ACC: sum of squared deviations from that mean
+    K,
+    P,
+    C_BLOCKS,
+    CHUNKS,
+    CHUNK_P,  # positions per chunk, a multiple of BLOCK_P
+    stride_b,
+    stride_c,
+    stride_p,
+    ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    # program (b, channel block, chunk): stage 1 of bn0's batch statistics. Each tile's mean and squared deviations
+    # are exact two-pass sums over values in registers; the tiles merge by _merge_moments; _bn_stats_finish_kernel
+    # merges the chunks in index order.
+    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < K
+    p_start = k * CHUNK_P
+    p_end = tl.minimum(p_start + CHUNK_P, P)
+    x_b = x_ptr + b * stride_b
+    mean = tl.zeros((BLOCK_C,), ACC)
+    m2 = tl.zeros((BLOCK_C,), ACC)
+    for p0 in range(p_start, p_end, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask = c_mask[:, None] & (offs_p < p_end)[None, :]
+        v = tl.load(x_b + _tile_offsets(offs_c, offs_p, stride_c, stride_p), mask=mask, other=0.0).to(ACC)
+        n_t = (tl.minimum(p_end - p0, BLOCK_P)).to(ACC)
+        t_mean = tl.sum(v, axis=1) / n_t
+        dev = tl.where(mask, v - t_mean[:, None], 0.0)
+        mean, m2 = _merge_moments(mean, m2, (p0 - p_start).to(ACC), t_mean, tl.sum(dev * dev, axis=1), n_t)
+    part = (b * CHUNKS + k) * K + offs_c
+    tl.store(mean_part_ptr + part, mean, mask=c_mask)
+    tl.store(m2_part_ptr + part, m2, mask=c_mask)
+
+
+@triton.jit
+def _bn_stats_finish_kernel(
+    mean_part_ptr,  # (ROWS, K) contiguous, ACC: per (sample, chunk), in index order
+    m2_part_ptr,  # (ROWS, K) contiguous, ACC
+    var_ptr,  # (K,) ACC: biased variance
+    mean_ptr,  # (K,) ACC
+    K,
+    P,
+    ROWS,
+    CHUNKS,
+    CHUNK_P,
+    N,  # B*P: values per channel
+    ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # stage 2: the (sample, chunk) rows merged one after the other in index order (same bits on every run). Row
+    # (b, k) holds min(CHUNK_P, P - k*CHUNK_P) positions and follows b*P + k*CHUNK_P of them.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = offs < K
+    mean = tl.zeros((BLOCK_N,), ACC)
+    m2 = tl.zeros((BLOCK_N,), ACC)
+    for i in range(0, ROWS):
+        row = tl.cast(i, tl.int64)
+        b = row // CHUNKS
+        p_start = (row - b * CHUNKS) * CHUNK_P
+        n_t = tl.minimum(P - p_start, CHUNK_P).to(ACC)
+        n_before = (b * P + p_start).to(ACC)
+        t_mean = tl.load(mean_part_ptr + row * K + offs, mask=mask, other=0.0)
+        t_m2 = tl.load(m2_part_ptr + row * K + offs, mask=mask, other=0.0)
+        mean, m2 = _merge_moments(mean, m2, n_before, t_mean, t_m2, n_t)
+    tl.store(var_ptr + offs, m2 / N, mask=mask)
+    tl.store(mean_ptr + offs, mean, mask=mask)
+
+
 # ----------------------------------------------------------------------------------------------- launch geometry
 #
 # Why a heuristic and not triton.autotune: the work splits into a fixed number of partial sums whose workspace the
@@ -452,7 +613,11 @@ NUM_WARPS = 4
 FINISH_BLOCK_N = 256  # outputs per program of _sum_rows_kernel
 # sm_80 and sm_90 alike: per SM 64K 32-bit registers, 64 resident warps, 32 resident blocks.
 REGS_PER_SM, WARPS_PER_SM, BLOCKS_PER_SM = 65536, 64, 32
-KERNELS = ("pool", "pool_backward", "combine", "combine_backward")
+# The ops' main kernels: the four of splat_pool/splat_combine, then the training-only ones (bn0's batch statistics
+# and the two passes of the module's fused backward).
+KERNELS = ("pool", "pool_backward", "combine", "combine_backward", "bn_stats", "backward_reduce", "backward_input")
+# One (BLOCK_P-tile) per program, nothing to reduce over positions.
+_ELEMENTWISE = ("combine", "backward_input")
 
 
 def block_sizes(C: int, P: int, channels_last: bool, dtype: torch.dtype = torch.float32) -> Tuple[int, int]:
@@ -507,24 +672,33 @@ def launch_params(
     TARGET_PROGRAMS_PER_SM x num_sms (or every program has a single tile): at batch 1 a whole-plane program per
     channel block would leave most SMs idle. The chunks' partial sums make the reductions two-staged. Where even
     one tile per program gives fewer than MIN_PROGRAMS_PER_SM x num_sms programs, the tile shrinks (down to
-    MIN_TILE_ELEMENTS); so the block sizes, compile-time constants, depend on the shape and the SM count."""
+    MIN_TILE_ELEMENTS); so the block sizes, compile-time constants, depend on the shape and the SM count.
+    bn_stats reduces each of x's radix*C channels on its own: it is laid out as radix 1 over radix*C channels."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "bn_stats":
+        C, radix = radix * C, 1
     P = H * W
     block_c, block_p = block_sizes(C, P, channels_last, dtype)
     # Small planes (batch 1, layer4 at 512x512): shrink the tile until there are enough tiles to go round,
-    # halving the strided side first so loads stay coalesced along the contiguous one.
+    # halving the strided side first so loads stay coalesced along the contiguous one. backward_reduce writes five
+    # partial sums per chunk: its channels_last tiles stay 16 positions deep, or those would cost as much traffic
+    # as the tile.
+    min_block_p = 16 if kernel == "backward_reduce" else 8
     while (
         B * triton.cdiv(C, block_c) * triton.cdiv(P, block_p) < MIN_PROGRAMS_PER_SM * num_sms
         and block_c * block_p > MIN_TILE_ELEMENTS
     ):
-        if (channels_last and block_p > 8) or (not channels_last and block_c == 1):
+        if (channels_last and block_p > min_block_p) or (not channels_last and block_c == 1):
             block_p //= 2
         else:
             block_c //= 2
     c_blocks = triton.cdiv(C, block_c)
     p_tiles = triton.cdiv(P, block_p)
-    if kernel == "combine":
+    # backward_reduce keeps the most tiles live (ptxas: ~72 registers a thread at 4 elements each, too many for 8
+    # programs of 4 warps per SM): its smallest tiles run on 2 warps, so enough programs fit for 16 KB in flight.
+    num_warps = 2 if kernel == "backward_reduce" and block_c * block_p <= MIN_TILE_ELEMENTS else NUM_WARPS
+    if kernel in _ELEMENTWISE:
         tiles_per_chunk = 1  # nothing to reduce: one tile per program
     else:
         need = triton.cdiv(TARGET_PROGRAMS_PER_SM * num_sms, B * c_blocks)
@@ -539,13 +713,16 @@ def launch_params(
     elif kernel == "pool_backward":  # (B*chunks, R*C) -> grad_scale, the same for grad_shift
         finish_rows = B * chunks if affine else 0
         finish_programs = triton.cdiv(radix * C, finish_block) if affine else 0
-    elif kernel == "combine":
+    elif kernel in _ELEMENTWISE:
         finish_rows, finish_programs = 0, 0
+    elif kernel == "bn_stats":  # (B*chunks, K) means and squared deviations -> (K,) merged in index order
+        finish_rows, finish_programs = B * chunks, triton.cdiv(C, finish_block)
     else:  # d a: (B, chunks, R*C) -> softmax backward per (b, channel block); grad_scale/shift as pool_backward
+        # (backward_reduce also sums its pool terms over the chunks: B x cdiv(R*C, FINISH_BLOCK_N) programs each)
         finish_block = min(triton.next_power_of_2(C), max(1, 512 // triton.next_power_of_2(radix)))
         finish_rows, finish_programs = chunks, B * triton.cdiv(C, finish_block)
     return LaunchParams(
-        kernel, block_c, block_p, NUM_WARPS, c_blocks, chunks, tiles_per_chunk * block_p, programs,
+        kernel, block_c, block_p, num_warps, c_blocks, chunks, tiles_per_chunk * block_p, programs,
         finish_rows, finish_programs, finish_block,
     )
 
@@ -573,10 +750,14 @@ _LOADS_AND_LIVE_TILES = {
     "pool_backward": (lambda r: r, 5),  # R x tiles; v, pre, d, d * scale, d * v
     "combine": (lambda r: r, 2),  # R x tiles; out, v
     "combine_backward": (lambda r: 2, 8),  # grad_out, x; g, v, pre, act, d, d a, dscale and dshift partials
+    "bn_stats": (lambda r: 1, 3),  # x tile; v, deviations, their squares
+    "backward_reduce": (lambda r: 2, 11),  # as combine_backward (no dx) + act', its act'*x, act' sums (vectors)
+    "backward_input": (lambda r: r + 1, 5),  # grad_out + R x tiles; g, v, pre, d, dx
 }
 # Calibrated on ptxas at the stage shapes' tiles, fp32 and bf16, radix 2 (scripts/triton_compile_check.py --quick,
 # sm_90): pool 48..69, pool_backward 56..112, combine 48..72, combine_backward 114..168 registers, against the
-# estimates 64, 112, 64 and 160 below.
+# estimates 64, 112, 64 and 160 below; backward_reduce 168..212 against 208, backward_input 86..108 against 112,
+# bn_stats 48..56 against 80.
 
 
 def launch_model(
@@ -625,9 +806,18 @@ def launch_model(
     elif kernel == "combine":
         loaded, stored = x_bytes + B * RC * elem, out_bytes
         finish = 0
-    else:
+    elif kernel == "combine_backward":
         loaded, stored = x_bytes + radix * out_bytes, x_bytes + (1 + n_affine) * part_bytes
         finish = part_bytes + 2 * B * RC * elem + n_affine * (part_bytes + RC * elem)
+    elif kernel == "bn_stats":  # mean and squared deviations per (sample, chunk, channel)
+        loaded, stored = x_bytes, 2 * part_bytes
+        finish = 2 * part_bytes + 2 * RC * acc
+    elif kernel == "backward_reduce":  # d a, grad_scale, grad_shift, act'*x, act' partials
+        loaded, stored = x_bytes + radix * out_bytes, 5 * part_bytes
+        finish = part_bytes + 2 * B * RC * elem + 2 * (part_bytes + RC * elem) + 2 * (part_bytes + B * RC * acc)
+    else:  # backward_input: grad_out once, x, logits, grad_gap; grad_x written
+        loaded, stored = x_bytes + out_bytes + B * RC * elem + B * C * elem, x_bytes
+        finish = 0
     return LaunchModel(
         lp, num_sms, lp.programs / num_sms, regs, resident, in_flight, resident * in_flight, loaded, loaded + stored,
         finish,
@@ -852,9 +1042,10 @@ def splat_combine_backward(
         launch(
             _combine_bwd_kernel, lp.programs, lp.num_warps,
             (go, xc, logits, scale, shift, dx, part[0], part[1] if affine else None, part[2] if affine else None,
-             C, P, C // groups, lp.c_blocks, lp.chunks, lp.chunk_p,
+             None, None, C, P, C // groups, lp.c_blocks, lp.chunks, lp.chunk_p,
              *_flat_strides(go), *_flat_strides(xc), *_flat_strides(dx)),
-            dict(RADIX=radix, R_P2=r_p2, AFFINE=affine, RELU=relu, ACC=acc, BLOCK_C=lp.block_c, BLOCK_P=lp.block_p),
+            dict(RADIX=radix, R_P2=r_p2, AFFINE=affine, RELU=relu, ACC=acc, BLOCK_C=lp.block_c, BLOCK_P=lp.block_p,
+                 WRITE_DX=True, POOL_SUMS=False),
         )
         launch(
             _combine_bwd_finish_kernel, lp.finish_programs, lp.num_warps,
@@ -864,3 +1055,118 @@ def splat_combine_backward(
         if affine:
             dscale, dshift = _finish_param_grads(part[1:], scale, acc)
     return dx, dlogits, dscale, dshift
+
+
+# ------------------------------------------------------------------------------- training-only: bn0 and backward
+
+
+def splat_bn_stats(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """(var, mean) of x (B, K, H, W) per channel over (B, H, W), biased, in accumulation_dtype(x.dtype)."""
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be a 4-D tensor (B, K, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be floating point, got {x.dtype}")
+    xc, fmt, B, K = _prepare(x, 1)
+    P = xc.shape[2] * xc.shape[3]
+    acc_t = accumulation_dtype(x.dtype)
+    var, mean = (torch.empty((K,), dtype=acc_t, device=x.device) for _ in range(2))
+    if K == 0:
+        return var, mean
+    if B * P == 0:
+        raise ValueError(f"splat_bn_stats needs at least one value per channel, got x of shape {tuple(x.shape)}")
+    lp = _params("bn_stats", xc, fmt, 1, False)
+    acc = _acc_dtype(x)
+    part = torch.empty((2, B, lp.chunks, K), dtype=acc_t, device=x.device)  # means, squared deviations
+    with on_device(x):
+        launch(
+            _bn_stats_partial_kernel, lp.programs, lp.num_warps,
+            (xc, part[0], part[1], K, P, lp.c_blocks, lp.chunks, lp.chunk_p, *_flat_strides(xc)),
+            dict(ACC=acc, BLOCK_C=lp.block_c, BLOCK_P=lp.block_p),
+        )
+        launch(
+            _bn_stats_finish_kernel, lp.finish_programs, lp.num_warps,
+            (part[0], part[1], var, mean, K, P, B * lp.chunks, lp.chunks, lp.chunk_p, B * P),
+            dict(ACC=acc, BLOCK_N=lp.finish_block),
+        )
+    return var, mean
+
+
+def _check_training_args(x, logits, scale, shift, radix, groups, grad_out) -> None:
+    """The two fused backward passes: bn0 is always on, so scale and shift are tensors."""
+    check_common(x, scale, shift, radix)
+    check_logits(x, logits, radix, groups)
+    if scale is None:
+        raise ValueError("scale and shift must be tensors (bn0 of the fused backward), got None")
+    _check_grad("grad_out", grad_out, (x.shape[0], x.shape[1] // radix, x.shape[2], x.shape[3]), x)
+
+
+def splat_backward_reduce(
+    grad_out: Tensor, x: Tensor, logits: Tensor, scale: Tensor, shift: Tensor, radix: int, groups: int
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Pass 1 of the module's fused backward (resnest_fast/ops/splat_backward.py): (grad_logits, the combine's
+    grad_scale and grad_shift, mx = sum_p act'(pre)*x and m = sum_p act'(pre) per (B, R*C) in the accumulation
+    dtype); one read of x and grad_out, no grad_x."""
+    _check_training_args(x, logits, scale, shift, radix, groups, grad_out)
+    scale, shift, logits = _dense(scale), _dense(shift), _dense(logits)
+    xc, fmt, B, C = _prepare(x, radix)
+    P, RC = xc.shape[2] * xc.shape[3], radix * C
+    acc_t = accumulation_dtype(x.dtype)
+    dlogits = torch.empty(logits.shape, dtype=logits.dtype, device=x.device)
+    mx, m = (torch.empty((B, RC), dtype=acc_t, device=x.device) for _ in range(2))
+    if xc.numel() == 0:
+        dscale, dshift = _param_grads(x, scale, shift)
+        return dlogits.zero_(), dscale, dshift, mx.zero_(), m.zero_()
+    go = grad_out.contiguous(memory_format=fmt)
+    lp = _params("backward_reduce", xc, fmt, radix, True)
+    acc = _acc_dtype(x)
+    r_p2 = triton.next_power_of_2(radix)
+    part = torch.empty((5, B, lp.chunks, RC), dtype=acc_t, device=x.device)  # d a, dscale, dshift, mx, m
+    with on_device(x):
+        launch(
+            _combine_bwd_kernel, lp.programs, lp.num_warps,
+            (go, xc, logits, scale, shift, None, *part, C, P, C // groups, lp.c_blocks, lp.chunks, lp.chunk_p,
+             *_flat_strides(go), *_flat_strides(xc), 0, 0, 0),
+            dict(RADIX=radix, R_P2=r_p2, AFFINE=True, RELU=True, ACC=acc, BLOCK_C=lp.block_c, BLOCK_P=lp.block_p,
+                 WRITE_DX=False, POOL_SUMS=True),
+        )
+        launch(
+            _combine_bwd_finish_kernel, lp.finish_programs, lp.num_warps,
+            (part[0], logits, dlogits, C, C // groups, triton.cdiv(C, lp.finish_block), lp.chunks),
+            dict(RADIX=radix, R_P2=r_p2, ACC=acc, BLOCK_C=lp.finish_block),
+        )
+        dscale, dshift = _finish_param_grads(part[1:3], scale, acc)
+        n_blocks = triton.cdiv(RC, FINISH_BLOCK_N)
+        for i, out in ((3, mx), (4, m)):
+            launch(_sum_rows_kernel, B * n_blocks, NUM_WARPS, (part[i], out, RC, lp.chunks, 1, n_blocks),
+                   dict(ACC=acc, BLOCK_N=FINISH_BLOCK_N))
+    return dlogits, dscale, dshift, mx, m
+
+
+def splat_backward_input(
+    grad_out: Tensor, grad_gap: Tensor, x: Tensor, logits: Tensor, scale: Tensor, shift: Tensor, coef_a: Tensor,
+    coef_b: Tensor, radix: int, groups: int
+) -> Tensor:
+    """Pass 2 of the module's fused backward: grad_x (x's kernel layout and dtype) =
+    scale*act'(pre)*(grad_out*a + grad_gap/(H*W)) + coef_a*x + coef_b."""
+    _check_training_args(x, logits, scale, shift, radix, groups, grad_out)
+    if coef_a is None or coef_b is None:
+        raise ValueError("coef_a and coef_b must be tensors, got None")
+    check_affine(coef_a, coef_b, x.shape[1], x)
+    _check_grad("grad_gap", grad_gap, (x.shape[0], x.shape[1] // radix), x)
+    scale, shift, logits, coef_a, coef_b = (_dense(t) for t in (scale, shift, logits, coef_a, coef_b))
+    xc, fmt, B, C = _prepare(x, radix)
+    P = xc.shape[2] * xc.shape[3]
+    dx = torch.empty(xc.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    if xc.numel() == 0:
+        return dx
+    go = grad_out.contiguous(memory_format=fmt)
+    lp = _params("backward_input", xc, fmt, radix, True)
+    with on_device(x):
+        launch(
+            _backward_input_kernel, lp.programs, lp.num_warps,
+            (go, grad_gap.contiguous(), xc, logits, scale, shift, coef_a, coef_b, dx, C, P, C // groups,
+             lp.c_blocks, lp.chunks, *_flat_strides(go), *_flat_strides(xc), *_flat_strides(dx)),
+            dict(RADIX=radix, R_P2=triton.next_power_of_2(radix), ACC=_acc_dtype(x), BLOCK_C=lp.block_c,
+                 BLOCK_P=lp.block_p),
+        )
+    return dx

@@ -97,6 +97,26 @@ def resolve_backend(backend, device):
     return "triton"
 
 
+def training_backend(backend, device):
+    """The backend whose kernels run the training-only ops (splat_bn_stats and the module's two-pass fused backward,
+    splat_backward_reduce and splat_backward_input) for tensors on `device`: "cpu" or "cuda" where resnest_fast._C
+    has them, "triton", or None where the reference (torch.var_mean, op-level autograd) runs instead."""
+    impl = resolve_backend(backend, device)
+    if impl == "triton" or (impl in ("cpu", "cuda") and ext.TRAINING_KERNELS[impl]):
+        return impl
+    return None
+
+
+def training_op(name, backend, device):
+    """The op resnest_fast::<name> (resnest_fast::triton_<name> for Triton) that training_backend picks, or None."""
+    impl = training_backend(backend, device)
+    if impl is None:
+        return None
+    import torch
+
+    return getattr(torch.ops.resnest_fast, f"triton_{name}" if impl == "triton" else name)
+
+
 def available_backends(device_type):
     """Concrete backends that can run on tensors of `device_type` here."""
     out = ["reference"]

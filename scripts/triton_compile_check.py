@@ -47,7 +47,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, 
 
 @dataclass(frozen=True)
 class Case:
-    """One call of the four ops: x (B, radix*C, H, W)."""
+    """One call of the four ops and the three training-only ones (those two that take bn0 only with affine):
+    x (B, radix*C, H, W)."""
 
     B: int
     C: int
@@ -105,6 +106,11 @@ def _record(case, num_sms: int):
             splat.splat_pool_backward(gg, x, scale, shift, case.radix, case.relu)
             splat.splat_combine(x, logits, scale, shift, case.radix, case.groups, case.relu)
             splat.splat_combine_backward(go, x, logits, scale, shift, case.radix, case.groups, case.relu)
+            splat.splat_bn_stats(x)
+            if case.affine:  # the module's fused backward: bn0 (as scale, shift) and relu always on
+                splat.splat_backward_reduce(go, x, logits, scale, shift, case.radix, case.groups)
+                splat.splat_backward_input(go, gg, x, logits, scale, shift, torch.empty_like(scale),
+                                           torch.empty_like(shift), case.radix, case.groups)
     finally:
         splat.DEFAULT_NUM_SMS = default
     return launches

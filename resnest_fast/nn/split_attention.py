@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resnest_fast import _extension as ext
-from resnest_fast.backend import normalize_backend, resolve_backend
+from resnest_fast.backend import normalize_backend, training_backend
 from resnest_fast.nn.norm import build_norm, check_conv_cfg
 from resnest_fast.op_rules import MAX_RADIX, accumulation_dtype
 from resnest_fast.ops import (
@@ -198,18 +197,17 @@ class SplitAttentionConv2d(nn.Module):
                 self.fc2.weight, self.fc2.bias)
 
     def _fused_backward_applies(self, y: Tensor) -> bool:
-        """The two-pass backward (C++ kernels of the device) runs in eager mode when a gradient is needed; torch.compile
-        and torch.export trace the op-level path instead (its autograd is registered per op). torch.jit.trace must
-        not see the autograd.Function either: it cannot record a Python function that takes a module (it fails with
-        an opaque `unordered_map::at`), whereas the ops themselves are TorchScript-visible."""
+        """The two-pass backward (the backend's training kernels: C++ or Triton) runs in eager mode when a gradient
+        is needed; torch.compile and torch.export trace the op-level path instead (its autograd is registered per op).
+        torch.jit.trace must not see the autograd.Function either: it cannot record a Python function that takes a
+        module (it fails with an opaque `unordered_map::at`), whereas the ops themselves are TorchScript-visible."""
         if not torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
             return False
         if not self.bn0.affine:
             return False
         if not (y.requires_grad or any(p.requires_grad for p in self._fused_params())):
             return False
-        impl = resolve_backend(self.backend, y.device)
-        return impl in ("cpu", "cuda") and ext.TRAINING_KERNELS[impl]
+        return training_backend(self.backend, y.device) is not None
 
     def _syncbn_across_processes(self) -> bool:
         return (
@@ -275,14 +273,14 @@ def _grouped_linear(x: Tensor, conv: nn.Conv2d) -> Tensor:
 
 
 class _FusedSplitAttention(torch.autograd.Function):
-    """Everything after the conv, with a backward of two passes over y (CPU or CUDA kernels: splat_backward_reduce,
-    then splat_backward_input) that writes y's gradient once — contributions of combine, pool and bn0's batch
-    statistics together. The small tensors in between (attention MLP, bn0's scale/shift) go through autograd
+    """Everything after the conv, with a backward of two passes over y (CPU, CUDA or Triton kernels:
+    splat_backward_reduce, then splat_backward_input) that writes y's gradient once — contributions of combine, pool
+    and bn0's batch statistics together. The small tensors in between (attention MLP, bn0's scale/shift) go through autograd
     on recomputed copies. Saves y and (B, C)-sized tensors only."""
 
     @staticmethod
     def forward(ctx, y, module, *params):
-        backend = y.device.type  # "cpu" or "cuda": _fused_backward_applies checked the kernels exist
+        backend = training_backend(module.backend, y.device)  # _fused_backward_applies checked it is not None
         scale, shift, stats = module.bn0_scale_shift(y)  # no grad here: updates bn0's running statistics
         gap = splat_pool(y, scale, shift, radix=module.radix, relu=True, backend=backend)
         logits = module._attention_logits(gap).to(y.dtype)
@@ -290,9 +288,11 @@ class _FusedSplitAttention(torch.autograd.Function):
                             backend=backend)
         # the MLP is recomputed in backward: under the same autocast state (what torch.amp.custom_bwd does, for
         # whichever device y is on)
-        ctx.autocast = (torch.is_autocast_enabled(backend), torch.get_autocast_dtype(backend))
+        device = y.device.type
+        ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         var, mean = stats if stats is not None else (module.bn0.running_var, module.bn0.running_mean)
         ctx.module = module
+        ctx.backend = backend
         ctx.batch_stats = stats is not None
         ctx.save_for_backward(y, gap, logits, scale, shift, var, mean)
         return out
@@ -302,7 +302,7 @@ class _FusedSplitAttention(torch.autograd.Function):
         y, gap, logits, scale, shift, var, mean = ctx.saved_tensors
         m = ctx.module
         radix, groups = m.radix, m.groups
-        backend = y.device.type  # as in forward
+        backend = ctx.backend
         dlogits, dscale, dshift, mx, mk = splat_backward_reduce(grad_out, y, logits, scale, shift, radix, groups,
                                                                 backend=backend)
         params = list(ctx.module._fused_params())

@@ -2,8 +2,8 @@
 
 C++ ops (schemas: csrc/ops/splat.cpp, winograd.cpp and depthwise.cpp; CPU/CUDA kernels registered in C++): fake
 kernels for all of them, so torch.compile and torch.export trace them, and autograd for splat_pool and
-splat_combine, whose backward ops do the work. The module's two-pass training backward (splat_backward_*) and splat_bn_stats are called
-from an autograd.Function instead, so they only need fakes.
+splat_combine, whose backward ops do the work. The module's two-pass training backward (splat_backward_*) and
+splat_bn_stats are called from an autograd.Function instead, so they only need fakes (C++ and Triton alike).
 Triton ops (launchers: resnest_fast/kernels/splat.py): torch.library.custom_op around each launcher, with the same
 fakes and autograd as the C++ ops. resnest_fast::triton_splat_conv_pool (resnest_fast/kernels/splat_conv.py) is
 inference-only: its autograd registration only says so when a backward reaches it. Not triton_op/wrap_triton: under
@@ -106,6 +106,14 @@ def _op(qualname: str):
     return getattr(getattr(torch.ops, ns), name).default
 
 
+def _register_training_fakes(prefix: str) -> None:
+    """Fakes for the training-only ops `resnest_fast::{prefix}splat_{bn_stats,backward_reduce,backward_input}`:
+    called from autograd.Functions, they need no autograd of their own."""
+    for name, fake in (("bn_stats", fake_bn_stats), ("backward_reduce", fake_backward_reduce),
+                       ("backward_input", fake_backward_input)):
+        torch.library.register_fake(f"resnest_fast::{prefix}splat_{name}")(fake)
+
+
 def _register_pool_and_combine(prefix: str) -> None:
     """Fakes for the four ops `resnest_fast::{prefix}splat_{pool,combine}[_backward]`, autograd for the two
     forward ones through their backward ops."""
@@ -142,9 +150,7 @@ def _register_cpp_ops() -> None:
     if not ext.HAS_C:
         return
     _register_pool_and_combine("")
-    torch.library.register_fake("resnest_fast::splat_bn_stats")(fake_bn_stats)
-    torch.library.register_fake("resnest_fast::splat_backward_reduce")(fake_backward_reduce)
-    torch.library.register_fake("resnest_fast::splat_backward_input")(fake_backward_input)
+    _register_training_fakes("")
     if HAS_WINOGRAD_KERNELS:
         torch.library.register_fake("resnest_fast::winograd_conv3x3")(fake_winograd_conv3x3)
     if HAS_DEPTHWISE_KERNEL:
@@ -161,6 +167,12 @@ _TRITON_SCHEMAS = {
     "-> Tensor",
     "splat_combine_backward": "(Tensor grad_out, Tensor x, Tensor logits, Tensor? scale, Tensor? shift, int radix, "
     "int groups, bool relu) -> (Tensor, Tensor, Tensor, Tensor)",
+    # the C++ schemas of csrc/ops/splat.cpp
+    "splat_bn_stats": "(Tensor x) -> (Tensor, Tensor)",
+    "splat_backward_reduce": "(Tensor grad_out, Tensor x, Tensor logits, Tensor scale, Tensor shift, int radix, "
+    "int groups) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "splat_backward_input": "(Tensor grad_out, Tensor grad_gap, Tensor x, Tensor logits, Tensor scale, Tensor shift, "
+    "Tensor coef_a, Tensor coef_b, int radix, int groups) -> Tensor",
 }
 _CONV_POOL_SCHEMA = ("(Tensor x, Tensor weight, Tensor scale, Tensor shift, int radix, int groups, int dilation) "
                      "-> (Tensor, Tensor)")
@@ -196,6 +208,7 @@ def register_triton_ops() -> bool:
             torch.library.custom_op(f"resnest_fast::triton_{name}", getattr(launchers, name), mutates_args=(),
                                     schema=schema)
         _register_pool_and_combine("triton_")
+        _register_training_fakes("triton_")
         _register_conv_pool(splat_conv.splat_conv_pool)
     except Exception as exc:  # a broken triton install must not break `import resnest_fast`
         ext.HAS_TRITON = False

@@ -16,8 +16,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from resnest_fast import _extension as ext
-from resnest_fast.backend import resolve_backend
+from resnest_fast.backend import training_op
 from resnest_fast.op_rules import accumulation_dtype, check_common, check_logits
 from resnest_fast.ops.splat_combine import attention_weights_reference, splat_combine_reference
 
@@ -56,11 +55,6 @@ def splat_backward_input_reference(grad_out, grad_gap, x, logits, scale, shift, 
 
 
 
-def _kernels(backend: Optional[str], x: Tensor) -> bool:
-    impl = resolve_backend(backend, x.device)
-    return impl in ("cpu", "cuda") and ext.TRAINING_KERNELS[impl]
-
-
 def splat_backward_reduce(grad_out: Tensor, x: Tensor, logits: Tensor, scale: Tensor, shift: Tensor, radix: int,
                           groups: int, backend: Optional[str] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Pass 1 of the fused backward: one read of x and grad_out, no grad_x.
@@ -71,16 +65,17 @@ def splat_backward_reduce(grad_out: Tensor, x: Tensor, logits: Tensor, scale: Te
         logits: (B, R*C), x's dtype, [groups][radix][C/groups] (splat_combine's layout).
         scale, shift: (R*C,), bn0 as an affine (x's dtype or float32); ReLU is always on.
         radix, groups: the split attention's radix R and cardinality.
-        backend: None (the default backend), "auto", "cpu", "cuda" or "reference"; backends without a kernel for
-            it (Triton) use the reference.
+        backend: None (the default backend), "auto", "cpu", "cuda", "triton" or "reference"; a C++ backend
+            built without the training kernels uses the reference.
     Returns (grad_logits (B, R*C) in logits' dtype, grad_scale and grad_shift (R*C,) of combine alone in scale's
     dtype, mx (B, R*C) = sum over positions of act'(pre)*x, m (B, R*C) = sum over positions of act'(pre)), mx and m
     in accumulation_dtype(x.dtype). Not differentiable.
     """
     check_common(x, scale, shift, radix)
     check_logits(x, logits, radix, groups)
-    if _kernels(backend, x):
-        return torch.ops.resnest_fast.splat_backward_reduce(grad_out, x, logits, scale, shift, radix, groups)
+    op = training_op("splat_backward_reduce", backend, x.device)
+    if op is not None:
+        return op(grad_out, x, logits, scale, shift, radix, groups)
     return splat_backward_reduce_reference(grad_out, x, logits, scale, shift, radix, groups)
 
 
@@ -98,7 +93,7 @@ def splat_backward_input(grad_out: Tensor, grad_gap: Tensor, x: Tensor, logits: 
     """
     check_common(x, scale, shift, radix)
     check_logits(x, logits, radix, groups)
-    if _kernels(backend, x):
-        return torch.ops.resnest_fast.splat_backward_input(grad_out, grad_gap, x, logits, scale, shift, coef_a,
-                                                           coef_b, radix, groups)
+    op = training_op("splat_backward_input", backend, x.device)
+    if op is not None:
+        return op(grad_out, grad_gap, x, logits, scale, shift, coef_a, coef_b, radix, groups)
     return splat_backward_input_reference(grad_out, grad_gap, x, logits, scale, shift, coef_a, coef_b, radix, groups)

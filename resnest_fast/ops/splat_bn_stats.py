@@ -4,16 +4,16 @@
 
 Returned in accumulation_dtype(x.dtype) (float32, float64 for float64 x), as BatchNorm keeps its statistics. The
 C++ CPU kernel sums deviations from each channel's first value in double (no E[x^2] - E[x]^2 cancellation) in one
-pass, where torch.var_mean on an NCHW tensor reduced over (0, 2, 3) is a strided reduction. Backends without a
-kernel for it (Triton; a build without CUDA kernels) use the reference, torch.var_mean.
+pass, where torch.var_mean on an NCHW tensor reduced over (0, 2, 3) is a strided reduction; the CUDA and Triton kernels
+merge per-tile means and squared deviations (Chan's update) in two deterministic stages, never casting x to float32
+as a whole. A build without CUDA kernels on a GPU without Triton uses the reference, torch.var_mean.
 """
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from resnest_fast import _extension as ext
-from resnest_fast.backend import resolve_backend
+from resnest_fast.backend import training_op
 from resnest_fast.op_rules import accumulation_dtype
 
 __all__ = ["splat_bn_stats", "splat_bn_stats_reference"]
@@ -30,7 +30,5 @@ def splat_bn_stats(x: Tensor, backend: Optional[str] = None) -> Tuple[Tensor, Te
         raise ValueError(f"x must be 4-D (B, K, H, W), got {x.dim()}-D of shape {tuple(x.shape)}")
     if x.shape[0] * x.shape[2] * x.shape[3] == 0:
         raise ValueError(f"splat_bn_stats needs at least one value per channel, got x of shape {tuple(x.shape)}")
-    impl = resolve_backend(backend, x.device)
-    if impl in ("cpu", "cuda") and ext.TRAINING_KERNELS[impl]:
-        return torch.ops.resnest_fast.splat_bn_stats(x)
-    return splat_bn_stats_reference(x)
+    op = training_op("splat_bn_stats", backend, x.device)
+    return splat_bn_stats_reference(x) if op is None else op(x)

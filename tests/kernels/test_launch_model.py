@@ -83,7 +83,16 @@ def test_launchers_use_launch_params(channels_last):
         "combine_backward": lambda: splat.splat_combine_backward(
             torch.empty(B, C, H, W, device="meta"), x, logits, scale, shift, radix, 1, True
         ),
+        "bn_stats": lambda: splat.splat_bn_stats(x),
+        "backward_reduce": lambda: splat.splat_backward_reduce(
+            torch.empty(B, C, H, W, device="meta"), x, logits, scale, shift, radix, 1
+        ),
+        "backward_input": lambda: splat.splat_backward_input(
+            torch.empty(B, C, H, W, device="meta"), torch.empty(B, C, device="meta"), x, logits, scale, shift,
+            torch.empty(radix * C, device="meta"), torch.empty(radix * C, device="meta"), radix, 1
+        ),
     }
+    assert set(calls) == set(splat.KERNELS)
     for kernel, call in calls.items():
         lp = splat.launch_params(kernel, B, C, H, W, radix, torch.float32, channels_last)
         with splat.record_launches() as launches:

@@ -25,7 +25,13 @@ if not torch.cuda.is_available() and ext.triton_interpreter_problem():
 
 import resnest_fast.kernels.splat as splat_triton  # noqa: E402
 from resnest_fast.op_rules import kernel_layout  # noqa: E402
-from resnest_fast.ops import splat_combine, splat_pool  # noqa: E402
+from resnest_fast.ops import (  # noqa: E402
+    splat_backward_input,
+    splat_backward_reduce,
+    splat_bn_stats,
+    splat_combine,
+    splat_pool,
+)
 from resnest_fast.ops.registrations import register_triton_ops  # noqa: E402
 
 # registers the ops even if resnest_fast was imported before TRITON_INTERPRET was set
@@ -131,6 +137,20 @@ def _run_combine(ins, radix, groups, relu, backend):
     return dict(zip(names, (out, *grads)))
 
 
+def _run_training(ins, radix, groups, backend):
+    """The module's fused backward passes (bn0 and relu on): splat_backward_reduce, then splat_backward_input with
+    the batch statistics' gradient terms coef_a, coef_b (drawn here, in scale's dtype)."""
+    x, logits, scale, shift, go, gg = (ins[k] for k in ("x", "logits", "scale", "shift", "grad_out", "grad_gap"))
+    gen = torch.Generator().manual_seed(7)
+    coef_a, coef_b = (0.1 * torch.randn(scale.shape, generator=gen, dtype=torch.float64) for _ in range(2))
+    coef_a, coef_b = coef_a.to(DEVICE, scale.dtype), coef_b.to(DEVICE, scale.dtype)
+    names = ["grad_logits", "grad_scale", "grad_shift", "mx", "m"]
+    out = dict(zip(names, splat_backward_reduce(go, x, logits, scale, shift, radix, groups, backend=backend)))
+    out["grad_x"] = splat_backward_input(go, gg, x, logits, scale, shift, coef_a, coef_b, radix, groups,
+                                         backend=backend)
+    return out
+
+
 def _assert_close_to_reference(run, ins, dtype):
     """run(inputs, backend) -> {name: tensor}; checks the Triton results against the references by the rule."""
     atol, rtol = TOLERANCES[dtype]
@@ -160,6 +180,35 @@ def test_splat_combine_matches_reference(radix, groups, layout, dtype, b, hw, af
     _assert_close_to_reference(lambda i, be: _run_combine(i, radix, groups, relu, be), ins, dtype)
 
 
+@pytest.mark.parametrize(
+    "radix, groups, layout, dtype, b, hw, affine, relu, param_dtype", [c for c in CASES if c.values[6]]
+)
+def test_fused_backward_passes_match_reference(radix, groups, layout, dtype, b, hw, affine, relu, param_dtype):
+    """The training-only ops (always bn0 + relu, so the cases with an affine)."""
+    ins = _inputs(radix, layout, dtype, b, hw, affine, param_dtype)
+    _assert_close_to_reference(lambda i, be: _run_training(i, radix, groups, be), ins, dtype)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(2, 6, 7, 9), (1, 3, 1, 1), (3, 5, 4, 1)])
+def test_bn_stats_against_float64(layout, dtype, shape):
+    """bn0's batch statistics against torch.var_mean in float64, on data whose mean dwarfs its spread (where
+    E[x^2] - E[x]^2 would lose every digit; the kernels merge per-tile means and squared deviations)."""
+    b, k, h, w = shape
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(b, k, h, 2 * w, generator=gen, dtype=torch.float64) * 0.5 + 100.0).to(DEVICE, dtype)
+    x = x[..., ::2] if layout == "sliced" else x[..., :w].contiguous()
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    var, mean = splat_bn_stats(x, backend="triton")
+    var64, mean64 = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
+    assert var.dtype == mean.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(mean.double(), mean64, rtol=tol, atol=0)
+    torch.testing.assert_close(var.double(), var64, rtol=tol * 100, atol=tol * 100 * var64.abs().max().item())
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize(
     "radix, groups, num_sms, hw, chunk_tiles",
@@ -173,7 +222,7 @@ def test_several_tiles_and_chunks_float64(monkeypatch, radix, groups, num_sms, h
     monkeypatch.setattr(splat_triton, "block_sizes", lambda c, p, channels_last, dtype=None: (4, 16))
     monkeypatch.setattr(splat_triton, "num_sms", lambda x: num_sms)  # the launchers' SM count, GPU or not
     b, c = 2, 10
-    for kernel in ("pool", "pool_backward", "combine_backward"):
+    for kernel in ("pool", "pool_backward", "combine_backward", "backward_reduce"):
         lp = splat_triton.launch_params(kernel, b, c, *hw, radix, torch.float64, layout == "channels_last", num_sms)
         p = hw[0] * hw[1]
         assert lp.chunk_p == 16 * chunk_tiles and lp.chunks >= 3 and p % lp.chunk_p, lp  # a tail chunk
@@ -191,18 +240,30 @@ def test_several_tiles_and_chunks_float64(monkeypatch, radix, groups, num_sms, h
         "grad_out": torch.randn(b, c, *hw, generator=gen, dtype=torch.float64),
     }
     ins = {k: v.to(DEVICE) for k, v in ins.items()}
-    for run in (lambda be: _run_pool(ins, radix, True, be), lambda be: _run_combine(ins, radix, groups, True, be)):
+    for run in (lambda be: _run_pool(ins, radix, True, be), lambda be: _run_combine(ins, radix, groups, True, be),
+                lambda be: _run_training(ins, radix, groups, be)):
         got, ref = run("triton"), run("reference")
         for name in got:
             torch.testing.assert_close(got[name], ref[name], rtol=1e-12, atol=1e-12, msg=name)
+    # bn0's statistics over x's radix*c channels: several (sample, chunk) partials merged per channel with a tail
+    # chunk, or (one SM) several tiles merged within one chunk, a short tail tile last
+    lp = splat_triton.launch_params("bn_stats", b, c, *hw, radix, torch.float64, layout == "channels_last", num_sms)
+    p = hw[0] * hw[1]
+    assert (lp.chunks >= 3 and p % lp.chunk_p) or (lp.chunk_p >= 3 * 16 and p % 16), lp
+    assert lp.finish_rows == b * lp.chunks, lp
+    y = ins["x"] * 0.25 + 50.0
+    for got, want in zip(splat_bn_stats(y, backend="triton"), torch.var_mean(y, dim=(0, 2, 3), correction=0)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_reductions_are_bit_reproducible():
     """Two-stage reductions without atomics: the same inputs give the same bits, run after run."""
     ins = _inputs(2, "channels_last", torch.float32, 2, (7, 9), True, torch.float32)
     first, second = _run_combine(ins, 2, 1, True, "triton"), _run_combine(ins, 2, 1, True, "triton")
-    first |= {"gap": _run_pool(ins, 2, True, "triton")["gap"]}
-    second |= {"gap": _run_pool(ins, 2, True, "triton")["gap"]}
+    for run in (first, second):
+        run |= {"gap": _run_pool(ins, 2, True, "triton")["gap"]}
+        run |= _run_training(ins, 2, 1, "triton")
+        run |= dict(zip(("var", "mean"), splat_bn_stats(ins["x"], backend="triton")))
     for name in first:
         assert torch.equal(first[name], second[name]), name
 
@@ -242,6 +303,13 @@ def test_opcheck(layout, affine):
     torch.library.opcheck(
         OPS.triton_splat_combine_backward.default, (grad_out, x, logits, scale, shift, radix, groups, True)
     )
+    if affine:  # the training-only ops
+        coef_a, coef_b = (torch.randn(radix * c, generator=gen).to(DEVICE) for _ in range(2))
+        torch.library.opcheck(OPS.triton_splat_bn_stats.default, (x,))
+        torch.library.opcheck(OPS.triton_splat_backward_reduce.default,
+                              (grad_out, x, logits, scale, shift, radix, groups))
+        torch.library.opcheck(OPS.triton_splat_backward_input.default,
+                              (grad_out, grad_gap, x, logits, scale, shift, coef_a, coef_b, radix, groups))
     if affine:  # the autograd registration, with every input requiring grad
         args = [t.detach().clone().requires_grad_() for t in (x, logits, scale, shift)]
         torch.library.opcheck(OPS.triton_splat_combine.default, (*args, radix, groups, True))
