@@ -14,7 +14,8 @@ the cheap training-memory step before the four heads and their torch.compile, so
              Rule (flash-attention's): |ours - ref64| <= 2 |torch in the same dtype - ref64| + floor * max(1, |ref64|)
   bench-ops  CUDA-event timings at the stage shapes (ResNeSt-101-D8: Cityscapes layer3 at the training batch, layer1
              of a 1024x2048 image at batch 1), fp32 and bf16: mmseg's eager code, torch.compile of it, ours per
-             backend; effective GB/s and % of the device-to-device copy bandwidth measured in the same run. Then
+             backend; effective GB/s and % of the device-to-device copy bandwidth measured in the same run; the
+             training-only ops (bn_stats, the two backward passes) the same way against their eager references. Then
              splat_conv_pool at Cityscapes layer3 (batch 2 at 512x1024, batch 1 at 1024x2048), fp32 and bf16, NCHW
              and channels_last: the Triton kernel against cuDNN's conv alone, cuDNN + bn0/relu (writing y) + our
              splat_pool, and cuDNN + our splat_pool with bn0/relu inside (the modules' path, y never written); fp32
@@ -29,6 +30,7 @@ one-screen summary to <out>/summary.txt and stdout. Exit 1 when a correctness ch
 """
 import argparse
 import contextlib
+import functools
 import os
 import statistics
 import sys
@@ -45,6 +47,12 @@ from benchmarks.stage_shapes import Block, resnest101_d8_blocks
 from resnest_fast import _extension as ext
 from resnest_fast.backend import available_backends
 from resnest_fast.ops import (
+    splat_backward_input,
+    splat_backward_input_reference,
+    splat_backward_reduce,
+    splat_backward_reduce_reference,
+    splat_bn_stats,
+    splat_bn_stats_reference,
     splat_combine,
     splat_combine_reference,
     splat_conv_pool,
@@ -309,9 +317,39 @@ def _time(fn: Callable[[], object], device: torch.device, warmup: int, iters: in
     return statistics.median(timed_call(fn, device) for _ in range(iters))
 
 
+def _training_ops(s: Settings, blk: Block, y, logits, block, gen) -> Dict[str, Tuple[int, Dict[str, Callable]]]:
+    """The training-only ops at one stage shape: op -> (the bytes it must move at least, {provider: fn}). eager is
+    the reference (what a backend without the kernels runs), ours-<backend> the kernels; no torch.compile provider:
+    its compiles (each shape and dtype) would take a budgeted run's time from the memory and model steps. bn0's
+    scale/shift are the block's folded ones and the statistics' gradient terms zero: the kernels' work does not
+    depend on their values."""
+    radix, groups = blk.radix, blk.groups
+    y_bytes = y.numel() * y.element_size()
+    g_bytes = y_bytes // radix  # grad_out, (B, C, H, W)
+    grad_out = torch.randn(blk.batch, blk.channels, blk.height, blk.width, generator=gen).to(s.device, y.dtype)
+    grad_gap = torch.randn(blk.batch, blk.channels, generator=gen).to(s.device, y.dtype)
+    scale, shift, _ = block.bn0_scale_shift(y)
+    coef = torch.zeros_like(scale)
+    ops = {  # op -> (bytes, the op, its reference, their arguments)
+        "bn-stats": (y_bytes, splat_bn_stats, splat_bn_stats_reference, (y,)),
+        "backward-reduce": (y_bytes + g_bytes, splat_backward_reduce, splat_backward_reduce_reference,
+                            (grad_out, y, logits, scale, shift, radix, groups)),
+        "backward-input": (2 * y_bytes + g_bytes, splat_backward_input, splat_backward_input_reference,
+                           (grad_out, grad_gap, y, logits, scale, shift, coef, coef, radix, groups)),
+    }
+    out = {}
+    for op, (nbytes, ours, reference, args) in ops.items():
+        providers = {"eager": functools.partial(reference, *args)}
+        for backend in s.backends():
+            providers[f"ours-{backend}"] = functools.partial(ours, *args, backend=backend)
+        out[op] = (nbytes, providers)
+    return out
+
+
 def bench_ops(s: Settings) -> List[dict]:
-    """Per stage shape and dtype: the copy bandwidth, then each op per provider as ms, GB/s and % of the copy;
-    the post-conv training step (forward + backward) where the batch allows training."""
+    """Per stage shape and dtype: the copy bandwidth, then each op per provider as ms, GB/s and % of the copy (the
+    eval ops, then the training-only ones); the post-conv training step (forward + backward) where the batch allows
+    training."""
     import torch._dynamo
 
     rows = []
@@ -347,6 +385,9 @@ def bench_ops(s: Settings) -> List[dict]:
                         providers[f"ours-{backend}"] = (lambda bb: lambda: splat_combine(
                             y, logits, *bb.bn0_scale_shift(y)[:2], radix=bb.radix, groups=bb.groups, relu=True,
                             backend=bb.backend))(block_b)
+            with torch.no_grad():
+                ops.update(_training_ops(s, blk, y, logits, block, gen))
+            for op, (nbytes, providers) in ops.items():
                 with torch.no_grad():
                     for provider, fn in providers.items():
                         sec = _time(fn, s.device, s.warmup, s.op_iters)

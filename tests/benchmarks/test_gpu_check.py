@@ -34,6 +34,34 @@ def test_the_rule_accepts_torchs_own_error_and_rejects_more():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_the_training_ops_providers_do_the_same_work():
+    """bench-ops times each training-only op per provider: every provider must compute what the reference does, or
+    the timings would compare different work."""
+    from benchmarks.providers import make_block
+
+    s = gpu_check.Settings(dry_run=True)
+    blk = next(iter(s.stage_shapes.values()))
+    block = make_block(channels=blk.channels, radix=blk.radix, groups=blk.groups)
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(blk.y_shape, generator=gen)
+    logits = torch.randn(blk.y_shape[:2], generator=gen)
+    with torch.no_grad():
+        ops = gpu_check._training_ops(s, blk, y, logits, block, gen)
+        assert set(ops) == {"bn-stats", "backward-reduce", "backward-input"}
+        y_bytes = y.numel() * 4
+        assert ops["bn-stats"][0] == y_bytes and ops["backward-input"][0] == 2 * y_bytes + y_bytes // blk.radix
+        for op, (_, providers) in ops.items():
+            ours = {f"ours-{b}" for b in s.backends()}
+            assert set(providers) == {"eager"} | ours, op
+            want = providers["eager"]()
+            want = want if isinstance(want, tuple) else (want,)
+            for name in ours:
+                got = providers[name]()
+                got = got if isinstance(got, tuple) else (got,)
+                for g, w in zip(got, want, strict=True):
+                    torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4, msg=f"{op} {name}")
+
+
 def test_without_a_gpu_the_check_says_so_in_one_line(tmp_path):
     for cmd in ([sys.executable, "-m", "benchmarks.gpu_check", "ops"], ["bash", "scripts/gpu_check.sh"]):
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
