@@ -3,10 +3,10 @@
     var[k], mean[k] = biased variance and mean of x[:, k] over (B, H, W)
 
 Returned in accumulation_dtype(x.dtype) (float32, float64 for float64 x), as BatchNorm keeps its statistics. The
-C++ CPU kernel sums deviations from each channel's first value in double (no E[x^2] - E[x]^2 cancellation) in one
-pass, where torch.var_mean on an NCHW tensor reduced over (0, 2, 3) is a strided reduction; the CUDA and Triton kernels
-merge per-tile means and squared deviations (Chan's update) in two deterministic stages, never casting x to float32
-as a whole. A build without CUDA kernels on a GPU without Triton uses the reference, torch.var_mean.
+C++ kernels (CPU and CUDA) sum deviations from each channel's first value in double (no E[x^2] - E[x]^2
+cancellation) in one pass, where torch.var_mean on an NCHW tensor reduced over (0, 2, 3) is a strided reduction; the
+Triton kernel merges per-tile means and squared deviations (Chan's update) in two deterministic stages. None casts
+x to float32 as a whole. A GPU without the CUDA kernels or Triton uses the reference, torch.var_mean.
 """
 from typing import Optional, Tuple
 
