@@ -1,10 +1,13 @@
-"""`python -m resnest_fast info`: what was built, and which backend runs for CPU and CUDA tensors."""
+"""`python -m resnest_fast info`: what was built, which backend runs for CPU and CUDA tensors, and which kernels run
+the training-only ops there (bn0's batch statistics and the split attention's two-pass fused backward)."""
 import platform
 
 import torch
 
 from resnest_fast import _extension as ext
-from resnest_fast.backend import ENV_VAR, available_backends, get_default_backend, resolve_backend
+from resnest_fast.backend import ENV_VAR, available_backends, get_default_backend, resolve_backend, training_backend
+
+UNFUSED_TRAINING = "reference (torch.var_mean and op-level autograd)"
 
 
 def _has_winograd() -> bool:
@@ -16,12 +19,13 @@ def _has_winograd() -> bool:
 
 def build_info() -> dict:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    runs = {}
+    runs, trains = {}, {}
     for dev in devices:
         try:
             runs[dev] = resolve_backend(None, torch.device(dev))
+            trains[dev] = training_backend(None, torch.device(dev)) or UNFUSED_TRAINING
         except (RuntimeError, ValueError) as exc:
-            runs[dev] = f"error: {exc}"
+            runs[dev] = trains[dev] = f"error: {exc}"
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -38,6 +42,7 @@ def build_info() -> dict:
         "default_backend": f"{get_default_backend()} ({ENV_VAR})",
         "available": {dev: available_backends(dev) for dev in ("cpu", "cuda")},
         "runs": runs,
+        "trains": trains,
     }
 
 

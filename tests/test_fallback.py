@@ -21,6 +21,8 @@ SCRIPT = textwrap.dedent(
     from resnest_fast import _extension as ext
     assert not ext.HAS_C and not ext.HAS_TRITON
     assert resnest_fast.resolve_backend(None, torch.device("cpu")) == "reference"
+    from resnest_fast.info import UNFUSED_TRAINING, build_info
+    assert build_info()["trains"]["cpu"] == UNFUSED_TRAINING
     for name in ("cpu", "triton"):
         try:
             resnest_fast.resolve_backend(name, torch.device("cpu"))
@@ -48,17 +50,34 @@ def test_import_without_extension_or_triton():
     assert "fallback OK" in proc.stdout
 
 
-def test_info_command_prints_what_runs():
-    proc = subprocess.run([sys.executable, "-m", "resnest_fast", "info", "--json"], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
+@pytest.mark.parametrize("backend", [None, "triton"])
+def test_info_command_prints_what_runs(backend):
+    """What runs, and which kernels train: the C++ CPU kernels where built; the Triton ones when Triton is the
+    backend (its interpreter here), which once trained through the reference."""
     import json
+    import os
 
+    from resnest_fast import _extension as ext
+    from resnest_fast.backend import available_backends
+
+    env = dict(os.environ)
+    if backend is not None:
+        if "triton" not in available_backends("cpu"):
+            pytest.skip("Triton's interpreter cannot run here")
+        env.update(RESNEST_FAST_BACKEND=backend, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-m", "resnest_fast", "info", "--json"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     for key in ("extension_C", "cpu_kernels", "cuda_kernels", "winograd_cpu_kernel", "triton_installed", "runs",
-                "default_backend"):
+                "trains", "default_backend"):
         assert key in info
-    assert info["runs"]["cpu"] in ("cpu", "reference")
+    if backend == "triton":
+        assert info["runs"]["cpu"] == info["trains"]["cpu"] == "triton"
+    else:
+        assert info["runs"]["cpu"] in ("cpu", "reference")
+        trains_cpu = info["runs"]["cpu"] == "cpu" and ext.TRAINING_KERNELS["cpu"]
+        assert info["trains"]["cpu"] == ("cpu" if trains_cpu else "reference (torch.var_mean and op-level autograd)")
 
 
 @pytest.mark.parametrize("value", ["reference", "bogus"])
