@@ -3,8 +3,9 @@ CPU at tiny shapes (CI runs that, so the script cannot rot).
 
 Steps (`python -m benchmarks.gpu_check STEP [--dry-run] [--out DIR]`; `all` runs ops, bench-ops, memory, models:
 the cheap training-memory step before the four heads and their torch.compile, so a time budget cuts the latter):
-  sanitize   every CUDA op once at small odd shapes, forward and backward, fp32/bf16/fp16, NCHW and channels_last,
-             nothing checked: the step compute-sanitizer (memcheck, racecheck) runs under
+  sanitize   every op once per GPU backend (CUDA kernels, then Triton's) at small odd shapes, forward and backward,
+             fp32/bf16/fp16, NCHW and channels_last, and the module's training step, nothing checked: the step
+             compute-sanitizer (memcheck, racecheck) runs under
   ops        correctness: splat_pool and splat_combine forward and backward (autograd) on each GPU backend (cuda,
              compiled Triton) against the reference evaluated in float64 on the CPU, fp32/bf16/fp16, NCHW,
              channels_last and truly strided inputs, small odd shapes and the stage shapes below; the module's
@@ -295,16 +296,20 @@ def check_module_training(s: Settings, backends: Optional[List[str]] = None) -> 
 
 
 def sanitize(s: Settings) -> None:
-    """Every CUDA op once, nothing checked: the workload compute-sanitizer watches."""
-    if "cuda" not in s.backends():
-        raise SystemExit("sanitize: the cuda backend is not available here (build with FORCE_CUDA=1)")
-    for shape in s.small_shapes[:3]:
-        for dtype in DTYPES.values():
-            t = _inputs(shape, dtype, s.device)
-            for layout in ("nchw", "channels_last"):
-                _pool_and_combine(t, shape[4], shape[5], "cuda", layout)
-    check_module_training(s, backends=["cuda"])
-    _sync(s.device)
+    """Every fused op once per GPU backend, the CUDA kernels first, then Triton's (compiled), nothing checked: the
+    workload compute-sanitizer watches (memcheck: the masked tails of tiles; racecheck: shared-memory reductions).
+    The module's training step brings in bn_stats and the two fused backward passes."""
+    backends = [b for b in ("cuda", "triton") if b in s.backends()]
+    if not backends:
+        raise SystemExit("sanitize: no GPU backend here (build with FORCE_CUDA=1, or install triton)")
+    for backend in backends:
+        for shape in s.small_shapes[:3]:
+            for dtype in DTYPES.values():
+                t = _inputs(shape, dtype, s.device)
+                for layout in ("nchw", "channels_last"):
+                    _pool_and_combine(t, shape[4], shape[5], backend, layout)
+        check_module_training(s, backends=[backend])
+        _sync(s.device)
 
 
 # ------------------------------------------------------------------------------------------------ timing

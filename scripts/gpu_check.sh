@@ -5,7 +5,7 @@
 #   info      what was built and which backend runs
 #   check     python -m benchmarks.gpu_check all: correctness of every op (cuda, Triton) against the reference,
 #             op timings as % of the copy bandwidth, four-model fps (fp32, bf16 autocast), training memory
-#   sanitize  compute-sanitizer memcheck and racecheck over every CUDA op at small odd shapes
+#   sanitize  compute-sanitizer memcheck and racecheck over every op of the CUDA and Triton backends at small odd shapes
 #   pytest    the needs_cuda tests, Triton compiled (TRITON_INTERPRET=0)
 # CSVs, summary.txt and gpu_check.log (every step's output under its name) go to $OUT if set, else gpu_results/:
 # six files, so that a runner which brings back few files brings back all of them. Exit 1 if a step failed.

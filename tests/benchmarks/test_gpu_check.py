@@ -62,6 +62,25 @@ def test_the_training_ops_providers_do_the_same_work():
                     torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4, msg=f"{op} {name}")
 
 
+def test_sanitize_runs_every_op_of_each_gpu_backend_cuda_first(monkeypatch):
+    """The workload compute-sanitizer watches: the CUDA kernels, then Triton's, each with the module's training step
+    (bn_stats and the fused backward); CPU backends are not its business, and without a GPU backend it says so."""
+    s = gpu_check.Settings(dry_run=True)
+    calls = []
+    monkeypatch.setattr(gpu_check.Settings, "backends", lambda self: ["reference", "cpu", "triton", "cuda"])
+    monkeypatch.setattr(gpu_check, "_pool_and_combine",
+                        lambda t, r, g, backend, layout: calls.append((backend, layout)))
+    monkeypatch.setattr(gpu_check, "check_module_training", lambda s, backends: calls.append((*backends, "train")))
+    gpu_check.sanitize(s)
+    per_backend = len(gpu_check.DTYPES) * 2 * min(3, len(s.small_shapes)) + 1
+    assert [c[0] for c in calls] == ["cuda"] * per_backend + ["triton"] * per_backend
+    assert {c[1] for c in calls} == {"nchw", "channels_last", "train"}
+    assert calls[per_backend - 1] == ("cuda", "train") and calls[-1] == ("triton", "train")
+    monkeypatch.setattr(gpu_check.Settings, "backends", lambda self: ["reference", "cpu"])
+    with pytest.raises(SystemExit, match="no GPU backend"):
+        gpu_check.sanitize(s)
+
+
 def test_without_a_gpu_the_check_says_so_in_one_line(tmp_path):
     for cmd in ([sys.executable, "-m", "benchmarks.gpu_check", "ops"], ["bash", "scripts/gpu_check.sh"]):
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
