@@ -1,13 +1,17 @@
-"""Triton kernels of the fused split-attention ops: splat_pool and splat_combine, forward and backward.
+"""Triton kernels of the fused split-attention ops: splat_pool and splat_combine, forward and backward, and the
+training-only ones: splat_bn_stats and the two passes of the module's fused backward.
 
 What is fused: the activation act(v) = relu(v*scale + shift) of the grouped conv's output x (B, R*C, H, W) is
 never written to memory. splat_pool reduces it straight to the global context gap (B, C); splat_combine applies
 the radix softmax of the logits and sums the weighted splits into out (B, C, H, W); the two backward kernels
 recompute act and its derivative from x (the only activation saved), write grad_x, and reduce the gradients of
-the attention weights, scale and shift in the same pass.
+the attention weights, scale and shift in the same pass. In training, splat_bn_stats gives bn0's batch statistics
+in one read of x; splat_backward_reduce (the combine backward's kernel without grad_x, with the pool's sums) and
+splat_backward_input then write grad_x once for combine, pool and the statistics together.
 
-Why it is correct: the maths is the one of resnest_fast/ops/splat_pool.py and splat_combine.py (the pure-PyTorch
-references, the oracle of tests/kernels/test_splat_triton.py) and of csrc/ops/splat_math.h (the C++ kernels):
+Why it is correct: the maths is the one of resnest_fast/ops/splat_pool.py, splat_combine.py, splat_bn_stats.py and
+splat_backward.py (the pure-PyTorch references, the oracle of tests/kernels/test_splat_triton.py) and of
+csrc/ops/splat_math.h (the C++ kernels):
   - split r of channel c is channel r*C + c of x; the logit of (r, c), c = g*(C/G) + i, sits at
     (g*R + r)*(C/G) + i (mmseg's rSoftMax layout [groups][radix][C/groups]); radix == 1 is a sigmoid;
   - relu keeps NaN (where(pre < 0, 0, pre)) and its derivative is 0 where pre <= 0, like torch's
