@@ -156,6 +156,21 @@ def _tile_offsets(ch, offs_p, stride_c, stride_p):
 
 
 @triton.jit
+def _tile_with_attention(logits_ptr, C, P, CPG, C_BLOCKS, CHUNKS, RADIX: tl.constexpr, R_P2: tl.constexpr,
+                         ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The single (BLOCK_C, BLOCK_P) tile of a program of the elementwise kernels (combine, backward_input): its
+    sample b, channels and positions with their masks, and the attention weights a of those channels (rows: their
+    row indices)."""
+    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = k * BLOCK_P + tl.arange(0, BLOCK_P)
+    c_mask = offs_c < C
+    mask = c_mask[:, None] & (offs_p < P)[None, :]
+    a, rows, _, _ = _attention(logits_ptr + b * RADIX * C, offs_c, c_mask, CPG, RADIX, R_P2, ACC)
+    return b, offs_c, offs_p, c_mask, mask, a, rows
+
+
+@triton.jit
 def _pool_partial_kernel(
     x_ptr,  # (B, R*C, P) read through (stride_b, stride_c, stride_p)
     scale_ptr,  # (R*C,) or None when not AFFINE
@@ -313,12 +328,8 @@ def _combine_fwd_kernel(
     BLOCK_P: tl.constexpr,
 ):
     # program (b, channel block, position block); the few logits of its channels are re-read by every program.
-    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
-    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_p = k * BLOCK_P + tl.arange(0, BLOCK_P)
-    c_mask = offs_c < C
-    mask = c_mask[:, None] & (offs_p < P)[None, :]
-    a, rows, _, _ = _attention(logits_ptr + b * RADIX * C, offs_c, c_mask, CPG, RADIX, R_P2, ACC)
+    b, offs_c, offs_p, c_mask, mask, a, rows = _tile_with_attention(logits_ptr, C, P, CPG, C_BLOCKS, CHUNKS, RADIX,
+                                                                    R_P2, ACC, BLOCK_C, BLOCK_P)
     x_b = x_ptr + b * stride_b
     out = tl.zeros((BLOCK_C, BLOCK_P), ACC)
     for r in tl.static_range(RADIX):
@@ -489,12 +500,8 @@ def _backward_input_kernel(
     # program (b, channel block, position block): the second pass of the module's fused backward, bn0 and relu on,
     #   grad_x = scale * act'(pre) * (grad_out * a + grad_gap / P) + coef_a * x + coef_b
     # (splat_math.h's splat_backward_input_value); grad_out's tile is read once for the R splits.
-    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
-    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_p = k * BLOCK_P + tl.arange(0, BLOCK_P)
-    c_mask = offs_c < C
-    mask = c_mask[:, None] & (offs_p < P)[None, :]
-    a, rows, _, _ = _attention(logits_ptr + b * RADIX * C, offs_c, c_mask, CPG, RADIX, R_P2, ACC)
+    b, offs_c, offs_p, c_mask, mask, a, rows = _tile_with_attention(logits_ptr, C, P, CPG, C_BLOCKS, CHUNKS, RADIX,
+                                                                    R_P2, ACC, BLOCK_C, BLOCK_P)
     g = tl.load(grad_out_ptr + b * gstride_b + _tile_offsets(offs_c, offs_p, gstride_c, gstride_p), mask=mask,
                 other=0.0).to(ACC)
     gg = tl.load(grad_gap_ptr + b * C + offs_c, mask=c_mask, other=0.0).to(ACC) / P
