@@ -9,6 +9,8 @@ An explicit backend that cannot run raises an error that says what is missing.
 """
 import os
 
+import torch
+
 from resnest_fast import _extension as ext
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
@@ -112,8 +114,6 @@ def training_op(name, backend, device):
     impl = training_backend(backend, device)
     if impl is None:
         return None
-    import torch
-
     return getattr(torch.ops.resnest_fast, f"triton_{name}" if impl == "triton" else name)
 
 

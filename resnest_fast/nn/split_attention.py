@@ -196,18 +196,19 @@ class SplitAttentionConv2d(nn.Module):
         return (self.bn0.weight, self.bn0.bias, self.fc1.weight, self.fc1.bias, self.bn1.weight, self.bn1.bias,
                 self.fc2.weight, self.fc2.bias)
 
-    def _fused_backward_applies(self, y: Tensor) -> bool:
-        """The two-pass backward (the backend's training kernels: C++ or Triton) runs in eager mode when a gradient
-        is needed; torch.compile and torch.export trace the op-level path instead (its autograd is registered per op).
-        torch.jit.trace must not see the autograd.Function either: it cannot record a Python function that takes a
-        module (it fails with an opaque `unordered_map::at`), whereas the ops themselves are TorchScript-visible."""
+    def _fused_backward_backend(self, y: Tensor) -> Optional[str]:
+        """The backend whose training kernels (C++ or Triton) run the two-pass backward, or None where it does not
+        apply. It runs in eager mode when a gradient is needed; torch.compile and torch.export trace the op-level
+        path instead (its autograd is registered per op). torch.jit.trace must not see the autograd.Function either:
+        it cannot record a Python function that takes a module (it fails with an opaque `unordered_map::at`),
+        whereas the ops themselves are TorchScript-visible."""
         if not torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return False
+            return None
         if not self.bn0.affine:
-            return False
+            return None
         if not (y.requires_grad or any(p.requires_grad for p in self._fused_params())):
-            return False
-        return training_backend(self.backend, y.device) is not None
+            return None
+        return training_backend(self.backend, y.device)
 
     def _syncbn_across_processes(self) -> bool:
         return (
@@ -247,8 +248,9 @@ class SplitAttentionConv2d(nn.Module):
             scale = shift = None
             relu = False
         else:
-            if self._fused_backward_applies(y):
-                return _FusedSplitAttention.apply(y, self, *self._fused_params())
+            fused = self._fused_backward_backend(y)
+            if fused is not None:
+                return _FusedSplitAttention.apply(y, self, fused, *self._fused_params())
             scale, shift, _ = self.bn0_scale_shift(y)
             relu = True
         gap = splat_pool(y, scale, shift, radix=self.radix, relu=relu, backend=self.backend)
@@ -275,12 +277,11 @@ def _grouped_linear(x: Tensor, conv: nn.Conv2d) -> Tensor:
 class _FusedSplitAttention(torch.autograd.Function):
     """Everything after the conv, with a backward of two passes over y (CPU, CUDA or Triton kernels:
     splat_backward_reduce, then splat_backward_input) that writes y's gradient once — contributions of combine, pool
-    and bn0's batch statistics together. The small tensors in between (attention MLP, bn0's scale/shift) go through autograd
-    on recomputed copies. Saves y and (B, C)-sized tensors only."""
+    and bn0's batch statistics together. The small tensors in between (attention MLP, bn0's scale/shift) go through
+    autograd on recomputed copies. Saves y and (B, C)-sized tensors only."""
 
     @staticmethod
-    def forward(ctx, y, module, *params):
-        backend = training_backend(module.backend, y.device)  # _fused_backward_applies checked it is not None
+    def forward(ctx, y, module, backend, *params):  # backend: SplitAttentionConv2d._fused_backward_backend's
         scale, shift, stats = module.bn0_scale_shift(y)  # no grad here: updates bn0's running statistics
         gap = splat_pool(y, scale, shift, radix=module.radix, relu=True, backend=backend)
         logits = module._attention_logits(gap).to(y.dtype)
@@ -344,7 +345,7 @@ class _FusedSplitAttention(torch.autograd.Function):
                                           backend=backend)
         dw = bn_grads[0] if bn.weight.requires_grad else None
         db = bn_grads[1] if bn.bias.requires_grad else None
-        return (grad_y, None, dw, db, *mlp_grads)
+        return (grad_y, None, None, dw, db, *mlp_grads)
 
 
 class _BatchVarMean(torch.autograd.Function):
