@@ -59,6 +59,7 @@ from tqdm import tqdm
 
 from resnest_fast.checkpoint import CheckpointError, check_state_dict, load_checkpoint, torch_load
 from resnest_fast.models import load_pretrained
+from resnest_fast.models.pretrained import resolve_pretrained
 from resnest_fast.nn import DistributedDataParallel, SyncBatchNorm
 from resnest_fast.segmentation import build_segmentor, resolve_config
 from resnest_fast.segmentation.config import apply_cfg_options  # re-exported: its home moved there
@@ -375,8 +376,17 @@ def train(
             crop_size = model.crop_size or tuple(data.get("crop_size") or ()) or None
             # ImageNet weights for the backbone (mmseg's init_weights): all of them or a SetupError, never a silent
             # partial load; a resumed run takes every weight from its checkpoint, so nothing is fetched for it
-            if getattr(model, "pretrained", None) and resume_from is None:
-                report = load_pretrained(model.backbone, model.pretrained, progress=progress and info.is_main)
+            pretrained = getattr(model, "pretrained", None) if resume_from is None else None
+            if pretrained and info.local_rank == 0:
+                # one download per machine (an open-mmlab:// file absent from torch's hub cache), as mmengine does
+                # it; the other processes find the file there once every process has agreed that all went well
+                resolve_pretrained(pretrained, progress=progress and info.is_main)
+        except (CheckpointError, ValueError, TypeError, KeyError, OSError) as exc:
+            error = str(exc)
+        _agree(error)
+        try:
+            if pretrained:
+                report = load_pretrained(model.backbone, pretrained, progress=progress and info.is_main)
                 if info.is_main:
                     tqdm.write(f"backbone weights from {report}", file=log)
             if load_from is not None:
@@ -402,9 +412,7 @@ def train(
                                 batch_size=batch, max_iters=total_iters, created=time.strftime("%Y-%m-%d %H:%M:%S")))
         except (CheckpointError, ValueError, TypeError, KeyError, OSError) as exc:
             error = str(exc)
-        errors = [e for e in all_gather_object(error) if e]
-        if errors:
-            raise SetupError(error or f"another process could not start: {errors[0]}")
+        _agree(error)
 
         ddp = _LossModule(model)
         if info.world_size > 1:
@@ -447,6 +455,14 @@ def train(
             cleanup(info)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _agree(error: Optional[str]) -> None:
+    """A collective every process calls at the same point of the setup with its error or None: SetupError on every
+    process when any had one (its own message, else the first process's)."""
+    errors = [e for e in all_gather_object(error) if e]
+    if errors:
+        raise SetupError(error or f"another process could not start: {errors[0]}")
 
 
 def _read_training_state(path: Path) -> dict:

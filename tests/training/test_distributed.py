@@ -191,3 +191,81 @@ def test_the_ddp_wrapper_is_gone_before_the_process_group_is_destroyed(tmp_path)
     mp.spawn(_live_ddp_at_cleanup, args=(2, cfg, str(tmp_path / "work"), port, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         assert (tmp_path / f"rank{rank}.txt").read_text() == "0", f"rank {rank}: a DDP wrapper outlived train()"
+
+
+def _train_from_an_openmmlab_name(rank, world_size, cfg, work, port, hub, source, report, fail):
+    """train() in process `rank` of a gloo group it creates itself (as under torchrun, one machine), with
+    model.pretrained='open-mmlab://resnest50', an empty torch hub cache shared by the processes and a download that
+    copies `source` there after a second (or fails as it does offline when `fail`), each call recorded."""
+    import io
+    import shutil
+    import time
+    import urllib.error
+    from resnest_fast.training import train as train_module
+    from resnest_fast.training.errors import SetupError
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.hub.set_dir(hub)
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        with open(os.path.join(report, f"download{rank}.txt"), "a") as f:
+            f.write(f"{url}\n")
+        time.sleep(1.0)  # time for another process to look, find no file and fetch it too
+        if fail:
+            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+        shutil.copyfile(source, dst + ".partial")
+        os.replace(dst + ".partial", dst)
+
+    torch.hub.download_url_to_file = download
+    log = io.StringIO()
+    try:
+        train_module.train(cfg, work_dir=work, batch_size=2, max_iters=1, progress=False, log=log,
+                           cfg_options=["model.pretrained='open-mmlab://resnest50'", "schedule.optimizer.lr=0.0",
+                                        "schedule.val_interval=0", "model.decode_head.dropout_ratio=0",
+                                        "model.auxiliary_head.dropout_ratio=0"])
+        outcome = "trained"
+    except SetupError as exc:
+        outcome = f"SetupError: {exc}"
+    with open(os.path.join(report, f"rank{rank}.txt"), "w") as f:
+        f.write(f"{outcome}\n{log.getvalue()}")
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["downloaded", "offline"])
+def test_an_openmmlab_backbone_is_downloaded_once_per_machine_and_a_failed_download_stops_every_process(
+        tmp_path, fail):
+    """mmengine downloads an `open-mmlab://` checkpoint on rank 0 only, the other ranks waiting for it: 8 processes
+    of a node must not each fetch ResNeSt-101's weights. When the download fails, every process stops with a
+    SetupError (the others name the first one's), none left waiting in a collective or fetching on its own."""
+    import socket
+    import torch.multiprocessing as mp
+    from resnest_fast.models import ResNeSt
+    from resnest_fast.models.pretrained import OPENMMLAB_URLS
+    from tests.parity import randomize_model
+
+    cfg = tiny_config(tmp_path)
+    src = randomize_model(ResNeSt(depth=50, stem_channels=16, base_channels=8)).state_dict()
+    torch.save(src, tmp_path / "imagenet.pth")
+    report = tmp_path / "report"
+    report.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_train_from_an_openmmlab_name, nprocs=2, join=True,
+             args=(2, cfg, str(tmp_path / "work"), port, str(tmp_path / "hub"), str(tmp_path / "imagenet.pth"),
+                   str(report), fail))
+    url = OPENMMLAB_URLS["resnest50"]
+    assert (report / "download0.txt").read_text() == f"{url}\n"
+    assert not (report / "download1.txt").exists(), "the second process downloaded the file too"
+    outcome = [(report / f"rank{r}.txt").read_text() for r in range(2)]
+    if fail:
+        assert outcome[0].startswith("SetupError: pretrained='open-mmlab://resnest50' is not in torch's hub cache")
+        assert "name resolution" in outcome[0] and "--cfg-options model.pretrained=None" in outcome[0]
+        assert outcome[1].startswith("SetupError: another process could not start: pretrained='open-mmlab://")
+        assert not list((tmp_path / "work").glob("*.pth"))
+    else:
+        assert outcome[0].startswith("trained\n") and outcome[1] == "trained\n", outcome
+        assert f"backbone weights from open-mmlab://resnest50 ({tmp_path / 'hub' / 'checkpoints'}" in outcome[0]
+        saved = torch.load(tmp_path / "work" / "iter_1.pth", weights_only=True)["state_dict"]
+        # lr 0: the weights after one iteration are the file's
+        assert torch.equal(saved["backbone.layer3.0.conv2.conv.weight"], src["layer3.0.conv2.conv.weight"])
