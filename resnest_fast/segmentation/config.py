@@ -60,7 +60,10 @@ def _resolve(name_or_path: Union[str, os.PathLike]) -> pathlib.Path:
     stem = path.name[:-3] if path.name.endswith(".py") else path.name
     matches = [p for p in CONFIG_DIR.rglob(f"{stem}.py") if "_base_" not in p.parts]
     if not matches:
-        raise ValueError(f"unknown config {str(name_or_path)!r}: pass a .py file or one of {list_configs()}")
+        # the table's names are long and not uniform (mmseg spells PSPNet's `cityscapes512x1024`): name the nearest
+        near = difflib.get_close_matches(stem, list_configs(), n=1, cutoff=0.9)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ValueError(f"unknown config {str(name_or_path)!r}: {hint}pass a .py file or one of {list_configs()}")
     return matches[0]
 
 

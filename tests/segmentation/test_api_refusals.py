@@ -105,6 +105,23 @@ def test_build_model_names_a_config_that_is_not_one():
         build_model({"data": {}})
 
 
+@pytest.mark.parametrize("typed, meant", [
+    # mmseg's PSPNet config is spelled `cityscapes512x1024`, the other heads' `cityscapes-512x1024`
+    ("resnest_s101-d8_pspnet_4xb2-80k_cityscapes-512x1024", "resnest_s101-d8_pspnet_4xb2-80k_cityscapes512x1024"),
+    ("resnest_s101-d8_fcn_4xb4-80k_cityscapes-512x1024.py", "resnest_s101-d8_fcn_4xb2-80k_cityscapes-512x1024"),
+    ("deeplabv3", None),
+])
+def test_an_unknown_config_name_suggests_the_shipped_one_it_nearly_spells(typed, meant):
+    with pytest.raises(ValueError) as exc:
+        build_model(typed)
+    msg = str(exc.value)
+    assert msg.startswith(f"unknown config {typed!r}: ") and "resnest_s101-d8_fcn_4xb4-160k_ade20k-512x512" in msg
+    if meant:
+        assert f"did you mean {meant!r}? " in msg
+    else:
+        assert "did you mean" not in msg
+
+
 @pytest.mark.parametrize("make", [
     lambda k: SplitAttentionConv2d(8, 8, kernel_size=k),
     lambda k: ConvModule(4, 4, k),
