@@ -27,8 +27,8 @@ def _ade_config(folder) -> str:
     path = folder / "ade_small.py"
     path.write_text("\n".join([
         f"_base_ = {str(base)!r}",
-        ("model = dict(pretrained=None, data_preprocessor=dict(size=(32, 32)), backbone=dict(depth=50, stem_channels=16, "
-         "base_channels=8), decode_head=dict(in_channels=256, channels=16), "
+        ("model = dict(pretrained=None, data_preprocessor=dict(size=(32, 32)), "
+         "backbone=dict(depth=50, stem_channels=16, base_channels=8), decode_head=dict(in_channels=256, channels=16), "
          "auxiliary_head=dict(in_channels=128, channels=8))"),
         "data = dict(crop_size=(32, 32), scale=(48, 24), batch_size=2, num_workers=0)",
         "runtime = dict(num_threads=1, log_interval=1)",
@@ -121,6 +121,8 @@ TRAIN = [
     ("resume-state-dict-a-string", "{tiny} --resume {root}/str_training_state.pth", 2,
      r"str_training_state\.pth' holds no state_dict: expected a dict of tensors.* got a str \('abc'\)"),
     ("load-from-a-text-file", "{tiny} --load-from {root}/text.pth", 2, r"text\.pth' is not a PyTorch checkpoint"),
+    ("data-root-for-synthetic-data", "{tiny} --data-root {root}", 2,
+     r"a data root \('.*', --data-root\) was given for the synthetic dataset, which generates its images"),
     ("corrupt-training-image", "{ade} --data-root {corrupt} --max-iters 1", 1,
      r"cannot decode image file .*ade_corrupt/.*/training/ADE_0\.jpg"),
     ("label-out-of-range", "{ade} --data-root {range} --max-iters 1", 1,
@@ -143,6 +145,8 @@ TEST = [
     ("out-under-a-file", "{tiny} {root}/run/iter_2.pth --out {root}/a_file/m.json", 2,
      r"--out '.*/a_file/m\.json' cannot be written: .*/a_file is a file, not a folder"),
     ("out-is-a-folder", "{tiny} {root}/run/iter_2.pth --out {root}/run", 2, r"--out '.*/run' is a folder"),
+    ("data-root-for-synthetic-data", "{tiny} {root}/run/iter_2.pth --data-root {root}", 2,
+     r"a data root \('.*', --data-root\) was given for the synthetic dataset"),
     ("corrupt-validation-image", "{ade} {root}/ade.pth --data-root {corrupt}", 2,
      r"cannot decode image file .*ade_corrupt/.*/validation/ADE_0\.jpg"),
     ("image-label-size-mismatch", "{ade} {root}/ade.pth --data-root {size}", 2,

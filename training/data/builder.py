@@ -76,6 +76,10 @@ def build_dataset(data: dict, split: str, root: Optional[str] = None, seed: int 
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     kind = str(data.get("type", "")).lower()
     if kind == "synthetic":
+        if root is not None:
+            raise ValueError(f"a data root ({root!r}, --data-root) was given for the synthetic dataset, which "
+                             f"generates its images and reads no folder: leave it out, or use a config whose "
+                             f"data.type is one of {[t for t in DATASET_TYPES if t != 'synthetic']}")
         size = tuple(data.get("size", (64, 64)))
         common = dict(size=size, num_classes=int(data.get("num_classes", 6)))
         if split == "train":
