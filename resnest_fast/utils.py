@@ -10,8 +10,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["int_pair", "atomic_write", "atomic_write_leftovers", "fsync_dir", "distributed_world_size",
-           "check_input_dtype"]
+__all__ = ["int_pair", "atomic_write", "atomic_write_leftovers", "fsync_dir", "file_in_the_way", "not_a_folder",
+           "distributed_world_size", "check_input_dtype"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -53,6 +53,26 @@ def fsync_dir(folder: PathLike) -> None:
         os.close(fd)
 
 
+def file_in_the_way(path: PathLike) -> Optional[Path]:
+    """The nearest of `path` and its parents that exists and is not a folder, or None."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def not_a_folder(folder: PathLike, name: str) -> Optional[str]:
+    """None when `folder` is a folder or can be made one; else one line naming it as `name` (an argument, such as
+    '--out-dir') and the file in the way, `folder` itself or one of its parents."""
+    folder = Path(folder)
+    blocker = file_in_the_way(folder)
+    if blocker is None:
+        return None
+    what = "is a file" if blocker == folder else f"cannot be created: {blocker} is a file"
+    return f"{name} {str(folder)!r} {what}, not a folder"
+
+
 _TOKEN_BYTES = 6
 
 
@@ -68,7 +88,8 @@ def atomic_write_leftovers(paths: Iterable[PathLike], to_path: bool = False) -> 
     by_folder: Dict[Path, List[str]] = {}
     for path in map(Path, paths):
         prefix, suffix = _temp_name_parts(path, to_path)
-        by_folder.setdefault(path.parent, []).append(f"{re.escape(prefix)}[0-9a-f]{{{2 * _TOKEN_BYTES}}}{re.escape(suffix)}")
+        name = f"{re.escape(prefix)}[0-9a-f]{{{2 * _TOKEN_BYTES}}}{re.escape(suffix)}"
+        by_folder.setdefault(path.parent, []).append(name)
     found = []
     for folder, names in by_folder.items():
         pattern = re.compile("|".join(names))
@@ -138,7 +159,9 @@ def check_input_dtype(module: str, x, weight) -> None:
     weight None (a conv replaced by one without a plain weight, e.g. after optimize_for_inference): no check."""
     import torch
 
-    if weight is None or x.dtype == weight.dtype or (x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
+    if weight is None or x.dtype == weight.dtype:
+        return
+    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
         return
     raise TypeError(f"{module}: input x is {x.dtype} but the weights are {weight.dtype}: convert the input "
                     f"(x.to({weight.dtype})) or the module (module.to({x.dtype}) for a floating dtype)")

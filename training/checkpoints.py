@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from resnest_fast.utils import atomic_write
+from resnest_fast.utils import atomic_write, file_in_the_way, not_a_folder
 
 __all__ = [
     "LATEST",
@@ -73,14 +73,6 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f}"
 
 
-def _file_in_the_way(path: Path) -> Optional[Path]:
-    """The nearest of `path` and its parents that exists and is not a folder, or None."""
-    for p in (path, *path.parents):
-        if p.exists():
-            return None if p.is_dir() else p
-    return None
-
-
 def describe_write_error(exc: BaseException, path: PathLike, needed: Optional[int] = None) -> Optional[str]:
     """One line saying why writing `path` (`needed` bytes, if known) failed with `exc`, or None when exc is not a
     failure to write (torch.save reports a short write as a RuntimeError from its zip writer, errno lost)."""
@@ -98,7 +90,7 @@ def describe_write_error(exc: BaseException, path: PathLike, needed: Optional[in
         return f"no space left on {folder}{size}{left}"
     if not isinstance(exc, OSError) and not short_write:
         return None
-    blocker = _file_in_the_way(folder)
+    blocker = file_in_the_way(folder)
     if blocker is not None or code == errno.ENOTDIR:
         return f"cannot write {path}: {blocker or folder} is a file, not a folder"
     if code == errno.EROFS:
@@ -253,10 +245,9 @@ class WorkDirLock:
     @classmethod
     def acquire(cls, work_dir: PathLike) -> "WorkDirLock":
         folder = Path(work_dir)
-        blocker = _file_in_the_way(folder)
-        if blocker is not None:
-            what = "is a file" if blocker == folder else f"cannot be created: {blocker} is a file"
-            raise WriteError(f"work dir {str(folder)!r} {what}, not a folder")
+        refusal = not_a_folder(folder, "work dir")
+        if refusal:
+            raise WriteError(refusal)
         created = [p for p in (folder, *folder.parents) if not p.exists()][::-1]  # outermost first
         path = folder / LOCK
         try:

@@ -42,7 +42,7 @@ from resnest_fast.segmentation.inference import Scale, config_scale, load_model,
 from resnest_fast.training.data.io import CorruptFileError, load_image
 from resnest_fast.training.data.meta import ADE20K_PALETTE, CITYSCAPES_PALETTE
 from resnest_fast.training.errors import SetupError
-from resnest_fast.utils import atomic_write, atomic_write_leftovers
+from resnest_fast.utils import atomic_write, atomic_write_leftovers, not_a_folder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -218,6 +218,9 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
     name (a.png_pred.png, a.jpg_pred.png)."""
     if overlay_format not in ("auto", "png", "jpg"):
         raise ValueError(f"overlay_format must be 'auto', 'png' or 'jpg', got {overlay_format!r}")
+    refusal = not_a_folder(out_dir, "--out-dir")
+    if refusal:
+        raise ValueError(refusal)
     out_dir = Path(os.path.abspath(out_dir))
     real_out_dir = Path(os.path.realpath(out_dir))
     failures: List[Tuple[str, str]] = []

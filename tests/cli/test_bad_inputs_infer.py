@@ -68,6 +68,13 @@ ROWS = {
                                            str(tmp / "out")], 2, "nope.pth"),
     "out-dir is the input folder": (lambda tmp, s: ["infer", str(s[0]), str(s[1]), str(tmp / "in"), "--out-dir",
                                                     str(tmp / "in")], 2, "is an input folder"),
+    "out-dir is a file": (lambda tmp, s: ["infer", str(s[0]), str(s[1]), str(tmp / "in"), "--out-dir",
+                                          str(tmp / "in" / "good.png")], 2,
+                          "--out-dir '{tmp}/in/good.png' is a file, not a folder"),
+    "out-dir under a file": (lambda tmp, s: ["infer", str(s[0]), str(s[1]), str(tmp / "in"), "--out-dir",
+                                             str(tmp / "in" / "good.png" / "out")], 2,
+                             "--out-dir '{tmp}/in/good.png/out' cannot be created: {tmp}/in/good.png is a file, "
+                             "not a folder"),
     "a folder without images": (_infer(inputs=_empty_folder), 2, "no image found"),
     "opacity out of range": (_infer("--opacity", "2"), 2, "opacity must be in [0, 1]"),
     "scale of one number": (_infer("--scale", "7"), 2, "--scale takes"),
@@ -94,7 +101,7 @@ def test_bad_input_is_one_line_with_its_exit_code_and_changes_no_file(setup, tmp
         got = exit_.code
     err = capsys.readouterr().err
     assert got == code, err
-    assert "Traceback" not in err and names in err, err
+    assert "Traceback" not in err and names.format(tmp=tmp_path) in err, err
     lines = [line for line in err.splitlines() if line.strip()]
     if code == 2:  # argparse adds its usage line above the error
         assert len(lines) == 1 or (len(lines) >= 2 and lines[0].startswith("usage:") and "error:" in lines[-1]), err
