@@ -27,7 +27,8 @@ the cheap training-memory step before the four heads and their torch.compile, so
   memory     one training iteration at 512x1024, batch 2: peak torch.cuda.max_memory_allocated, ours vs the
              reference backend (on the CPU, --dry-run: bytes autograd saves for backward instead)
 Every row goes to CSV under --out (default $OUT, else gpu_results/) with machine, versions and git revision, and a
-one-screen summary to <out>/summary.txt and stdout. Exit 1 when a correctness check failed.
+one-screen summary to <out>/summary.txt and stdout, ending with the goals met and missed (`goals`). Exit 1 when a
+correctness check failed.
 """
 import argparse
 import contextlib
@@ -608,6 +609,60 @@ def train_memory(s: Settings, head: str = "deeplabv3") -> List[dict]:
 # ------------------------------------------------------------------------------------------------- summary
 
 
+# What the fused ops and the models should reach on a GPU (docs/benchmarks.md states them with the figures)
+GOAL_PCT_OF_COPY = 80.0
+GOAL_VS_EAGER = 3.0
+GOAL_VS_COMPILE = 1.3
+GOAL_MODEL = ("deeplabv3", "bf16-autocast", 1.2)  # head, precision, ours / reference-backend fps
+GOAL_TRAIN_MEMORY = 0.85  # ours / reference-backend peak
+MISSES_SHOWN = 6  # per goal in the summary; the CSVs hold every row
+
+
+def _verdict(lines: List[str], what: str, checked: List[Tuple[str, float, bool]], unit: str) -> None:
+    """One line: how many of `checked` (label, value, met) met the goal `what`, and the misses with their values."""
+    if not checked:
+        return
+    missed = [f"{label} {value:g}{unit}" for label, value, met in checked if not met]
+    shown = ", ".join(missed[:MISSES_SHOWN]) + (f" and {len(missed) - MISSES_SHOWN} more" if
+                                                 len(missed) > MISSES_SHOWN else "")
+    lines.append(f"  {what}: {len(checked) - len(missed)}/{len(checked)} met" + (f"; missed: {shown}" if missed else ""))
+
+
+def goals(results: Dict[str, List[dict]]) -> List[str]:
+    """The goals against the rows measured: per op row of ours (shape, dtype, op, backend) its % of the copy
+    bandwidth, its speed-up over eager and over torch.compile of eager where those were timed; the model's bf16 fps
+    against the reference backend's; training memory against the reference backend's."""
+    lines: List[str] = []
+    ops = [r for r in results.get("bench-ops", []) if r.get("pct_of_copy", "") != "" or
+           r["op"] == "post-conv-train-fwd-bwd"]
+    ms = {(r["shape"], r["dtype"], r["op"], r["provider"]): float(r["ms"]) for r in ops}
+    ours = [r for r in ops if r["provider"].startswith("ours-")]
+    pct, eager, compiled = [], [], []
+    for r in ours:
+        key = (r["shape"], r["dtype"], r["op"])
+        label = f"{r['shape']} {r['dtype']} {r['op']} {r['provider']}"
+        if r["pct_of_copy"] != "":
+            pct.append((label, float(r["pct_of_copy"]), float(r["pct_of_copy"]) >= GOAL_PCT_OF_COPY))
+        for provider, goal, out in (("eager", GOAL_VS_EAGER, eager), ("compiled", GOAL_VS_COMPILE, compiled)):
+            if key + (provider,) in ms:
+                ratio = ms[key + (provider,)] / float(r["ms"])
+                out.append((label, round(ratio, 2), ratio >= goal))
+    _verdict(lines, f">= {GOAL_PCT_OF_COPY:g} % of the copy bandwidth", pct, " %")
+    _verdict(lines, f">= {GOAL_VS_EAGER:g}x eager", eager, "x")
+    _verdict(lines, f">= {GOAL_VS_COMPILE:g}x torch.compile of eager", compiled, "x")
+    head, precision, goal = GOAL_MODEL
+    fps = {r["provider"]: float(r["fps"]) for r in results.get("models", [])
+           if r["model"] == head and r["precision"] == precision and r["ok"]}
+    if "reference-backend" in fps:
+        _verdict(lines, f"{head} {precision} fps >= {goal:g}x the reference backend's",
+                 [(p, round(f / fps["reference-backend"], 2), f / fps["reference-backend"] >= goal)
+                  for p, f in fps.items() if p != "reference-backend"], "x")
+    memory = [(f"{r['model']} {r['input']}", float(r["vs_reference"]), float(r["vs_reference"]) <= GOAL_TRAIN_MEMORY)
+              for r in results.get("memory", []) if r["provider"] == "ours" and r["vs_reference"] != ""]
+    _verdict(lines, f"training peak memory <= {GOAL_TRAIN_MEMORY:g}x the reference backend's", memory, "x")
+    return ["goals:"] + lines if lines else []
+
+
 def summarize(results: Dict[str, List[dict]], s: Settings) -> List[str]:
     lines = [f"resnest_fast GPU check ({'dry run on the CPU' if s.dry_run else report.machine()}; "
              f"git {report.git_revision()}; torch {torch.__version__}; backends {', '.join(s.backends())})"]
@@ -632,6 +687,10 @@ def summarize(results: Dict[str, List[dict]], s: Settings) -> List[str]:
     if "memory" in results:
         lines += [f"train memory {r['model']} {r['input']} {r['provider']}: {r['peak_mib']} MiB ({r['vs_reference']}x)"
                   for r in results["memory"]]
+    met = goals(results)
+    if met and s.dry_run:
+        met[0] = "goals (of a GPU; a dry run's tiny CPU shapes only exercise the arithmetic):"
+    lines += met
     if s.skipped:
         lines.append(f"skipped at the deadline: {', '.join(s.skipped)}")
     return lines

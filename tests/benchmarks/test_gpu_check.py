@@ -240,3 +240,40 @@ def test_only_runs_the_steps_it_names(tmp_path):
     calls = _calls(tmp_path)
     assert not any(c.startswith("-m pip install") or c.startswith("-m benchmarks.gpu_check all") for c in calls)
     assert any(c.startswith("--tool memcheck") for c in calls) and any(c.startswith("-m pytest") for c in calls)
+
+
+def test_the_summary_says_which_goals_the_measured_rows_meet():
+    """Hand-made rows whose verdicts are known: 80 % of the copy, 3x eager and 1.3x compile met exactly at the bound
+    and missed just below it; the model and memory goals likewise."""
+    def op(op, provider, ms, pct=""):
+        return {"shape": "city-layer3", "y": "2x512x64x128", "dtype": "bf16", "op": op, "provider": provider,
+                "ms": ms, "gb_s": "", "pct_of_copy": pct}
+
+    bench = [op("copy", "torch", 0.5, 100.0),
+             op("pool-eval", "eager", 3.0, 20.0), op("pool-eval", "compiled", 1.3, 60.0),
+             op("pool-eval", "ours-cuda", 1.0, 80.0), op("pool-eval", "ours-triton", 1.01, 79.9),
+             op("post-conv-train-fwd-bwd", "eager", 9.0), op("post-conv-train-fwd-bwd", "compiled", 4.0),
+             op("post-conv-train-fwd-bwd", "ours-cuda", 3.0),
+             {**op("conv-pool-eval-nchw", "ours-triton-conv-pool", 1.0), "tflop_s": 50.0}]
+    models = [{"model": "deeplabv3", "input": "1x3x1024x2048", "precision": "bf16-autocast", "provider": p, "fps": f,
+               "ok": ok} for p, f, ok in (("reference-backend", 10.0, True), ("ours", 12.0, True),
+                                          ("ours-compiled", 11.9, True), ("ours-broken", 99.0, False))]
+    models.append({**models[1], "precision": "fp32", "fps": 1.0})
+    memory = [{"model": "deeplabv3", "input": "2x3x512x1024", "provider": "reference-backend", "peak_mib": 1000.0,
+               "vs_reference": 1.0},
+              {"model": "deeplabv3", "input": "2x3x512x1024", "provider": "ours", "peak_mib": 851.0,
+               "vs_reference": 0.851}]
+    lines = gpu_check.goals({"bench-ops": bench, "models": models, "memory": memory})
+    assert lines == [
+        "goals:",
+        "  >= 80 % of the copy bandwidth: 1/2 met; missed: city-layer3 bf16 pool-eval ours-triton 79.9 %",
+        "  >= 3x eager: 2/3 met; missed: city-layer3 bf16 pool-eval ours-triton 2.97x",
+        "  >= 1.3x torch.compile of eager: 2/3 met; missed: city-layer3 bf16 pool-eval ours-triton 1.29x",
+        "  deeplabv3 bf16-autocast fps >= 1.2x the reference backend's: 1/2 met; missed: ours-compiled 1.19x",
+        "  training peak memory <= 0.85x the reference backend's: 0/1 met; missed: deeplabv3 2x3x512x1024 0.851x",
+    ]
+    assert gpu_check.goals({}) == []
+    many = [op("pool-eval", f"ours-{i}", 1.0, float(i)) for i in range(8)]  # every one missed, 6 of them shown
+    assert gpu_check.goals({"bench-ops": many}) == [
+        "goals:", "  >= 80 % of the copy bandwidth: 0/8 met; missed: " + ", ".join(
+            f"city-layer3 bf16 pool-eval ours-{i} {i} %" for i in range(6)) + " and 2 more"]
