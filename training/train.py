@@ -377,7 +377,7 @@ def train(
             # ImageNet weights for the backbone (mmseg's init_weights): all of them or a SetupError, never a silent
             # partial load; a resumed run takes every weight from its checkpoint, so nothing is fetched for it
             pretrained = getattr(model, "pretrained", None) if resume_from is None else None
-            if pretrained and info.local_rank == 0:
+            if isinstance(pretrained, (str, os.PathLike)) and info.local_rank == 0:
                 # one download per machine (an open-mmlab:// file absent from torch's hub cache), as mmengine does
                 # it; the other processes find the file there once every process has agreed that all went well
                 resolve_pretrained(pretrained, progress=progress and info.is_main)
