@@ -270,6 +270,18 @@ def test_training_loads_the_configs_pretrained_weights_and_logs_it(tmp_path, hub
     assert torch.equal(saved["backbone.layer3.0.conv2.conv.weight"], src["layer3.0.conv2.conv.weight"])
     assert torch.equal(saved["backbone.stem.7.weight"], src["stem.7.weight"])
 
+    # a model built in Python may carry its ImageNet weights as a state_dict in memory
+    from resnest_fast.segmentation import build_segmentor
+    from resnest_fast.segmentation.config import load_config
+    prebuilt = build_segmentor(load_config(cfg)["model"])
+    prebuilt.pretrained = src
+    log = io.StringIO()
+    summary = train(cfg, work_dir=tmp_path / "w3", max_iters=1, progress=False, log=log, model=prebuilt,
+                    cfg_options=options[:2])
+    assert f"backbone weights from the given state_dict: {OPENMMLAB} layout" in log.getvalue()
+    saved = torch.load(summary["last_checkpoint"], weights_only=True)["state_dict"]
+    assert torch.equal(saved["backbone.layer3.0.conv2.conv.weight"], src["layer3.0.conv2.conv.weight"])
+
     torch.save({k: v for k, v in src.items() if not k.startswith("layer1.")}, tmp_path / "partial.pth")
     with pytest.raises(SetupError, match=r"partial\.pth.*does not fit.*\n.*missing from the checkpoint.*layer1\.0"):
         train(cfg, work_dir=tmp_path / "w2", max_iters=1, progress=False, log=io.StringIO(),
