@@ -11,7 +11,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 
 __all__ = ["int_pair", "atomic_write", "atomic_write_leftovers", "fsync_dir", "file_in_the_way", "not_a_folder",
-           "distributed_world_size", "check_input_dtype"]
+           "unwritable_folder", "write_refusal", "distributed_world_size", "check_input_dtype"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -71,6 +71,30 @@ def not_a_folder(folder: PathLike, name: str) -> Optional[str]:
         return None
     what = "is a file" if blocker == folder else f"cannot be created: {blocker} is a file"
     return f"{name} {str(folder)!r} {what}, not a folder"
+
+
+def unwritable_folder(folder: PathLike, name: str) -> Optional[str]:
+    """not_a_folder, and also one line when the nearest existing folder of `folder` (itself or a parent) is on a
+    read-only file system or denies writing: None only when files can be written in `folder` once it is made."""
+    refusal = not_a_folder(folder, name)
+    if refusal:
+        return refusal
+    path = Path(os.path.abspath(folder))
+    reason = write_refusal(next(p for p in (path, *path.parents) if p.exists()))
+    return f"{name} {str(folder)!r} cannot be written: {reason}" if reason else None
+
+
+def write_refusal(folder: PathLike) -> Optional[str]:
+    """Why files cannot be created in the existing folder `folder` ('F is on a read-only file system', 'permission
+    denied in F'), or None. A read-only mount stops root too; permissions are as os.access reads them."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return f"{folder} is on a read-only file system"
+    except (OSError, AttributeError):  # no statvfs (Windows): left to the write itself
+        pass
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"permission denied in {folder}"
+    return None
 
 
 _TOKEN_BYTES = 6

@@ -42,3 +42,27 @@ def two_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(threads)
+
+
+def _mount_tmpfs(mount, options):
+    import subprocess
+
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
+                                           capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 3 MiB tmpfs (a real full disk), where mounting is allowed (root); skipped elsewhere."""
+    yield from _mount_tmpfs(tmp_path / "disk", "size=3m")
+
+
+@pytest.fixture
+def read_only_tmpfs(tmp_path):
+    """A read-only folder that root cannot write either (chmod does not stop root); skipped where mounting is not
+    allowed."""
+    yield from _mount_tmpfs(tmp_path / "ro", "size=1m,ro")

@@ -35,6 +35,7 @@ from resnest_fast.training.data.datasets import DataError, data_error_message
 from resnest_fast.training.distributed import cleanup, init_distributed
 from resnest_fast.training.errors import SetupError
 from resnest_fast.training.metrics import SegEvaluator
+from resnest_fast.utils import write_refusal
 
 __all__ = ["evaluate", "metrics_summary", "run"]
 
@@ -96,8 +97,9 @@ def _check_out(path: Path, overwrite: bool) -> None:
     folder = next(p for p in path.parents if p.exists() or p == Path(p.anchor))
     if not folder.is_dir():
         raise ValueError(f"--out {str(path)!r} cannot be written: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {str(path)!r} cannot be written: permission denied in {folder}")
+    reason = write_refusal(folder)
+    if reason:
+        raise ValueError(f"--out {str(path)!r} cannot be written: {reason}")
 
 
 def _class_names(dataset, num_classes):

@@ -42,7 +42,7 @@ from resnest_fast.segmentation.inference import Scale, config_scale, load_model,
 from resnest_fast.training.data.io import CorruptFileError, load_image
 from resnest_fast.training.data.meta import ADE20K_PALETTE, CITYSCAPES_PALETTE
 from resnest_fast.training.errors import SetupError
-from resnest_fast.utils import atomic_write, atomic_write_leftovers, not_a_folder
+from resnest_fast.utils import atomic_write, atomic_write_leftovers, unwritable_folder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -218,7 +218,7 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
     name (a.png_pred.png, a.jpg_pred.png)."""
     if overlay_format not in ("auto", "png", "jpg"):
         raise ValueError(f"overlay_format must be 'auto', 'png' or 'jpg', got {overlay_format!r}")
-    refusal = not_a_folder(out_dir, "--out-dir")
+    refusal = unwritable_folder(out_dir, "--out-dir")
     if refusal:
         raise ValueError(refusal)
     out_dir = Path(os.path.abspath(out_dir))

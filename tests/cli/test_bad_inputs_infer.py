@@ -172,3 +172,18 @@ def test_temporary_files_a_killed_run_left_are_removed_and_nothing_else(setup, t
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [p.name for p in kept] + [fresh.name, "a_pred.png", "a_overlay.png"])
     assert all(p.read_bytes() == b"half a png" for p in kept + [fresh])
+
+
+def test_an_out_dir_on_a_read_only_file_system_is_refused_before_the_model_loads(setup, tmp_path, capsys,
+                                                                                 read_only_tmpfs):
+    """Root writes through chmod but not through a read-only mount: the line names the mount, exit 2, once, rather
+    than one failure per image."""
+    good_png(tmp_path / "in" / "a.png")
+    good_png(tmp_path / "in" / "b.png")
+    for out in (read_only_tmpfs, read_only_tmpfs / "new" / "out"):
+        got = cli(["infer", str(setup[0]), str(setup[1]), str(tmp_path / "in"), "--out-dir", str(out),
+                   "--no-progress"])
+        err = capsys.readouterr().err
+        assert got == 2, err
+        assert err.strip() == (f"resnest-fast infer: error: --out-dir '{out}' cannot be written: {read_only_tmpfs} "
+                               "is on a read-only file system"), err

@@ -216,3 +216,14 @@ def test_test_out_on_a_full_disk_prints_the_metrics_then_one_line(world, capsys,
     assert code == 1 and "Traceback" not in err and "mIoU" in err, err
     assert err.strip().splitlines()[-1].startswith(f"resnest-fast test: error: no space left on {world['root']}: ")
     assert not out.exists() and not [p for p in os.listdir(world["root"]) if p.endswith(".tmp")]
+
+
+def test_test_out_on_a_read_only_file_system_is_refused_before_the_evaluation(world, capsys, one_thread,
+                                                                             read_only_tmpfs):
+    out = read_only_tmpfs / "m.json"
+    code = main(["test", world["tiny"], str(world["root"] / "run" / "iter_2.pth"), "--out", str(out),
+                 "--no-progress"])
+    out_, err = capsys.readouterr()
+    assert code == 2 and "aAcc" not in out_ + err, err
+    assert err.strip() == (f"resnest-fast test: error: --out '{out}' cannot be written: {read_only_tmpfs} is on a "
+                           "read-only file system"), err

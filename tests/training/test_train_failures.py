@@ -129,29 +129,6 @@ def test_a_full_disk_stops_training_with_one_line_and_keeps_the_older_checkpoint
     assert ckpt.find_latest(work) == work / "iter_2.pth"
 
 
-def _mount_tmpfs(mount, options):
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
-                                           capture_output=True, check=False).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 3 MiB tmpfs (a real full disk), where mounting is allowed (root); skipped elsewhere."""
-    _mount_tmpfs(tmp_path / "disk", "size=3m")
-    yield tmp_path / "disk"
-    subprocess.run(["umount", str(tmp_path / "disk")], check=False)
-
-
-@pytest.fixture
-def read_only_tmpfs(tmp_path):
-    """A read-only folder that root cannot write either (chmod does not stop root)."""
-    _mount_tmpfs(tmp_path / "ro", "size=1m,ro")
-    yield tmp_path / "ro"
-    subprocess.run(["umount", str(tmp_path / "ro")], check=False)
-
-
 def test_a_read_only_work_dir_is_refused_with_one_line(tmp_path, read_only_tmpfs):
     from resnest_fast.training.errors import SetupError
 
