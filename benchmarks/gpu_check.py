@@ -26,6 +26,9 @@ the cheap training-memory step before the four heads and their torch.compile, so
              bf16 autocast
   memory     one training iteration at 512x1024, batch 2: peak torch.cuda.max_memory_allocated, ours vs the
              reference backend (on the CPU, --dry-run: bytes autograd saves for backward instead)
+  sweep      (not in `all`) the Triton launchers' geometry (elements per tile, programs per SM, warps) over a small
+             grid at the bench-ops stage shapes, fp32 and bf16: whether the heuristic of kernels/splat.py is within
+             5 % of the best time measured for each op, and which geometry beat it where not
 Every row goes to CSV under --out (default $OUT, else gpu_results/) with machine, versions and git revision, and a
 one-screen summary to <out>/summary.txt and stdout, ending with the goals met and missed (`goals`). Exit 1 when a
 correctness check failed.
@@ -64,7 +67,8 @@ from resnest_fast.ops import (
 )
 from resnest_fast.testing.tolerances import FACTOR, FLOOR
 
-STEPS = ("sanitize", "ops", "bench-ops", "memory", "models")
+STEPS = ("sanitize", "ops", "bench-ops", "memory", "models", "sweep")
+ALL_STEPS = ("ops", "bench-ops", "memory", "models")  # `all`: sanitize runs under compute-sanitizer, sweep on request
 HEADS = ("deeplabv3", "fcn", "pspnet", "deeplabv3plus")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # floor of the rule per dtype, relative to max(1, |ref64|): fp32 sums of up to ~10^5 terms in another order
@@ -323,12 +327,13 @@ def _time(fn: Callable[[], object], device: torch.device, warmup: int, iters: in
     return statistics.median(timed_call(fn, device) for _ in range(iters))
 
 
-def _training_ops(s: Settings, blk: Block, y, logits, block, gen) -> Dict[str, Tuple[int, Dict[str, Callable]]]:
+def _training_ops(s: Settings, blk: Block, y, logits, block, gen, backends: List[str],
+                  references: bool = True) -> Dict[str, Tuple[int, Dict[str, Callable]]]:
     """The training-only ops at one stage shape: op -> (the bytes it must move at least, {provider: fn}). eager is
-    the reference (what a backend without the kernels runs), ours-<backend> the kernels; no torch.compile provider:
-    its compiles (each shape and dtype) would take a budgeted run's time from the memory and model steps. bn0's
-    scale/shift are the block's folded ones and the statistics' gradient terms zero: the kernels' work does not
-    depend on their values."""
+    the reference (what a backend without the kernels runs; left out unless `references`), ours-<backend> the
+    kernels of each of `backends`; no torch.compile provider: its compiles (each shape and dtype) would take a
+    budgeted run's time from the memory and model steps. bn0's scale/shift are the block's folded ones and the
+    statistics' gradient terms zero: the kernels' work does not depend on their values."""
     radix, groups = blk.radix, blk.groups
     y_bytes = y.numel() * y.element_size()
     g_bytes = y_bytes // radix  # grad_out, (B, C, H, W)
@@ -345,11 +350,47 @@ def _training_ops(s: Settings, blk: Block, y, logits, block, gen) -> Dict[str, T
     }
     out = {}
     for op, (nbytes, ours, reference, args) in ops.items():
-        providers = {"eager": functools.partial(reference, *args)}
-        for backend in s.backends():
+        providers = {"eager": functools.partial(reference, *args)} if references else {}
+        for backend in backends:
             providers[f"ours-{backend}"] = functools.partial(ours, *args, backend=backend)
         out[op] = (nbytes, providers)
     return out
+
+
+def _stage_ops(s: Settings, blk: Block, block, y, logits, gen, backends: List[str],
+               references: bool = True) -> Dict[str, Tuple[int, Dict[str, Callable]]]:
+    """Every op timed at one stage shape: op -> (the bytes it must move at least, {provider: fn}). splat_pool and
+    splat_combine in eval (with `references`: mmseg's eager code and torch.compile of it), then the training-only
+    ops (_training_ops); ours-<backend> for each of `backends`."""
+    y_bytes = y.numel() * y.element_size()
+    ops = {"pool-eval": (y_bytes, {}), "combine-eval": (y_bytes + y_bytes // blk.radix, {})}
+    if references:
+        for op, eager in (("pool-eval", lambda: eager_pool_op(block, y)),
+                          ("combine-eval", lambda: eager_combine_op(block, y, logits))):
+            ops[op][1].update(eager=eager, compiled=torch.compile(eager))
+    for backend in backends:
+        block_b = make_block(channels=blk.channels, radix=blk.radix, groups=blk.groups, dtype=y.dtype).to(s.device)
+        block_b.backend = backend
+        ops["pool-eval"][1][f"ours-{backend}"] = (lambda bb: lambda: splat_pool(
+            y, *bb.bn0_scale_shift(y)[:2], radix=bb.radix, relu=True, backend=bb.backend))(block_b)
+        ops["combine-eval"][1][f"ours-{backend}"] = (lambda bb: lambda: splat_combine(
+            y, logits, *bb.bn0_scale_shift(y)[:2], radix=bb.radix, groups=bb.groups, relu=True,
+            backend=bb.backend))(block_b)
+    with torch.no_grad():
+        ops.update(_training_ops(s, blk, y, logits, block, gen, backends, references))
+    return ops
+
+
+def _stage_inputs(s: Settings, blk: Block, dtype):
+    """(block, y, logits, generator, copy seconds) at one stage shape: the split-attention block in `dtype`, its
+    conv output and attention logits (random, seeded), and the median time of a device-to-device copy of y now."""
+    block = make_block(channels=blk.channels, radix=blk.radix, groups=blk.groups, dtype=dtype).to(s.device)
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(blk.y_shape, generator=gen).to(s.device, dtype)
+    logits = torch.randn(blk.y_shape[:2], generator=gen).to(s.device, dtype)
+    dst = torch.empty_like(y)
+    copy_s = _time(lambda: dst.copy_(y), s.device, s.warmup, s.op_iters)
+    return block, y, logits, gen, copy_s
 
 
 def bench_ops(s: Settings) -> List[dict]:
@@ -362,37 +403,12 @@ def bench_ops(s: Settings) -> List[dict]:
     for label, blk in s.stage_shapes.items():
         for dname in ("fp32", "bf16"):
             dtype = DTYPES[dname]
-            block = make_block(channels=blk.channels, radix=blk.radix, groups=blk.groups, dtype=dtype).to(s.device)
-            gen = torch.Generator().manual_seed(0)
-            y = torch.randn(blk.y_shape, generator=gen).to(s.device, dtype)
-            logits = torch.randn(blk.y_shape[:2], generator=gen).to(s.device, dtype)
-            y_bytes = y.numel() * y.element_size()
-            dst = torch.empty_like(y)
-            copy_s = _time(lambda: dst.copy_(y), s.device, s.warmup, s.op_iters)
-            copy_gbs = 2 * y_bytes / copy_s / 1e9
+            block, y, logits, gen, copy_s = _stage_inputs(s, blk, dtype)
+            copy_gbs = 2 * y.numel() * y.element_size() / copy_s / 1e9
             rows.append({"shape": label, "y": "x".join(map(str, blk.y_shape)), "dtype": dname, "op": "copy",
                          "provider": "torch", "ms": round(copy_s * 1e3, 4), "gb_s": round(copy_gbs, 1),
                          "pct_of_copy": 100.0})
-            ops = {  # op -> (bytes moved, {provider: fn})
-                "pool-eval": (y_bytes, {"eager": lambda: eager_pool_op(block, y)}),
-                "combine-eval": (y_bytes + y_bytes // blk.radix, {"eager": lambda: eager_combine_op(block, y, logits)}),
-            }
-            for op, (nbytes, providers) in ops.items():
-                eager = providers["eager"]
-                providers["compiled"] = torch.compile(eager)
-                for backend in s.backends():
-                    block_b = make_block(channels=blk.channels, radix=blk.radix, groups=blk.groups,
-                                         dtype=dtype).to(s.device)
-                    block_b.backend = backend
-                    if op == "pool-eval":
-                        providers[f"ours-{backend}"] = (lambda bb: lambda: splat_pool(
-                            y, *bb.bn0_scale_shift(y)[:2], radix=bb.radix, relu=True, backend=bb.backend))(block_b)
-                    else:
-                        providers[f"ours-{backend}"] = (lambda bb: lambda: splat_combine(
-                            y, logits, *bb.bn0_scale_shift(y)[:2], radix=bb.radix, groups=bb.groups, relu=True,
-                            backend=bb.backend))(block_b)
-            with torch.no_grad():
-                ops.update(_training_ops(s, blk, y, logits, block, gen))
+            ops = _stage_ops(s, blk, block, y, logits, gen, s.backends())
             for op, (nbytes, providers) in ops.items():
                 with torch.no_grad():
                     for provider, fn in providers.items():
@@ -421,6 +437,90 @@ def bench_ops(s: Settings) -> List[dict]:
                              "gb_s": "", "pct_of_copy": ""})
             torch._dynamo.reset()
     return rows + bench_conv_pool(s)
+
+
+# The Triton launchers' geometry constants a sweep varies (kernels/splat.py): elements per tile, the programs per
+# SM the chunking aims at, warps per program
+SWEEP_GRID = {"tile_elements": (1024, 2048, 4096), "programs_per_sm": (4, 8, 16), "num_warps": (4, 8)}
+DRY_SWEEP_GRID = {"tile_elements": (1024, 2048), "programs_per_sm": (8,), "num_warps": (4,)}
+_SWEPT_KERNELS = {"pool-eval": "pool", "combine-eval": "combine", "bn-stats": "bn_stats",
+                  "backward-reduce": "backward_reduce", "backward-input": "backward_input"}
+SWEEP_NEAR = 1.05  # the heuristic counts as near the best when within this factor of the best time
+
+
+@contextlib.contextmanager
+def _triton_geometry(tile_elements: int, programs_per_sm: int, num_warps: int):
+    """The Triton launchers run with these geometry constants inside the block (module globals that launch_params
+    reads at each call), and with their own again after it."""
+    from resnest_fast.kernels import splat as tk
+
+    saved = tk.TILE_ELEMENTS, tk.TARGET_PROGRAMS_PER_SM, tk.NUM_WARPS
+    tk.TILE_ELEMENTS, tk.TARGET_PROGRAMS_PER_SM, tk.NUM_WARPS = tile_elements, programs_per_sm, num_warps
+    try:
+        yield tk
+    finally:
+        tk.TILE_ELEMENTS, tk.TARGET_PROGRAMS_PER_SM, tk.NUM_WARPS = saved
+
+
+def sweep_triton(s: Settings, progress: Optional[Callable[[List[dict]], object]] = None) -> List[dict]:
+    """The Triton kernels' launch geometry against the alternatives of SWEEP_GRID (a small grid in a dry run), at the
+    stage shapes, fp32 and bf16, NCHW as bench-ops: each op timed for every (tile elements, programs per SM, warps),
+    with the block sizes, warps and programs the launcher then used; `default` marks the launchers' own heuristic.
+    Not part of `all`: a run with time left over (or a later one) says whether the heuristic is near the best.
+    `progress(rows)` is called after each shape and dtype with every row so far (main writes them out)."""
+    if "triton" not in s.backends():
+        return []
+    from resnest_fast.kernels import splat as tk
+
+    grid = DRY_SWEEP_GRID if s.dry_run else SWEEP_GRID
+    default = (tk.TILE_ELEMENTS, tk.TARGET_PROGRAMS_PER_SM, tk.NUM_WARPS)
+    configs = [(t, p, w) for t in grid["tile_elements"] for p in grid["programs_per_sm"] for w in grid["num_warps"]]
+    configs = [default] + [c for c in configs if c != default]
+    rows = []
+    for label, blk in s.stage_shapes.items():
+        for dname in ("fp32", "bf16"):
+            if s.out_of_time(f"sweep {label} {dname}"):
+                continue
+            dtype = DTYPES[dname]
+            block, y, logits, gen, copy_s = _stage_inputs(s, blk, dtype)
+            copy_gbs = 2 * y.numel() * y.element_size() / copy_s / 1e9
+            ops = _stage_ops(s, blk, block, y, logits, gen, ["triton"], references=False)
+            for config in configs:
+                with _triton_geometry(*config), torch.no_grad():
+                    for op, (nbytes, providers) in ops.items():
+                        sec = _time(providers["ours-triton"], s.device, s.warmup, s.op_iters)
+                        p = tk.launch_params(_SWEPT_KERNELS[op], blk.batch, blk.channels, blk.height, blk.width,
+                                             blk.radix, dtype, False, tk.num_sms(y))
+                        gbs = nbytes / sec / 1e9
+                        rows.append({"shape": label, "y": "x".join(map(str, blk.y_shape)), "dtype": dname,
+                                     "op": op, "tile_elements": config[0], "programs_per_sm": config[1],
+                                     "num_warps": config[2], "default": config == default, "block_c": p.block_c,
+                                     "block_p": p.block_p, "warps_run": p.num_warps, "programs": p.programs,
+                                     "ms": round(sec * 1e3, 4), "gb_s": round(gbs, 1),
+                                     "pct_of_copy": round(100 * gbs / copy_gbs, 1)})
+            if progress is not None:
+                progress(rows)
+    return rows
+
+
+def sweep_summary(rows: List[dict]) -> List[str]:
+    """Per (shape, dtype, op): the heuristic's time against the best of the sweep; the ops where another geometry
+    was more than SWEEP_NEAR faster are named with it (at most MISSES_SHOWN)."""
+    groups: Dict[Tuple[str, str, str], List[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["shape"], r["dtype"], r["op"]), []).append(r)
+    far = []
+    for key, mine in groups.items():
+        default = next((r for r in mine if r["default"]), None)
+        best = min(mine, key=lambda r: float(r["ms"]))
+        if default is not None and float(default["ms"]) > SWEEP_NEAR * float(best["ms"]):
+            far.append(f"{' '.join(key)} {float(default['ms']) / float(best['ms']):.2f}x faster at tile "
+                       f"{best['tile_elements']}, {best['programs_per_sm']}/SM, {best['num_warps']} warps")
+    if not groups:
+        return []
+    shown = ", ".join(far[:MISSES_SHOWN]) + (f" and {len(far) - MISSES_SHOWN} more" if len(far) > MISSES_SHOWN else "")
+    return [f"sweep of the Triton launch geometry: the heuristic within {SWEEP_NEAR:g}x of the best for "
+            f"{len(groups) - len(far)}/{len(groups)} ops" + (f"; better: {shown}" if far else "")]
 
 
 def bench_conv_pool(s: Settings) -> List[dict]:
@@ -625,7 +725,8 @@ def _verdict(lines: List[str], what: str, checked: List[Tuple[str, float, bool]]
     missed = [f"{label} {value:g}{unit}" for label, value, met in checked if not met]
     shown = ", ".join(missed[:MISSES_SHOWN]) + (f" and {len(missed) - MISSES_SHOWN} more" if
                                                  len(missed) > MISSES_SHOWN else "")
-    lines.append(f"  {what}: {len(checked) - len(missed)}/{len(checked)} met" + (f"; missed: {shown}" if missed else ""))
+    lines.append(f"  {what}: {len(checked) - len(missed)}/{len(checked)} met"
+                 + (f"; missed: {shown}" if missed else ""))
 
 
 def goals(results: Dict[str, List[dict]]) -> List[str]:
@@ -687,6 +788,8 @@ def summarize(results: Dict[str, List[dict]], s: Settings) -> List[str]:
     if "memory" in results:
         lines += [f"train memory {r['model']} {r['input']} {r['provider']}: {r['peak_mib']} MiB ({r['vs_reference']}x)"
                   for r in results["memory"]]
+    if "sweep" in results:
+        lines += sweep_summary(results["sweep"])
     met = goals(results)
     if met and s.dry_run:
         met[0] = "goals (of a GPU; a dry run's tiny CPU shapes only exercise the arithmetic):"
@@ -696,9 +799,9 @@ def summarize(results: Dict[str, List[dict]], s: Settings) -> List[str]:
     return lines
 
 
-def write_results(results: Dict[str, List[dict]], s: Settings, out: str) -> List[str]:
-    """CSVs of every step so far and summary.txt, rewritten whole after each step: a run cut short keeps the
-    figures of the steps it finished."""
+def write_results(results: Dict[str, List[dict]], s: Settings, out: str, summary: str = "summary.txt") -> List[str]:
+    """CSVs of every step so far and the summary (`summary` under `out`), rewritten whole after each step: a run cut
+    short keeps the figures of the steps it finished."""
     report.RESULTS.clear()
     for step, rows in results.items():
         for row in rows:
@@ -706,10 +809,10 @@ def write_results(results: Dict[str, List[dict]], s: Settings, out: str) -> List
     report.flush(out)
     lines = summarize(results, s)
     os.makedirs(out, exist_ok=True)
-    tmp = os.path.join(out, "summary.txt.tmp")
+    tmp = os.path.join(out, summary + ".tmp")
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
-    os.replace(tmp, os.path.join(out, "summary.txt"))
+    os.replace(tmp, os.path.join(out, summary))
     return lines
 
 
@@ -740,7 +843,9 @@ def main(argv=None) -> int:
     if args.step == "sanitize":
         sanitize(s)
         return 0
-    steps = STEPS[1:] if args.step == "all" else (args.step,)
+    steps = ALL_STEPS if args.step == "all" else (args.step,)
+    # the sweep runs after the check, in a call of its own: its summary must not replace the check's
+    summary = "summary-sweep.txt" if args.step == "sweep" else "summary.txt"
     results = {}
     for step in steps:
         if s.out_of_time(step):
@@ -752,12 +857,15 @@ def main(argv=None) -> int:
             results[step] = bench_ops(s)
         elif step == "models":  # written out after each head and precision: this step is the longest
             results[step] = bench_models(s, args.models, args.compile_models,
-                                         lambda rows: write_results({**results, "models": rows}, s, args.out))
+                                         lambda rows: write_results({**results, "models": rows}, s, args.out, summary))
         elif step == "memory":
             results[step] = train_memory(s)
+        elif step == "sweep":
+            results[step] = sweep_triton(s, lambda rows: write_results({**results, "sweep": rows}, s, args.out,
+                                                                       summary))
         print(f"gpu_check: {step} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        write_results(results, s, args.out)
-    lines = write_results(results, s, args.out)  # once more: the steps the deadline left out
+        write_results(results, s, args.out, summary)
+    lines = write_results(results, s, args.out, summary)  # once more: the steps the deadline left out
     print("\n".join(lines))
     failed = any(not r["ok"] for step in ("ops", "models") for r in results.get(step, []))
     return 1 if failed else 0

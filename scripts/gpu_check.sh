@@ -7,16 +7,18 @@
 #             op timings as % of the copy bandwidth, four-model fps (fp32, bf16 autocast), training memory
 #   sanitize  compute-sanitizer memcheck and racecheck over every op of the CUDA and Triton backends at small odd shapes
 #   pytest    the needs_cuda tests, Triton compiled (TRITON_INTERPRET=0)
+#   sweep     only when named in --only: the Triton launch geometry over a small grid at the stage shapes
+#             (python -m benchmarks.gpu_check sweep; its own CSV and summary-sweep.txt)
 # CSVs, summary.txt and gpu_check.log (every step's output under its name) go to $OUT if set, else gpu_results/:
-# six files, so that a runner which brings back few files brings back all of them. Exit 1 if a step failed.
+# six files (eight with the sweep), so that a runner which brings back few files brings back all of them. Exit 1 if a step failed.
 # --budget SECONDS: finish within that many seconds (for a lent machine with a time limit): after the build, the
 #   check starts no step or model after half of the time left and is stopped at two thirds; the sanitizers and
 #   the tests share the rest, each stopped when its share runs out. Whatever finished is kept, and the summary
 #   says what was left out.
 # --dry-run: the same on the CPU at tiny shapes, no build, no sanitizer, no GPU tests (CI runs this).
 # --skip-build: use the resnest_fast already installed.
-# --only STEP[,STEP...]: just these of build, check, sanitize, pytest (info always runs), e.g. to finish on a warm
-#   machine what a budget cut: --skip-build --only sanitize,pytest
+# --only STEP[,STEP...]: just these of build, check, sanitize, pytest, sweep (info always runs), e.g. to finish on a
+#   warm machine what a budget cut: --skip-build --only sanitize,pytest; or --skip-build --only sweep
 # Usage: bash scripts/gpu_check.sh [--dry-run] [--skip-build] [--budget SECONDS] [--only STEPS]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,8 +47,8 @@ if [ $BUDGET_GIVEN -eq 1 ] && ! [[ "$BUDGET" =~ ^[0-9]+$ && "$BUDGET" -ge 60 ]];
   echo "gpu_check: --budget takes whole seconds, at least 60 (got '$BUDGET')" >&2
   exit 2
 fi
-if ! [[ "$ONLY" =~ ^(build|check|sanitize|pytest)(,(build|check|sanitize|pytest))*$ ]]; then
-  echo "gpu_check: --only takes steps among build, check, sanitize, pytest, comma-separated (got '$ONLY')" >&2
+if ! [[ "$ONLY" =~ ^(build|check|sanitize|pytest|sweep)(,(build|check|sanitize|pytest|sweep))*$ ]]; then
+  echo "gpu_check: --only takes steps among build, check, sanitize, pytest, sweep, comma-separated (got '$ONLY')" >&2
   exit 2
 fi
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
@@ -113,6 +115,10 @@ if [ $DRY -eq 1 ]; then
     step check "" env TRITON_INTERPRET=1 "$PY" -m benchmarks.gpu_check all --dry-run --out "$OUT" \
       ${DEADLINE:+--deadline "$DEADLINE"}
   fi
+  if want sweep; then
+    step sweep "" env TRITON_INTERPRET=1 "$PY" -m benchmarks.gpu_check sweep --dry-run --out "$OUT" \
+      ${DEADLINE:+--deadline "$DEADLINE"}
+  fi
 else
   export TRITON_INTERPRET=0
   "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(0))"
@@ -145,15 +151,23 @@ else
     if "$PY" -c "import xdist" 2>/dev/null; then workers=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))"); fi
     step pytest "$(share 1 1)" "$PY" -m pytest -q -p no:cacheprovider "${workers[@]}" -m needs_cuda "${gpu_tests[@]}"
   fi
-fi
-
-if want check && [ -f "$OUT/summary.txt" ]; then
-  echo
-  cat "$OUT/summary.txt"
-  if grep -q "^skipped at the deadline" "$OUT/summary.txt"; then
-    cut+=("check (part)")
+  if want sweep; then
+    step sweep "$(share 1 1)" "$PY" -m benchmarks.gpu_check sweep --out "$OUT" \
+      ${DEADLINE:+--deadline "$(( $(date +%s) + $(left) * 2 / 3 ))"}
   fi
 fi
+
+for step_name in check sweep; do
+  file="$OUT/summary.txt"
+  [ "$step_name" = sweep ] && file="$OUT/summary-sweep.txt"
+  if want "$step_name" && [ -f "$file" ]; then
+    echo
+    cat "$file"
+    if grep -q "^skipped at the deadline" "$file"; then
+      cut+=("$step_name (part)")
+    fi
+  fi
+done
 if [ ${#cut[@]} -gt 0 ]; then
   echo "gpu_check: cut short by the budget: ${cut[*]} (the summary lists what was left out)"
 fi

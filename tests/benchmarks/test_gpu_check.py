@@ -34,9 +34,10 @@ def test_the_rule_accepts_torchs_own_error_and_rejects_more():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
-def test_the_training_ops_providers_do_the_same_work():
-    """bench-ops times each training-only op per provider: every provider must compute what the reference does, or
-    the timings would compare different work."""
+def test_the_ops_providers_do_the_same_work():
+    """bench-ops (and the sweep) time each op per provider: every provider must compute what the eager reference
+    does, or the timings would compare different work (torch.compile of eager is left out: compiling it here would
+    take the time of the rest)."""
     from benchmarks.providers import make_block
 
     s = gpu_check.Settings(dry_run=True)
@@ -46,13 +47,14 @@ def test_the_training_ops_providers_do_the_same_work():
     y = torch.randn(blk.y_shape, generator=gen)
     logits = torch.randn(blk.y_shape[:2], generator=gen)
     with torch.no_grad():
-        ops = gpu_check._training_ops(s, blk, y, logits, block, gen)
-        assert set(ops) == {"bn-stats", "backward-reduce", "backward-input"}
+        ops = gpu_check._stage_ops(s, blk, block, y, logits, gen, s.backends())
+        assert list(ops) == ["pool-eval", "combine-eval", "bn-stats", "backward-reduce", "backward-input"]
         y_bytes = y.numel() * 4
         assert ops["bn-stats"][0] == y_bytes and ops["backward-input"][0] == 2 * y_bytes + y_bytes // blk.radix
+        assert ops["pool-eval"][0] == y_bytes and ops["combine-eval"][0] == y_bytes + y_bytes // blk.radix
         for op, (_, providers) in ops.items():
             ours = {f"ours-{b}" for b in s.backends()}
-            assert set(providers) == {"eager"} | ours, op
+            assert set(providers) == {"eager"} | ours | ({"compiled"} if op.endswith("-eval") else set()), op
             want = providers["eager"]()
             want = want if isinstance(want, tuple) else (want,)
             for name in ours:
@@ -132,7 +134,7 @@ def test_the_models_step_starts_no_model_after_the_deadline():
 
 @pytest.mark.parametrize("flag, value", [("--budget", "ten"), ("--budget", "30"), ("--budget", ""),
                                          ("--only", ""), ("--only", "tests"), ("--only", "check,"),
-                                         ("--only", "check,,pytest")])
+                                         ("--only", "check,,pytest"), ("--only", "sweep,tune")])
 def test_a_bad_budget_or_step_list_is_one_line_and_exit_2(flag, value, tmp_path):
     result = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run", flag, value], cwd=ROOT,
                             capture_output=True, text=True, timeout=60, env={**os.environ, "OUT": str(tmp_path)})
@@ -149,6 +151,7 @@ case "$*" in
   "-c import xdist") exit 1 ;;
   "-c "*) echo "torch 2.11.0 CUDA 13.0 a fake GPU" ;;
   "-m benchmarks.gpu_check all"*) sleep "${FAKE_CHECK_SECONDS:-0}" ;;
+  "-m benchmarks.gpu_check sweep"*) echo "sweep of the Triton launch geometry: (fake)" >"$OUT/summary-sweep.txt" ;;
 esac
 exit 0
 """
@@ -191,6 +194,19 @@ def test_the_gpu_branch_runs_every_step_and_collects_only_the_gpu_test_files(tmp
     log = (out / "gpu_check.log").read_text()
     for name in ("info", "check", "sanitize-memcheck", "sanitize-racecheck", "pytest"):
         assert f"== {name} (exit 0" in log
+    assert not any("gpu_check sweep" in c for c in calls)  # only when asked for
+
+
+def test_the_sweep_runs_when_named_after_the_other_steps_and_its_summary_is_shown(tmp_path):
+    env, out = _fake_gpu_machine(tmp_path)
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--skip-build", "--only", "check,sweep", "--budget",
+                             "600"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = [c for c in _calls(tmp_path) if c.startswith("-m benchmarks.gpu_check")]
+    assert [c.split()[2] for c in calls] == ["all", "sweep"]
+    sweep = calls[1].split()
+    assert sweep[3:5] == ["--out", str(out)] and "--deadline" in sweep
+    assert "sweep of the Triton launch geometry: (fake)" in result.stdout
 
 
 def test_the_budget_stops_a_long_check_and_still_runs_the_rest_in_time(tmp_path):
@@ -277,3 +293,65 @@ def test_the_summary_says_which_goals_the_measured_rows_meet():
     assert gpu_check.goals({"bench-ops": many}) == [
         "goals:", "  >= 80 % of the copy bandwidth: 0/8 met; missed: " + ", ".join(
             f"city-layer3 bf16 pool-eval ours-{i} {i} %" for i in range(6)) + " and 2 more"]
+
+
+def test_the_sweep_geometry_reaches_the_launches_and_is_undone_after():
+    """What the Triton launcher launches (recorded, not run) under a swept geometry: tiles of at most the swept
+    number of elements on the swept number of warps; afterwards the launchers' own geometry again."""
+    from resnest_fast.kernels import splat as tk
+
+    x = torch.randn(2, 2 * 64, 128, 128)  # enough tiles of 2048 elements for 4 programs per SM: none shrunk
+
+    def first_launch():
+        with tk.record_launches() as launches:
+            tk.splat_pool(x, None, None, 2, True)
+        kernel, programs, num_warps, args, constexprs = launches[0]
+        return kernel.__name__, constexprs["BLOCK_C"] * constexprs["BLOCK_P"], num_warps
+
+    default = first_launch()
+    assert default == ("_pool_partial_kernel", 2048, 4)
+    with gpu_check._triton_geometry(1024, 16, 8):
+        assert first_launch() == ("_pool_partial_kernel", 1024, 8)
+    assert first_launch() == default and (tk.TILE_ELEMENTS, tk.TARGET_PROGRAMS_PER_SM, tk.NUM_WARPS) == (2048, 8, 4)
+
+
+def test_the_sweep_summary_names_the_ops_another_geometry_runs_faster():
+    def row(op, tile, ms, default=False):
+        return {"shape": "city-layer3", "dtype": "fp32", "op": op, "tile_elements": tile, "programs_per_sm": 8,
+                "num_warps": 4, "default": default, "ms": ms}
+
+    rows = [row("pool-eval", 2048, 1.0, True), row("pool-eval", 4096, 0.96),  # within 5 %: near
+            row("combine-eval", 2048, 1.0, True), row("combine-eval", 1024, 0.8)]  # 1.25x faster elsewhere
+    assert gpu_check.sweep_summary(rows) == [
+        "sweep of the Triton launch geometry: the heuristic within 1.05x of the best for 1/2 ops; better: "
+        "city-layer3 fp32 combine-eval 1.25x faster at tile 1024, 8/SM, 4 warps"]
+    assert gpu_check.sweep_summary([]) == []
+
+
+def test_the_sweep_step_writes_its_rows_and_its_own_summary(tmp_path, monkeypatch):
+    """The sweep, run after the check in a call of its own (interpreted here, at a tiny shape and two geometries),
+    writes gpu-sweep.csv and summary-sweep.txt and leaves the check's summary.txt as it was."""
+    from benchmarks.stage_shapes import Block
+
+    if "triton" not in gpu_check.Settings(dry_run=True).backends():
+        pytest.skip("Triton is not available here")
+    real_init = gpu_check.Settings.__init__
+
+    def tiny(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.stage_shapes = {"tiny": Block("tiny", 2, 4, 3, 5)}
+        self.warmup, self.op_iters = 0, 1
+
+    monkeypatch.setattr(gpu_check.Settings, "__init__", tiny)
+    (tmp_path / "summary.txt").write_text("the check's summary\n")
+    assert gpu_check.main(["sweep", "--dry-run", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "summary.txt").read_text() == "the check's summary\n"
+    with open(tmp_path / "gpu-sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    ops = {"pool-eval", "combine-eval", "bn-stats", "backward-reduce", "backward-input"}
+    configs = {(r["tile_elements"], r["programs_per_sm"], r["num_warps"]) for r in rows}
+    assert {r["op"] for r in rows} == ops and configs == {("2048", "8", "4"), ("1024", "8", "4")}
+    assert len(rows) == len(ops) * 2 * 2  # ops x dtypes x geometries
+    assert {(r["op"], r["dtype"]) for r in rows if r["default"] == "True"} == {(o, d) for o in ops
+                                                                              for d in ("fp32", "bf16")}
+    assert "sweep of the Triton launch geometry" in (tmp_path / "summary-sweep.txt").read_text()
