@@ -357,7 +357,7 @@ def _training_ops(s: Settings, blk: Block, y, logits, block, gen, backends: List
     return out
 
 
-def _stage_ops(s: Settings, blk: Block, block, y, logits, gen, backends: List[str],
+def stage_ops(s: Settings, blk: Block, block, y, logits, gen, backends: List[str],
                references: bool = True) -> Dict[str, Tuple[int, Dict[str, Callable]]]:
     """Every op timed at one stage shape: op -> (the bytes it must move at least, {provider: fn}). splat_pool and
     splat_combine in eval (with `references`: mmseg's eager code and torch.compile of it), then the training-only
@@ -408,7 +408,7 @@ def bench_ops(s: Settings) -> List[dict]:
             rows.append({"shape": label, "y": "x".join(map(str, blk.y_shape)), "dtype": dname, "op": "copy",
                          "provider": "torch", "ms": round(copy_s * 1e3, 4), "gb_s": round(copy_gbs, 1),
                          "pct_of_copy": 100.0})
-            ops = _stage_ops(s, blk, block, y, logits, gen, s.backends())
+            ops = stage_ops(s, blk, block, y, logits, gen, s.backends())
             for op, (nbytes, providers) in ops.items():
                 with torch.no_grad():
                     for provider, fn in providers.items():
@@ -449,7 +449,7 @@ SWEEP_NEAR = 1.05  # the heuristic counts as near the best when within this fact
 
 
 @contextlib.contextmanager
-def _triton_geometry(tile_elements: int, programs_per_sm: int, num_warps: int):
+def triton_geometry(tile_elements: int, programs_per_sm: int, num_warps: int):
     """The Triton launchers run with these geometry constants inside the block (module globals that launch_params
     reads at each call), and with their own again after it."""
     from resnest_fast.kernels import splat as tk
@@ -484,9 +484,9 @@ def sweep_triton(s: Settings, progress: Optional[Callable[[List[dict]], object]]
             dtype = DTYPES[dname]
             block, y, logits, gen, copy_s = _stage_inputs(s, blk, dtype)
             copy_gbs = 2 * y.numel() * y.element_size() / copy_s / 1e9
-            ops = _stage_ops(s, blk, block, y, logits, gen, ["triton"], references=False)
+            ops = stage_ops(s, blk, block, y, logits, gen, ["triton"], references=False)
             for config in configs:
-                with _triton_geometry(*config), torch.no_grad():
+                with triton_geometry(*config), torch.no_grad():
                     for op, (nbytes, providers) in ops.items():
                         sec = _time(providers["ours-triton"], s.device, s.warmup, s.op_iters)
                         p = tk.launch_params(_SWEPT_KERNELS[op], blk.batch, blk.channels, blk.height, blk.width,

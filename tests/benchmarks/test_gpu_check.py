@@ -47,7 +47,7 @@ def test_the_ops_providers_do_the_same_work():
     y = torch.randn(blk.y_shape, generator=gen)
     logits = torch.randn(blk.y_shape[:2], generator=gen)
     with torch.no_grad():
-        ops = gpu_check._stage_ops(s, blk, block, y, logits, gen, s.backends())
+        ops = gpu_check.stage_ops(s, blk, block, y, logits, gen, s.backends())
         assert list(ops) == ["pool-eval", "combine-eval", "bn-stats", "backward-reduce", "backward-input"]
         y_bytes = y.numel() * 4
         assert ops["bn-stats"][0] == y_bytes and ops["backward-input"][0] == 2 * y_bytes + y_bytes // blk.radix
@@ -310,7 +310,7 @@ def test_the_sweep_geometry_reaches_the_launches_and_is_undone_after():
 
     default = first_launch()
     assert default == ("_pool_partial_kernel", 2048, 4)
-    with gpu_check._triton_geometry(1024, 16, 8):
+    with gpu_check.triton_geometry(1024, 16, 8):
         assert first_launch() == ("_pool_partial_kernel", 1024, 8)
     assert first_launch() == default and (tk.TILE_ELEMENTS, tk.TARGET_PROGRAMS_PER_SM, tk.NUM_WARPS) == (2048, 8, 4)
 
