@@ -518,9 +518,14 @@ def sweep_summary(rows: List[dict]) -> List[str]:
                        f"{best['tile_elements']}, {best['programs_per_sm']}/SM, {best['num_warps']} warps")
     if not groups:
         return []
-    shown = ", ".join(far[:MISSES_SHOWN]) + (f" and {len(far) - MISSES_SHOWN} more" if len(far) > MISSES_SHOWN else "")
     return [f"sweep of the Triton launch geometry: the heuristic within {SWEEP_NEAR:g}x of the best for "
-            f"{len(groups) - len(far)}/{len(groups)} ops" + (f"; better: {shown}" if far else "")]
+            f"{len(groups) - len(far)}/{len(groups)} ops" + (f"; better: {_first_few(far)}" if far else "")]
+
+
+def _first_few(items: List[str]) -> str:
+    """The first MISSES_SHOWN of `items`, comma-separated, and how many more there are."""
+    more = len(items) - MISSES_SHOWN
+    return ", ".join(items[:MISSES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def bench_conv_pool(s: Settings) -> List[dict]:
@@ -699,7 +704,7 @@ def train_memory(s: Settings, head: str = "deeplabv3") -> List[dict]:
             measure = "bytes saved for backward (CPU dry run)"
         rows.append({"model": head, "input": f"{s.train_batch}x3x{h}x{w}", "provider": provider,
                      "peak_mib": round(peak / 2 ** 20, 1), "measure": measure})
-        del model
+        model = None  # freed before the next provider builds its own (step() closes over the name)
     ref_mib = rows[0]["peak_mib"]
     for row in rows:
         row["vs_reference"] = round(row["peak_mib"] / ref_mib, 3) if ref_mib else ""
@@ -723,10 +728,8 @@ def _verdict(lines: List[str], what: str, checked: List[Tuple[str, float, bool]]
     if not checked:
         return
     missed = [f"{label} {value:g}{unit}" for label, value, met in checked if not met]
-    shown = ", ".join(missed[:MISSES_SHOWN]) + (f" and {len(missed) - MISSES_SHOWN} more" if
-                                                 len(missed) > MISSES_SHOWN else "")
     lines.append(f"  {what}: {len(checked) - len(missed)}/{len(checked)} met"
-                 + (f"; missed: {shown}" if missed else ""))
+                 + (f"; missed: {_first_few(missed)}" if missed else ""))
 
 
 def goals(results: Dict[str, List[dict]]) -> List[str]:
