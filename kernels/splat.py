@@ -149,6 +149,16 @@ def _program_coords(C_BLOCKS, CHUNKS):
 
 
 @triton.jit
+def _chunk(C, P, C_BLOCKS, CHUNKS, CHUNK_P, BLOCK_C: tl.constexpr):
+    """A program of the reducing kernels (pool, pool_backward, combine_backward, backward_reduce, bn_stats): its
+    sample b and chunk k, its channels with their mask, and the positions [p_start, p_end) its BLOCK_P tiles walk."""
+    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_start = k * CHUNK_P
+    return b, k, offs_c, offs_c < C, p_start, tl.minimum(p_start + CHUNK_P, P)
+
+
+@triton.jit
 def _tile_offsets(ch, offs_p, stride_c, stride_p):
     """int64 offsets of a (BLOCK_C, BLOCK_P) tile inside one sample: a sample of a stage shape at 1024x2048 already
     holds 1024 x 131072 elements, and nothing bounds it below 2**31."""
@@ -193,11 +203,7 @@ def _pool_partial_kernel(
 ):
     # program (b, channel block, chunk): stage 1 of the mean; _sum_rows_kernel sums the chunks in a fixed order.
     # The R splits of a tile are loaded in the same step (r innermost) so R tiles are in flight per program.
-    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
-    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    p_start = k * CHUNK_P
-    p_end = tl.minimum(p_start + CHUNK_P, P)
+    b, k, offs_c, c_mask, p_start, p_end = _chunk(C, P, C_BLOCKS, CHUNKS, CHUNK_P, BLOCK_C)
     x_b = x_ptr + b * stride_b
     acc = tl.zeros((BLOCK_C, BLOCK_P), ACC)
     for p0 in range(p_start, p_end, BLOCK_P):
@@ -267,11 +273,7 @@ def _pool_bwd_kernel(
     # program (b, channel block, chunk): d gap[b, c] / d act[b, r*C + c, p] = 1/P for every r and p. The division
     # by the int P happens here, in ACC. r is innermost so the R splits of a tile are loaded in the same step; the
     # grad_scale/grad_shift partials of split r are row r of (R_P2, BLOCK_C) accumulators, reduced every step.
-    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
-    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    p_start = k * CHUNK_P
-    p_end = tl.minimum(p_start + CHUNK_P, P)
+    b, k, offs_c, c_mask, p_start, p_end = _chunk(C, P, C_BLOCKS, CHUNKS, CHUNK_P, BLOCK_C)
     x_b = x_ptr + b * stride_b
     dx_b = dx_ptr + b * dstride_b
     g = tl.load(grad_gap_ptr + b * C + offs_c, mask=c_mask, other=0.0).to(ACC) / P
@@ -384,11 +386,7 @@ def _combine_bwd_kernel(
     # sums over positions (d a, and grad_scale/grad_shift); _combine_bwd_finish_kernel ends with the softmax
     # backward. splat_backward_reduce (the first pass of the module's fused backward) writes no grad_x and also
     # sums act'(pre)*x and act'(pre) per (sample, split channel) (POOL_SUMS).
-    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
-    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C
-    p_start = k * CHUNK_P
-    p_end = tl.minimum(p_start + CHUNK_P, P)
+    b, k, offs_c, c_mask, p_start, p_end = _chunk(C, P, C_BLOCKS, CHUNKS, CHUNK_P, BLOCK_C)
     RC = RADIX * C
     a, rows, _, _ = _attention(logits_ptr + b * RC, offs_c, c_mask, CPG, RADIX, R_P2, ACC)
     x_b = x_ptr + b * stride_b
@@ -548,11 +546,7 @@ def _bn_stats_partial_kernel(
     # program (b, channel block, chunk): stage 1 of bn0's batch statistics. Each tile's mean and squared deviations
     # are exact two-pass sums over values in registers; the tiles merge by _merge_moments; _bn_stats_finish_kernel
     # merges the chunks in index order.
-    b, cb, k = _program_coords(C_BLOCKS, CHUNKS)
-    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < K
-    p_start = k * CHUNK_P
-    p_end = tl.minimum(p_start + CHUNK_P, P)
+    b, k, offs_c, c_mask, p_start, p_end = _chunk(K, P, C_BLOCKS, CHUNKS, CHUNK_P, BLOCK_C)
     x_b = x_ptr + b * stride_b
     mean = tl.zeros((BLOCK_C,), ACC)
     m2 = tl.zeros((BLOCK_C,), ACC)
