@@ -31,7 +31,8 @@
 //   NCHW:          a block handles one chunk of one row of x (one channel of one sample: P contiguous values), so
 //                  even batch-1 launches have several blocks per SM. Each thread computes its trip count first,
 //                  then per step issues `unroll` independent loads per input (128-bit when the rows are aligned),
-//                  and only then uses them; a tail step does the same with predicated scalar loads.
+//                  and only then uses them, writing outputs with stores as wide as those loads; a tail step does
+//                  the same with predicated scalar loads and stores.
 //   channels_last: blocks are 2-D tiles of 32 channels x 8 position lanes, so each warp loads 32 contiguous
 //                  channels of one position (coalesced); a sample's positions are cut into K runs; the lanes walk
 //                  their positions `unroll` loads at a time, trip count first.
@@ -178,13 +179,32 @@ __device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
   return out;
 }
 
-// NCHW: calls f(i, v) for every value i of thread t's share of the chunk `s`, v[n] = rows[n][i], after loading
+// The store matching load_pack: V values to p (aligned to V * sizeof(T)) in one store. Through __stwb (st.global.wb,
+// the default caching): NVVM splits a plain store of the packed value back into V scalar stores.
+template <typename T, int V>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& v) {
+  if constexpr (V == 1) {
+    *p = v.v[0];
+  } else {
+    static_assert(sizeof(T) * V == 16 || sizeof(T) * V == 8 || sizeof(T) * V == 4, "a 32-, 64- or 128-bit vector");
+    using Raw = std::conditional_t<sizeof(T) * V == 16, uint4, std::conditional_t<sizeof(T) * V == 8, uint2, unsigned>>;
+    Raw raw;
+    memcpy(&raw, &v, sizeof(raw));
+    __stwb(reinterpret_cast<Raw*>(p), raw);
+  }
+}
+
+// NCHW: calls f(v) for every value i of thread t's share of the chunk `s`, v[n] = rows[n][i], after loading
 // them: per full step, U values of each of the NS rows, V at a time (one 128-bit load when V*sizeof == 16), all
 // loads of a step issued before any use; then the tail step with predicated scalar loads. The trip count
 // (s.full_steps) is known before the loop. Indices are launch::chunk_index / tail_index, which the launch-model
-// test enumerates.
-template <int U, int V, int NS, typename scalar_t, typename F>
-__device__ __forceinline__ void for_chunk(const ChunkSpan& s, const scalar_t* const (&rows)[NS], F&& f) {
+// test enumerates. With an output row `out` (not nullptr), f returns out[i] and for_chunk stores it, V values per
+// store as wide as the loads: a warp's store then covers whole sectors, as its loads do (V separate scalar stores
+// of values V apart would each touch V times as many sectors).
+template <int U, int V, int NS, typename scalar_t, typename Out, typename F>
+__device__ __forceinline__ void for_chunk(const ChunkSpan& s, const scalar_t* const (&rows)[NS], Out out, F&& f) {
+  constexpr bool kStores = !std::is_same_v<Out, std::nullptr_t>;
+  static_assert(!kStores || std::is_same_v<Out, scalar_t*>, "the output row has the dtype of the input rows");
   const int t = threadIdx.x;
 #pragma unroll 1  // a step is the unit of loads in flight; unrolling steps would only add registers
   for (int64_t step = 0; step < s.full_steps; ++step) {
@@ -204,11 +224,17 @@ __device__ __forceinline__ void for_chunk(const ChunkSpan& s, const scalar_t* co
       }
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      scalar_t vu[NS];
+    for (int q = 0; q < U / V; ++q) {
+      Pack<scalar_t, V> o;
 #pragma unroll
-      for (int n = 0; n < NS; ++n) vu[n] = v[n][u];
-      f(launch::chunk_index<U, V>(s, step, u, t), vu);
+      for (int j = 0; j < V; ++j) {
+        scalar_t vu[NS];
+#pragma unroll
+        for (int n = 0; n < NS; ++n) vu[n] = v[n][q * V + j];
+        if constexpr (kStores) o.v[j] = f(vu);
+        else f(vu);
+      }
+      if constexpr (kStores) store_pack<scalar_t, V>(out + launch::chunk_index<U, V>(s, step, q * V, t), o);
     }
   }
   scalar_t v[NS][U];
@@ -225,17 +251,19 @@ __device__ __forceinline__ void for_chunk(const ChunkSpan& s, const scalar_t* co
       scalar_t vu[NS];
 #pragma unroll
       for (int n = 0; n < NS; ++n) vu[n] = v[n][u];
-      f(i, vu);
+      if constexpr (kStores) out[i] = f(vu);
+      else f(vu);
     }
   }
 }
 
-// for_chunk with 128-bit loads where the launcher found the rows aligned, scalar loads otherwise.
-template <int U, int NS, typename scalar_t, typename F>
-__device__ __forceinline__ void for_chunk_any(const ChunkSpan& s, const scalar_t* const (&rows)[NS], bool vec, F&& f) {
+// for_chunk with 128-bit loads (and stores) where the launcher found the rows aligned, scalar ones otherwise.
+template <int U, int NS, typename scalar_t, typename F, typename Out = std::nullptr_t>
+__device__ __forceinline__ void for_chunk_any(const ChunkSpan& s, const scalar_t* const (&rows)[NS], bool vec, F&& f,
+                                              Out out = nullptr) {
   constexpr int V = vec_of<scalar_t, U>();
-  if (V > 1 && vec) for_chunk<U, V, NS>(s, rows, f);
-  else for_chunk<U, 1, NS>(s, rows, f);
+  if (V > 1 && vec) for_chunk<U, V, NS>(s, rows, out, f);
+  else for_chunk<U, 1, NS>(s, rows, out, f);
 }
 
 // channels_last: calls f(p, o, v) for the positions p of the thread (launch::run_position), o = p * strides[0] the
@@ -358,7 +386,7 @@ __global__ void RF_BOUNDS(Kernel::Pool)
   load_params<acc_t, kAffine>(scale, shift, ch, sc, sh);
   const scalar_t* rows[1] = {x + span.row * g.len};
   acc_t sum[1] = {acc_t(0)};
-  for_chunk_any<launch::unroll_of(Kernel::Pool), 1>(span, rows, vec, [&](int64_t, const scalar_t(&v)[1]) {
+  for_chunk_any<launch::unroll_of(Kernel::Pool), 1>(span, rows, vec, [&](const scalar_t(&v)[1]) {
     sum[0] += splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(static_cast<acc_t>(v[0]), sc, sh));
   });
   block_sum(sum, smem);
@@ -406,15 +434,16 @@ __global__ void RF_BOUNDS(Kernel::PoolBackward)
   const scalar_t* rows[1] = {x + span.row * g.len};
   scalar_t* drow = dx + span.row * g.len;
   acc_t sums[2] = {acc_t(0), acc_t(0)};  // dscale, dshift
-  for_chunk_any<launch::unroll_of(Kernel::PoolBackward), 1>(span, rows, vec, [&](int64_t i, const scalar_t(&v)[1]) {
+  const auto dx_of = [&](const scalar_t(&v)[1]) {
     const acc_t xv = static_cast<acc_t>(v[0]);
     const acc_t d = gr * splat_act_grad<acc_t, kRelu>(splat_pre<acc_t, kAffine>(xv, sc, sh));
-    drow[i] = static_cast<scalar_t>(kAffine ? d * sc : d);
     if constexpr (kAffine) {
       sums[0] += d * xv;
       sums[1] += d;
     }
-  });
+    return static_cast<scalar_t>(kAffine ? d * sc : d);
+  };
+  for_chunk_any<launch::unroll_of(Kernel::PoolBackward), 1>(span, rows, vec, dx_of, drow);
   if constexpr (kAffine) {
     block_sum(sums, smem);
     if (threadIdx.x == 0) {
@@ -493,13 +522,14 @@ __global__ void RF_BOUNDS(Kernel::Combine)
       load_params<acc_t, kAffine>(scale, shift, r * s.C + c, sc[r], sh[r]);
       rows[r] = x0 + r * s.C * g.len;
     }
-    for_chunk_any<U, kRadix>(span, rows, vec, [&](int64_t i, const scalar_t(&v)[kRadix]) {
+    const auto out_of = [&](const scalar_t(&v)[kRadix]) {
       acc_t sum = 0;
 #pragma unroll
       for (int r = 0; r < kRadix; ++r)
         sum += combine_term<acc_t, kAffine, kRelu>(static_cast<acc_t>(v[r]), a[r], sc[r], sh[r]);
-      orow[i] = static_cast<scalar_t>(sum);
-    });
+      return static_cast<scalar_t>(sum);
+    };
+    for_chunk_any<U, kRadix>(span, rows, vec, out_of, orow);
   } else {
     const int t = threadIdx.x;
     for (int64_t step = 0; step <= span.full_steps; ++step) {  // the last step is the (predicated) tail
@@ -618,17 +648,18 @@ __global__ void RF_BOUNDS(Kernel::CombineBackward)
   acc_t sums[N];
 #pragma unroll
   for (int n = 0; n < N; ++n) sums[n] = 0;
-  for_chunk_any<launch::unroll_of(Kernel::CombineBackward), 2>(span, rows, vec, [&](int64_t i, const scalar_t(&v)[2]) {
+  const auto dx_of = [&](const scalar_t(&v)[2]) {
     const acc_t xv = static_cast<acc_t>(v[0]), gv = static_cast<acc_t>(v[1]);
     const acc_t pre = splat_pre<acc_t, kAffine>(xv, sc, sh);
     sums[0] += gv * splat_act<acc_t, kRelu>(pre);
     const acc_t d = gv * a * splat_act_grad<acc_t, kRelu>(pre);
-    drow[i] = static_cast<scalar_t>(kAffine ? d * sc : d);
     if constexpr (kAffine) {
       sums[1] += d * xv;
       sums[2] += d;
     }
-  });
+    return static_cast<scalar_t>(kAffine ? d * sc : d);
+  };
+  for_chunk_any<launch::unroll_of(Kernel::CombineBackward), 2>(span, rows, vec, dx_of, drow);
   block_sum(sums, smem);
   if (threadIdx.x == 0) {
     const int64_t o = launch::chunk_slot(g, span.row, span.chunk, s.RC());
@@ -703,7 +734,7 @@ __global__ void RF_BOUNDS(Kernel::BnStats)
   const double k = static_cast<double>(x[ch * g.len]);
   const scalar_t* rows[1] = {x + span.row * g.len};
   double sums[2] = {0.0, 0.0};
-  for_chunk_any<launch::unroll_of(Kernel::BnStats), 1>(span, rows, vec, [&](int64_t, const scalar_t(&v)[1]) {
+  for_chunk_any<launch::unroll_of(Kernel::BnStats), 1>(span, rows, vec, [&](const scalar_t(&v)[1]) {
     const double d = static_cast<double>(v[0]) - k;
     sums[0] += d;
     sums[1] += d * d;
@@ -811,7 +842,7 @@ __global__ void RF_BOUNDS(Kernel::BackwardReduce)
   const acc_t a = att[span.row], sc = scale[ch], sh = shift[ch];
   const scalar_t* rows[2] = {x + span.row * g.len, gout + (b * s.C + ch % s.C) * g.len};
   acc_t sums[5] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};  // d a, dscale, dshift, mx, m
-  for_chunk_any<launch::unroll_of(Kernel::BackwardReduce), 2>(span, rows, vec, [&](int64_t, const scalar_t(&v)[2]) {
+  for_chunk_any<launch::unroll_of(Kernel::BackwardReduce), 2>(span, rows, vec, [&](const scalar_t(&v)[2]) {
     backward_reduce_terms<acc_t>(static_cast<acc_t>(v[0]), static_cast<acc_t>(v[1]), a, sc, sh, sums);
   });
   block_sum(sums, smem);
@@ -860,10 +891,11 @@ __global__ void RF_BOUNDS(Kernel::BackwardInput)
   const acc_t a = att[span.row], sc = scale[ch], sh = shift[ch], ca = coef_a[ch], cb = coef_b[ch], ggv = gg[bc];
   const scalar_t* rows[2] = {x + span.row * g.len, gout + bc * g.len};
   scalar_t* drow = dx + span.row * g.len;
-  for_chunk_any<launch::unroll_of(Kernel::BackwardInput), 2>(span, rows, vec, [&](int64_t i, const scalar_t(&v)[2]) {
-    drow[i] = static_cast<scalar_t>(splat_backward_input_value<acc_t>(
+  const auto dx_of = [&](const scalar_t(&v)[2]) {
+    return static_cast<scalar_t>(splat_backward_input_value<acc_t>(
         static_cast<acc_t>(v[0]), static_cast<acc_t>(v[1]), a, ggv, sc, sh, ca, cb));
-  });
+  };
+  for_chunk_any<launch::unroll_of(Kernel::BackwardInput), 2>(span, rows, vec, dx_of, drow);
 }
 
 // channels_last: tile (b, run k, channels ch of R*C).
@@ -1004,7 +1036,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_pool_backward_cuda(const at
     const auto acc_options = x.options().dtype(acc_scalar_type<acc_t>());
     at::Tensor dsc_part = affine ? at::empty({items, s.RC()}, acc_options) : at::Tensor();
     at::Tensor dsh_part = affine ? at::empty({items, s.RC()}, acc_options) : at::Tensor();
-    const bool vec = rows_vectorized<Kernel::PoolBackward, scalar_t>(s.P, x.data_ptr<scalar_t>());
+    const bool vec = rows_vectorized<Kernel::PoolBackward, scalar_t>(s.P, x.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>());
     dispatch_flags(affine, relu, [&](auto affine_c, auto relu_c) {
       constexpr bool kAffine = decltype(affine_c)::value, kRelu = decltype(relu_c)::value;
       if (!cl) {
@@ -1051,7 +1083,7 @@ at::Tensor splat_combine_cuda(const at::Tensor& x_in, const at::Tensor& logits_i
     dispatch_radix(s.R, [&](auto radix_c) {
       constexpr int kRadix = decltype(radix_c)::value;
       constexpr int U = launch::unroll_of(Kernel::Combine, kRadix > 0 ? kRadix : kMaxRadix + 1);
-      const bool vec = rows_aligned<vec_of<scalar_t, U>()>(s.P, x.data_ptr<scalar_t>());
+      const bool vec = rows_aligned<vec_of<scalar_t, U>()>(s.P, x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
       dispatch_flags(scale.has_value(), relu, [&](auto affine_c, auto relu_c) {
         constexpr bool kAffine = decltype(affine_c)::value, kRelu = decltype(relu_c)::value;
         if (!cl) {
@@ -1106,7 +1138,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> splat_combine_backwar
     at::Tensor dsc_part = affine ? at::empty({items, s.RC()}, acc_options) : at::Tensor();
     at::Tensor dsh_part = affine ? at::empty({items, s.RC()}, acc_options) : at::Tensor();
     const bool vec =
-        rows_vectorized<Kernel::CombineBackward, scalar_t>(s.P, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>());
+        rows_vectorized<Kernel::CombineBackward, scalar_t>(s.P, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                                           dx.data_ptr<scalar_t>());
     dispatch_flags(affine, relu, [&](auto affine_c, auto relu_c) {
       constexpr bool kAffine = decltype(affine_c)::value, kRelu = decltype(relu_c)::value;
       if (!cl) {
@@ -1274,7 +1307,8 @@ at::Tensor splat_backward_input_cuda(const at::Tensor& grad_out, const at::Tenso
     const at::Tensor att = attention_weights<scalar_t, acc_t>(logits, s, groups, sms, stream);
     if (!cl) {
       const bool vec =
-          rows_vectorized<Kernel::BackwardInput, scalar_t>(s.P, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>());
+          rows_vectorized<Kernel::BackwardInput, scalar_t>(s.P, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                                           dx.data_ptr<scalar_t>());
       backward_input_nchw_kernel<scalar_t, acc_t><<<grid_of(plan.blocks), kThreads, 0, stream>>>(
           g.data_ptr<scalar_t>(), gg.data_ptr<acc_t>(), x.data_ptr<scalar_t>(), att.data_ptr<acc_t>(),
           sc.data_ptr<acc_t>(), sh.data_ptr<acc_t>(), ca.data_ptr<acc_t>(), cb.data_ptr<acc_t>(),
