@@ -9,6 +9,12 @@ all issued before the first add, scores its number of loads per step; a loop tha
 next scores 1. 128-bit loads (LDG.E.128) carry 4 fp32 or 8 16-bit values each; they are reported ("vec") but
 counted as one load. A kernel instance with at most one LDG in all loads nothing per element (pool_backward
 without scale and relu writes the constant grad_gap/(H*W)) and is not scored.
+
+Store width: the kernels that write an output per element (pool_backward, combine, combine_backward,
+backward_input) must store as wide as their vector loads (widest STG >= widest LDG, in bytes, where the widest
+LDG is wider than any scalar the kernel reads: 4 bytes, 8 for double). A thread that loads V
+neighbouring values with one vector load and stores them one by one makes each warp store touch V times the
+sectors, the same bytes reaching L2 in V times the transactions.
 """
 import argparse
 import collections
@@ -19,6 +25,10 @@ import sys
 MAIN_KERNELS = [f"{op}_{layout}_kernel" for op in ("pool", "pool_backward", "combine", "combine_backward",
                                                    "bn_stats", "backward_reduce", "backward_input")
                 for layout in ("nchw", "cl")]
+STORING_KERNELS = [f"{op}_{layout}_kernel" for op in ("pool_backward", "combine", "combine_backward",
+                                                      "backward_input") for layout in ("nchw", "cl")]
+# The widest scalar a kernel loads: the element, or the float (double for double) per-channel parameters.
+SCALAR_BYTES = {"double": 8}
 MIN_LOADS = 4
 BRANCHES = ("BRA", "EXIT", "RET", "BRX", "JMP", "JMX", "CALL")
 
@@ -70,6 +80,18 @@ def regs_of(operand, width=1):
 
 def load_width(opcode):
     return 4 if ".128" in opcode else 2 if ".64" in opcode else 1
+
+
+def access_bytes(opcode):
+    """Bytes one thread moves with an LDG/STG opcode such as LDG.E.128, STG.E.U16 or STG.E (32-bit)."""
+    m = re.search(r"\.[US]?(128|64|16|8)\b", opcode)
+    return int(m.group(1)) // 8 if m else 4
+
+
+def widest(instructions, base):
+    """Widest access, in bytes, of the instructions whose opcode starts with `base` (0 when there is none)."""
+    ops = [re.sub(r"^@!?U?P\w+\s+", "", i).partition(" ")[0] for i in instructions]
+    return max((access_bytes(op) for op in ops if op.split(".")[0] == base), default=0)
 
 
 def block_scores(instructions):
@@ -131,7 +153,7 @@ def main():
         sass.update(parse_sass(open(path).read()))
     names = demangle(sorted({k[0] for k in ptxas} | {k[0] for k in sass}))
     failures = []
-    table = collections.defaultdict(lambda: dict(regs=0, spill=0, loads=None, vec=False, n=0))
+    table = collections.defaultdict(lambda: dict(regs=0, spill=0, loads=None, vec=False, store=None, n=0))
     for (mangled, arch), info in sorted(ptxas.items()):
         family, args = describe(names[mangled])
         dtype = args[0] if args else "-"
@@ -151,17 +173,25 @@ def main():
             row["vec"] |= vec
             if loads < MIN_LOADS and dtype != "double":
                 failures.append(f"{names[mangled]} on {arch}: at most {loads} loads issued before a use")
-    print(f"   {'kernel':32s} {'dtype':9s} {'inst':>4s} {'max regs':>8s} {'spill B':>7s} {'min loads/batch':>15s} vec")
+            if family in STORING_KERNELS:
+                ld, st = widest(code, "LDG"), widest(code, "STG")
+                row["store"] = st if row["store"] is None else min(row["store"], st)
+                if ld > SCALAR_BYTES.get(dtype, 4) and st < ld:  # vector loads of the rows, narrower stores
+                    failures.append(f"{names[mangled]} on {arch}: stores {st} bytes per thread, loads {ld}")
+    print(f"   {'kernel':32s} {'dtype':9s} {'inst':>4s} {'max regs':>8s} {'spill B':>7s} {'min loads/batch':>15s} "
+          f"{'store B':>7s} vec")
     for (family, dtype), row in sorted(table.items()):
         loads = "-" if row["loads"] is None else str(row["loads"])
+        store = "-" if row["store"] is None else str(row["store"])
         print(f"   {family:32s} {dtype:9s} {row['n']:4d} {row['regs']:8d} {row['spill']:7d} {loads:>15s} "
-              f"{'yes' if row['vec'] else ''}")
+              f"{store:>7s} {'yes' if row['vec'] else ''}")
     if not ptxas:
         failures.append("no ptxas -v output found")
     for f in failures:
         print("FAIL:", f)
     print(f"   {len(ptxas)} kernel instances; {len(failures)} failures "
-          f"(spills allowed for double; >= {MIN_LOADS} independent loads per batch required in main-pass kernels)")
+          f"(spills allowed for double; >= {MIN_LOADS} independent loads per batch required in main-pass kernels; "
+          f"elementwise outputs stored as wide as the loads)")
     return 1 if failures else 0
 
 
