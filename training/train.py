@@ -22,7 +22,8 @@ What runs, per process (mmseg 1.x / mmengine semantics unless said otherwise):
 --resume restores the model, optimiser, scheduler, GradScaler, iteration, the RNG states of every rank and the
 sampler's position: a run killed at any point and resumed from its latest checkpoint continues exactly as if it
 had not stopped (bit for bit with --deterministic, the same number of processes and threads). A work directory that
-already holds a run is never written into without --resume, and rank 0 holds its lock (`.lock`, fcntl.flock) from
+already holds a run is never written into without --resume, nor resumed into from a checkpoint older than its
+newest (the resumed run would write over that history), and rank 0 holds its lock (`.lock`, fcntl.flock) from
 before it looks into it until the run ends, so a second run started at the same moment is refused too.
 
 What a failed run leaves: no checkpoint is written after a non-finite loss (checked at every checkpoint and log
@@ -403,6 +404,8 @@ def train(
                 tqdm.write(f"--resume: no checkpoint in {work}, starting from scratch", file=log)
             if resume_from is not None:
                 state = _read_training_state(Path(resume_from))
+                if info.is_main:
+                    _check_nothing_newer(work, resume_from, int(state["meta"]["iter"]))
                 start_iter, rng_states = _restore(state, model, optimizer, scheduler, scaler, info)
                 if info.is_main:
                     tqdm.write(f"resumed from {resume_from} at iteration {start_iter}", file=log)
@@ -489,6 +492,19 @@ def _read_training_state(path: Path) -> dict:
         raise CheckpointError(f"{str(path)!r}: param_schedulers must be a list holding the scheduler's state_dict, "
                               f"got {schedulers!r:.80}")
     return state
+
+
+def _check_nothing_newer(work: Path, resume_from: str, start_iter: int) -> None:
+    """ValueError when `work` holds a checkpoint of an iteration after `start_iter`. The resumed run writes
+    iter_<N>.pth for iterations after start_iter: it would replace such a file, and short of that its `latest`
+    and pruning would mix two histories in one folder (another run's checkpoint, or a branch from an older one)."""
+    newer = [path for iteration, path in ckpt.list_checkpoints(work) if iteration > start_iter]
+    if newer:
+        newest = newer[-1]
+        raise ValueError(f"work dir {str(work)!r} already holds {newer[0].name}, newer than iteration {start_iter} of "
+                         f"the checkpoint resumed from ({str(resume_from)!r}): to continue the run there, resume "
+                         f"from its newest checkpoint (--resume {newest}); to continue {str(resume_from)!r}, "
+                         "resume it into a new --work-dir")
 
 
 def _check_batch_norm(model: nn.Module, batch: int, world_size: int) -> None:

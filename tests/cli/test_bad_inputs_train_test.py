@@ -64,8 +64,11 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_inputs")
     torch.manual_seed(0)
     w = {"root": root, "tiny": tiny_config(root), "ade": _ade_config(root)}
-    assert main(["train", w["tiny"], "--work-dir", str(root / "run"), "--max-iters", "2", "--no-progress",
+    # run: iter_2.pth and iter_4.pth; seed7: the same of another run
+    assert main(["train", w["tiny"], "--work-dir", str(root / "run"), "--max-iters", "4", "--no-progress",
                  "--cfg-options", "schedule.val_interval=0"]) == 0
+    assert main(["train", w["tiny"], "--work-dir", str(root / "seed7"), "--max-iters", "4", "--seed", "7",
+                 "--no-progress", "--cfg-options", "schedule.val_interval=0"]) == 0
     state_dict = torch.load(root / "run" / "iter_2.pth", weights_only=True)["state_dict"]
     torch.save({"state_dict": {k: v.to(torch.int32) if v.is_floating_point() else v for k, v in state_dict.items()}},
                root / "int32.pth")
@@ -120,6 +123,14 @@ TRAIN = [
      r"tensor\.pth' is not a training checkpoint of this project: .* got a tensor of shape \[3\]"),
     ("resume-state-dict-a-string", "{tiny} --resume {root}/str_training_state.pth", 2,
      r"str_training_state\.pth' holds no state_dict: expected a dict of tensors.* got a str \('abc'\)"),
+    # a resumed run writes iter_<N>.pth after its checkpoint's iteration: none of those may exist already
+    ("resume-older-than-the-work-dirs-newest",
+     "{tiny} --work-dir {root}/run --max-iters 4 --resume {root}/run/iter_2.pth", 2,
+     (r"work dir '.*/run' already holds iter_4\.pth, newer than iteration 2 of the checkpoint resumed from "
+         r"\('.*/run/iter_2\.pth'\): .*\(--resume .*/run/iter_4\.pth\).* into a new --work-dir$")),
+    ("resume-another-runs-checkpoint",
+     "{tiny} --work-dir {root}/run --max-iters 4 --seed 7 --resume {root}/seed7/iter_2.pth", 2,
+     r"work dir '.*/run' already holds iter_4\.pth, newer than iteration 2 of the checkpoint resumed from"),
     ("load-from-a-text-file", "{tiny} --load-from {root}/text.pth", 2, r"text\.pth' is not a PyTorch checkpoint"),
     ("data-root-for-synthetic-data", "{tiny} --data-root {root}", 2,
      r"a data root \('.*', --data-root\) was given for the synthetic dataset, which generates its images"),

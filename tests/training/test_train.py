@@ -82,10 +82,15 @@ def test_resume_without_a_checkpoint_starts_from_scratch_and_an_explicit_one_con
     log = io.StringIO()
     summary = train(cfg, work_dir=tmp_path / "a", resume=True, log=log)
     assert summary["iterations"] == 4 and "no checkpoint" in log.getvalue()
-    summary = train(cfg, work_dir=tmp_path / "a", resume=tmp_path / "a" / "iter_2.pth", log=log)
+    summary = train(cfg, work_dir=tmp_path / "b", resume=tmp_path / "a" / "iter_2.pth", log=log)
     assert summary["iterations"] == 2 and summary["iter"] == 4
+    assert sorted(p for p in os.listdir(tmp_path / "b") if p.endswith(".pth")) == ["iter_4.pth"]
     summary = train(cfg, work_dir=tmp_path / "a", resume=True, log=log)  # already at max_iters
     assert summary["iterations"] == 0
+    # killed between writing iter_4.pth and pointing `latest` at it: resuming from `latest` would write over it
+    (tmp_path / "a" / "latest").write_text("iter_2.pth\n")
+    with pytest.raises(SetupError, match=r"already holds iter_4\.pth, newer than iteration 2 .*--resume .*iter_4\.pth"):
+        train(cfg, work_dir=tmp_path / "a", resume=True, log=log)
 
 
 def test_a_work_dir_holding_a_run_is_refused_without_resume(tmp_path, one_thread):
