@@ -21,7 +21,9 @@ What runs, per process (mmseg 1.x / mmengine semantics unless said otherwise):
 
 --resume restores the model, optimiser, scheduler, GradScaler, iteration, the RNG states of every rank and the
 sampler's position: a run killed at any point and resumed from its latest checkpoint continues exactly as if it
-had not stopped (bit for bit with --deterministic, the same number of processes and threads). A work directory that
+had not stopped (bit for bit with --deterministic, the same number of processes and threads). What the checkpoint
+goes on with must not change: another lr, momentum, weight decay, --amp, --seed, max_iters or lr_policy is refused
+(a new run from its weights is --load-from). A work directory that
 already holds a run is never written into without --resume, nor resumed into from a checkpoint older than its
 newest (the resumed run would write over that history), and rank 0 holds its lock (`.lock`, fcntl.flock) from
 before it looks into it until the run ends, so a second run started at the same moment is refused too.
@@ -406,6 +408,7 @@ def train(
                 state = _read_training_state(Path(resume_from))
                 if info.is_main:
                     _check_nothing_newer(work, resume_from, int(state["meta"]["iter"]))
+                _check_same_settings(state, resume_from, optimizer, amp, seed_value)
                 start_iter, rng_states = _restore(state, model, optimizer, scheduler, scaler, info)
                 if info.is_main:
                     tqdm.write(f"resumed from {resume_from} at iteration {start_iter}", file=log)
@@ -505,6 +508,33 @@ def _check_nothing_newer(work: Path, resume_from: str, start_iter: int) -> None:
                          f"the checkpoint resumed from ({str(resume_from)!r}): to continue the run there, resume "
                          f"from its newest checkpoint (--resume {newest}); to continue {str(resume_from)!r}, "
                          "resume it into a new --work-dir")
+
+
+# the settings torch's SGD keeps in each param group, by their config names: optimizer.load_state_dict takes them
+# from the checkpoint, whatever this run's config says (initial_lr: the base lr, kept there by PolyLR)
+_OPTIMIZER_SETTINGS = {"initial_lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay",
+                       "dampening": "dampening", "nesterov": "nesterov", "maximize": "maximize"}
+
+
+def _check_same_settings(state: dict, path, optimizer: torch.optim.Optimizer, amp: Optional[str], seed: int) -> None:
+    """ValueError naming the first setting this run changes from its checkpoint's. A resumed run continues the
+    checkpoint's optimiser state (hyper-parameters included), its random streams and its sampler's order, so a
+    changed lr, momentum or weight decay would be recorded in run.json yet ignored, and a changed --amp or --seed
+    would silently switch the precision or the data order half-way; like a changed max_iters, each is refused."""
+    changed = []
+    for group, saved in zip(optimizer.param_groups, state["optimizer"].get("param_groups") or ()):
+        changed += [(f"schedule.optimizer.{name}", saved[key], group.get(key))
+                    for key, name in _OPTIMIZER_SETTINGS.items() if key in saved and saved[key] != group.get(key)]
+    meta = state["meta"]
+    if "amp" in meta and meta["amp"] != amp:
+        changed.append(("runtime.amp (--amp)", meta["amp"], amp))
+    if "seed" in meta and meta["seed"] != seed:
+        changed.append(("runtime.seed (--seed)", meta["seed"], seed))
+    if changed:
+        name, saved, ours = changed[0]
+        raise ValueError(f"checkpoint {str(path)!r} was written with {name}={saved!r} but this run has {ours!r}: a "
+                         "resumed run goes on with its checkpoint's settings (give the same ones); to train on from "
+                         "its weights with others, start a new run with --load-from")
 
 
 def _check_batch_norm(model: nn.Module, batch: int, world_size: int) -> None:

@@ -69,6 +69,8 @@ def world(tmp_path_factory):
                  "--cfg-options", "schedule.val_interval=0"]) == 0
     assert main(["train", w["tiny"], "--work-dir", str(root / "seed7"), "--max-iters", "4", "--seed", "7",
                  "--no-progress", "--cfg-options", "schedule.val_interval=0"]) == 0
+    assert main(["train", w["tiny"], "--work-dir", str(root / "bf16"), "--max-iters", "4", "--amp", "bf16",
+                 "--no-progress", "--cfg-options", "schedule.val_interval=0", "schedule.checkpoint_interval=4"]) == 0
     state_dict = torch.load(root / "run" / "iter_2.pth", weights_only=True)["state_dict"]
     torch.save({"state_dict": {k: v.to(torch.int32) if v.is_floating_point() else v for k, v in state_dict.items()}},
                root / "int32.pth")
@@ -131,6 +133,19 @@ TRAIN = [
     ("resume-another-runs-checkpoint",
      "{tiny} --work-dir {root}/run --max-iters 4 --seed 7 --resume {root}/seed7/iter_2.pth", 2,
      r"work dir '.*/run' already holds iter_4\.pth, newer than iteration 2 of the checkpoint resumed from"),
+    # a resumed run takes its optimiser (hyper-parameters included), precision and random streams from its checkpoint
+    ("resume-with-another-lr", "{tiny} --max-iters 4 --resume {root}/run/iter_2.pth --cfg-options "
+     "schedule.optimizer.lr=0.02", 2,
+     (r"checkpoint '.*/run/iter_2\.pth' was written with schedule\.optimizer\.lr=0\.05 but this run has 0\.02: "
+      r".*--load-from")),
+    ("resume-with-another-momentum", "{tiny} --max-iters 4 --resume {root}/run/iter_2.pth --cfg-options "
+     "schedule.optimizer.momentum=0.5", 2, r"with schedule\.optimizer\.momentum=0\.9 but this run has 0\.5: "),
+    ("resume-with-another-weight-decay", "{tiny} --max-iters 4 --resume {root}/run/iter_2.pth --cfg-options "
+     "schedule.optimizer.weight_decay=0", 2, r"with schedule\.optimizer\.weight_decay=0\.0005 but this run has 0: "),
+    ("resume-a-bf16-run-without-amp", "{tiny} --max-iters 4 --resume {root}/bf16/iter_4.pth", 2,
+     r"checkpoint '.*/bf16/iter_4\.pth' was written with runtime\.amp \(--amp\)='bf16' but this run has None: "),
+    ("resume-with-another-seed", "{tiny} --max-iters 4 --resume {root}/seed7/iter_2.pth", 2,
+     r"with runtime\.seed \(--seed\)=7 but this run has 0: "),
     ("load-from-a-text-file", "{tiny} --load-from {root}/text.pth", 2, r"text\.pth' is not a PyTorch checkpoint"),
     ("data-root-for-synthetic-data", "{tiny} --data-root {root}", 2,
      r"a data root \('.*', --data-root\) was given for the synthetic dataset, which generates its images"),
