@@ -267,12 +267,13 @@ def train(
     last_checkpoint, work_dir, log_file.
 
     work_dir: default work_dirs/<config name>. resume: True (the work dir's latest checkpoint; from scratch if
-    there is none) or a checkpoint path. load_from: weights to start from (strict=False, the report printed).
-    max_iters, seed, deterministic, batch_size (per process), num_workers, amp ('bf16' | 'fp16' | None) override
-    the config's schedule/runtime/data; cfg_options: `key.sub=value` overrides applied first; data_root replaces
-    data.root. Problems found before the first iteration raise SetupError (nothing left written, except that a
-    resumed run may have cleaned its temporary files); a non-finite loss, a sample that cannot be read or does not
-    fit the dataset (its file named) and a checkpoint or log that cannot be written raise TrainingError.
+    there is none) or a checkpoint path. load_from: weights to start a new run from (strict=False, the report
+    printed; not with resume). max_iters, seed, deterministic, batch_size (per process), num_workers, amp ('bf16' |
+    'fp16' | None) override the config's schedule/runtime/data; cfg_options: `key.sub=value` overrides applied
+    first; data_root replaces data.root. Problems found before the first iteration raise SetupError (nothing left
+    written, except that a resumed run may have cleaned its temporary files); a non-finite loss, a sample that
+    cannot be read or does not fit the dataset (its file named) and a checkpoint or log that cannot be written raise
+    TrainingError.
 
     model: a segmentor to train instead of building cfg['model'] (trained in place; `backend` must then be None).
     It needs EncoderDecoder's training interface: loss(img, labels, img_shape) -> dict of tensors, sum_losses,
@@ -290,6 +291,10 @@ def train(
     threads, deterministic_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         try:
+            if resume and load_from is not None:
+                # the resumed checkpoint's weights would replace the loaded ones at once
+                raise ValueError("--resume and --load-from cannot be combined: --resume continues a run from its "
+                                 "checkpoint (weights included), --load-from starts a new run from a file's weights")
             # the options first: for an mmseg file they name mmseg's keys, as with mmseg's own tools
             cfg = copy.deepcopy(resolve_config(cfg, cfg_options))
             if not isinstance(cfg.get("model"), dict):
