@@ -6,7 +6,7 @@ from typing import Callable, Optional, Sequence
 
 from resnest_fast.backend import BACKENDS, environment_backend
 
-__all__ = ["add_runtime_arguments", "is_rank0", "print_error", "run_command", "command_main"]
+__all__ = ["add_runtime_arguments", "is_rank0", "percent", "print_error", "run_command", "command_main"]
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +21,11 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 def is_rank0() -> bool:
     """True outside torchrun and on its rank 0: the process that prints (every rank meets the same errors)."""
     return os.environ.get("RANK", "0") in ("", "0")
+
+
+def percent(fraction: Optional[float]) -> str:
+    """A metric for the summary line: None (no labelled pixel to score, mmseg's NaN) is 'n/a'."""
+    return "n/a" if fraction is None else f"{100 * fraction:.2f}"
 
 
 def print_error(prog: str, exc: BaseException) -> None:

@@ -7,7 +7,7 @@ Exit codes: 0 done, 1 the metrics were computed and printed but --out could not 
 import argparse
 import sys
 
-from resnest_fast.cli._common import add_runtime_arguments, command_main, is_rank0, print_error
+from resnest_fast.cli._common import add_runtime_arguments, command_main, is_rank0, percent, print_error
 from resnest_fast.training.evaluate import run
 from resnest_fast.training.errors import SetupError
 
@@ -49,12 +49,9 @@ def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast test") -> 
         print_error(prog, exc)
         return 1
     if is_rank0():
-        def pct(v):
-            return "nan" if v is None else f"{100 * v:.2f}"
-
         tta = f" + TTA (ratios {summary['tta_ratios']}, flip)" if summary["tta"] else ""
-        print(f"{summary['config']}: aAcc {pct(summary['aAcc'])}  mIoU {pct(summary['mIoU'])}  "
-              f"mAcc {pct(summary['mAcc'])} on {summary['num_images']} images ({summary['mode']}{tta}; "
+        print(f"{summary['config']}: aAcc {percent(summary['aAcc'])}  mIoU {percent(summary['mIoU'])}  "
+              f"mAcc {percent(summary['mAcc'])} on {summary['num_images']} images ({summary['mode']}{tta}; "
               f"{summary['seconds']:.1f} s)" + (f"; metrics in {args.out}" if args.out else ""))
     return 0
 

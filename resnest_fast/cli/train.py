@@ -8,7 +8,7 @@ holds another run, is in use or cannot be written).
 import argparse
 import sys
 
-from resnest_fast.cli._common import add_runtime_arguments, command_main, is_rank0, print_error
+from resnest_fast.cli._common import add_runtime_arguments, command_main, is_rank0, percent, print_error
 from resnest_fast.training.train import SetupError, TrainingError, train
 
 __all__ = ["add_arguments", "run_from_args", "main"]
@@ -50,8 +50,8 @@ def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast train") ->
         return 2 if isinstance(exc, SetupError) else 1
     if is_rank0():
         metrics = summary["metrics"]
-        val = "" if not metrics else (f"; mIoU {100 * metrics['mIoU']:.2f}, aAcc {100 * metrics['aAcc']:.2f}, "
-                                      f"mAcc {100 * metrics['mAcc']:.2f} on {metrics['num_images']} val images")
+        val = "" if not metrics else (f"; mIoU {percent(metrics['mIoU'])}, aAcc {percent(metrics['aAcc'])}, "
+                                      f"mAcc {percent(metrics['mAcc'])} on {metrics['num_images']} val images")
         loss = "" if summary["loss"] is None else f", final loss {summary['loss']:.4f}"
         print(f"trained {summary['iterations']} iterations (to {summary['iter']}) in {summary['seconds']:.1f} s "
               f"({summary['it_per_s']:.2f} it/s){loss}{val}; peak memory {summary['peak_memory_mib']} MiB; "

@@ -39,7 +39,8 @@ def _ade_config(folder) -> str:
 def _ade_tree(root, bad=None):
     """ADEChallengeData2016 with 2 training and 1 validation image; `bad` spoils the first of each split:
     'corrupt' (a truncated JPEG), 'size' (a label smaller than its image), 'rgb' (an RGB label), 'range' (a class
-    id 200, beyond ADE20k's 150 after reduce_zero_label)."""
+    id 200, beyond ADE20k's 150 after reduce_zero_label); 'unlabelled' leaves the validation image without a labelled
+    pixel (all 0, "other": ignored after reduce_zero_label)."""
     rng = np.random.default_rng(0)
     for split, n in (("training", 2), ("validation", 1)):
         for i in range(n):
@@ -53,6 +54,8 @@ def _ade_tree(root, bad=None):
                 label = np.stack([label] * 3, -1)
             if i == 0 and bad == "range":
                 label[3, 4] = 200
+            if split == "validation" and bad == "unlabelled":
+                label[:] = 0
             write_png(str(seg), label)
             if i == 0 and bad == "corrupt":
                 img.write_bytes(img.read_bytes()[:200])
@@ -80,7 +83,7 @@ def world(tmp_path_factory):
     torch.save({"meta": {"iter": 2}, "state_dict": "abc", "optimizer": {}, "param_schedulers": [{}]},
                root / "str_training_state.pth")
     torch.save(build_model(w["ade"]).state_dict(), root / "ade.pth")
-    for bad in ("corrupt", "size", "rgb", "range"):
+    for bad in ("corrupt", "size", "rgb", "range", "unlabelled"):
         w[bad] = _ade_tree(root / f"ade_{bad}", bad)
     (root / "a_file").write_text("not a folder")
     return w
@@ -150,6 +153,10 @@ TRAIN = [
      2, r"--resume and --load-from cannot be combined: "),
     ("resume-latest-and-load-from", "{tiny} --max-iters 4 --resume --load-from {root}/run/iter_4.pth", 2,
      r"--resume and --load-from cannot be combined: "),
+    ("empty-training-set", "{tiny} --cfg-options data.train_samples=0", 2,
+     r"data\.train_samples must be a positive whole number, got 0"),
+    ("empty-validation-set", "{tiny} --cfg-options data.val_samples=0", 2,
+     r"data\.val_samples must be a positive whole number, got 0"),
     ("load-from-a-text-file", "{tiny} --load-from {root}/text.pth", 2, r"text\.pth' is not a PyTorch checkpoint"),
     ("data-root-for-synthetic-data", "{tiny} --data-root {root}", 2,
      r"a data root \('.*', --data-root\) was given for the synthetic dataset, which generates its images"),
@@ -218,6 +225,20 @@ def test_train_refuses(world, capsys, one_thread, row):
 @pytest.mark.parametrize("row", TEST, ids=[r[0] for r in TEST])
 def test_test_refuses(world, capsys, one_thread, row):
     _assert_refused(world, capsys, "test", row)
+
+
+def test_a_validation_without_a_labelled_pixel_reports_the_metrics_as_not_available(world, capsys, one_thread):
+    """Every pixel ignored: IoU and accuracy are 0/0, which mmseg reports as NaN; the commands' summary lines say
+    n/a instead of failing after the work was done."""
+    work = world["root"] / "unlabelled_run"
+    code = main(["train", world["ade"], "--data-root", world["unlabelled"], "--max-iters", "1", "--work-dir",
+                 str(work), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in err, err
+    assert "; mIoU n/a, aAcc n/a, mAcc n/a on 1 val images;" in out, out
+    code = main(["test", world["ade"], str(work / "iter_1.pth"), "--data-root", world["unlabelled"], "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "aAcc n/a  mIoU n/a  mAcc n/a on 1 images" in out, out + err
 
 
 def test_a_work_dir_in_use_is_refused(world, capsys, one_thread):

@@ -10,6 +10,7 @@ its final size, only RandomFlip(0.5)). Validation sets get no pipeline: evaluati
 itself and scores at the original resolution, as mmseg does.
 """
 import difflib
+import numbers
 import os
 from typing import Iterable, Optional
 
@@ -82,10 +83,14 @@ def build_dataset(data: dict, split: str, root: Optional[str] = None, seed: int 
                              f"data.type is one of {[t for t in DATASET_TYPES if t != 'synthetic']}")
         size = tuple(data.get("size", (64, 64)))
         common = dict(size=size, num_classes=int(data.get("num_classes", 6)))
+        # an empty set fails only later: the training sampler deep in the first batch, validation as 0/0 metrics
+        samples = data.get(f"{split}_samples", 1000 if split == "train" else 50)
+        if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
+            raise ValueError(f"data.{split}_samples must be a positive whole number, got {samples!r}")
         if split == "train":
-            return SyntheticDataset(int(data.get("train_samples", 1000)), seed=data.get("train_seed", 0),
+            return SyntheticDataset(int(samples), seed=data.get("train_seed", 0),
                                     pipeline=Compose([RandomFlip(prob=0.5)]), **common)
-        return SyntheticDataset(int(data.get("val_samples", 50)), seed=data.get("val_seed", 1), **common)
+        return SyntheticDataset(int(samples), seed=data.get("val_seed", 1), **common)
     if kind not in _REAL:
         raise ValueError(f"data.type must be one of {DATASET_TYPES}, got {data.get('type')!r}")
     root = root if root is not None else data.get("root")
