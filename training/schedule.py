@@ -13,6 +13,8 @@ iteration; the last iteration, t = T, trains with exactly eta_min, and steps pas
 chained form is kept here (not the closed form) so that the floats are mmengine's; since the current lr lives in
 the optimiser's param_groups, a resumed run continues the very same sequence.
 """
+import math
+import numbers
 from typing import Dict, Iterable, List
 
 import torch
@@ -92,6 +94,8 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: dict) -> torch.op
         return torch.optim.SGD(params, **cfg)
     except TypeError as exc:
         raise ValueError(f"schedule.optimizer has an option SGD does not take: {exc}") from exc
+    except ValueError as exc:  # torch's own check of a value ("Invalid learning rate: -1"): say where it came from
+        raise ValueError(f"schedule.optimizer: {exc}") from exc
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, max_iters: int) -> PolyLR:
@@ -105,5 +109,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, max_iters: int)
         raise ValueError(f"schedule.lr_policy has unknown keys {sorted(unknown)}")
     if cfg.get("by_epoch"):
         raise ValueError("schedule.lr_policy.by_epoch must be False: training is counted in iterations")
+    for key in ("eta_min", "power"):
+        # a negative eta_min trains with a negative lr in the end; a negative power divides by zero at the last step
+        value = cfg.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"schedule.lr_policy.{key} must be a number >= 0, got {value!r}")
     return PolyLR(optimizer, eta_min=cfg.get("eta_min", 0.0), power=cfg.get("power", 1.0),
                   begin=cfg.get("begin", 0), end=cfg.get("end", max_iters))
