@@ -399,6 +399,7 @@ def train(
                     tqdm.write(f"backbone weights from {report}", file=log)
             if load_from is not None:
                 report = load_checkpoint(model, load_from, strict=False)
+                _check_something_loaded(model, load_from, report)
                 if info.is_main:
                     tqdm.write(f"weights from {load_from}: {report}", file=log)
             model.to(info.device)
@@ -540,6 +541,19 @@ def _check_same_settings(state: dict, path, optimizer: torch.optim.Optimizer, am
         raise ValueError(f"checkpoint {str(path)!r} was written with {name}={saved!r} but this run has {ours!r}: a "
                          "resumed run goes on with its checkpoint's settings (give the same ones); to train on from "
                          "its weights with others, start a new run with --load-from")
+
+
+def _check_something_loaded(model: nn.Module, path, report) -> None:
+    """ValueError when --load-from loaded no tensor: a non-strict load of, say, ImageNet backbone weights (keys
+    without the segmentor's `backbone.`) would otherwise train from scratch under a report of missing keys."""
+    model_keys = list(model.state_dict())
+    unloaded = set(report.missing) | {k for k, _, _ in report.mismatched} | {k for k, _, _ in report.dtype_mismatched}
+    if all(k in unloaded for k in model_keys):
+        theirs = report.unexpected[0] if report.unexpected else (report.mismatched or report.dtype_mismatched)[0][0]
+        count = len(report.unexpected) + len(report.mismatched) + len(report.dtype_mismatched)
+        raise ValueError(f"--load-from {str(path)!r}: none of its {count} tensors fits this config's model (its keys "
+                         f"look like {theirs!r}, the model's like {model_keys[0]!r}): expected a checkpoint of this "
+                         f"segmentor; for ImageNet backbone weights use --cfg-options model.pretrained={path}")
 
 
 def _check_batch_norm(model: nn.Module, batch: int, world_size: int) -> None:

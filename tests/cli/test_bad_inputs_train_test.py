@@ -83,6 +83,7 @@ def world(tmp_path_factory):
     torch.save({"meta": {"iter": 2}, "state_dict": "abc", "optimizer": {}, "param_schedulers": [{}]},
                root / "str_training_state.pth")
     torch.save(build_model(w["ade"]).state_dict(), root / "ade.pth")
+    torch.save(build_model(w["tiny"]).backbone.state_dict(), root / "backbone.pth")  # ImageNet weights' layout
     for bad in ("corrupt", "size", "rgb", "range", "unlabelled"):
         w[bad] = _ade_tree(root / f"ade_{bad}", bad)
     (root / "a_file").write_text("not a folder")
@@ -164,6 +165,9 @@ TRAIN = [
     ("empty-validation-set", "{tiny} --cfg-options data.val_samples=0", 2,
      r"data\.val_samples must be a positive whole number, got 0"),
     ("load-from-a-text-file", "{tiny} --load-from {root}/text.pth", 2, r"text\.pth' is not a PyTorch checkpoint"),
+    ("load-from-backbone-weights", "{tiny} --load-from {root}/backbone.pth", 2,
+     (r"--load-from '.*/backbone\.pth': none of its \d+ tensors fits this config's model .*"
+      r"--cfg-options model\.pretrained=.*/backbone\.pth")),
     ("data-root-for-synthetic-data", "{tiny} --data-root {root}", 2,
      r"a data root \('.*', --data-root\) was given for the synthetic dataset, which generates its images"),
     ("corrupt-training-image", "{ade} --data-root {corrupt} --max-iters 1", 1,
