@@ -2,16 +2,20 @@
 
 A leaf: imports nothing of resnest_fast, so any layer may import it.
 """
+import contextlib
 import os
 import re
 import secrets
+import signal
+import threading
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
 __all__ = ["int_pair", "atomic_write", "atomic_write_leftovers", "fsync_dir", "file_in_the_way", "not_a_folder",
-           "unwritable_folder", "write_refusal", "distributed_world_size", "check_input_dtype"]
+           "unwritable_folder", "write_refusal", "distributed_world_size", "check_input_dtype", "Interrupted",
+           "sigterm_interrupts"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -165,6 +169,34 @@ def atomic_write(path: PathLike, write: Callable, *, overwrite: bool = True, to_
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped the work: SIGINT (Ctrl-C) or, inside `sigterm_interrupts`, SIGTERM. A KeyboardInterrupt, so
+    that whatever lets go of its files on Ctrl-C (locks, temporary files) does the same on SIGTERM, and callers that
+    catch Ctrl-C catch both. `signum`: which signal; the message: where the work stopped and how to go on."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted("", signum)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """Within the block, SIGTERM raises Interrupted(signum=SIGTERM) in the main thread, where the default would
+    end the process without running a `finally`. Outside the main thread (no handler can be set) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def distributed_world_size(group: Optional[object] = None) -> int:

@@ -48,6 +48,7 @@ import math
 import os
 import random
 import resource
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -75,6 +76,7 @@ from resnest_fast.training.distributed import DistInfo, all_gather_object, broad
 from resnest_fast.training.evaluate import evaluate, metrics_summary
 from resnest_fast.training.errors import SetupError
 from resnest_fast.training.schedule import build_optimizer, build_scheduler
+from resnest_fast.utils import Interrupted
 
 __all__ = ["SetupError", "TrainingError", "train", "apply_cfg_options", "seed_everything"]
 
@@ -273,7 +275,8 @@ def train(
     first; data_root replaces data.root. Problems found before the first iteration raise SetupError (nothing left
     written, except that a resumed run may have cleaned its temporary files); a non-finite loss, a sample that
     cannot be read or does not fit the dataset (its file named) and a checkpoint or log that cannot be written raise
-    TrainingError.
+    TrainingError. Ctrl-C (or SIGTERM inside resnest_fast.utils.sigterm_interrupts) raises resnest_fast.utils.
+    Interrupted, a KeyboardInterrupt naming the checkpoint to resume from; the one being written is dropped.
 
     model: a segmentor to train instead of building cfg['model'] (trained in place; `backend` must then be None).
     It needs EncoderDecoder's training interface: loss(img, labels, img_shape) -> dict of tensors, sum_losses,
@@ -287,6 +290,7 @@ def train(
     run: Optional[_Run] = None
     loop = ddp = None
     finished = False
+    work, start_iter, resume_from = None, 0, None
     # process-wide settings this call changes, given back at the end (train() may run inside a larger program)
     threads, deterministic_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
@@ -452,6 +456,8 @@ def train(
         summary.update(work_dir=str(work), log_file=str(run.log_path) if run.log_path else None)
         finished = True
         return summary
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where the caller turned it into Interrupted
+        raise _interrupted(exc, loop, work, start_iter, resume_from) from None
     finally:
         if run is not None:
             run.close(finished)
@@ -467,6 +473,23 @@ def train(
             cleanup(info)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _interrupted(exc: KeyboardInterrupt, loop: Optional["_Loop"], work: Optional[Path], start_iter: int,
+                 resume_from: Optional[str]) -> Interrupted:
+    """The Interrupted that `exc` becomes: the signal, how far the run got and the checkpoint to resume from."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    how = f"interrupted ({signal.Signals(signum).name})"
+    if loop is None:
+        return Interrupted(f"{how} before the first iteration: nothing was written", signum)
+    # a checkpoint newer than the one resumed from is this call's (_check_nothing_newer), and complete (atomic), even
+    # when the signal came before `latest` named it
+    written = [path for iteration, path in ckpt.list_checkpoints(work) if iteration > start_iter]
+    last = written[-1] if written else resume_from
+    done = f"{how} after {loop.iteration} of {loop.total_iters} iterations"
+    if last is None:
+        return Interrupted(f"{done}, before the first checkpoint: nothing to resume", signum)
+    return Interrupted(f"{done}: resume with --resume {last}", signum)
 
 
 def _agree(error: Optional[str]) -> None:
@@ -599,6 +622,7 @@ class _Loop:
         self.amp, self.keep = amp, keep
         self.log_interval, self.ckpt_interval, self.val_interval = log_interval, ckpt_interval, val_interval
         self.total_iters = total_iters
+        self.iteration = 0  # the iterations done, for a run interrupted part-way
         self.val_set, self.data, self.workers = val_set, data, workers
         self.log = log
         self.last_checkpoint: Optional[str] = None
@@ -711,7 +735,7 @@ class _Loop:
         last_loss = None
         self.ddp.train()
         batches = iter(loader)
-        iteration = start_iter
+        iteration = self.iteration = start_iter
         try:
             while iteration < self.total_iters:
                 t0 = time.perf_counter()
@@ -737,6 +761,7 @@ class _Loop:
                     self.optimizer.step()
                 self.scheduler.step()
                 iteration += 1
+                self.iteration = iteration
                 self.watch(iteration, loss)
                 sums["loss"] += loss.detach().double()
                 for k, v in losses.items():

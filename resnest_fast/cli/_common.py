@@ -1,10 +1,12 @@
 """What the commands share: the runtime options, the one-line error, rank 0 under torchrun, and `main`."""
 import argparse
 import os
+import signal
 import sys
 from typing import Callable, Optional, Sequence
 
 from resnest_fast.backend import BACKENDS, environment_backend
+from resnest_fast.utils import sigterm_interrupts
 
 __all__ = ["add_runtime_arguments", "is_rank0", "percent", "print_error", "run_command", "command_main"]
 
@@ -38,13 +40,24 @@ def print_error(prog: str, exc: BaseException) -> None:
 
 def run_command(run_from_args: Callable[..., int], args: argparse.Namespace, prog: str) -> int:
     """run_from_args(args, prog=prog) once the environment is usable: a RESNEST_FAST_BACKEND that names no
-    backend is a usage error of every command (one line, exit 2), not a traceback from deep inside a model."""
+    backend is a usage error of every command (one line, exit 2), not a traceback from deep inside a model.
+
+    Ctrl-C and SIGTERM end the command as the shell expects (exit 128 + the signal's number) with one line, the
+    interruption's own message when it has one (training says where to resume), instead of a traceback; SIGTERM
+    goes through the same `finally` blocks as Ctrl-C, so a training run lets go of its work dir."""
     try:
         environment_backend()
     except ValueError as exc:
         print_error(prog, exc)
         return 2
-    return run_from_args(args, prog=prog)
+    with sigterm_interrupts():
+        try:
+            return run_from_args(args, prog=prog)
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            if is_rank0():
+                print(f"{prog}: {str(exc) or f'interrupted ({signal.Signals(signum).name})'}", file=sys.stderr)
+            return 128 + signum
 
 
 def command_main(doc: str, add_arguments: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],

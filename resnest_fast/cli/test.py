@@ -2,7 +2,8 @@
 aAcc, mIoU, mAcc and per-class IoU, whole or sliding-window, optionally multi-scale + flip TTA.
 
 Exit codes: 0 done, 1 the metrics were computed and printed but --out could not be written (e.g. a full disk),
-2 nothing done (bad arguments, config, checkpoint or data: an unreadable or mismatched validation file is named).
+2 nothing done (bad arguments, config, checkpoint or data: an unreadable or mismatched validation file is named),
+130 / 143 stopped by Ctrl-C / SIGTERM.
 """
 import argparse
 import sys

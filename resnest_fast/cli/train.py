@@ -3,7 +3,8 @@
 Distributed: `torchrun --nproc-per-node N -m resnest_fast train CONFIG ...`. Exit codes: 0 done, 1 training
 started and failed (the loss became NaN, a sample could not be read, a checkpoint could not be written: the
 checkpoints written before are kept), 2 nothing done (bad arguments, config, data, checkpoint, or a work dir that
-holds another run, is in use or cannot be written).
+holds another run, is in use or cannot be written), 130 / 143 stopped by Ctrl-C / SIGTERM (one line naming the
+checkpoint to resume from; nothing half-written, the work dir let go).
 """
 import argparse
 import sys

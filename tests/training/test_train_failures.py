@@ -1,14 +1,18 @@
 """Training that fails keeps what it had: two runs started together into one work dir (one trains, the other is
 refused), a lock left by a dead run (taken over), a loss that turns NaN between two log lines (no checkpoint after
 it, the last finite one kept), a full disk (one line naming the folder and the space needed, older checkpoints
-intact), and a run stopped before its first checkpoint (run.json taken back, so the retry is not refused)."""
+intact), a run stopped before its first checkpoint (run.json taken back, so the retry is not refused), and Ctrl-C or
+SIGTERM (one line saying where to resume, the lock let go, no partial checkpoint, a resume as if uninterrupted)."""
 import errno
 import io
 import json
 import os
+import queue
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -16,7 +20,7 @@ import torch
 from resnest_fast.segmentation import build_model
 from resnest_fast.training import checkpoints as ckpt
 from resnest_fast.training.train import TrainingError, train
-from tests.training.train_helpers import REPO, child_env, tiny_config
+from tests.training.train_helpers import REPO, child_env, run_cli, tiny_config
 
 NO_VAL = "schedule.val_interval=0"
 
@@ -150,3 +154,133 @@ def test_a_real_full_disk_reads_the_same(tmp_path, tiny_tmpfs, one_thread):
                        "training stopped at iteration 2; no checkpoint was written$"):
         train(cfg, work_dir=work, max_iters=2, cfg_options=[NO_VAL], log=io.StringIO(), progress=False)
     assert sorted(p.name for p in work.iterdir() if not p.name.endswith(".jsonl")) == []
+
+
+# ------------------------------------------------------------------------------------------------ signals
+
+# `python -c` scripts running the command line with one step made to wait, after printing a marker, for the signal
+_STALLED_STEP = r"""
+import sys, time
+from resnest_fast.training import train as training
+
+forward, calls = training._LossModule.forward, [0]
+
+def forward_stalling_at_the_third(self, *args):
+    calls[0] += 1
+    if calls[0] == 3:
+        print("IN-ITERATION-3", flush=True)
+        time.sleep(600)
+    return forward(self, *args)
+
+training._LossModule.forward = forward_stalling_at_the_third
+from resnest_fast.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+_STALLED_SAVE = r"""
+import io, sys, time, torch
+real_save, calls = torch.save, [0]
+
+def save_stalling_half_way_through_the_second(obj, f, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 2:
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        f.flush()
+        print("HALF-WRITTEN", flush=True)
+        time.sleep(600)
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = save_stalling_half_way_through_the_second
+from resnest_fast.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+_STALLED_EVALUATION = r"""
+import sys, time
+from resnest_fast.training import evaluate
+
+def evaluate_stalling(*args, **kwargs):
+    print("EVALUATING", flush=True)
+    time.sleep(600)
+
+evaluate.evaluate = evaluate_stalling
+from resnest_fast.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _signalled(script, args, marker, signum):
+    """Runs `script` with the command line `args`, sends `signum` once it printed `marker`; (exit code, stderr)."""
+    child = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=child_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in child.stdout], daemon=True).start()
+    try:
+        line = ""
+        while marker not in line:  # a child that never gets there must fail the test, not hang the suite
+            line = lines.get(timeout=300)
+        child.send_signal(signum)
+        child.wait(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return child.returncode, child.stderr.read()
+
+
+def _train_args(cfg, work):
+    return ["train", cfg, "--work-dir", work, "--deterministic", "--no-progress"]
+
+
+def test_ctrl_c_stops_training_with_one_line_and_the_run_resumes_as_if_uninterrupted(tmp_path):
+    cfg = tiny_config(tmp_path, schedule="dict(max_iters=6, val_interval=0, checkpoint_interval=2)")
+    straight = run_cli(_train_args(cfg, tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+
+    work = tmp_path / "stopped"
+    code, err = _signalled(_STALLED_STEP, _train_args(cfg, work), "IN-ITERATION-3", signal.SIGINT)
+    assert code == 130 and err.strip() == (f"resnest-fast train: interrupted (SIGINT) after 2 of 6 iterations: "
+                                           f"resume with --resume {work / 'iter_2.pth'}"), err
+    names = sorted(os.listdir(work))
+    assert [n for n in names if not n.endswith(".log.jsonl")] == ["iter_2.pth", "latest", "run.json"], names
+
+    resumed = run_cli(_train_args(cfg, work) + ["--resume", work / "iter_2.pth"])
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "straight" / "iter_6.pth", weights_only=True)
+    b = torch.load(work / "iter_6.pth", weights_only=True)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+
+
+def test_sigterm_while_a_checkpoint_is_written_leaves_the_last_complete_one_and_lets_go_of_the_work_dir(tmp_path):
+    cfg = tiny_config(tmp_path, schedule="dict(max_iters=6, val_interval=0, checkpoint_interval=2)")
+    work = tmp_path / "w"
+    code, err = _signalled(_STALLED_SAVE, _train_args(cfg, work), "HALF-WRITTEN", signal.SIGTERM)
+    assert code == 143 and err.strip() == (f"resnest-fast train: interrupted (SIGTERM) after 4 of 6 iterations: "
+                                           f"resume with --resume {work / 'iter_2.pth'}"), err
+    names = sorted(os.listdir(work))
+    # no .lock (a later run would find it taken over, with a note), no half-written .iter_4.pth.*.tmp
+    assert [n for n in names if not n.endswith(".log.jsonl")] == ["iter_2.pth", "latest", "run.json"], names
+    assert ckpt.find_latest(work) == work / "iter_2.pth"
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path):
+    cfg = tiny_config(tmp_path, schedule="dict(max_iters=6, val_interval=0, checkpoint_interval=4)")
+    work = tmp_path / "w"
+    code, err = _signalled(_STALLED_STEP, _train_args(cfg, work), "IN-ITERATION-3", signal.SIGINT)
+    assert code == 130 and err.strip() == ("resnest-fast train: interrupted (SIGINT) after 2 of 6 iterations, before "
+                                           "the first checkpoint: nothing to resume"), err
+    assert [n for n in os.listdir(work) if not n.endswith(".log.jsonl")] == []  # run.json taken back: a rerun starts
+
+
+def test_ctrl_c_during_the_test_command_is_one_line(tmp_path, one_thread):
+    cfg = tiny_config(tmp_path)
+    train(cfg, work_dir=tmp_path / "w", max_iters=2, cfg_options=[NO_VAL], log=io.StringIO(), progress=False)
+    out = tmp_path / "metrics.json"
+    code, err = _signalled(_STALLED_EVALUATION, ["test", cfg, tmp_path / "w" / "iter_2.pth", "--out", out,
+                                                 "--no-progress"], "EVALUATING", signal.SIGINT)
+    assert code == 130 and err.strip() == "resnest-fast test: interrupted (SIGINT)", err
+    assert not out.exists()
