@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["int_pair", "atomic_write", "atomic_write_leftovers", "fsync_dir", "file_in_the_way", "not_a_folder",
            "unwritable_folder", "write_refusal", "distributed_world_size", "check_input_dtype", "Interrupted",
-           "sigterm_interrupts"]
+           "sigterm_interrupts", "hold_sigterm"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -181,8 +181,20 @@ class Interrupted(KeyboardInterrupt):
         self.signum = int(signum)
 
 
+_sigterm_held = False
+
+
 def _raise_interrupted(signum, frame):
-    raise Interrupted("", signum)
+    if not _sigterm_held:
+        raise Interrupted("", signum)
+
+
+def hold_sigterm(held: bool) -> None:
+    """While held, a SIGTERM that sigterm_interrupts would raise is dropped: for a process already ending on an error
+    of its own, which must stay what it reports (under torchrun, the SIGTERM sent to every process once one has
+    ended would otherwise replace the error that ended it)."""
+    global _sigterm_held
+    _sigterm_held = held
 
 
 @contextlib.contextmanager

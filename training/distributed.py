@@ -4,15 +4,18 @@ torchrun (and any launcher following its convention) sets RANK, WORLD_SIZE, LOCA
 MASTER_PORT. A process started without them is a run of one, and torch.distributed stays uninitialised. The
 backend is NCCL when CUDA is there, gloo otherwise (the CPU path: SyncBN is then resnest_fast.nn.SyncBatchNorm).
 """
+import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "is_distributed", "barrier", "all_gather_object", "broadcast_object",
-           "cleanup"]
+           "report_failure", "peer_failure", "cleanup"]
+
+_FAILURE_KEY = "resnest_fast/failure"
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,44 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def _store():
+    """The default process group's key-value store (torchrun's agent holds it), None outside a distributed run."""
+    if not is_distributed():
+        return None
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # a private function: without it, the other processes only see their collective fail
+        return None
+
+
+def report_failure(rank: int, message: str) -> None:
+    """Leaves this process's error in the store before it leaves the process group: the others, whose next
+    collective then fails with only "Connection closed by peer", read it there (peer_failure)."""
+    store = _store()
+    if store is not None:
+        try:
+            store.set(_FAILURE_KEY, f"{rank}\n{message}")
+        except Exception:
+            pass  # the store is gone with its host: the others see their collective fail, as without this
+
+
+def peer_failure(timeout_s: float = 2.0) -> Optional[Tuple[int, str]]:
+    """(rank, message) of a process that reported its error (report_failure), waiting up to timeout_s for it (a
+    collective can fail here before the report arrives); None when no process reported one."""
+    store = _store()
+    if store is None:
+        return None
+    try:
+        if timeout_s > 0:
+            store.wait([_FAILURE_KEY], datetime.timedelta(seconds=timeout_s))
+        elif not store.check([_FAILURE_KEY]):
+            return None
+        rank, _, message = store.get(_FAILURE_KEY).decode("utf-8", "replace").partition("\n")
+        return int(rank), message
+    except Exception:  # nothing reported in time, or the store is gone
+        return None
 
 
 def cleanup(info: DistInfo) -> None:

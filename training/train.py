@@ -32,9 +32,12 @@ What a failed run leaves: no checkpoint is written after a non-finite loss (chec
 line, watched every iteration without a synchronisation) or with non-finite weights, so `latest` always names finite
 weights and pruning never removes the last of them; a write that fails (full disk, read-only folder) stops the run
 with one line naming the folder, the older checkpoints intact; a run that stops before its first checkpoint takes
-its run.json back (a retry is not refused). Config values are checked before anything is created: unknown keys of
-`schedule`, `runtime` and `data` (a typo would silently keep the default) and intervals, counts and sizes that are
-not whole numbers in range.
+its run.json back (a retry is not refused). Under torchrun, a process stopping on an error only it met (a sample it
+could not read) leaves the error in the process group's store before it leaves: the others' collectives fail, they
+find it there, and rank 0 reports it (`process 1 of 2 stopped: ...`) instead of gloo's "Connection closed by
+peer"; the SIGTERM torchrun then sends does not replace it. Config values are checked before anything is
+created: unknown keys of `schedule`, `runtime` and `data` (a typo would silently keep the default) and intervals,
+counts and sizes that are not whole numbers in range.
 
 Python: `train(cfg, ...)`. Command line (resnest_fast.cli.train): `resnest-fast train --help`; distributed:
 `torchrun --nproc-per-node N -m resnest_fast train CONFIG ...`.
@@ -72,11 +75,12 @@ from resnest_fast.training.data.builder import build_dataset, check_data_config,
 from resnest_fast.training.data.collate import collate
 from resnest_fast.training.data.datasets import DataError, data_error_message
 from resnest_fast.training.data.samplers import InfiniteSampler
-from resnest_fast.training.distributed import DistInfo, all_gather_object, broadcast_object, cleanup, init_distributed
+from resnest_fast.training.distributed import (DistInfo, all_gather_object, broadcast_object, cleanup, init_distributed,
+                                               peer_failure, report_failure)
 from resnest_fast.training.evaluate import evaluate, metrics_summary
 from resnest_fast.training.errors import SetupError
 from resnest_fast.training.schedule import build_optimizer, build_scheduler
-from resnest_fast.utils import Interrupted
+from resnest_fast.utils import Interrupted, hold_sigterm
 
 __all__ = ["SetupError", "TrainingError", "train", "apply_cfg_options", "seed_everything"]
 
@@ -457,7 +461,25 @@ def train(
         finished = True
         return summary
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where the caller turned it into Interrupted
+        # under torchrun, the SIGTERM sent once another process ended on an error: that error is the news
+        failure = peer_failure(timeout_s=0) if info is not None and info.world_size > 1 else None
+        if failure is not None:
+            raise _peer_error(failure, info) from None
         raise _interrupted(exc, loop, work, start_iter, resume_from) from None
+    except TrainingError as exc:
+        if info is not None and info.world_size > 1:  # only this process may know it (a sample it could not read)
+            hold_sigterm(True)
+            report_failure(info.rank, str(exc))
+        raise
+    except RuntimeError:
+        # a collective that failed because another process ended on its own error: that error, not gloo's
+        failure = None
+        if info is not None and info.world_size > 1:
+            hold_sigterm(True)
+            failure = peer_failure()
+        if failure is None:
+            raise
+        raise _peer_error(failure, info) from None
     finally:
         if run is not None:
             run.close(finished)
@@ -473,6 +495,12 @@ def train(
             cleanup(info)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic_before)
+        hold_sigterm(False)
+
+
+def _peer_error(failure: Tuple[int, str], info: DistInfo) -> TrainingError:
+    rank, message = failure
+    return TrainingError(f"process {rank} of {info.world_size} stopped: {message}")
 
 
 def _interrupted(exc: KeyboardInterrupt, loop: Optional["_Loop"], work: Optional[Path], start_iter: int,

@@ -2,6 +2,7 @@
 BN statistics of 1 process on the 4 images (SyncBN across the processes, DDP averaging the gradients); the
 training command under torchrun matches a single-process run of the same combined batches."""
 import os
+import re
 import subprocess
 import sys
 
@@ -152,6 +153,29 @@ def test_a_two_process_run_resumes_bit_identically_and_refuses_a_used_work_dir(t
     again = _train(cfg, tmp_path / "a", 2, nproc=2)
     assert again.returncode != 0
     assert again.stderr.count("error: work dir") == 1, again.stderr  # both ranks refuse; rank 0 says so
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_sample_one_process_cannot_read_is_one_line_from_rank_0_and_no_traceback(tmp_path, seed):
+    """One training image is truncated; with one image per process, the seed decides which process draws it first.
+    That process stops with its error; the other's collective then fails ("Connection closed by peer"): it must
+    not print a traceback, and rank 0 prints the error whichever process met it."""
+    from resnest_fast.training.data.samplers import InfiniteSampler
+    from tests.cli.test_bad_inputs_train_test import _ade_config, _ade_tree
+
+    corrupt_rank = [next(iter(InfiniteSampler(2, seed=seed, rank=r, world_size=2)))[0] for r in range(2)].index(0)
+    root = _ade_tree(tmp_path / "ade", "corrupt")  # ADE_0.jpg, index 0 of the sorted training images, is truncated
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                           "resnest_fast", "train", _ade_config(tmp_path), "--data-root", root, "--work-dir",
+                           str(tmp_path / "w"), "--max-iters", "2", "--batch-size", "1", "--seed", str(seed),
+                           "--no-progress"], env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("resnest-fast")]
+    other = f"process {corrupt_rank} of 2 stopped: " if corrupt_rank else ""
+    assert len(ours) == 1 and re.fullmatch(rf"resnest-fast train: error: {other}cannot decode image file "
+                                           rf".*/training/ADE_0\.jpg: .* \(loading the batch of iteration 1\)",
+                                           ours[0]), done.stderr
+    assert "[rank0]" not in done.stderr and "[rank1]" not in done.stderr, done.stderr  # torchrun's prefix of ours
 
 
 def _live_ddp_at_cleanup(rank, world_size, cfg, work, port, report):
