@@ -1,4 +1,5 @@
-"""Small rules every layer needs, kept in one place: argument pairs, atomic file writes, "are we syncing".
+"""Small rules every layer needs, kept in one place: argument pairs, atomic file writes, "are we syncing", a signal
+as an exception.
 
 A leaf: imports nothing of resnest_fast, so any layer may import it.
 """
