@@ -15,12 +15,13 @@ A ResNeSt-101-D8 segmenter spends ~85 % of its CPU time in convolutions. In eval
   stages 2-4, the heads' 3x3 convs) runs as Winograd F(2x2, 3x3) (resnest_fast.ops.winograd): 2.25x fewer
   multiply-adds than oneDNN's direct conv, which is what an AVX2 CPU spends its time on here; at input sizes where
   the tiling would waste too much (big dilations on small maps) it stays on oneDNN. `winograd=False` turns it off.
-The result is for inference only (no gradients, eval mode, its state_dict is not the checkpoint's). On CUDA, or
-where oneDNN cannot pack a weight (e.g. bfloat16 on a CPU without AVX-512), the folded convs run through
-F.conv2d instead.
+The result is for inference only (no gradients, eval mode: train() raises, its state_dict is not the
+checkpoint's). On CUDA, or where oneDNN cannot pack a weight (e.g. bfloat16 on a CPU without AVX-512), the folded
+convs run through F.conv2d instead.
 """
 import copy
 import functools
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -35,7 +36,7 @@ from resnest_fast.ops import depthwise as depthwise_ops
 from resnest_fast.ops import winograd as winograd_ops
 from resnest_fast.segmentation.decode_heads import ConvModule
 
-__all__ = ["FrozenBlocks", "FrozenBottleneck", "FrozenConv2d", "optimize_for_inference"]
+__all__ = ["FrozenBlocks", "FrozenBottleneck", "FrozenConv2d", "InferenceOnlyTrain", "optimize_for_inference"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -392,14 +393,41 @@ def _unshare(model: nn.Module, shared: dict) -> None:
                         else t.detach().clone()
 
 
+class InferenceOnlyTrain:
+    """`train` of every module of an optimized model: train(False) / eval() as usual, train(True) refused before any
+    flag changes. In train mode the split-attention norms the model keeps (bn0, bn1) would run on batch statistics
+    and overwrite their running ones, while the folded convs cannot learn: the outputs would silently change for
+    good. Refusing (as torch does for `ExportedProgram.module()`) rather than ignoring the call: a training loop
+    around the model should fail, not run without effect.
+
+    Set as an instance attribute of each module, so that the refusal holds wherever the call starts (a submodule's
+    train() flips its own flag before it reaches any child). The module is held by a weak reference: a strong one
+    would make every module a reference cycle, freed only by the garbage collector."""
+
+    def __init__(self, module: nn.Module):
+        self._module = weakref.ref(module)
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        module = self._module()
+        if mode is True:
+            raise RuntimeError(
+                f"{type(module).__name__}.train(): this model was made by resnest_fast.optimize_for_inference and "
+                "is for inference only (BatchNorm folded into the convs, no gradients); train the original model, "
+                "then optimize it again")
+        return type(module).train(module, mode)
+
+    def __reduce__(self):  # copies and pickles of the module refuse too, bound to the copy
+        return type(self), (self._module(),)
+
+
 @torch.no_grad()
 def optimize_for_inference(model: nn.Module, inplace: bool = False, keep_auxiliary_head: bool = False,
                            winograd: bool = True) -> nn.Module:
     """An inference-only version of `model` (a segmentor, a ResNeSt backbone, or any module built from them and
-    mmcv-style ConvModules): eval mode, BN folded into the convs, ReLU/residual adds as conv post-ops, conv
-    weights prepacked for oneDNN on CPU, activations channels_last. Its outputs equal the model's within fp32
-    rounding. `winograd=False` keeps every conv on oneDNN / F.conv2d (no Winograd F(2x2, 3x3) for the big 3x3
-    convs on CPU, see FrozenConv2d).
+    mmcv-style ConvModules): eval mode (train(True) raises, see InferenceOnlyTrain), BN folded into the convs,
+    ReLU/residual adds as conv post-ops, conv weights prepacked for oneDNN on CPU, activations channels_last. Its
+    outputs equal the model's within fp32 rounding. `winograd=False` keeps every conv on oneDNN / F.conv2d (no
+    Winograd F(2x2, 3x3) for the big 3x3 convs on CPU, see FrozenConv2d).
 
     Memory: the result keeps one copy of each conv weight, in the form that runs (see FrozenConv2d).
     `inplace=False` (default) leaves `model` untouched: the result shares nothing with it, and building it copies
@@ -422,4 +450,6 @@ def optimize_for_inference(model: nn.Module, inplace: bool = False, keep_auxilia
     for p in frozen.parameters():
         p.requires_grad_(False)
     frozen.eval()
+    for m in frozen.modules():
+        m.train = InferenceOnlyTrain(m)
     return frozen

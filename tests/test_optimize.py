@@ -257,3 +257,25 @@ def test_a_forward_hook_keeps_the_block_output_it_was_given():
         for a, b in zip(fast(x), net(x)):
             assert_max_abs("features", a, b, tol=1e-4)
     assert_max_abs("hooked block output", seen["out"], want["out"], tol=1e-4)
+
+
+def test_train_is_refused_and_leaves_the_outputs_those_of_the_model():
+    """The optimised model is inference-only: train(True), on it or on any part of it, raises before any flag
+    changes (a train-mode call would put batch statistics into the split-attention norms it keeps), and the outputs
+    stay the original model's. eval() and train(False) still work."""
+    model = small("fcn")
+    fast = optimize_for_inference(model)
+    img = torch.rand(2, 3, 40, 56) * 255
+    with torch.no_grad():
+        want = model(img)
+    for part in (fast, fast.backbone, fast.backbone.layer2[0].conv2, fast.backbone.layer2[0].conv2.bn0):
+        with pytest.raises(RuntimeError, match="inference only.*train the original model"):
+            part.train()
+        assert not any(m.training for m in fast.modules()), type(part).__name__
+    with torch.no_grad():
+        assert_max_abs("after train()", fast(img), want, tol=1e-4)
+    assert fast.eval() is fast and fast.train(False) is fast
+    with pytest.raises(ValueError, match="boolean"):
+        fast.train(1)
+    with torch.no_grad():
+        assert_max_abs("after eval()", fast(img), want, tol=1e-4)
