@@ -6,7 +6,8 @@ mmseg 0.x or mmengine), a bare state_dict, and DDP's `module.` prefix. Everythin
 that are not tensors (its `HistoryBuffer`, numpy arrays in `message_hub`); each such class is replaced by an inert
 placeholder that runs nothing, since only `state_dict` is used. The keys, shapes and dtypes (a cast other than
 float to float would change the values) are compared with the model's *before* anything is copied, so a wrong
-checkpoint raises `CheckpointError` with the differences grouped by module and leaves the model untouched.
+checkpoint raises `CheckpointError` with the differences grouped by module and leaves the model untouched; so
+does one whose weights hold NaN or infinite values.
 Nothing is ever written to the checkpoint's path.
 """
 import collections
@@ -18,7 +19,7 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict", "check_state_dict",
+__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict", "check_state_dict", "check_finite",
            "compare_state_dicts", "strip_module_prefix", "torch_load"]
 
 
@@ -224,7 +225,8 @@ def load_checkpoint(
 
     strict=True (default): every key and shape must match, else CheckpointError with the differences and the
     model unchanged. strict=False: loads the keys whose shapes match and whose dtype is the model's (or a float
-    one for a float entry) and reports the rest.
+    one for a float entry) and reports the rest. Either way a checkpoint whose weights hold NaN or infinite values
+    is refused (check_finite), the model unchanged.
     prefix: load only the checkpoint entries under this prefix, stripped (e.g. prefix='backbone' puts a
     segmentor checkpoint's backbone into a bare ResNeSt).
     """
@@ -241,5 +243,20 @@ def load_checkpoint(
             f"checkpoint {os.fspath(path)!r} does not fit {type(model).__name__} (nothing was loaded):\n{report}"
         )
     bad = {k for k, _, _ in report.mismatched} | {k for k, _, _ in report.dtype_mismatched}
-    model.load_state_dict(collections.OrderedDict((k, v) for k, v in sd.items() if k not in bad), strict=False)
+    loaded = collections.OrderedDict((k, v) for k, v in sd.items() if k not in bad)
+    check_finite(loaded, os.fspath(path))
+    model.load_state_dict(loaded, strict=False)
     return report
+
+
+def check_finite(sd: Mapping[str, Tensor], path: str) -> None:
+    """CheckpointError naming `path` and the first tensors when a floating-point entry of `sd` holds a NaN or an
+    infinity. Such weights (a training run that diverged, a damaged file) load without complaint and give a label
+    map of one class, scored as a poor but plausible mIoU. One isfinite pass per tensor."""
+    floats = [k for k, v in sd.items() if v.is_floating_point() or v.is_complex()]
+    bad = [k for k in floats if not bool(torch.isfinite(sd[k]).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointError(
+            f"checkpoint {path!r} holds NaN or infinite values in {len(bad)} of its {len(floats)} floating-point "
+            f"tensors ({shown}): nothing was loaded (weights of a training run that diverged, or a damaged file?)")

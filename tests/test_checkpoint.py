@@ -207,3 +207,29 @@ def test_a_dtype_change_other_than_float_to_float_is_refused(tmp_path):
     expected.load_state_dict(half)
     for k, v in model.state_dict().items():
         assert torch.equal(v, expected.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_non_finite_weights_are_refused_naming_the_file_and_the_tensors(strict, tmp_path):
+    """A checkpoint of NaNs used to load and predict class 0 everywhere; one infinity in one tensor is refused too,
+    the model unchanged."""
+    sd = small().state_dict()
+    floats = [k for k, v in sd.items() if v.is_floating_point()]
+    torch.save({"state_dict": {k: torch.full_like(v, float("nan")) if k in floats else v for k, v in sd.items()}},
+               tmp_path / "nan.pth")
+    one = floats[len(floats) // 2]
+    spoilt = dict(sd)
+    spoilt[one] = sd[one].clone().view(-1).index_fill_(0, torch.tensor([0]), float("-inf")).view_as(sd[one])
+    torch.save(spoilt, tmp_path / "inf.pth")
+    model = small()
+    before = snapshot(model)
+    with pytest.raises(CheckpointError, match=(
+            rf"^checkpoint '.*nan\.pth' holds NaN or infinite values in {len(floats)} of its {len(floats)} "
+            rf"floating-point tensors \({floats[0]}, {floats[1]}, {floats[2]} and {len(floats) - 3} more\): "
+            r"nothing was loaded")) as info:
+        load_checkpoint(model, tmp_path / "nan.pth", strict=strict)
+    assert "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match=rf"inf\.pth' holds NaN or infinite values in 1 of its {len(floats)} "
+                                              rf"floating-point tensors \({one}\): nothing was loaded"):
+        load_checkpoint(model, tmp_path / "inf.pth", strict=strict)
+    assert_unchanged(model, before)

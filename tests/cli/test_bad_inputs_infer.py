@@ -60,12 +60,27 @@ def _empty_folder(tmp):
     return [str(tmp / "empty")]
 
 
+def _nan_checkpoint(tmp, setup):
+    state = torch.load(setup[1], weights_only=True)
+    sd = state.get("state_dict", state)
+    torch.save({k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in sd.items()}, tmp / "nan.pth")
+    return tmp / "nan.pth"
+
+
+def _with_checkpoint(checkpoint):
+    def make(tmp, setup):
+        return ["infer", str(setup[0]), str(checkpoint(tmp, setup)), str(tmp / "in"), "--out-dir", str(tmp / "out"),
+                "--no-progress"]
+    return make
+
+
 ROWS = {
     "stride larger than the window": (
         _infer("--mode", "slide", "--crop-size", "16", "16", "--stride", "40", "40"), 2, "stride (40, 40)"),
     "config without a model": (_infer(config=no_config_model), 2, "has no `model = dict"),
     "missing checkpoint": (lambda tmp, s: ["infer", str(s[0]), str(tmp / "nope.pth"), str(tmp / "in"), "--out-dir",
                                            str(tmp / "out")], 2, "nope.pth"),
+    "NaN weights": (_with_checkpoint(_nan_checkpoint), 2, "nan.pth' holds NaN or infinite values"),
     "out-dir is the input folder": (lambda tmp, s: ["infer", str(s[0]), str(s[1]), str(tmp / "in"), "--out-dir",
                                                     str(tmp / "in")], 2, "is an input folder"),
     "out-dir is a file": (lambda tmp, s: ["infer", str(s[0]), str(s[1]), str(tmp / "in"), "--out-dir",

@@ -77,6 +77,8 @@ def world(tmp_path_factory):
     state_dict = torch.load(root / "run" / "iter_2.pth", weights_only=True)["state_dict"]
     torch.save({"state_dict": {k: v.to(torch.int32) if v.is_floating_point() else v for k, v in state_dict.items()}},
                root / "int32.pth")
+    torch.save({"state_dict": {k: v.fill_(float("nan")) if v.is_floating_point() else v
+                               for k, v in state_dict.items()}}, root / "nan.pth")
     (root / "text.pth").write_text("101 is a number, not a checkpoint\n")
     torch.save(torch.zeros(3), root / "tensor.pth")
     torch.save({"meta": {}, "state_dict": "abc"}, root / "str_state_dict.pth")
@@ -187,6 +189,9 @@ TEST = [
     ("int32-weights", "{tiny} {root}/int32.pth", 2,
      (r"int32\.pth' does not fit EncoderDecoder \(nothing was loaded\):\n"
       r"dtype mismatches, not a float-to-float cast \(\d+\): .*checkpoint int32 vs model float32"), 2),
+    ("nan-weights", "{tiny} {root}/nan.pth", 2,
+     r"nan\.pth' holds NaN or infinite values in \d+ of its \d+ floating-point tensors \(backbone\.stem\.0\.weight, "
+     r".*: nothing was loaded"),
     ("negative-num-workers", "{tiny} {root}/run/iter_2.pth --num-workers -1", 2,
      r"num_workers .* must be a whole number >= 0, got -1"),
     ("out-under-a-file", "{tiny} {root}/run/iter_2.pth --out {root}/a_file/m.json", 2,
