@@ -46,7 +46,7 @@ from torch.export import Dim, ExportedProgram
 from resnest_fast import _extension as ext
 from resnest_fast.nn.split_attention import SplitAttentionConv2d
 from resnest_fast.ops import splat_combine_reference, splat_pool_reference
-from resnest_fast.utils import atomic_write
+from resnest_fast.utils import atomic_write, eval_mode
 
 __all__ = [
     "export_program",
@@ -84,19 +84,6 @@ def _as_args(example_input) -> Tuple[Any, ...]:
 def _check_module(model) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """model.eval() for the duration; each submodule's own flag is put back afterwards (mixed flags such as
-    norm_eval or frozen stages survive, which model.train(mode) would not guarantee)."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _registered(name: str) -> bool:
@@ -164,7 +151,7 @@ def export_program(model: nn.Module, example_input, dynamic_shapes=None) -> Expo
         if dynamic_shapes not in ("hw", "bhw"):
             raise ValueError(f"dynamic_shapes shorthand must be 'hw' or 'bhw', got {dynamic_shapes!r}")
         dynamic_shapes = _image_dynamic_shapes(dynamic_shapes, args)
-    with _eval_mode(model):
+    with eval_mode(model):
         program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
     if dynamic_shapes is not None:
         refuse_parity_guards(program)
@@ -336,7 +323,7 @@ def export_onnx(
 def _validate(model, program: ExportedProgram, args, onnx_path: pathlib.Path, atol: float) -> None:
     with torch.no_grad():
         if isinstance(model, nn.Module):
-            with _eval_mode(model):
+            with eval_mode(model):
                 expected = model(*args)
         else:
             expected = program.module()(*args)
@@ -395,7 +382,7 @@ def trace_torchscript(model: nn.Module, example_input, reference: bool = False) 
     _check_module(model)
     args = _as_args(example_input)
     context = reference_ops(model) if reference else contextlib.nullcontext()
-    with context, _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
+    with context, eval_mode(model), torch.no_grad(), warnings.catch_warnings():
         # Our input checks, and SyncBatchNorm's (the configs' norm), compare channel counts and ranks, which a trace
         # rightly freezes; the tracer's warnings about them would bury any warning about the user's own code.
         for module in (r"resnest_fast(\.|$)", r"torch\.nn\.modules\.batchnorm$"):

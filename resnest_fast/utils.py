@@ -10,13 +10,13 @@ import secrets
 import signal
 import threading
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
 __all__ = ["int_pair", "atomic_write", "atomic_write_leftovers", "fsync_dir", "file_in_the_way", "not_a_folder",
-           "unwritable_folder", "write_refusal", "distributed_world_size", "check_input_dtype", "Interrupted",
-           "sigterm_interrupts", "hold_sigterm"]
+           "unwritable_folder", "write_refusal", "distributed_world_size", "check_input_dtype", "eval_mode",
+           "Interrupted", "sigterm_interrupts", "hold_sigterm"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -234,3 +234,16 @@ def check_input_dtype(module: str, x, weight) -> None:
         return
     raise TypeError(f"{module}: input x is {x.dtype} but the weights are {weight.dtype}: convert the input "
                     f"(x.to({weight.dtype})) or the module (module.to({x.dtype}) for a floating dtype)")
+
+
+@contextlib.contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """model.eval() for the duration; each submodule's own flag is put back afterwards (mixed flags such as
+    norm_eval or frozen stages survive, which model.train(mode) would not guarantee)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag

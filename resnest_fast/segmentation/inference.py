@@ -169,7 +169,8 @@ def segment_image(
 ) -> np.ndarray:
     """Label map of one image, mmseg's test pipeline and post-processing.
 
-    model: an EncoderDecoder in eval mode (on any device; the image follows it).
+    model: an EncoderDecoder (on any device; the image follows it), run in eval mode whatever its mode
+        (EncoderDecoder.inference).
     img: (H, W, 3) uint8 RGB.
     mode: 'whole' or 'slide' (None: the model's test_cfg); crop_size, stride: (h, w) of the sliding windows.
     scale: None keeps the original size; a pair bounds the long and the short edge of the resized image (ratio

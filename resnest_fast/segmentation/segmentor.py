@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from resnest_fast.models import ResNeSt
 from resnest_fast.segmentation.decode_heads import BaseDecodeHead, build_head, resize
-from resnest_fast.utils import int_pair
+from resnest_fast.utils import eval_mode, int_pair
 
 __all__ = ["EncoderDecoder", "build_segmentor", "check_image", "slide_windows"]
 
@@ -227,7 +227,15 @@ class EncoderDecoder(nn.Module):
     def inference(self, img: Tensor, mode: Optional[str] = None, crop_size=None, stride=None) -> Tensor:
         """RGB 0-255 (B, 3, H, W) -> logits (B, num_classes, H, W), whole or sliding-window as test_cfg says
         (arguments override it). Slide: mmseg's windows (the last one of a row or column flush with the border),
-        logits averaged where windows overlap."""
+        logits averaged where windows overlap.
+
+        Runs in eval mode whatever mode the model is in, and leaves every module's flag as it was: in train mode the
+        BatchNorms would use the batch's statistics and overwrite their running ones (and refuse a single image),
+        which is never what an inference wants (mmseg's tools put the model in eval before they predict)."""
+        with eval_mode(self):
+            return self._inference(img, mode, crop_size, stride)
+
+    def _inference(self, img: Tensor, mode, crop_size, stride) -> Tensor:
         x = self.preprocess(img)
         cfg = dict(self.test_cfg)
         if mode is not None:
@@ -260,7 +268,7 @@ class EncoderDecoder(nn.Module):
 
     @torch.no_grad()
     def predict(self, img: Tensor, **kwargs) -> Tensor:
-        """RGB 0-255 (B, 3, H, W) -> label map (B, H, W) int64."""
+        """RGB 0-255 (B, 3, H, W) -> label map (B, H, W) int64 (in eval mode, as `inference`)."""
         return self.inference(img, **kwargs).argmax(1)
 
 

@@ -78,3 +78,32 @@ def test_single_scale_logits_come_back_to_the_original_size():
     torch.testing.assert_close(scores, expected)
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         predict_scores(probe, img.astype(np.float32))
+
+
+def test_a_model_in_train_mode_predicts_in_eval_mode_and_is_left_as_it_was():
+    """predict / inference / segment_image are inference: on a model left in train mode (mid-training, or never
+    put in eval) they used the batch statistics and overwrote the running ones, and a single image failed on the
+    split attention's batch-of-one check. They run in eval mode, as the model in eval mode would, and leave every
+    module's flag and buffer as they were."""
+    import copy
+
+    from resnest_fast.segmentation import build_segmentor, segment_image
+    from resnest_fast.testing.small_models import small_model_cfg
+    from tests.parity import randomize_model
+
+    model = randomize_model(build_segmentor(small_model_cfg("pspnet"))).train()
+    model.backbone.layer1.eval()  # mixed flags (frozen stages, norm_eval) must survive too
+    reference = copy.deepcopy(model).eval()
+    flags = [m.training for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    img = torch.rand(2, 3, 40, 56) * 255
+    rgb = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    with torch.no_grad():
+        want_logits = reference(img)
+    assert torch.equal(model.predict(img), reference.predict(img))
+    torch.testing.assert_close(model.inference(img, mode="slide", crop_size=32, stride=24),
+                               reference.inference(img, mode="slide", crop_size=32, stride=24))
+    torch.testing.assert_close(model.inference(img), want_logits)
+    np.testing.assert_array_equal(segment_image(model, rgb), segment_image(reference, rgb))
+    assert [m.training for m in model.modules()] == flags
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), "a running statistic changed"
