@@ -19,6 +19,7 @@ The result is for inference only (no gradients, eval mode: train() raises, its s
 checkpoint's). On CUDA, or where oneDNN cannot pack a weight (e.g. bfloat16 on a CPU without AVX-512), the folded
 convs run through F.conv2d instead.
 """
+import collections
 import copy
 import functools
 import weakref
@@ -196,6 +197,17 @@ class FrozenConv2d(nn.Module):
             self._keep_only(weight=self.dense_weight())
         return super()._apply(fn, recurse)
 
+    def __getstate__(self):
+        # oneDNN's packed copy is an opaque tensor, which torch can neither deep-copy nor pickle: copies and pickles
+        # (torch.save of the module, optimize_for_inference of an optimized model) carry the folded weight instead,
+        # packed again at their first call
+        state = super().__getstate__()
+        if self._packed is not None:
+            state["_packed"] = None
+            if self.weight is None:
+                state["_buffers"] = collections.OrderedDict(state["_buffers"], weight=self._packed[1].to_dense())
+        return state
+
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, relu={self.relu}, "
@@ -351,10 +363,13 @@ def _freeze_sequential(seq: nn.Sequential, opts: _Options) -> nn.Sequential:
 
 
 def _freeze(m: nn.Module, opts: _Options) -> nn.Module:
+    if isinstance(m, (FrozenConv2d, FrozenBottleneck, FrozenBlocks)):  # optimize_for_inference of its own result
+        return m
     if isinstance(m, Bottleneck):
         return FrozenBottleneck(m, **opts._asdict())
     if isinstance(m, SplitAttentionConv2d):
-        m.conv = FrozenConv2d(m.conv, **opts._asdict())  # bn0 stays: the fused ops apply it (and the ReLU) on the fly
+        if not isinstance(m.conv, FrozenConv2d):
+            m.conv = FrozenConv2d(m.conv, **opts._asdict())  # bn0 stays: the fused ops apply it (and the ReLU)
         return m
     if _is_conv_module(m):
         return FrozenConv2d(m.conv, getattr(m, "bn", None), relu=getattr(m, "activate", None) is not None,

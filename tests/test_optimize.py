@@ -279,3 +279,33 @@ def test_train_is_refused_and_leaves_the_outputs_those_of_the_model():
         fast.train(1)
     with torch.no_grad():
         assert_max_abs("after eval()", fast(img), want, tol=1e-4)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "torch.save", "optimize again"])
+def test_a_model_that_has_run_can_be_copied_pickled_and_optimized_again(how, tmp_path, monkeypatch):
+    """After its first call the model holds oneDNN's packed weights (opaque tensors, which torch can neither copy nor
+    pickle): a copy, a pickle and a second optimisation used to raise NotImplementedError. They carry the folded
+    weight instead; the copy gives the original model's outputs, refuses train() as the model does, and the model
+    itself runs on as before."""
+    monkeypatch.setattr(winograd_ops, "WINOGRAD_MIN_CHANNELS", 1)  # Winograd forms too, on the small model
+    model = small("deeplabv3")
+    fast = optimize_for_inference(model)
+    img = torch.rand(1, 3, 48, 64) * 255
+    with torch.no_grad():
+        want = model(img)
+        assert_max_abs("first call", fast(img), want, tol=1e-4)
+    if torch.backends.mkldnn.is_available():
+        assert any(m._packed is not None for m in fast.modules() if isinstance(m, FrozenConv2d))
+    if how == "deepcopy":
+        other = copy.deepcopy(fast)
+    elif how == "torch.save":
+        torch.save(fast, tmp_path / "fast.pt")
+        other = torch.load(tmp_path / "fast.pt", weights_only=False)
+    else:
+        other = optimize_for_inference(fast)
+        assert repr(other) == repr(fast), "optimizing again changed the model's modules"
+    with torch.no_grad():
+        assert_max_abs(how, other(img), want, tol=1e-4)
+        assert_max_abs("the model after " + how, fast(img), want, tol=1e-4)
+    with pytest.raises(RuntimeError, match="inference only"):
+        other.train()
