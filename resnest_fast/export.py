@@ -56,6 +56,7 @@ __all__ = [
     "fused_op_counts",
     "export_onnx",
     "OnnxValidationError",
+    "check_opset",
     "trace_torchscript",
     "reference_ops",
 ]
@@ -72,6 +73,10 @@ _REFERENCES = {
 _OP_IN_PROGRAM = re.compile(r"torch\.ops\.resnest_fast\.(\w+)\.")
 _ONNX_HINT = "pip install onnx onnxscript"
 _ORT_HINT = "pip install onnxruntime"
+# torch's dynamo ONNX exporter has its functions at opset 18 (torch.onnx's TORCHLIB_OPSET) and reaches a later opset
+# with onnxscript's version converter. Below 18 it falls back to onnx's C converter, which fails on these models
+# (Reduce* ops with computed axes) and leaves the model at 18, saying so only in a logged traceback.
+ONNX_MIN_OPSET = 18
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -244,6 +249,29 @@ def _require(module: str, hint: str, what: str) -> None:
         raise ImportError(f"{what} needs the {module!r} package, which is not installed: {hint}")
 
 
+def _onnx_max_opset() -> Optional[int]:
+    """The latest opset onnxscript's version converter goes to (25 for onnxscript 0.7; past it the converter's fallback
+    fails); None where this onnxscript does not say."""
+    try:
+        from onnxscript.version_converter import _version_converter
+    except ImportError:
+        return None
+    return getattr(_version_converter, "SUPPORTED_MAX_ONNX_OPSET", None)
+
+
+def check_opset(opset) -> None:
+    """TypeError/ValueError unless opset is None or an opset torch's ONNX exporter writes as asked."""
+    if opset is None:
+        return
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise TypeError(f"opset must be an int (18 or later) or None, got {opset!r}")
+    high = _onnx_max_opset()
+    if opset < ONNX_MIN_OPSET or (high is not None and opset > high):
+        span = f"from {ONNX_MIN_OPSET} to {high}" if high is not None else f"of {ONNX_MIN_OPSET} or later"
+        raise ValueError(f"opset {opset} cannot be written by torch's ONNX exporter here: use an opset {span} "
+                         f"(None: torch's default)")
+
+
 def _onnxruntime_outputs(path: pathlib.Path, args: Tuple[Any, ...]) -> list:
     import onnxruntime as ort
 
@@ -279,7 +307,8 @@ def export_onnx(
         example_input: a tensor or a tuple of positional arguments (used for the trace and the validation).
         path: the .onnx file, written atomically and self-contained (weights inside: fine below 2 GB, which every
             ResNeSt segmentor is).
-        opset: ONNX opset (18 or later); None: torch.onnx's default (20 with torch 2.13).
+        opset: ONNX opset, 18 to the latest onnxscript's converter reaches (25 for onnxscript 0.7); None:
+            torch.onnx's default (20 with torch 2.13). Any other is refused (ValueError) before exporting.
         dynamic: height and width dynamic (export_program's dynamic_shapes='hw'); for a dynamic batch, export
             with export_program(..., dynamic_shapes='bhw') and pass the program.
         overwrite: replace an existing file (otherwise FileExistsError).
@@ -294,6 +323,7 @@ def export_onnx(
     """
     _require("onnx", _ONNX_HINT, "export_onnx")
     _require("onnxscript", _ONNX_HINT, "export_onnx (torch.onnx's exporter)")
+    check_opset(opset)
     if validate is None:
         validate = importlib.util.find_spec("onnxruntime") is not None
     elif validate:
@@ -311,6 +341,10 @@ def export_onnx(
         program = export_program(model, args, dynamic_shapes="hw" if dynamic else None)
     onnx_program = torch.onnx.export(to_reference(program), args, dynamo=True, opset_version=opset,
                                      external_data=False, verbose=False)
+    written = onnx_program.model.opset_imports.get("")
+    if opset is not None and written != opset:  # a converter that gave up leaves the model at another opset
+        raise ValueError(f"torch's ONNX exporter made an opset-{written} model where opset {opset} was asked for; "
+                         f"nothing was written to {path}")
 
     def write(tmp: pathlib.Path) -> None:
         onnx_program.save(tmp, external_data=False)

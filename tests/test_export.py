@@ -308,6 +308,33 @@ def test_onnx_dynamic_height_and_width_of_a_block(tmp_path):
 
 
 @needs_onnx
+def test_an_opset_the_exporter_cannot_write_is_refused_before_exporting_and_one_it_can_is_honoured(tmp_path,
+                                                                                                   monkeypatch):
+    """opset=11 used to write an opset-18 file, with only a logged converter traceback to say so."""
+    import onnx
+
+    block = randomize(SplitAttentionConv2d(16, 16, 3, padding=1)).eval()
+    x = torch.randn(1, 16, 6, 6)
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the opset must be refused before anything is exported")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.onnx, "export", no_export)
+        patch.setattr(torch.export, "export", no_export)
+        for opset in (11, 17, 99):
+            with pytest.raises(ValueError, match=rf"^opset {opset} cannot be written by torch's ONNX exporter here: "
+                                                 r"use an opset from 18 to \d+ \(None: torch's default\)"):
+                export_onnx(block, x, tmp_path / "block.onnx", opset=opset)
+        for opset in ("18", 18.0, True):
+            with pytest.raises(TypeError, match="opset must be an int"):
+                export_onnx(block, x, tmp_path / "block.onnx", opset=opset)
+    assert os.listdir(tmp_path) == []
+    path = export_onnx(block, x, tmp_path / "block.onnx", opset=19)
+    assert {i.domain: i.version for i in onnx.load(path).opset_import}[""] == 19
+
+
+@needs_onnx
 def test_onnx_validation_failure_writes_nothing(tmp_path, monkeypatch):
     block = randomize(SplitAttentionConv2d(16, 16, 3, padding=1)).eval()
     real = rexport._onnxruntime_outputs
