@@ -211,9 +211,28 @@ def save_program(program: ExportedProgram, path: PathLike, overwrite: bool = Fal
     return _write_atomically(pathlib.Path(path), overwrite, lambda tmp: torch.export.save(program, tmp))
 
 
+def _what_instead_of_a_program(path: pathlib.Path) -> Optional[str]:
+    """None when the file is laid out as a .pt2 archive (models/*.json and archive_format entries), else what it is."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head.startswith(b"\x80"):
+            return "a pickle (torch.save's legacy format?), not a zip archive"
+        return "an empty file" if not head else f"a file starting with {head!r}"
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    leaves = {name.rsplit("/", 1)[-1] for name in names}
+    if "archive_format" in leaves and any("/models/" in n or n.startswith("models/") for n in names):
+        return None
+    if "data.pkl" in leaves:
+        return "a PyTorch checkpoint (torch.save); load it with resnest_fast.load_checkpoint"
+    return "a zip archive without the models/ and archive_format entries of one"
+
+
 def load_program(path: PathLike) -> ExportedProgram:
     """torch.export.load of a program saved by save_program / torch.export.save.
 
+    A file that is not laid out as one (a checkpoint, a script) is refused with a ValueError naming it and what it is.
     Importing resnest_fast (which this function's module does) registers the fused ops that the program calls;
     if one of them is not registered here (resnest_fast._C missing, or a Triton op where Triton cannot run), this
     raises a RuntimeError that names the ops and why, instead of torch's deserialisation error.
@@ -221,12 +240,17 @@ def load_program(path: PathLike) -> ExportedProgram:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no exported program at {path}")
+    # torch.export.load reports any other file with an error that names neither the file nor what it is
+    # ("check the warnings above", or zipfile's BadZipFile)
+    what = _what_instead_of_a_program(path)
+    if what:
+        raise ValueError(f"{path} is not an exported program (a .pt2 file, as save_program and torch.export.save "
+                         f"write): it is {what}")
     used = set()
-    if zipfile.is_zipfile(path):  # the pt2 archive; anything else is left to torch.export.load to judge
-        with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                if "/models/" in name and name.endswith(".json"):
-                    used.update(_OP_IN_PROGRAM.findall(archive.read(name).decode("utf-8", "replace")))
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if "/models/" in name and name.endswith(".json"):
+                used.update(_OP_IN_PROGRAM.findall(archive.read(name).decode("utf-8", "replace")))
     missing = sorted(n for n in used if not _registered(n))
     if missing:
         raise RuntimeError(

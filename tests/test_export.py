@@ -263,6 +263,28 @@ def test_load_program_names_the_ops_this_process_lacks(program, tmp_path, monkey
         load_program(tmp_path / "missing.pt2")
 
 
+def test_load_program_of_a_file_that_is_not_a_program_names_it_and_what_it_is(tmp_path):
+    """A checkpoint gave torch's "check the warnings above" RuntimeError, a text file zipfile's BadZipFile."""
+    import zipfile
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "c.pth")
+    (tmp_path / "some.py").write_text("print('hello')\n")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+        archive.writestr("notes.txt", "not a program")
+    (tmp_path / "empty.pt2").write_bytes(b"")
+    expected = {
+        "c.pth": "a PyTorch checkpoint (torch.save); load it with resnest_fast.load_checkpoint",
+        "some.py": "a file starting with b\"print('h\"",
+        "other.zip": "a zip archive without the models/ and archive_format entries of one",
+        "empty.pt2": "an empty file",
+    }
+    for name, what in expected.items():
+        with pytest.raises(ValueError) as refused:
+            load_program(tmp_path / name)
+        assert str(refused.value) == (f"{tmp_path / name} is not an exported program (a .pt2 file, as save_program "
+                                      f"and torch.export.save write): it is {what}"), name
+
+
 def test_to_reference_needs_only_aten(portable, segmentor):
     assert fused_op_counts(portable) == {}
     x = image(1, 3, 64, 96)
