@@ -117,7 +117,7 @@ def _write_atomically(path: pathlib.Path, overwrite: bool, write) -> pathlib.Pat
 # ------------------------------------------------------------------------------------------------- torch.export
 
 
-def _image_dynamic_shapes(spec: str, args: Tuple[Any, ...]):
+def _image_dynamic_shapes(spec: str, args: Tuple[Any, ...], minima: Tuple[Optional[int], ...] = (None, None)):
     dims = {"hw": (2, 3), "bhw": (0, 2, 3)}[spec]
     if not args or not isinstance(args[0], Tensor) or args[0].dim() != 4:
         raise ValueError(f"dynamic_shapes={spec!r} needs a 4-D image (B, C, H, W) as the first input")
@@ -126,7 +126,95 @@ def _image_dynamic_shapes(spec: str, args: Tuple[Any, ...]):
             "dynamic_shapes='bhw' needs an example batch of at least 2: torch.export specialises a size of 1"
         )
     first = {d: Dim.DYNAMIC for d in dims}
+    for d, low in zip((2, 3), minima):
+        if low is not None and low > 2:
+            first[d] = Dim.DYNAMIC(min=low)
     return (first,) + (None,) * (len(args) - 1)
+
+
+def _size_guards(program: ExportedProgram, args: Tuple[Any, ...]):
+    """accepts(h, w): whether the program's input guards take an image of h x w (the batch and the other inputs as
+    in the example). The guards read sizes only, so they are asked with meta tensors; None where the program has no
+    guard function (torch's `module()._guards_fn`) that takes the example's inputs."""
+    guards = getattr(program.module(), "_guards_fn", None)
+    if guards is None:
+        return None
+    img, rest = args[0], args[1:]
+
+    def accepts(h: int, w: int) -> bool:
+        try:
+            guards(torch.empty((*img.shape[:2], h, w), dtype=img.dtype, device="meta"), *rest)
+        except AssertionError:  # "Guard failed: ..."
+            return False
+        return True
+
+    try:
+        accepts(*img.shape[2:])
+    except Exception:  # a guard function that wants other inputs: nothing to learn from it
+        return None
+    return accepts
+
+
+def _smallest(accepts_size, size: int) -> int:
+    """The smallest n <= size such that accepts_size takes every size from n to `size`."""
+    while size > 2 and accepts_size(size - 1):
+        size -= 1
+    return size
+
+
+def _range_minima(program: ExportedProgram) -> Tuple[Optional[int], ...]:
+    """The lower bounds of the program's ranges for the first input's height and width (None: not found)."""
+    try:
+        name = program.graph_signature.user_inputs[0]
+        node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+        sizes = node.meta["val"].shape[2:]
+        return tuple(int(program.range_constraints[s.node.expr].lower) if isinstance(s, torch.SymInt) else None
+                     for s in sizes)
+    except (AttributeError, IndexError, KeyError, StopIteration):
+        return (None, None)
+
+
+def _image_minima(model: nn.Module, args: Tuple[Any, ...], spec: str) -> Optional[Tuple[int, int]]:
+    """The smallest height and width the model takes with a dynamic size, read from the guards of a program exported
+    on zero images large enough to have none above their size; None if that fails."""
+    size = 64
+    while size <= 4096:
+        probe = (torch.zeros((*args[0].shape[:2], size, size), dtype=args[0].dtype, device=args[0].device),) + args[1:]
+        try:
+            accepts = _size_guards(torch.export.export(model, probe, dynamic_shapes=_image_dynamic_shapes(spec, probe)),
+                                   probe)
+        except Exception:  # only the error message loses the size
+            return None
+        if accepts is None:
+            return None
+        if accepts(2 * size, 2 * size):
+            return (_smallest(lambda n: accepts(n, size), size), _smallest(lambda n: accepts(size, n), size))
+        size *= 4
+    return None
+
+
+def _from_the_smallest_size(model: nn.Module, program: ExportedProgram, args: Tuple[Any, ...],
+                            spec: str) -> ExportedProgram:
+    """The program of a shorthand dynamic export, its height and width ranges starting at the smallest size the
+    model takes. torch.export fixes a size of 1, so a model that downsamples by 8 gets guards that its 1/8 feature
+    maps are not 1 pixel wide: H, W >= 9, which the range may not say (a call below it then fails a guard on a floor
+    division); exported again with the range starting there, a call below it fails `img.size()[2] >= 9`. An example
+    below that size made a program that takes no larger image: refused (ValueError) with the size."""
+    accepts = _size_guards(program, args)
+    if accepts is None:
+        return program
+    h, w = args[0].shape[2:]
+    far = 2 * max(h, w, 2048)  # such a program's bound is the model's downsampling factor (8 for a D8 backbone)
+    if not (accepts(far, w) and accepts(h, far)):
+        minima = _image_minima(model, args, spec)
+        need = f"an example image of at least {minima[0]}x{minima[1]}" if minima else "a larger example image"
+        raise ValueError(f"dynamic_shapes={spec!r} needs {need} (got {h}x{w}): below that the model's smallest "
+                         "feature maps are 1 pixel wide, a size torch.export fixes, and the program would take no "
+                         "larger image")
+    minima = (_smallest(lambda n: accepts(n, w), h), _smallest(lambda n: accepts(h, n), w))
+    if all(low <= 2 for low in minima) or _range_minima(program) == minima:
+        return program
+    return torch.export.export(model, args, dynamic_shapes=_image_dynamic_shapes(spec, args, minima))
 
 
 def export_program(model: nn.Module, example_input, dynamic_shapes=None) -> ExportedProgram:
@@ -139,10 +227,12 @@ def export_program(model: nn.Module, example_input, dynamic_shapes=None) -> Expo
         example_input: a tensor, or a tuple of the forward's positional arguments.
         dynamic_shapes: None (every size static), torch.export's own spec, or a shorthand for an image input:
             "hw" (height and width dynamic) or "bhw" (batch too; needs an example batch >= 2). The shorthands
-            use Dim.DYNAMIC, so a size the model would specialise raises instead of being silently fixed. The
-            program checks at every call that the sizes are in the ranges it was exported for
-            (program.range_constraints; e.g. H, W >= 9 for the small PSP/ASPP test models). Torch before 2.13
-            fixes the parity of the feature sizes of a ResNeSt-D backbone instead: refused (ValueError).
+            use Dim.DYNAMIC, so a size the model would specialise raises instead of being silently fixed. Height
+            and width range from the smallest size the model takes (torch.export fixes a size of 1, so its
+            smallest feature maps must be 2 pixels wide: H, W >= 9 for a D8 backbone); an example below it is
+            refused (ValueError naming it). The program checks at every call that the sizes are in its ranges
+            (program.range_constraints: `Guard failed: img.size()[2] >= 9`). Torch before 2.13 fixes the parity
+            of the feature sizes of a ResNeSt-D backbone instead: refused (ValueError).
     Returns: the torch.export.ExportedProgram; `program.module()(img)` runs it.
 
     The fused ops trace through their fake kernels. To save and load: save_program / load_program, or
@@ -152,14 +242,17 @@ def export_program(model: nn.Module, example_input, dynamic_shapes=None) -> Expo
     """
     _check_module(model)
     args = _as_args(example_input)
-    if isinstance(dynamic_shapes, str):
-        if dynamic_shapes not in ("hw", "bhw"):
-            raise ValueError(f"dynamic_shapes shorthand must be 'hw' or 'bhw', got {dynamic_shapes!r}")
-        dynamic_shapes = _image_dynamic_shapes(dynamic_shapes, args)
+    shorthand = dynamic_shapes if isinstance(dynamic_shapes, str) else None
+    if shorthand is not None:
+        if shorthand not in ("hw", "bhw"):
+            raise ValueError(f"dynamic_shapes shorthand must be 'hw' or 'bhw', got {shorthand!r}")
+        dynamic_shapes = _image_dynamic_shapes(shorthand, args)
     with eval_mode(model):
         program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
-    if dynamic_shapes is not None:
-        refuse_parity_guards(program)
+        if dynamic_shapes is not None:
+            refuse_parity_guards(program)
+        if shorthand is not None:
+            program = _from_the_smallest_size(model, program, args, shorthand)
     return program
 
 

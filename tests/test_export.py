@@ -151,6 +151,27 @@ def test_dynamic_batch_height_and_width(segmentor):
         assert max_abs(out, eager(segmentor, x)) <= 1e-5
 
 
+def test_dynamic_sizes_start_where_the_model_takes_them_and_a_smaller_example_is_refused(segmentor):
+    """torch.export fixes a size of 1: the D8 model's 1/8 feature maps must be 2 pixels wide, so H, W >= 9. The
+    program's range says so (a smaller image gets `img.size()[2] >= 9`, not a guard on a floor division), and an
+    example below it, which made a program that took no larger image, is refused naming the size."""
+    if _torch_guards_the_parity(segmentor):
+        pytest.skip("this torch refuses the dynamic export (parity guard)")
+    program = export_program(segmentor, image(2, 3, 32, 40), dynamic_shapes="bhw")
+    assert sorted(int(r.lower) for r in program.range_constraints.values()) == [2, 9, 9]
+    for shape in [(2, 3, 9, 9), (1, 3, 9, 70)]:
+        x = image(*shape)
+        assert max_abs(program.module()(x), eager(segmentor, x)) <= 1e-5
+    for shape in [(2, 3, 8, 40), (2, 3, 32, 5)]:
+        with pytest.raises(AssertionError, match=r"Guard failed: img\.size\(\)\[[23]\] >= 9$"):
+            program.module()(image(*shape))
+    for shape, spec in [((2, 3, 8, 8), "bhw"), ((1, 3, 32, 6), "hw")]:
+        with pytest.raises(ValueError, match=(
+                rf"^dynamic_shapes='{spec}' needs an example image of at least 9x9 \(got {shape[2]}x{shape[3]}\): "
+                r"below that the model's smallest feature maps are 1 pixel wide")):
+            export_program(segmentor, image(*shape), dynamic_shapes=spec)
+
+
 def test_a_program_guarding_a_size_parity_is_refused_and_one_guarding_sizes_is_not():
     class Program:  # what torch.export leaves in an ExportedProgram: the guards its module() checks at each call
         def __init__(self, guards):
