@@ -13,6 +13,8 @@ Nothing is ever written to the checkpoint's path.
 import collections
 import os
 import pickle
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
@@ -65,21 +67,59 @@ def torch_load(path: str, map_location) -> object:
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} is a directory, not a file")
     _check_format(path)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # classes outside the weights-only allowlist: read again with inert placeholders
-    except Exception as exc:  # the unpickler reports a corrupt file with whatever error its opcode met (KeyError, ...)
-        raise CheckpointError(
-            f"{path!r} is not a readable PyTorch checkpoint (truncated or corrupt?): {type(exc).__name__}: {exc}"
-        ) from exc
-    try:
-        with torch.serialization.safe_globals(_placeholders(path)):
+    protocol = _pickle_protocol(path)
+    # torch's weights-only reader warns, in two lines on stderr, about any pickle protocol but 2 (what torch.save
+    # writes) and then fails on the instructions it lacks: the error says it instead, in its one line
+    hint = "" if protocol in (None, 2) else (
+        f" (the file is pickled with protocol {protocol}, and torch's weights-only reader lacks some of its "
+        "instructions: torch.save writes protocol 2 unless told otherwise)")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        try:
             return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path!r} could not be read as a weights-only checkpoint: {type(exc).__name__}: {exc}"
-        ) from exc
+        except pickle.UnpicklingError as exc:
+            first = exc  # classes outside the weights-only allowlist: read again with inert placeholders
+        except Exception as exc:  # a corrupt file gets whatever error its unpickler's opcode met (KeyError, ...)
+            raise CheckpointError(
+                f"{path!r} is not a readable PyTorch checkpoint (truncated or corrupt?): {type(exc).__name__}: "
+                f"{exc}{hint}") from exc
+        if not zipfile.is_zipfile(path):  # a plain pickle: the placeholders need the list of torch's zip format
+            raise CheckpointError(f"{path!r} could not be read as a weights-only checkpoint: "
+                                  f"{_unpickler_reason(first)}{hint}") from first
+        try:
+            with torch.serialization.safe_globals(_placeholders(path)):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:
+            reason = _unpickler_reason(exc) if isinstance(exc, pickle.UnpicklingError) else \
+                f"{type(exc).__name__}: {exc}"
+            raise CheckpointError(f"{path!r} could not be read as a weights-only checkpoint: {reason}{hint}") from exc
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """What torch's weights-only reader could not read (e.g. 'Unsupported operand 149'), without the paragraphs
+    around it, whose advice is to load with weights_only=False, i.e. to run the file's code."""
+    text = str(exc)
+    _, found, rest = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (rest if found else text).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _pickle_protocol(path: str) -> Optional[int]:
+    """The pickle protocol of the file (a plain pickle) or of its data.pkl (torch's zip format); None if unknown."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = next((n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"), None)
+                if data is None:
+                    return None
+                with archive.open(data) as f:
+                    head = f.read(2)
+        else:
+            with open(path, "rb") as f:
+                head = f.read(2)
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return head[1] if len(head) == 2 and head[0] == pickle.PROTO[0] else None
 
 
 def _check_format(path: str) -> None:

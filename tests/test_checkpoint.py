@@ -233,3 +233,30 @@ def test_non_finite_weights_are_refused_naming_the_file_and_the_tensors(strict, 
                                               rf"floating-point tensors \({one}\): nothing was loaded"):
         load_checkpoint(model, tmp_path / "inf.pth", strict=strict)
     assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("how", ["pickle.dump", "torch.save legacy", "torch.save zip"])
+def test_a_pickle_of_another_protocol_is_one_error_that_says_so_and_no_warning(how, tmp_path):
+    """torch's weights-only reader warns (two lines on stderr) about any pickle protocol but 2, then fails on the
+    instructions it lacks; a plain pickle also got a message about torch.save's zip format. One error, naming the
+    file and the protocol, and no warning."""
+    import warnings
+
+    sd = small().state_dict()
+    path = tmp_path / "plain.pkl"
+    if how == "pickle.dump":
+        with open(path, "wb") as f:
+            pickle.dump(sd, f, protocol=4)
+    else:
+        torch.save(sd, path, pickle_protocol=4, _use_new_zipfile_serialization=how == "torch.save zip")
+    model = small()
+    before = snapshot(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError) as refused:
+            load_checkpoint(model, path)
+    text = str(refused.value)
+    assert text.startswith(f"{str(path)!r} could not be read as a weights-only checkpoint: "), text
+    assert "pickled with protocol 4" in text and "torch.save" in text and "\n" not in text, text
+    assert "Expected input to be a checkpoint returned by torch.save" not in text
+    assert_unchanged(model, before)

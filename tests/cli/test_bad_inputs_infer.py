@@ -67,6 +67,14 @@ def _nan_checkpoint(tmp, setup):
     return tmp / "nan.pth"
 
 
+def _protocol_4_pickle(tmp, setup):
+    import pickle
+
+    with open(tmp / "plain.pkl", "wb") as f:
+        pickle.dump(torch.load(setup[1], weights_only=True), f, protocol=4)
+    return tmp / "plain.pkl"
+
+
 def _with_checkpoint(checkpoint):
     def make(tmp, setup):
         return ["infer", str(setup[0]), str(checkpoint(tmp, setup)), str(tmp / "in"), "--out-dir", str(tmp / "out"),
@@ -81,6 +89,8 @@ ROWS = {
     "missing checkpoint": (lambda tmp, s: ["infer", str(s[0]), str(tmp / "nope.pth"), str(tmp / "in"), "--out-dir",
                                            str(tmp / "out")], 2, "nope.pth"),
     "NaN weights": (_with_checkpoint(_nan_checkpoint), 2, "nan.pth' holds NaN or infinite values"),
+    "a pickle of protocol 4": (_with_checkpoint(_protocol_4_pickle), 2, "plain.pkl' could not be read as a "
+                               "weights-only checkpoint"),
     "out-dir is the input folder": (lambda tmp, s: ["infer", str(s[0]), str(s[1]), str(tmp / "in"), "--out-dir",
                                                     str(tmp / "in")], 2, "is an input folder"),
     "out-dir is a file": (lambda tmp, s: ["infer", str(s[0]), str(s[1]), str(tmp / "in"), "--out-dir",
@@ -139,6 +149,23 @@ def test_a_bad_backend_variable_is_one_line_in_a_fresh_process(tmp_path):
     assert done.stderr.strip().splitlines() == [(
         "resnest-fast info: error: environment variable RESNEST_FAST_BACKEND must be one of auto, cpu, cuda, triton, "
         "reference (or unset), got 'garbage'")]
+
+
+def test_a_pickle_of_protocol_4_is_one_line_in_a_fresh_process(setup, tmp_path):
+    """torch's warning about the pickle protocol went to stderr above the error (pytest records warnings, so only a
+    process of its own shows what a user sees)."""
+    good_png(tmp_path / "in" / "good.png")
+    checkpoint = _protocol_4_pickle(tmp_path, setup)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "resnest_fast", "infer", str(setup[0]), str(checkpoint),
+                           str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"), "--no-progress"],
+                          env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"resnest-fast infer: error: '{checkpoint}' could not be read "
+                                                   "as a weights-only checkpoint: "), done.stderr
+    assert "pickled with protocol 4" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_python_api_with_a_bad_backend_variable_raises_a_clear_error(monkeypatch):
