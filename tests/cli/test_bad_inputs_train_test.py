@@ -39,7 +39,8 @@ def _ade_config(folder) -> str:
 def _ade_tree(root, bad=None):
     """ADEChallengeData2016 with 2 training and 1 validation image; `bad` spoils the first of each split:
     'corrupt' (a truncated JPEG), 'size' (a label smaller than its image), 'rgb' (an RGB label), 'range' (a class
-    id 200, beyond ADE20k's 150 after reduce_zero_label)."""
+    id 200, beyond ADE20k's 150 after reduce_zero_label), 'range16' (a 16-bit label holding 300, which a uint8
+    cast would wrap to class 43)."""
     rng = np.random.default_rng(0)
     for split, n in (("training", 2), ("validation", 1)):
         for i in range(n):
@@ -53,6 +54,9 @@ def _ade_tree(root, bad=None):
                 label = np.stack([label] * 3, -1)
             if i == 0 and bad == "range":
                 label[3, 4] = 200
+            if i == 0 and bad == "range16":
+                label = label.astype("uint16")
+                label[3, 4] = 300
             write_png(str(seg), label)
             if i == 0 and bad == "corrupt":
                 img.write_bytes(img.read_bytes()[:200])
@@ -75,7 +79,7 @@ def world(tmp_path_factory):
     torch.save({"meta": {"iter": 2}, "state_dict": "abc", "optimizer": {}, "param_schedulers": [{}]},
                root / "str_training_state.pth")
     torch.save(build_model(w["ade"]).state_dict(), root / "ade.pth")
-    for bad in ("corrupt", "size", "rgb", "range"):
+    for bad in ("corrupt", "size", "rgb", "range", "range16"):
         w[bad] = _ade_tree(root / f"ade_{bad}", bad)
     (root / "a_file").write_text("not a folder")
     return w
@@ -155,6 +159,8 @@ TEST = [
      r"label file .*validation/ADE_0\.png has mode RGB .* must be a single-channel image"),
     ("label-out-of-range", "{ade} {root}/ade.pth --data-root {range}", 2,
      r"label file .*validation/ADE_0\.png holds class id\(s\) 199"),
+    ("16-bit-label-out-of-range", "{ade} {root}/ade.pth --data-root {range16}", 2,
+     r"label file .*validation/ADE_0\.png holds class id\(s\) 299: the dataset has 150 classes"),
 ]
 
 

@@ -22,13 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .io import load_image, load_label
+from .io import DataError, load_image, load_label
 from .meta import ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from .transforms import IMG, SEG
-
-
-class DataError(ValueError):
-    """A sample's files do not fit together or the dataset (size mismatch, class id out of range); names them."""
 
 
 def data_error_message(exc: BaseException) -> str:
@@ -99,25 +95,13 @@ class SegDataset(Dataset):
         """The decoded sample before the pipeline: numpy arrays, label as uint8."""
         img_path, seg_path = self.img_paths[index], self.seg_paths[index]
         img = load_image(img_path)
-        seg = load_label(seg_path, reduce_zero_label=self.reduce_zero_label)
+        seg = load_label(seg_path, reduce_zero_label=self.reduce_zero_label, num_classes=self.num_classes or None)
         if img.shape[:2] != seg.shape:
             raise DataError(
                 f"image {img_path} is {img.shape[1]}x{img.shape[0]} but its label {seg_path} is "
                 f"{seg.shape[1]}x{seg.shape[0]}"
             )
-        self.check_label(seg, seg_path)
         return {IMG: img, SEG: seg, "img_path": img_path, "seg_path": seg_path, "ori_shape": img.shape[:2]}
-
-    def check_label(self, seg, seg_path):
-        """DataError when the (H, W) uint8 label map holds an id that is neither a class (0..num_classes-1) nor 255
-        (ignored): the loss would fail later with only the id, and the evaluation would miscount it."""
-        n = self.num_classes
-        if n and n < 255:
-            found = np.flatnonzero(np.bincount(seg.ravel(), minlength=256)[n:255])
-            if found.size:
-                ids = ", ".join(str(int(v) + n) for v in found[:5])
-                raise DataError(f"label file {seg_path} holds class id(s) {ids}: the dataset has {n} classes "
-                                f"(0..{n - 1}, 255 = ignore)")
 
     def __getitem__(self, index):
         """``dataset[i]`` or ``dataset[(i, pass)]`` (what ``InfiniteSampler`` yields)."""
