@@ -10,7 +10,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["int_pair", "atomic_write", "atomic_write_leftovers", "fsync_dir", "file_in_the_way", "not_a_folder",
+__all__ = ["int_pair", "check_path", "atomic_write", "atomic_write_leftovers", "fsync_dir", "file_in_the_way", "not_a_folder",
            "unwritable_folder", "write_refusal", "distributed_world_size", "check_input_dtype"]
 
 PathLike = Union[str, os.PathLike]
@@ -36,6 +36,15 @@ def int_pair(value, name: str, minimum: int = 0) -> Tuple[int, int]:
         if v < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(items[0]), int(items[1])
+
+
+def check_path(value, name: str, expected: str = "a path"):
+    """`value` unless it is an empty (or blank) string, else ValueError naming `name` and what was `expected`. The
+    OS and pathlib read '' as the current folder (Path('') == Path('.')), so an unset shell variable in a command
+    line would search, read or write the whole working directory instead of being refused."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{name} is an empty string: expected {expected}")
+    return value
 
 
 def fsync_dir(folder: PathLike) -> None:

@@ -72,6 +72,7 @@ from resnest_fast.training.distributed import DistInfo, all_gather_object, broad
 from resnest_fast.training.evaluate import evaluate, metrics_summary
 from resnest_fast.training.errors import SetupError
 from resnest_fast.training.schedule import build_optimizer, build_scheduler
+from resnest_fast.utils import check_path
 
 __all__ = ["SetupError", "TrainingError", "train", "apply_cfg_options", "seed_everything"]
 
@@ -288,6 +289,7 @@ def train(
     try:
         try:
             # the options first: for an mmseg file they name mmseg's keys, as with mmseg's own tools
+            check_path(work_dir, "work dir (--work-dir)", "a folder")
             cfg = copy.deepcopy(resolve_config(cfg, cfg_options))
             if not isinstance(cfg.get("model"), dict):
                 raise ValueError(f"config {cfg.get('filename', '<dict>')!r} has no `model = dict(...)`")

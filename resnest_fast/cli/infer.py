@@ -37,12 +37,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from resnest_fast.checkpoint import CheckpointError
-from resnest_fast.cli._common import add_runtime_arguments, command_main, print_error
+from resnest_fast.cli._common import add_runtime_arguments, check_path_arguments, command_main, print_error
 from resnest_fast.segmentation.inference import Scale, config_scale, load_model, segment_image, slide_defaults
 from resnest_fast.training.data.io import CorruptFileError, load_image
 from resnest_fast.training.data.meta import ADE20K_PALETTE, CITYSCAPES_PALETTE
 from resnest_fast.training.errors import SetupError
-from resnest_fast.utils import atomic_write, atomic_write_leftovers, unwritable_folder
+from resnest_fast.utils import atomic_write, atomic_write_leftovers, check_path, unwritable_folder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -60,6 +60,10 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 PALETTES = {"cityscapes": CITYSCAPES_PALETTE, "ade20k": ADE20K_PALETTE}
+# the path arguments: attribute -> (name on the command line, what it expects)
+PATH_ARGUMENTS = {"config": ("CONFIG", "a shipped config's name or a .py file"),
+                  "checkpoint": ("CHECKPOINT", "a checkpoint file"),
+                  "inputs": ("INPUT", "an image file or a folder of images"), "out_dir": ("--out-dir", "a folder")}
 # num_classes -> palette name for --palette auto (the two datasets of mmseg's ResNeSt table)
 _PALETTE_BY_CLASSES = {len(CITYSCAPES_PALETTE): "cityscapes", len(ADE20K_PALETTE): "ade20k"}
 
@@ -218,6 +222,9 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
     name (a.png_pred.png, a.jpg_pred.png)."""
     if overlay_format not in ("auto", "png", "jpg"):
         raise ValueError(f"overlay_format must be 'auto', 'png' or 'jpg', got {overlay_format!r}")
+    check_path(out_dir, "--out-dir", "a folder")
+    for given in inputs:
+        check_path(given, "INPUT", "an image file or a folder of images")
     refusal = unwritable_folder(out_dir, "--out-dir")
     if refusal:
         raise ValueError(refusal)
@@ -433,6 +440,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast infer") -> int:
     """Exit code: 0 all done, 1 some images failed, 2 nothing done (bad arguments, config or checkpoint)."""
     try:
+        check_path_arguments(args, PATH_ARGUMENTS)
         scale = _scale_arg(args.scale)
         summary = run(
             args.config, args.checkpoint, args.inputs, args.out_dir, mode=args.mode, crop_size=args.crop_size,

@@ -82,6 +82,14 @@ ROWS = {
     "bad backend variable (infer)": (_infer(), 2, "RESNEST_FAST_BACKEND"),
     "bad backend variable (info)": (lambda tmp, s: ["info"], 2, "RESNEST_FAST_BACKEND"),
     "unknown info option": (lambda tmp, s: ["info", "--bogus"], 2, "unrecognized arguments: --bogus"),
+    # '' is the current folder to the OS (the test runs in tmp): searched recursively, or written into, unasked
+    "empty input": (_infer(inputs=lambda tmp: [""]), 2, "INPUT is an empty string: expected an image file or a folder of images"),
+    "empty --out-dir": (lambda tmp, s: ["infer", str(s[0]), str(s[1]), str(tmp / "in"), "--out-dir", ""], 2,
+                        "--out-dir is an empty string: expected a folder"),
+    "empty config": (lambda tmp, s: ["infer", "", str(s[1]), str(tmp / "in"), "--out-dir", str(tmp / "out")], 2,
+                     "CONFIG is an empty string: expected a shipped config's name or a .py file"),
+    "empty checkpoint": (lambda tmp, s: ["infer", str(s[0]), "", str(tmp / "in"), "--out-dir", str(tmp / "out")], 2,
+                         "CHECKPOINT is an empty string: expected a checkpoint file"),
     "missing --out-dir": (lambda tmp, s: ["infer", str(s[0]), str(s[1]), str(tmp / "in")], 2,
                           "the following arguments are required: --out-dir"),
 }
@@ -91,6 +99,7 @@ ROWS = {
 def test_bad_input_is_one_line_with_its_exit_code_and_changes_no_file(setup, tmp_path, capsys, monkeypatch, name):
     make, code, names = ROWS[name]
     good_png(tmp_path / "in" / "good.png")
+    monkeypatch.chdir(tmp_path)
     if "backend variable" in name:
         monkeypatch.setenv("RESNEST_FAST_BACKEND", "garbage")
     argv = make(tmp_path, setup)
@@ -138,6 +147,16 @@ def test_python_api_with_a_bad_backend_variable_raises_a_clear_error(monkeypatch
     previous = backend.set_default_backend("reference")  # the way out that the message names
     assert previous is None and conv(torch.randn(2, 8, 5, 5)).shape == (2, 8, 5, 5)
     backend.set_default_backend("auto")
+
+
+@pytest.mark.parametrize("inputs, out", [([""], "out"), (["in"], "")], ids=["empty input", "empty out_dir"])
+def test_python_run_refuses_empty_paths_too(setup, tmp_path, monkeypatch, inputs, out):
+    """infer.run, not only the command: '' would be the current folder, searched or written into."""
+    good_png(tmp_path / "in" / "good.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="is an empty string"):
+        infer.run(setup[0], setup[1], inputs, out, progress=False)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["good.png", "in"]
 
 
 def test_through_a_symlinked_folder_the_output_folder_inside_is_not_read(setup, tmp_path):

@@ -67,7 +67,7 @@ def _ade_tree(root, bad=None):
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_inputs")
     torch.manual_seed(0)
-    w = {"root": root, "tiny": tiny_config(root), "ade": _ade_config(root)}
+    w = {"root": root, "tiny": tiny_config(root), "ade": _ade_config(root), "empty": ""}
     assert main(["train", w["tiny"], "--work-dir", str(root / "run"), "--max-iters", "2", "--no-progress",
                  "--cfg-options", "schedule.val_interval=0"]) == 0
     state_dict = torch.load(root / "run" / "iter_2.pth", weights_only=True)["state_dict"]
@@ -131,6 +131,12 @@ TRAIN = [
      r"cannot decode image file .*ade_corrupt/.*/training/ADE_0\.jpg"),
     ("label-out-of-range", "{ade} --data-root {range} --max-iters 1", 1,
      r"label file .*ade_range/.*/training/ADE_0\.png holds class id\(s\) 199: the dataset has 150 classes"),
+    # '' is the current folder to the OS: a blank shell variable would train into the working directory
+    ("empty-config", "{empty}", 2, r"^resnest-fast train: error: CONFIG is an empty string: expected a shipped config"),
+    ("empty-work-dir", "{tiny} --work-dir {empty}", 2, r"--work-dir is an empty string: expected a folder"),
+    ("empty-data-root", "{ade} --data-root {empty}", 2, r"--data-root is an empty string: expected a dataset folder"),
+    ("empty-load-from", "{tiny} --load-from {empty}", 2, r"--load-from is an empty string: expected a checkpoint"),
+    ("empty-resume", "{tiny} --resume {empty}", 2, r"--resume is an empty string: expected a checkpoint file"),
     ("label-out-of-range-in-a-worker", "{ade} --data-root {range} --max-iters 1 --num-workers 1", 1,
      (r"^resnest-fast train: error: label file .*ADE_0\.png holds class id\(s\) 199: the dataset has 150 classes "
       r"\(0\.\.149, 255 = ignore\) \(loading the batch of iteration 1\)$")),
@@ -159,12 +165,20 @@ TEST = [
      r"label file .*validation/ADE_0\.png has mode RGB .* must be a single-channel image"),
     ("label-out-of-range", "{ade} {root}/ade.pth --data-root {range}", 2,
      r"label file .*validation/ADE_0\.png holds class id\(s\) 199"),
+    ("empty-config", "{empty} {root}/ade.pth", 2, r"CONFIG is an empty string: expected a shipped config"),
+    ("empty-checkpoint", "{tiny} {empty}", 2, r"CHECKPOINT is an empty string: expected a checkpoint file"),
+    ("empty-data-root", "{ade} {root}/ade.pth --data-root {empty}", 2,
+     r"--data-root is an empty string: expected a dataset folder"),
+    ("empty-out", "{tiny} {root}/run/iter_2.pth --out {empty}", 2,
+     r"--out is an empty string: expected a JSON file to write"),
     ("16-bit-label-out-of-range", "{ade} {root}/ade.pth --data-root {range16}", 2,
      r"label file .*validation/ADE_0\.png holds class id\(s\) 299: the dataset has 150 classes"),
 ]
 
 
-def _run(world, capsys, command, argv):
+def _run(world, capsys, command, argv, monkeypatch):
+    # run from inside the snapshot: a path that resolves to the current folder must not touch anything either
+    monkeypatch.chdir(world["root"])
     args = [a.format(**{k: str(v) for k, v in world.items()}) for a in argv.split()]
     if command == "train" and "--work-dir" not in args:
         args += ["--work-dir", str(world["root"] / "fresh")]
@@ -176,9 +190,9 @@ def _run(world, capsys, command, argv):
     return code, out, err
 
 
-def _assert_refused(world, capsys, command, row):
+def _assert_refused(world, capsys, command, row, monkeypatch):
     _, argv, exit_code, message, *count = row
-    code, out, err = _run(world, capsys, command, argv)
+    code, out, err = _run(world, capsys, command, argv, monkeypatch)
     assert "Traceback" not in err + out
     lines = err.strip().splitlines()
     assert code == exit_code and len(lines) == (count or [1])[0], err
@@ -187,20 +201,30 @@ def _assert_refused(world, capsys, command, row):
 
 
 @pytest.mark.parametrize("row", TRAIN, ids=[r[0] for r in TRAIN])
-def test_train_refuses(world, capsys, one_thread, row):
-    _assert_refused(world, capsys, "train", row)
+def test_train_refuses(world, capsys, one_thread, row, monkeypatch):
+    _assert_refused(world, capsys, "train", row, monkeypatch)
 
 
 @pytest.mark.parametrize("row", TEST, ids=[r[0] for r in TEST])
-def test_test_refuses(world, capsys, one_thread, row):
-    _assert_refused(world, capsys, "test", row)
+def test_test_refuses(world, capsys, one_thread, row, monkeypatch):
+    _assert_refused(world, capsys, "test", row, monkeypatch)
 
 
-def test_a_work_dir_in_use_is_refused(world, capsys, one_thread):
+def test_python_train_refuses_an_empty_work_dir(world, one_thread, monkeypatch):
+    from resnest_fast.training.train import SetupError, train
+
+    monkeypatch.chdir(world["root"])
+    before = _snapshot(world["root"])
+    with pytest.raises(SetupError, match=r"^work dir \(--work-dir\) is an empty string: expected a folder$"):
+        train(world["tiny"], work_dir="", max_iters=1, progress=False)
+    assert _snapshot(world["root"]) == before
+
+
+def test_a_work_dir_in_use_is_refused(world, capsys, one_thread, monkeypatch):
     """A run holding the work dir's lock (here this process): the second is refused before it looks or writes."""
     lock = WorkDirLock.acquire(world["root"] / "busy")
     try:
-        code, _, err = _run(world, capsys, "train", f"{world['tiny']} --work-dir {world['root']}/busy")
+        code, _, err = _run(world, capsys, "train", f"{world['tiny']} --work-dir {world['root']}/busy", monkeypatch)
     finally:
         lock.release()
     assert code == 2 and len(err.strip().splitlines()) == 1, err
