@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from resnest_fast.backend import check_backend
 from resnest_fast.checkpoint import CheckpointError
 from resnest_fast.segmentation import load_model, predict_scores, resolve_config, slide_defaults
 from resnest_fast.training.checkpoints import WriteError, atomic_write_text, describe_write_error
@@ -167,6 +168,7 @@ def run(
             if (cfg.get("runtime") or {}).get("num_threads"):
                 torch.set_num_threads(int(cfg["runtime"]["num_threads"]))
             info = init_distributed(device)
+            check_backend(backend, info.device)  # not at the first image's forward, as a traceback
             dataset = build_dataset(data, "val", root=data_root)
             model, cfg, _ = load_model(cfg, checkpoint, backend=backend, device="cpu")
             model = model.to(info.device)

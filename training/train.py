@@ -57,6 +57,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from resnest_fast.backend import check_backend
 from resnest_fast.checkpoint import CheckpointError, check_state_dict, load_checkpoint, torch_load
 from resnest_fast.models import load_pretrained
 from resnest_fast.models.pretrained import resolve_pretrained
@@ -343,6 +344,8 @@ def train(
         # rank is an error on all (a rank that gave up would leave the others waiting in a collective).
         try:
             info = init_distributed(device)
+            if prebuilt is None:  # not at the first iteration's forward, as a traceback
+                check_backend(backend, info.device)
         except (ValueError, RuntimeError) as exc:
             raise SetupError(str(exc)) from exc
         work = Path(work_dir) if work_dir is not None else Path("work_dirs") / cfg.get("name", "run")

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from resnest_fast.backend import check_backend
 from resnest_fast.checkpoint import CheckpointError
 from resnest_fast.cli._common import add_runtime_arguments, check_path_arguments, command_main, print_error
 from resnest_fast.segmentation.inference import Scale, config_scale, load_model, segment_image, slide_defaults
@@ -321,6 +322,8 @@ def run(
             raise ValueError(f"scale must be 'config', 'none', a pair of edges or a factor, got {scale!r}")
         jobs, failures = plan_outputs(inputs, out_dir, overlay_format)
         model, cfg, meta = load_model(config, checkpoint, backend=backend, device=device)
+        # once for the run: the ops would refuse it at every image's first forward
+        check_backend(backend, next(model.parameters()).device)
         palette_name, pal = resolve_palette(palette, model.num_classes, cfg, meta)
         if scale == "config":
             scale = config_scale(cfg)

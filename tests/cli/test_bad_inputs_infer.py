@@ -94,6 +94,9 @@ ROWS = {
                           "the following arguments are required: --out-dir"),
 }
 
+if not torch.cuda.is_available():  # where a GPU is, the cuda backend may run
+    ROWS["--backend cuda without a GPU"] = (_infer("--backend", "cuda"), 2, "error: backend='cuda'")
+
 
 @pytest.mark.parametrize("name", list(ROWS))
 def test_bad_input_is_one_line_with_its_exit_code_and_changes_no_file(setup, tmp_path, capsys, monkeypatch, name):
@@ -133,6 +136,22 @@ def test_a_bad_backend_variable_is_one_line_in_a_fresh_process(tmp_path):
     assert done.stderr.strip().splitlines() == [(
         "resnest-fast info: error: environment variable RESNEST_FAST_BACKEND must be one of auto, cpu, cuda, triton, "
         "reference (or unset), got 'garbage'")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the cuda backend may run here")
+def test_a_backend_variable_that_cannot_run_here_is_one_line_before_any_image(setup, tmp_path):
+    """RESNEST_FAST_BACKEND=cuda without CUDA kernels or a GPU: one line and exit 2, not one failure per image."""
+    good_png(tmp_path / "in" / "a.png")
+    good_png(tmp_path / "in" / "b.png")
+    env = dict(os.environ, RESNEST_FAST_BACKEND="cuda", PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "resnest_fast", "infer", str(setup[0]), str(setup[1]),
+                           str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"), "--no-progress"], env=env,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("resnest-fast infer: error: backend='cuda' ") and lines[0].endswith(
+        "(the default backend, from RESNEST_FAST_BACKEND or set_default_backend)"), done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_python_api_with_a_bad_backend_variable_raises_a_clear_error(monkeypatch):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from resnest_fast._extension import HAS_CUDA_KERNELS
 from resnest_fast.cli import main
 from resnest_fast.segmentation import build_model
 from resnest_fast.segmentation.config import CONFIG_DIR
@@ -142,6 +143,14 @@ TRAIN = [
       r"\(0\.\.149, 255 = ignore\) \(loading the batch of iteration 1\)$")),
 ]
 
+# --backend cuda where it cannot run (where a GPU is, it may): what is missing from the build is said first, as no
+# --device can help then
+CUDA_REFUSED = r"^resnest-fast (train|test): error: backend='cuda' " + (
+    r"runs on cuda tensors, but the input is on cpu$" if HAS_CUDA_KERNELS else
+    r"is not available: resnest_fast\._C was (not built|built without cuda kernels) \(rebuild with FORCE_CUDA=1")
+if not torch.cuda.is_available():
+    TRAIN.append(("backend-cuda-without-a-gpu", "{tiny} --backend cuda", 2, CUDA_REFUSED))
+
 TEST = [
     ("text-file-checkpoint", "{tiny} {root}/text.pth", 2, r"text\.pth' is not a PyTorch checkpoint"),
     ("state-dict-a-string", "{tiny} {root}/str_state_dict.pth", 2,
@@ -174,6 +183,9 @@ TEST = [
     ("16-bit-label-out-of-range", "{ade} {root}/ade.pth --data-root {range16}", 2,
      r"label file .*validation/ADE_0\.png holds class id\(s\) 299: the dataset has 150 classes"),
 ]
+
+if not torch.cuda.is_available():
+    TEST.append(("backend-cuda-without-a-gpu", "{tiny} {root}/run/iter_2.pth --backend cuda", 2, CUDA_REFUSED))
 
 
 def _run(world, capsys, command, argv, monkeypatch):
@@ -208,6 +220,32 @@ def test_train_refuses(world, capsys, one_thread, row, monkeypatch):
 @pytest.mark.parametrize("row", TEST, ids=[r[0] for r in TEST])
 def test_test_refuses(world, capsys, one_thread, row, monkeypatch):
     _assert_refused(world, capsys, "test", row, monkeypatch)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="Triton runs on the GPU here")
+@pytest.mark.parametrize("command, given", [("train", "--backend"), ("test", "--backend"), ("train", "default"),
+                                            ("test", "default")])
+def test_triton_without_a_gpu_or_its_interpreter_is_one_line_before_any_work(world, capsys, monkeypatch, one_thread,
+                                                                              command, given):
+    """--backend triton, or RESNEST_FAST_BACKEND=triton (read once at import: the default is patched here), on CPU
+    tensors without TRITON_INTERPRET: refused before the model runs, not a traceback from its first forward."""
+    from resnest_fast import backend
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    argv = {"train": "{tiny}", "test": "{tiny} {root}/run/iter_2.pth"}[command]
+    if given == "default":
+        monkeypatch.setattr(backend, "_default", "triton")
+    else:
+        argv += " --backend triton"
+    code, out, err = _run(world, capsys, command, argv, monkeypatch)
+    assert code == 2 and "Traceback" not in out + err, err
+    expected = (f"resnest-fast {command}: error: backend='triton' " +
+                ("is not available: the triton package is not installed" if not backend.ext.HAS_TRITON else
+                 "needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before importing resnest_fast; "
+                 "the input is on cpu"))
+    if given == "default":
+        expected += " (the default backend, from RESNEST_FAST_BACKEND or set_default_backend)"
+    assert err.strip() == expected
 
 
 def test_python_train_refuses_an_empty_work_dir(world, one_thread, monkeypatch):
