@@ -182,7 +182,7 @@ def run(
                 raise ValueError("a crop size and a stride (--crop-size, --stride) apply to mode 'slide' only")
             tta_ratios = None
             if tta:
-                tta_ratios = data.get("tta_ratios")
+                tta_ratios = data.get("tta_ratios")  # checked by check_data_config
                 if not tta_ratios:
                     raise ValueError("--tta needs data.tta_ratios in the config (e.g. (0.5, 0.75, 1.0, 1.25, 1.5, "
                                      "1.75))")

@@ -331,6 +331,14 @@ def train(
                                    " (0 or None: only at the end)") or total_iters
             val_interval = _whole(schedule.get("val_interval"), "schedule.val_interval", 0,
                                   " (0 or None: no validation)")
+            for head in ("decode_head", "auxiliary_head"):
+                head_cfg = cfg["model"].get(head)
+                ignore = head_cfg.get("ignore_index", 255) if isinstance(head_cfg, dict) else 255
+                if ignore != 255:
+                    # any other id turns the ignored pixels into targets (out of range for the loss) and ignores a
+                    # real class instead
+                    raise ValueError(f"model.{head}.ignore_index must be 255, the id the datasets, the crops and the "
+                                     f"batch padding give ignored pixels; got {ignore!r}")
             if runtime.get("num_threads") is not None:
                 torch.set_num_threads(_whole(runtime["num_threads"], "runtime.num_threads", 1))
             if prebuilt is not None and backend is not None:

@@ -106,6 +106,7 @@ class EncoderDecoder(nn.Module):
         self.auxiliary_head: Optional[BaseDecodeHead] = (
             None if auxiliary_head is None else build_head(auxiliary_head)
         )
+        self._check_head_inputs()
         self.num_classes = self.decode_head.num_classes
         self.align_corners = self.decode_head.align_corners
         # ImageNet weights for the backbone (a file or open-mmlab://NAME): only the training command loads them,
@@ -132,6 +133,23 @@ class EncoderDecoder(nn.Module):
         self.seg_pad_val = pre.get("seg_pad_val", 255)
         self.crop_size = None if pre.get("size") is None else int_pair(pre["size"], "data_preprocessor['size']", 1)
         self.test_cfg = self._check_test_cfg(dict(test_cfg or dict(mode="whole")))
+
+    def _check_head_inputs(self) -> None:
+        """ValueError naming the head when its in_index or in_channels does not fit the ResNeSt backbone's features:
+        the heads alone cannot know them, and the first forward (a training run's first iteration) would fail with
+        an IndexError or a shape error instead. Another backbone module is taken as it is."""
+        if not isinstance(self.backbone, ResNeSt):
+            return
+        channels, n = self.backbone.out_channels, len(self.backbone.out_channels)
+        for name, head in (("decode_head", self.decode_head), ("auxiliary_head", self.auxiliary_head)):
+            if head is None:
+                continue
+            if not -n <= head.in_index < n:
+                raise ValueError(f"{name}.in_index={head.in_index} is out of range: the backbone returns {n} features "
+                                 f"(out_indices {self.backbone.out_indices}), so in_index must be in {-n}..{n - 1}")
+            if head.in_channels != channels[head.in_index]:
+                raise ValueError(f"{name}.in_channels={head.in_channels} does not fit feature {head.in_index} of the "
+                                 f"backbone, which has {channels[head.in_index]} channels")
 
     @staticmethod
     def _check_test_cfg(cfg: dict) -> dict:

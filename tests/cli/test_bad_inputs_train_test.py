@@ -83,6 +83,12 @@ def world(tmp_path_factory):
     for bad in ("corrupt", "size", "rgb", "range", "range16"):
         w[bad] = _ade_tree(root / f"ade_{bad}", bad)
     (root / "a_file").write_text("not a folder")
+    # configs inheriting the tiny one with one bad value each (`test` takes no --cfg-options)
+    for name, line in (("tta_zero", "data = dict(tta_ratios=(0,))"), ("tta_huge", "data = dict(tta_ratios=(1e6,))"),
+                       ("tta_text", "data = dict(tta_ratios='abc')"),
+                       ("in_index", "model = dict(decode_head=dict(in_index=7))")):
+        (root / f"{name}.py").write_text(f"_base_ = {w['tiny']!r}\n{line}\n")
+        w[name] = str(root / f"{name}.py")
     return w
 
 
@@ -138,6 +144,24 @@ TRAIN = [
     ("empty-data-root", "{ade} --data-root {empty}", 2, r"--data-root is an empty string: expected a dataset folder"),
     ("empty-load-from", "{tiny} --load-from {empty}", 2, r"--load-from is an empty string: expected a checkpoint"),
     ("empty-resume", "{tiny} --resume {empty}", 2, r"--resume is an empty string: expected a checkpoint file"),
+    # values that the first iteration or validation would meet as a traceback (or not at all: a wrong ignore_index
+    # trains on ignored pixels), named before anything is made
+    ("in-index-out-of-range", "{tiny} --cfg-options model.decode_head.in_index=7", 2,
+     r"decode_head\.in_index=7 is out of range: the backbone returns 4 features \(out_indices \(0, 1, 2, 3\)\), so "
+     r"in_index must be in -4\.\.3$"),
+    ("aux-in-channels-wrong", "{tiny} --cfg-options model.auxiliary_head.in_channels=100", 2,
+     r"auxiliary_head\.in_channels=100 does not fit feature 2 of the backbone, which has 128 channels$"),
+    ("ignore-index-300", "{tiny} --cfg-options model.decode_head.ignore_index=300", 2,
+     r"model\.decode_head\.ignore_index must be 255, the id .* ignored pixels; got 300$"),
+    ("ignore-index-a-class", "{tiny} --cfg-options model.auxiliary_head.ignore_index=5", 2,
+     r"model\.auxiliary_head\.ignore_index must be 255, .*got 5$"),
+    ("tta-ratio-0", "{tiny} --cfg-options data.tta_ratios=(0,)", 2,
+     r"tiny\.py: data\.tta_ratios must be a list of numbers from 0\.25 to 4\.0 .*, got 0 in \(0,\)$"),
+    ("tta-ratio-tiny", "{tiny} --cfg-options data.tta_ratios=(1.0,0.01)", 2,
+     r"data\.tta_ratios must be a list of numbers from 0\.25 to 4\.0 .*, got 0\.01 in \(1\.0, 0\.01\)$"),
+    ("tta-ratio-huge", "{tiny} --cfg-options data.tta_ratios=(1e6,)", 2, r"data\.tta_ratios must be .*, got 1000000\.0 in"),
+    ("tta-ratios-a-string", "{tiny} --cfg-options data.tta_ratios=abc", 2,
+     r"data\.tta_ratios must be a list of numbers from 0\.25 to 4\.0 .*, got 'abc'$"),
     ("label-out-of-range-in-a-worker", "{ade} --data-root {range} --max-iters 1 --num-workers 1", 1,
      (r"^resnest-fast train: error: label file .*ADE_0\.png holds class id\(s\) 199: the dataset has 150 classes "
       r"\(0\.\.149, 255 = ignore\) \(loading the batch of iteration 1\)$")),
@@ -180,6 +204,11 @@ TEST = [
      r"--data-root is an empty string: expected a dataset folder"),
     ("empty-out", "{tiny} {root}/run/iter_2.pth --out {empty}", 2,
      r"--out is an empty string: expected a JSON file to write"),
+    ("tta-ratio-0", "{tta_zero} {root}/run/iter_2.pth --tta", 2,
+     r"tta_zero\.py: data\.tta_ratios must be a list of numbers from 0\.25 to 4\.0 .*, got 0 in \(0,\)$"),
+    ("tta-ratio-huge", "{tta_huge} {root}/run/iter_2.pth --tta", 2, r"data\.tta_ratios must be .*got 1000000\.0"),
+    ("tta-ratios-a-string", "{tta_text} {root}/run/iter_2.pth --tta", 2, r"data\.tta_ratios must be .*got 'abc'$"),
+    ("in-index-out-of-range", "{in_index} {root}/run/iter_2.pth", 2, r"decode_head\.in_index=7 is out of range"),
     ("16-bit-label-out-of-range", "{ade} {root}/ade.pth --data-root {range16}", 2,
      r"label file .*validation/ADE_0\.png holds class id\(s\) 299: the dataset has 150 classes"),
 ]

@@ -17,7 +17,8 @@ from .datasets import ADE20KDataset, CityscapesDataset
 from .synthetic import SyntheticDataset
 from .transforms import Compose, PhotoMetricDistortion, RandomCrop, RandomFlip, RandomResize
 
-__all__ = ["DATASET_TYPES", "DATA_KEYS", "build_dataset", "train_pipeline", "check_data_config", "check_known_keys"]
+__all__ = ["DATASET_TYPES", "DATA_KEYS", "TTA_RATIO_RANGE", "build_dataset", "train_pipeline", "check_data_config",
+           "check_known_keys", "check_tta_ratios"]
 
 DATASET_TYPES = ("cityscapes", "ade20k", "synthetic")
 _REAL = {"cityscapes": CityscapesDataset, "ade20k": ADE20KDataset}
@@ -38,6 +39,28 @@ def check_known_keys(section: str, values: dict, known: Iterable[str], where: st
             raise ValueError(f"{where}: unknown key {section}.{key}{hint}")
 
 
+# data.tta_ratios bounds: mmseg's configs use 0.5-1.75. Below a quarter a small image shrinks to nothing (mmcv's
+# rescale then fails on a 0-pixel edge); above four times a 2048x1024 Cityscapes image becomes 8192x4096, whose 19
+# class logits alone take 2.4 GiB in fp32 (a ratio of 1e6 asked for 1.4e16 bytes).
+TTA_RATIO_RANGE = (0.25, 4.0)
+
+
+def check_tta_ratios(ratios, where: str):
+    """data.tta_ratios as a tuple of floats (None when unset), or a ValueError naming it: a non-empty list or tuple
+    of numbers within TTA_RATIO_RANGE."""
+    if ratios is None:
+        return None
+    low, high = TTA_RATIO_RANGE
+    wanted = f"a list of numbers from {low} to {high} (mmseg's: (0.5, 0.75, 1.0, 1.25, 1.5, 1.75))"
+    if not isinstance(ratios, (list, tuple)) or not ratios or any(
+            isinstance(r, bool) or not isinstance(r, (int, float)) for r in ratios):
+        raise ValueError(f"{where}: data.tta_ratios must be {wanted}, got {ratios!r}")
+    outside = [r for r in ratios if not low <= r <= high]  # NaN included
+    if outside:
+        raise ValueError(f"{where}: data.tta_ratios must be {wanted}, got {outside[0]!r} in {tuple(ratios)!r}")
+    return tuple(float(r) for r in ratios)
+
+
 def check_data_config(cfg: dict) -> dict:
     """The config's `data` dict, or a ValueError saying what is missing."""
     data = cfg.get("data")
@@ -54,6 +77,7 @@ def check_data_config(cfg: dict) -> dict:
     check_known_keys("data", data, DATA_KEYS, where)
     if "batch_size" not in data:
         raise ValueError(f"{where}: data.batch_size (images per process) is missing")
+    check_tta_ratios(data.get("tta_ratios"), where)
     return data
 
 
