@@ -41,7 +41,7 @@ def _ade_tree(root, bad=None):
     """ADEChallengeData2016 with 2 training and 1 validation image; `bad` spoils the first of each split:
     'corrupt' (a truncated JPEG), 'size' (a label smaller than its image), 'rgb' (an RGB label), 'range' (a class
     id 200, beyond ADE20k's 150 after reduce_zero_label), 'range16' (a 16-bit label holding 300, which a uint8
-    cast would wrap to class 43)."""
+    cast would wrap to class 43), 'orphan' (one more label, ADE_9.png, without its image)."""
     rng = np.random.default_rng(0)
     for split, n in (("training", 2), ("validation", 1)):
         for i in range(n):
@@ -61,6 +61,8 @@ def _ade_tree(root, bad=None):
             write_png(str(seg), label)
             if i == 0 and bad == "corrupt":
                 img.write_bytes(img.read_bytes()[:200])
+            if i == 0 and bad == "orphan":
+                write_png(str(seg.with_name("ADE_9.png")), label)
     return str(root)
 
 
@@ -80,7 +82,7 @@ def world(tmp_path_factory):
     torch.save({"meta": {"iter": 2}, "state_dict": "abc", "optimizer": {}, "param_schedulers": [{}]},
                root / "str_training_state.pth")
     torch.save(build_model(w["ade"]).state_dict(), root / "ade.pth")
-    for bad in ("corrupt", "size", "rgb", "range", "range16"):
+    for bad in ("corrupt", "size", "rgb", "range", "range16", "orphan"):
         w[bad] = _ade_tree(root / f"ade_{bad}", bad)
     (root / "a_file").write_text("not a folder")
     # configs inheriting the tiny one with one bad value each (`test` takes no --cfg-options)
@@ -209,6 +211,9 @@ TEST = [
     ("tta-ratio-huge", "{tta_huge} {root}/run/iter_2.pth --tta", 2, r"data\.tta_ratios must be .*got 1000000\.0"),
     ("tta-ratios-a-string", "{tta_text} {root}/run/iter_2.pth --tta", 2, r"data\.tta_ratios must be .*got 'abc'$"),
     ("in-index-out-of-range", "{in_index} {root}/run/iter_2.pth", 2, r"decode_head\.in_index=7 is out of range"),
+    ("label-without-its-image", "{ade} {root}/ade.pth --data-root {orphan}", 2,
+     r"no image for label .*ade_orphan/.*/annotations/validation/ADE_9\.png: expected "
+     r".*ade_orphan/.*/images/validation/ADE_9\.jpg$"),
     ("16-bit-label-out-of-range", "{ade} {root}/ade.pth --data-root {range16}", 2,
      r"label file .*validation/ADE_0\.png holds class id\(s\) 299: the dataset has 150 classes"),
 ]
