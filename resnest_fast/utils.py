@@ -10,8 +10,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["int_pair", "check_path", "atomic_write", "atomic_write_leftovers", "fsync_dir", "file_in_the_way", "not_a_folder",
-           "unwritable_folder", "write_refusal", "distributed_world_size", "check_input_dtype"]
+__all__ = ["int_pair", "SGD_NUMERIC_OPTIONS", "check_number", "check_path", "atomic_write", "atomic_write_leftovers",
+           "fsync_dir", "file_in_the_way", "not_a_folder", "unwritable_folder", "write_refusal", "distributed_world_size",
+           "check_input_dtype"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -36,6 +37,29 @@ def int_pair(value, name: str, minimum: int = 0) -> Tuple[int, int]:
         if v < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(items[0]), int(items[1])
+
+
+# the options of torch's SGD that are numbers >= 0 (the training schedule's and mmseg's optim_wrapper.optimizer): torch
+# compares them with 0 first, so a string failed as "'<' not supported between instances of 'str' and 'float'"
+SGD_NUMERIC_OPTIONS = ("lr", "momentum", "dampening", "weight_decay")
+
+
+def check_number(value, name: str, minimum: float = 0.0) -> float:
+    """`value` as a float when it is a finite number >= minimum (bool is not a number here), else ValueError naming
+    `name`. A config value of nan or inf, or a quoted number, arrives as a string from --cfg-options."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        hint = " (a string: leave out the quotes)" if isinstance(value, str) and _is_float_text(value) else ""
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}{hint}")
+    if not (np.isfinite(value) and value >= minimum):
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        return bool(np.isfinite(float(text.strip("'\""))))
+    except ValueError:
+        return False
 
 
 def check_path(value, name: str, expected: str = "a path"):

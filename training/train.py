@@ -72,7 +72,7 @@ from resnest_fast.training.data.samplers import InfiniteSampler
 from resnest_fast.training.distributed import DistInfo, all_gather_object, broadcast_object, cleanup, init_distributed
 from resnest_fast.training.evaluate import evaluate, metrics_summary
 from resnest_fast.training.errors import SetupError
-from resnest_fast.training.schedule import build_optimizer, build_scheduler
+from resnest_fast.training.schedule import build_optimizer, build_scheduler, check_optimizer
 from resnest_fast.utils import check_path
 
 __all__ = ["SetupError", "TrainingError", "train", "apply_cfg_options", "seed_everything"]
@@ -295,6 +295,10 @@ def train(
             if not isinstance(cfg.get("model"), dict):
                 raise ValueError(f"config {cfg.get('filename', '<dict>')!r} has no `model = dict(...)`")
             data = check_data_config(cfg)
+            for section in ("schedule", "runtime"):
+                if not isinstance(cfg.get(section) or {}, dict):
+                    raise ValueError(f"config {cfg.get('filename', '<dict>')!r} (or --cfg-options): `{section}` must "
+                                     f"be a dict of its settings, got {cfg[section]!r}")
             schedule = dict(cfg.get("schedule") or {})
             if not schedule:
                 raise ValueError(f"config {cfg.get('filename', '<dict>')!r} has no `schedule = dict(...)` "
@@ -331,6 +335,7 @@ def train(
                                    " (0 or None: only at the end)") or total_iters
             val_interval = _whole(schedule.get("val_interval"), "schedule.val_interval", 0,
                                   " (0 or None: no validation)")
+            check_optimizer(schedule.get("optimizer", {}))
             for head in ("decode_head", "auxiliary_head"):
                 head_cfg = cfg["model"].get(head)
                 ignore = head_cfg.get("ignore_index", 255) if isinstance(head_cfg, dict) else 255

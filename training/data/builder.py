@@ -13,6 +13,8 @@ import difflib
 import os
 from typing import Iterable, Optional
 
+from resnest_fast.utils import check_number
+
 from .datasets import ADE20KDataset, CityscapesDataset
 from .synthetic import SyntheticDataset
 from .transforms import Compose, PhotoMetricDistortion, RandomCrop, RandomFlip, RandomResize
@@ -61,6 +63,35 @@ def check_tta_ratios(ratios, where: str):
     return tuple(float(r) for r in ratios)
 
 
+# data keys -> what they hold; read by the pipelines, the synthetic set and the evaluation, which would otherwise
+# fail on a malformed one with an unpacking error or a traceback naming no key
+_PAIRS = {"scale": "(long, short edge)", "crop_size": "(h, w)", "size": "(h, w)"}
+_COUNTS = ("num_classes", "train_samples", "val_samples")
+
+
+def _check_values(data: dict, where: str) -> None:
+    for key, meaning in _PAIRS.items():
+        value = data.get(key)
+        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+            raise ValueError(f"{where}: data.{key} must be a pair of positive ints {meaning}, got {value!r}")
+    for key in _COUNTS:
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{where}: data.{key} must be a positive whole number, got {value!r}")
+    ratios = data.get("ratio_range")
+    if ratios is not None:
+        if not (isinstance(ratios, (list, tuple)) and len(ratios) == 2):
+            raise ValueError(f"{where}: data.ratio_range must be a pair (low, high) of positive numbers, got {ratios!r}")
+        low, high = (check_number(r, f"{where}: data.ratio_range item") for r in ratios)
+        if not 0 < low <= high:
+            raise ValueError(f"{where}: data.ratio_range must be a pair (low, high) of positive numbers with low <= "
+                             f"high, got {ratios!r}")
+    if data.get("cat_max_ratio") is not None and check_number(
+            data["cat_max_ratio"], f"{where}: data.cat_max_ratio") > 1:
+        raise ValueError(f"{where}: data.cat_max_ratio must be at most 1 (1: no limit), got {data['cat_max_ratio']!r}")
+
+
 def check_data_config(cfg: dict) -> dict:
     """The config's `data` dict, or a ValueError saying what is missing."""
     data = cfg.get("data")
@@ -78,6 +109,7 @@ def check_data_config(cfg: dict) -> dict:
     if "batch_size" not in data:
         raise ValueError(f"{where}: data.batch_size (images per process) is missing")
     check_tta_ratios(data.get("tta_ratios"), where)
+    _check_values(data, where)
     return data
 
 
