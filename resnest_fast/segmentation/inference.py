@@ -18,7 +18,7 @@ from resnest_fast.checkpoint import load_checkpoint
 from resnest_fast.segmentation.builder import build_model
 from resnest_fast.segmentation.config import resolve_config
 from resnest_fast.segmentation.decode_heads import resize
-from resnest_fast.segmentation.segmentor import slide_windows
+from resnest_fast.segmentation.segmentor import default_stride, slide_windows
 from resnest_fast.utils import int_pair
 
 __all__ = [
@@ -213,5 +213,5 @@ def slide_defaults(model, cfg: dict, crop_size, stride):
     crop_size = int_pair(crop_size, "crop_size", 1)
     if stride is None:
         stride = test_cfg.get("stride") if test_cfg.get("crop_size") == crop_size else None
-        stride = stride or tuple(max(1, int(c * 2 / 3)) for c in crop_size)
+        stride = stride or default_stride(crop_size)
     return slide_windows(crop_size, stride)

@@ -26,7 +26,7 @@ from resnest_fast.models import ResNeSt
 from resnest_fast.segmentation.decode_heads import BaseDecodeHead, build_head, resize
 from resnest_fast.utils import int_pair
 
-__all__ = ["EncoderDecoder", "build_segmentor", "check_image", "slide_windows"]
+__all__ = ["EncoderDecoder", "build_segmentor", "check_image", "default_stride", "slide_windows"]
 
 _PREPROCESSOR_KEYS = {"type", "mean", "std", "bgr_to_rgb", "rgb_to_bgr", "pad_val", "seg_pad_val", "size",
                       "size_divisor", "test_cfg"}
@@ -43,6 +43,11 @@ def slide_windows(crop_size, stride) -> Tuple[Tuple[int, int], Tuple[int, int]]:
         raise ValueError(f"stride {step} is larger than crop_size {crop}: pixels between the windows would get no "
                          "prediction (use a stride <= crop_size)")
     return crop, step
+
+
+def default_stride(crop_size) -> Tuple[int, int]:
+    """The stride of sliding windows given none: 2/3 of the window (mmseg's ADE20k slide settings, 512 -> 341)."""
+    return tuple(max(1, int(c * 2 / 3)) for c in int_pair(crop_size, "crop_size", 1))
 
 
 def check_image(img, name: str = "img") -> None:
@@ -79,7 +84,8 @@ class EncoderDecoder(nn.Module):
             SegDataPreProcessor; `size` is the training crop that batches are padded to. mean and std are in the
             network's channel order (R, G, B); bgr_to_rgb (or rgb_to_bgr) True: the images given are BGR and are
             swapped first (`input_order` 'bgr'), see the module docstring for mmseg's files.
-        test_cfg: dict(mode='whole') or dict(mode='slide', crop_size=(h, w), stride=(h, w)).
+        test_cfg: dict(mode='whole') or dict(mode='slide', crop_size=(h, w), stride=(h, w)); slide without a
+            crop_size takes data_preprocessor's size (the training crop), without a stride 2/3 of the window.
         backend: backend of the fused split-attention ops (None: the default).
     forward(img (B, 3, H, W) 0-255, in `input_order`: RGB unless built with bgr_to_rgb=True) -> logits (B, num_classes, H, W) (what you deploy; argmax is the label
     map). `decode(x)` is mmseg's `forward(mode='tensor')`: normalised input -> logits at 1/8 resolution.
@@ -151,13 +157,21 @@ class EncoderDecoder(nn.Module):
                 raise ValueError(f"{name}.in_channels={head.in_channels} does not fit feature {head.in_index} of the "
                                  f"backbone, which has {channels[head.in_index]} channels")
 
-    @staticmethod
-    def _check_test_cfg(cfg: dict) -> dict:
+    def _check_test_cfg(self, cfg: dict) -> dict:
+        """test_cfg with its windows checked. Slide mode without a crop_size takes the training crop
+        (data_preprocessor's size, `crop_size`) and without a stride 2/3 of the window, the commands' defaults."""
         mode = cfg.get("mode", "whole")
         if mode not in ("whole", "slide"):
             raise ValueError(f"test_cfg['mode'] must be 'whole' or 'slide', got {mode!r}")
         if mode == "slide":
-            cfg["crop_size"], cfg["stride"] = slide_windows(cfg.get("crop_size"), cfg.get("stride"))
+            if cfg.get("crop_size") is None:
+                if self.crop_size is None:
+                    raise ValueError("slide mode needs windows: set test_cfg's crop_size (the model has no training "
+                                     "crop, data_preprocessor's size, to take instead)")
+                cfg["crop_size"] = self.crop_size
+            if cfg.get("stride") is None:
+                cfg["stride"] = default_stride(cfg["crop_size"])
+            cfg["crop_size"], cfg["stride"] = slide_windows(cfg["crop_size"], cfg["stride"])
         cfg["mode"] = mode
         return cfg
 
@@ -245,7 +259,8 @@ class EncoderDecoder(nn.Module):
     def inference(self, img: Tensor, mode: Optional[str] = None, crop_size=None, stride=None) -> Tensor:
         """RGB 0-255 (B, 3, H, W) -> logits (B, num_classes, H, W), whole or sliding-window as test_cfg says
         (arguments override it). Slide: mmseg's windows (the last one of a row or column flush with the border),
-        logits averaged where windows overlap."""
+        logits averaged where windows overlap; mode='slide' without windows takes test_cfg's, else the training
+        crop (`crop_size`) with a stride of 2/3 of it."""
         x = self.preprocess(img)
         cfg = dict(self.test_cfg)
         if mode is not None:

@@ -191,6 +191,8 @@ TRAIN = [
     ("no-training-samples", "{tiny} --cfg-options data.train_samples=0", 2, r"data\.train_samples must be a positive"),
     ("ratio-range-reversed", "{tiny} --cfg-options data.ratio_range=(2.0,0.5)", 2,
      r"data\.ratio_range must be a pair \(low, high\) of positive numbers with low <= high, got \(2\.0, 0\.5\)$"),
+    ("slide-without-any-window", "{tiny} --cfg-options model.test_cfg.mode=slide model.data_preprocessor.size=None",
+     2, r"error: slide mode needs windows: set test_cfg's crop_size \(the model has no training crop"),
     ("label-out-of-range-in-a-worker", "{ade} --data-root {range} --max-iters 1 --num-workers 1", 1,
      (r"^resnest-fast train: error: label file .*ADE_0\.png holds class id\(s\) 199: the dataset has 150 classes "
       r"\(0\.\.149, 255 = ignore\) \(loading the batch of iteration 1\)$")),

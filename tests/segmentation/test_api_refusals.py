@@ -47,6 +47,30 @@ def test_slide_windows_that_leave_pixels_uncovered_are_refused(model, img):
     assert logits.shape == (1, model.num_classes, 45, 67) and torch.isfinite(logits).all()
 
 
+def test_slide_without_windows_takes_the_training_crop_or_names_what_is_missing(img):
+    """mode='slide' with no crop_size in test_cfg: the training crop (data_preprocessor's size) and 2/3 of it as
+    stride, the commands' defaults, where 'crop_size must be an int or a pair of ints, got None' came before."""
+    cfg = small_model_cfg()
+    cfg["data_preprocessor"]["size"] = (16, 24)
+    torch.manual_seed(0)
+    whole = build_segmentor(cfg).eval()
+    slide = build_segmentor(dict(cfg, test_cfg=dict(mode="slide")))
+    slide.load_state_dict(whole.state_dict())
+    slide.eval()
+    assert slide.test_cfg == dict(mode="slide", crop_size=(16, 24), stride=(10, 16))  # int(16 * 2 / 3), int(24 * 2 / 3)
+    x = as_batch(img)
+    expected = whole.inference(x, mode="slide", crop_size=(16, 24), stride=(10, 16))
+    torch.testing.assert_close(whole.inference(x, mode="slide"), expected, rtol=0, atol=0)
+    torch.testing.assert_close(slide.inference(x), expected, rtol=0, atol=0)
+    assert torch.equal(whole.predict(x, mode="slide"), expected.argmax(1))
+    cfg["data_preprocessor"]["size"] = None
+    with pytest.raises(ValueError, match=r"^slide mode needs windows: set test_cfg's crop_size \(the model has no "
+                       r"training crop, data_preprocessor's size, to take instead\)$"):
+        build_segmentor(dict(cfg, test_cfg=dict(mode="slide")))
+    with pytest.raises(ValueError, match="^slide mode needs windows"):
+        build_segmentor(cfg).predict(x, mode="slide")
+
+
 @pytest.mark.parametrize("scale, kind", [
     ([32], TypeError), ("64", TypeError), ((64, 0), ValueError), (0.0, ValueError), (float("nan"), ValueError),
     (torch.tensor(2.0), TypeError), ((64.5, 32), TypeError), (True, TypeError),
