@@ -5,13 +5,14 @@ A leaf: imports nothing of resnest_fast, so any layer may import it.
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
 __all__ = ["int_pair", "SGD_NUMERIC_OPTIONS", "check_number", "check_path", "atomic_write", "atomic_write_leftovers",
-           "fsync_dir", "file_in_the_way", "not_a_folder", "unwritable_folder", "write_refusal", "distributed_world_size",
+           "fsync_dir", "file_in_the_way", "not_a_folder", "not_a_file", "unwritable_folder", "write_refusal", "distributed_world_size",
            "check_input_dtype"]
 
 PathLike = Union[str, os.PathLike]
@@ -95,10 +96,40 @@ def file_in_the_way(path: PathLike) -> Optional[Path]:
     return None
 
 
+def not_a_file(path: PathLike) -> Optional[str]:
+    """What `path` is when it exists but is not a regular file ('a folder', 'a named pipe (FIFO)', ...), else None.
+    Opening a FIFO would wait for a writer, and 'not found' would send the user looking for a file that is there."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, what in ((stat.S_ISREG, None), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _dangling_link(folder: Path) -> Optional[Path]:
+    """The nearest of `folder` and its parents that is a symbolic link to nothing, or None."""
+    for p in (folder, *folder.parents):
+        if p.is_symlink() and not p.exists():
+            return p
+        if p.exists():
+            return None
+    return None
+
+
 def not_a_folder(folder: PathLike, name: str) -> Optional[str]:
     """None when `folder` is a folder or can be made one; else one line naming it as `name` (an argument, such as
-    '--out-dir') and the file in the way, `folder` itself or one of its parents."""
+    '--out-dir') and the file in the way, `folder` itself or one of its parents, or the symbolic link to nothing
+    (which mkdir meets as 'File exists')."""
     folder = Path(folder)
+    link = _dangling_link(folder)
+    if link is not None:
+        what = "is" if link == folder else f"cannot be created: {link} is"
+        return f"{name} {str(folder)!r} {what} a symbolic link to {os.readlink(link)}, which does not exist"
     blocker = file_in_the_way(folder)
     if blocker is None:
         return None

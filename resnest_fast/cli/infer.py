@@ -43,7 +43,7 @@ from resnest_fast.segmentation.inference import Scale, config_scale, load_model,
 from resnest_fast.training.data.io import CorruptFileError, load_image
 from resnest_fast.training.data.meta import ADE20K_PALETTE, CITYSCAPES_PALETTE
 from resnest_fast.training.errors import SetupError
-from resnest_fast.utils import atomic_write, atomic_write_leftovers, check_path, unwritable_folder
+from resnest_fast.utils import atomic_write, atomic_write_leftovers, check_path, not_a_file, unwritable_folder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -242,6 +242,8 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
             sources += [(p, path) for p in _walk_images(path, real_out_dir, failures)]
         elif path.is_file():
             sources.append((path, path.parent))
+        elif not_a_file(path):
+            failures.append((str(given), f"input {given} is {not_a_file(path)}, not an image file or folder"))
         else:
             failures.append((str(given), f"input not found: {given}"))
     seen, unique = set(), []

@@ -41,7 +41,8 @@ def _ade_tree(root, bad=None):
     """ADEChallengeData2016 with 2 training and 1 validation image; `bad` spoils the first of each split:
     'corrupt' (a truncated JPEG), 'size' (a label smaller than its image), 'rgb' (an RGB label), 'range' (a class
     id 200, beyond ADE20k's 150 after reduce_zero_label), 'range16' (a 16-bit label holding 300, which a uint8
-    cast would wrap to class 43), 'orphan' (one more label, ADE_9.png, without its image)."""
+    cast would wrap to class 43), 'orphan' (one more label, ADE_9.png, without its image), 'fifo' (the image a named
+    pipe, which opening would wait on forever)."""
     rng = np.random.default_rng(0)
     for split, n in (("training", 2), ("validation", 1)):
         for i in range(n):
@@ -63,6 +64,9 @@ def _ade_tree(root, bad=None):
                 img.write_bytes(img.read_bytes()[:200])
             if i == 0 and bad == "orphan":
                 write_png(str(seg.with_name("ADE_9.png")), label)
+            if i == 0 and bad == "fifo":
+                img.unlink()
+                os.mkfifo(img)
     return str(root)
 
 
@@ -82,9 +86,10 @@ def world(tmp_path_factory):
     torch.save({"meta": {"iter": 2}, "state_dict": "abc", "optimizer": {}, "param_schedulers": [{}]},
                root / "str_training_state.pth")
     torch.save(build_model(w["ade"]).state_dict(), root / "ade.pth")
-    for bad in ("corrupt", "size", "rgb", "range", "range16", "orphan"):
+    for bad in ("corrupt", "size", "rgb", "range", "range16", "orphan", "fifo"):
         w[bad] = _ade_tree(root / f"ade_{bad}", bad)
     (root / "a_file").write_text("not a folder")
+    (root / "dangling").symlink_to(root / "nowhere")
     # configs inheriting the tiny one with one bad value each (`test` takes no --cfg-options)
     for name, line in (("tta_zero", "data = dict(tta_ratios=(0,))"), ("tta_huge", "data = dict(tta_ratios=(1e6,))"),
                        ("tta_text", "data = dict(tta_ratios='abc')"),
@@ -95,14 +100,20 @@ def world(tmp_path_factory):
 
 
 def _snapshot(root):
-    """{relative path: sha256} of every file and {relative path} of every folder under root."""
+    """{relative path: sha256} of every file (a link: its target, a FIFO: its kind, never opened) and {relative
+    path} of every folder under root."""
     files, folders = {}, set()
     for folder, dirs, names in os.walk(root):
         folders.update(os.path.relpath(os.path.join(folder, d), root) for d in dirs)
         for name in names:
             path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+            if os.path.islink(path):
+                files[os.path.relpath(path, root)] = "-> " + os.readlink(path)
+            elif not os.path.isfile(path):
+                files[os.path.relpath(path, root)] = "special"
+            else:
+                with open(path, "rb") as f:
+                    files[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
     return files, folders
 
 
@@ -127,6 +138,11 @@ TRAIN = [
     ("work-dir-is-a-file", "{tiny} --work-dir {root}/a_file", 2, r"work dir '.*/a_file' is a file, not a folder"),
     ("work-dir-under-a-file", "{tiny} --work-dir {root}/a_file/sub", 2,
      r"work dir '.*/a_file/sub' cannot be created: .*/a_file is a file, not a folder"),
+    ("work-dir-a-link-to-nothing", "{tiny} --work-dir {root}/dangling", 2,
+     r"work dir '.*/dangling' is a symbolic link to .*/nowhere, which does not exist$"),
+    ("work-dir-under-a-link-to-nothing", "{tiny} --work-dir {root}/dangling/sub", 2,
+     r"work dir '.*/dangling/sub' cannot be created: .*/dangling is a symbolic link to .*/nowhere, which does not "
+     r"exist$"),
     ("resume-a-text-file", "{tiny} --resume {root}/text.pth", 2,
      r"text\.pth' is not a PyTorch checkpoint: expected what torch\.save writes .* got a file starting with b'101"),
     ("resume-one-tensor", "{tiny} --resume {root}/tensor.pth", 2,
@@ -243,6 +259,10 @@ TEST = [
     ("label-without-its-image", "{ade} {root}/ade.pth --data-root {orphan}", 2,
      r"no image for label .*ade_orphan/.*/annotations/validation/ADE_9\.png: expected "
      r".*ade_orphan/.*/images/validation/ADE_9\.jpg$"),
+    ("data-root-a-file", "{ade} {root}/ade.pth --data-root {root}/a_file", 2,
+     r"ade20k data root '.*/a_file' is a file, not a folder \(the config's data\.root, or --data-root"),
+    ("image-a-fifo", "{ade} {root}/ade.pth --data-root {fifo}", 2,
+     r"cannot use image file .*ade_fifo/.*/validation/ADE_0\.jpg: it is a named pipe \(FIFO\), not a regular file$"),
     ("16-bit-label-out-of-range", "{ade} {root}/ade.pth --data-root {range16}", 2,
      r"label file .*validation/ADE_0\.png holds class id\(s\) 299: the dataset has 150 classes"),
 ]

@@ -13,7 +13,7 @@ import difflib
 import os
 from typing import Iterable, Optional
 
-from resnest_fast.utils import check_number
+from resnest_fast.utils import check_number, not_a_file
 
 from .datasets import ADE20KDataset, CityscapesDataset
 from .synthetic import SyntheticDataset
@@ -147,6 +147,9 @@ def build_dataset(data: dict, split: str, root: Optional[str] = None, seed: int 
     root = root if root is not None else data.get("root")
     if not root:
         raise ValueError(f"data.root is not set for the {kind} dataset (pass --data-root DIR)")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise FileNotFoundError(f"{kind} data root {root!r} is {not_a_file(root) or 'a file'}, not a folder (the "
+                                "config's data.root, or --data-root: the dataset's folder)")
     if not os.path.isdir(root):
         raise FileNotFoundError(
             f"{kind} data root {root!r} does not exist (the config's data.root, or --data-root; relative paths are "

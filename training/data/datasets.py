@@ -125,7 +125,8 @@ def _by_stem(folder, suffix, what):
         return found
     for name in names:
         path = os.path.join(folder, name)
-        if name.startswith(".") or not name.lower().endswith(suffix) or not os.path.isfile(path):
+        # not only regular files: a FIFO or a link to nothing is then named by the loader for what it is
+        if name.startswith(".") or not name.lower().endswith(suffix) or os.path.isdir(path):
             continue
         stem = name[: -len(suffix)]
         if stem in found:

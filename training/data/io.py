@@ -19,6 +19,8 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from resnest_fast.utils import not_a_file
+
 
 class CorruptFileError(OSError):
     """An image or label file exists but cannot be decoded (or has the wrong number of channels)."""
@@ -31,6 +33,9 @@ class DataError(ValueError):
 def _open_fully(path, kind):
     """Open and decode the whole file now: pillow is lazy, and a truncated file fails only at load()."""
     if not os.path.isfile(path):
+        what = not_a_file(path)
+        if what:
+            raise CorruptFileError(f"cannot use {kind} file {path}: it is {what}, not a regular file")
         raise FileNotFoundError(f"{kind} file not found: {path}")
     try:
         img = Image.open(path)

@@ -1,5 +1,6 @@
 """Decoding: RGB order, channel handling, mmseg's reduce_zero_label, and errors that name the file."""
 import io
+import os
 
 import numpy as np
 import pytest
@@ -70,6 +71,18 @@ def test_rgb_label_is_rejected_with_its_path(tmp_path):
 def test_missing_file_names_it(tmp_path, loader):
     with pytest.raises(FileNotFoundError, match="nope.png"):
         loader(str(tmp_path / "nope.png"))
+
+
+@pytest.mark.parametrize("loader", [load_image, load_label])
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_path_that_is_not_a_regular_file_says_what_it_is(tmp_path, loader, kind):
+    """'not found' sent people looking for a file that is there; a FIFO must not be opened (it waits for a writer)."""
+    path = tmp_path / "x.png"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    what = r"a named pipe \(FIFO\)" if kind == "fifo" else "a folder"
+    with pytest.raises(CorruptFileError, match=rf"^cannot use (image|label) file {path}: it is {what}, not a regular "
+                       "file$"):
+        loader(str(path))
 
 
 @pytest.mark.parametrize("loader", [load_image, load_label])
