@@ -39,7 +39,8 @@ from tqdm import tqdm
 from resnest_fast.backend import check_backend
 from resnest_fast.checkpoint import CheckpointError
 from resnest_fast.cli._common import add_runtime_arguments, check_path_arguments, command_main, print_error
-from resnest_fast.segmentation.inference import Scale, config_scale, load_model, segment_image, slide_defaults
+from resnest_fast.segmentation.inference import (Scale, check_scale, config_scale, load_model, segment_image,
+                                                 slide_defaults)
 from resnest_fast.training.data.io import CorruptFileError, load_image
 from resnest_fast.training.data.meta import ADE20K_PALETTE, CITYSCAPES_PALETTE
 from resnest_fast.training.errors import SetupError
@@ -328,9 +329,11 @@ def run(
         check_backend(backend, next(model.parameters()).device)
         palette_name, pal = resolve_palette(palette, model.num_classes, cfg, meta)
         if scale == "config":
-            scale = config_scale(cfg)
+            scale = check_scale(config_scale(cfg), "the config's test scale, data.scale,")
         elif scale == "none":
             scale = None
+        else:  # once here rather than once per image
+            scale = check_scale(scale, "--scale")
         mode = mode or model.test_cfg["mode"]
         if mode == "slide":
             crop_size, stride = slide_defaults(model, cfg, crop_size, stride)
@@ -430,7 +433,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="slide stride (default: the config's, else 2/3 of the window)")
     parser.add_argument("--scale", nargs="+", default=["config"], metavar="SCALE",
                         help="'H W': resize keeping the ratio so the image fits these two edges (their order does not "
-                        "matter); 'config': the config's test scale, data.scale (default); 'none': the original size")
+                        "matter; H x W at most 8192 x 8192 pixels); 'config': the config's test scale, data.scale "
+                        "(default); 'none': the original size")
     parser.add_argument("--palette", choices=("auto", "cityscapes", "ade20k"), default="auto",
                         help="colours (auto, mmseg's rule: the checkpoint's saved palette, else the config's dataset, "
                         "else by class count: 19 Cityscapes, 150 ADE20k, others mmseg's generated palette)")

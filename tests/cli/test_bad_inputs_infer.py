@@ -88,6 +88,10 @@ ROWS = {
     "a folder without images": (_infer(inputs=_empty_folder), 2, "no image found"),
     "opacity out of range": (_infer("--opacity", "2"), 2, "opacity must be in [0, 1]"),
     "scale of one number": (_infer("--scale", "7"), 2, "--scale takes"),
+    # the process was killed for memory (an 18 GB image for this 34x21 one, then its features)
+    "scale far too large": (_infer("--scale", "100000", "100000"), 2,
+                            "--scale (100000, 100000) resizes images to up to 10000000000 pixels: at most 67108864 "
+                            "(8192 x 8192) are allowed"),
     "a bomb and a float image beside a good one": (_infer(inputs=_bomb_and_float), 1, "bomb.png"),
     "a FIFO named like an image beside a good one": (
         _infer(inputs=_fifo_beside_a_good_one), 1, "input {tmp}/in/pipe.png is a named pipe (FIFO), not an image"),

@@ -201,6 +201,9 @@ TRAIN = [
      r"tiny\.py: data\.size must be a pair of positive ints \(h, w\), got \(32,\)$"),
     ("scale-of-one-number", "{tiny} --cfg-options data.scale=(32,)", 2,
      r"data\.scale must be a pair of positive ints \(long, short edge\), got \(32,\)$"),
+    ("scale-far-too-large", "{tiny} --cfg-options data.scale=(100000,100000)", 2,
+     r"tiny\.py: data\.scale \(100000, 100000\) resizes images to up to 10000000000 pixels: at most 67108864 "
+     r"\(8192 x 8192\) are allowed"),
     ("crop-size-zero", "{tiny} --cfg-options data.crop_size=(32,0)", 2, r"data\.crop_size must be a pair of positive"),
     ("num-classes-a-word", "{tiny} --cfg-options data.num_classes=abc", 2,
      r"data\.num_classes must be a positive whole number, got 'abc'$"),

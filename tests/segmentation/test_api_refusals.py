@@ -80,6 +80,21 @@ def test_a_malformed_scale_is_named(model, img, scale, kind):
         segment_image(model, img, scale=scale)
 
 
+def test_a_scale_beyond_8192_x_8192_pixels_is_refused_before_anything_is_allocated(model, img):
+    """45x67 scaled by 1000 would be 45000x67000 (9 GB of uint8 before the model's features): refused by name, as a
+    pair whose long x short edge exceeds the bound, or per image for a factor; at the bound it is allowed."""
+    with pytest.raises(ValueError, match=r"^scale \(100000, 100000\) resizes images to up to 10000000000 pixels: "
+                       r"at most 67108864 \(8192 x 8192\) are allowed"):
+        segment_image(model, img, scale=(100000, 100000))
+    with pytest.raises(ValueError, match=r"^cannot resize an image of 67x45 to 67000x45000: 3015000000 pixels, over "
+                       r"the 67108864 \(8192 x 8192\) allowed"):
+        segment_image(model, img, scale=1000.0)
+    with pytest.raises(ValueError, match=r"67108864 \(8192 x 8192\)"):
+        predict_scores(model, img, tta_ratios=[1000.0])
+    from resnest_fast.segmentation.inference import check_scale
+    assert check_scale((8192, 8192)) == (8192, 8192) and check_scale([16384, 4096]) == (16384, 4096)
+
+
 def test_scale_as_a_list_or_a_numpy_number_is_the_tuple_or_the_float(model, img):
     # a list is what a JSON or YAML config gives; np.float32 is not a Python float (it has no len either)
     as_pair = segment_image(model, img, scale=(40, 30))

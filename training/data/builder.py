@@ -13,6 +13,7 @@ import difflib
 import os
 from typing import Iterable, Optional
 
+from resnest_fast.segmentation.inference import check_scale
 from resnest_fast.utils import check_number, not_a_file
 
 from .datasets import ADE20KDataset, CityscapesDataset
@@ -75,6 +76,8 @@ def _check_values(data: dict, where: str) -> None:
         if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
             raise ValueError(f"{where}: data.{key} must be a pair of positive ints {meaning}, got {value!r}")
+    if data.get("scale") is not None:
+        check_scale(data["scale"], f"{where}: data.scale")  # the bound on the pixels an image is resized to
     for key in _COUNTS:
         value = data.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
