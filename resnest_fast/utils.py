@@ -12,8 +12,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 
 __all__ = ["int_pair", "SGD_NUMERIC_OPTIONS", "check_number", "check_path", "atomic_write", "atomic_write_leftovers",
-           "fsync_dir", "file_in_the_way", "not_a_folder", "not_a_file", "unwritable_folder", "write_refusal", "distributed_world_size",
-           "check_input_dtype"]
+           "fsync_dir", "file_in_the_way", "not_a_folder", "not_a_file", "unwritable_folder", "write_refusal",
+           "distributed_world_size", "check_input_dtype"]
 
 PathLike = Union[str, os.PathLike]
 

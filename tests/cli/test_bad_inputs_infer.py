@@ -101,7 +101,8 @@ ROWS = {
     "bad backend variable (info)": (lambda tmp, s: ["info"], 2, "RESNEST_FAST_BACKEND"),
     "unknown info option": (lambda tmp, s: ["info", "--bogus"], 2, "unrecognized arguments: --bogus"),
     # '' is the current folder to the OS (the test runs in tmp): searched recursively, or written into, unasked
-    "empty input": (_infer(inputs=lambda tmp: [""]), 2, "INPUT is an empty string: expected an image file or a folder of images"),
+    "empty input": (_infer(inputs=lambda tmp: [""]), 2,
+                    "INPUT is an empty string: expected an image file or a folder of images"),
     "empty --out-dir": (lambda tmp, s: ["infer", str(s[0]), str(s[1]), str(tmp / "in"), "--out-dir", ""], 2,
                         "--out-dir is an empty string: expected a folder"),
     "empty config": (lambda tmp, s: ["infer", "", str(s[1]), str(tmp / "in"), "--out-dir", str(tmp / "out")], 2,

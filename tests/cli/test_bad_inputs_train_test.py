@@ -177,7 +177,8 @@ TRAIN = [
      r"tiny\.py: data\.tta_ratios must be a list of numbers from 0\.25 to 4\.0 .*, got 0 in \(0,\)$"),
     ("tta-ratio-tiny", "{tiny} --cfg-options data.tta_ratios=(1.0,0.01)", 2,
      r"data\.tta_ratios must be a list of numbers from 0\.25 to 4\.0 .*, got 0\.01 in \(1\.0, 0\.01\)$"),
-    ("tta-ratio-huge", "{tiny} --cfg-options data.tta_ratios=(1e6,)", 2, r"data\.tta_ratios must be .*, got 1000000\.0 in"),
+    ("tta-ratio-huge", "{tiny} --cfg-options data.tta_ratios=(1e6,)", 2,
+     r"data\.tta_ratios must be .*, got 1000000\.0 in"),
     ("tta-ratios-a-string", "{tiny} --cfg-options data.tta_ratios=abc", 2,
      r"data\.tta_ratios must be a list of numbers from 0\.25 to 4\.0 .*, got 'abc'$"),
     # values whose messages named neither the key nor what it takes ("'<' not supported between instances of 'str'

@@ -85,7 +85,8 @@ def _check_values(data: dict, where: str) -> None:
     ratios = data.get("ratio_range")
     if ratios is not None:
         if not (isinstance(ratios, (list, tuple)) and len(ratios) == 2):
-            raise ValueError(f"{where}: data.ratio_range must be a pair (low, high) of positive numbers, got {ratios!r}")
+            raise ValueError(f"{where}: data.ratio_range must be a pair (low, high) of positive numbers, "
+                             f"got {ratios!r}")
         low, high = (check_number(r, f"{where}: data.ratio_range item") for r in ratios)
         if not 0 < low <= high:
             raise ValueError(f"{where}: data.ratio_range must be a pair (low, high) of positive numbers with low <= "

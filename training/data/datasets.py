@@ -7,9 +7,10 @@ Each item is a dict:
 
 Files are listed once at construction (sorted by image path, as mmseg sorts them), every image must have its
 label and every label its image: a missing one is an error naming the file and the path expected, rather than a
-silently shorter dataset. A sample whose label does not fit the dataset (its size differs from the image's, or it holds a class id
-that is neither a class nor 255) raises DataError naming the files when it is loaded. Random transforms draw from
-a generator seeded by (seed, pass, index), so a sample does not depend on which DataLoader worker produced it.
+silently shorter dataset. A sample whose label does not fit the dataset (its size differs from the image's, or it
+holds a class id that is neither a class nor 255) raises DataError naming the files when it is loaded. Random
+transforms draw from a generator seeded by (seed, pass, index), so a sample does not depend on which DataLoader
+worker produced it.
 The pass is the one an ``InfiniteSampler`` sends along with each index (``dataset[(index, pass)]``), or else the
 epoch given to ``set_epoch`` (which persistent DataLoader workers, holding their own copy of the dataset, do not
 see: prefer the sampler).
