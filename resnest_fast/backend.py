@@ -77,13 +77,14 @@ def resolve_backend(backend, device):
     if name == "reference":
         return name
     if name in ("cpu", "cuda"):
-        if dev != name:
-            raise ValueError(f"backend={name!r} runs on {name} tensors, but the input is on {device}")
+        # what is missing from the build first: no choice of device can help then
         if not (ext.HAS_CPU_KERNELS if name == "cpu" else ext.HAS_CUDA_KERNELS):
             why = ("resnest_fast._C was not built" if not ext.HAS_C
                    else f"resnest_fast._C was built without {name} kernels")
             hint = " (rebuild with FORCE_CUDA=1 pip install . where nvcc is)" if name == "cuda" else ""
             raise RuntimeError(f"backend={name!r} is not available: {why}{hint}")
+        if dev != name:
+            raise ValueError(f"backend={name!r} runs on {name} tensors, but the input is on {device}")
         return name
     # triton
     if not ext.HAS_TRITON:
@@ -97,6 +98,18 @@ def resolve_backend(backend, device):
     if problem:
         raise RuntimeError(f"backend='triton' is not available on CPU tensors: {problem}")
     return "triton"
+
+
+def check_backend(backend, device):
+    """resolve_backend for callers that check before any work (the commands), rather than at the first forward:
+    every reason the backend cannot run on `device` is a ValueError, which says where the name came from when
+    `backend` is None (the default: ENV_VAR or set_default_backend)."""
+    try:
+        return resolve_backend(backend, device)
+    except (ValueError, RuntimeError) as exc:
+        if backend is None and _default is not None:
+            raise ValueError(f"{exc} (the default backend, from {ENV_VAR} or set_default_backend)") from exc
+        raise ValueError(str(exc)) from exc
 
 
 def training_backend(backend, device):

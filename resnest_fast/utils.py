@@ -8,15 +8,17 @@ import os
 import re
 import secrets
 import signal
+import stat
 import threading
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["int_pair", "atomic_write", "atomic_write_leftovers", "fsync_dir", "file_in_the_way", "not_a_folder",
-           "unwritable_folder", "write_refusal", "distributed_world_size", "check_input_dtype", "eval_mode",
-           "Interrupted", "sigterm_interrupts", "hold_sigterm"]
+__all__ = ["int_pair", "SGD_NUMERIC_OPTIONS", "check_number", "check_path", "atomic_write", "atomic_write_leftovers",
+           "fsync_dir", "file_in_the_way", "not_a_folder", "not_a_file", "unwritable_folder", "write_refusal",
+           "distributed_world_size", "check_input_dtype", "eval_mode", "Interrupted", "sigterm_interrupts",
+           "hold_sigterm"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -43,6 +45,38 @@ def int_pair(value, name: str, minimum: int = 0) -> Tuple[int, int]:
     return int(items[0]), int(items[1])
 
 
+# the options of torch's SGD that are numbers >= 0 (the training schedule's and mmseg's optim_wrapper.optimizer): torch
+# compares them with 0 first, so a string failed as "'<' not supported between instances of 'str' and 'float'"
+SGD_NUMERIC_OPTIONS = ("lr", "momentum", "dampening", "weight_decay")
+
+
+def check_number(value, name: str, minimum: float = 0.0) -> float:
+    """`value` as a float when it is a finite number >= minimum (bool is not a number here), else ValueError naming
+    `name`. A config value of nan or inf, or a quoted number, arrives as a string from --cfg-options."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        hint = " (a string: leave out the quotes)" if isinstance(value, str) and _is_float_text(value) else ""
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}{hint}")
+    if not (np.isfinite(value) and value >= minimum):
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        return bool(np.isfinite(float(text.strip("'\""))))
+    except ValueError:
+        return False
+
+
+def check_path(value, name: str, expected: str = "a path"):
+    """`value` unless it is an empty (or blank) string, else ValueError naming `name` and what was `expected`. The
+    OS and pathlib read '' as the current folder (Path('') == Path('.')), so an unset shell variable in a command
+    line would search, read or write the whole working directory instead of being refused."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{name} is an empty string: expected {expected}")
+    return value
+
+
 def fsync_dir(folder: PathLike) -> None:
     """Flush a folder's entry list, so a file just moved into it survives a crash (a no-op where folders
     cannot be opened)."""
@@ -67,10 +101,40 @@ def file_in_the_way(path: PathLike) -> Optional[Path]:
     return None
 
 
+def not_a_file(path: PathLike) -> Optional[str]:
+    """What `path` is when it exists but is not a regular file ('a folder', 'a named pipe (FIFO)', ...), else None.
+    Opening a FIFO would wait for a writer, and 'not found' would send the user looking for a file that is there."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, what in ((stat.S_ISREG, None), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _dangling_link(folder: Path) -> Optional[Path]:
+    """The nearest of `folder` and its parents that is a symbolic link to nothing, or None."""
+    for p in (folder, *folder.parents):
+        if p.is_symlink() and not p.exists():
+            return p
+        if p.exists():
+            return None
+    return None
+
+
 def not_a_folder(folder: PathLike, name: str) -> Optional[str]:
     """None when `folder` is a folder or can be made one; else one line naming it as `name` (an argument, such as
-    '--out-dir') and the file in the way, `folder` itself or one of its parents."""
+    '--out-dir') and the file in the way, `folder` itself or one of its parents, or the symbolic link to nothing
+    (which mkdir meets as 'File exists')."""
     folder = Path(folder)
+    link = _dangling_link(folder)
+    if link is not None:
+        what = "is" if link == folder else f"cannot be created: {link} is"
+        return f"{name} {str(folder)!r} {what} a symbolic link to {os.readlink(link)}, which does not exist"
     blocker = file_in_the_way(folder)
     if blocker is None:
         return None

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from resnest_fast.backend import check_backend
 from resnest_fast.checkpoint import CheckpointError
 from resnest_fast.segmentation import load_model, predict_scores, resolve_config, slide_defaults
 from resnest_fast.training.checkpoints import WriteError, atomic_write_text, describe_write_error
@@ -167,6 +168,7 @@ def run(
             if (cfg.get("runtime") or {}).get("num_threads"):
                 torch.set_num_threads(int(cfg["runtime"]["num_threads"]))
             info = init_distributed(device)
+            check_backend(backend, info.device)  # not at the first image's forward, as a traceback
             dataset = build_dataset(data, "val", root=data_root)
             model, cfg, _ = load_model(cfg, checkpoint, backend=backend, device="cpu")
             model = model.to(info.device)
@@ -180,7 +182,7 @@ def run(
                 raise ValueError("a crop size and a stride (--crop-size, --stride) apply to mode 'slide' only")
             tta_ratios = None
             if tta:
-                tta_ratios = data.get("tta_ratios")
+                tta_ratios = data.get("tta_ratios")  # checked by check_data_config
                 if not tta_ratios:
                     raise ValueError("--tta needs data.tta_ratios in the config (e.g. (0.5, 0.75, 1.0, 1.25, 1.5, "
                                      "1.75))")

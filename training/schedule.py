@@ -13,13 +13,13 @@ iteration; the last iteration, t = T, trains with exactly eta_min, and steps pas
 chained form is kept here (not the closed form) so that the floats are mmengine's; since the current lr lives in
 the optimiser's param_groups, a resumed run continues the very same sequence.
 """
-import math
-import numbers
 from typing import Dict, Iterable, List
 
 import torch
 
-__all__ = ["PolyLR", "build_optimizer", "build_scheduler"]
+from resnest_fast.utils import SGD_NUMERIC_OPTIONS, check_number
+
+__all__ = ["PolyLR", "build_optimizer", "build_scheduler", "check_optimizer"]
 
 
 class PolyLR:
@@ -79,14 +79,25 @@ class PolyLR:
                 f"last_step={self.last_step})")
 
 
+def check_optimizer(cfg, name: str = "schedule.optimizer") -> dict:
+    """The optimizer dict, or a ValueError naming `name` and the key: a dict with an lr, whose numeric options
+    (utils.SGD_NUMERIC_OPTIONS) are finite numbers >= 0."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{name} must be a dict like dict(type='SGD', lr=0.01, momentum=0.9), got {cfg!r}")
+    if "lr" not in cfg:
+        raise ValueError(f"{name} needs an lr")
+    for key in SGD_NUMERIC_OPTIONS:
+        if key in cfg:
+            check_number(cfg[key], f"{name}.{key}")
+    return cfg
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: dict) -> torch.optim.Optimizer:
     """SGD from the schedule's `optimizer` dict (mmseg's type='SGD', lr, momentum, weight_decay, ...)."""
-    cfg = dict(cfg)
+    cfg = dict(check_optimizer(cfg))
     kind = cfg.pop("type", "SGD")
     if kind != "SGD":
         raise ValueError(f"schedule.optimizer.type must be 'SGD' (mmseg's ResNeSt recipe), got {kind!r}")
-    if "lr" not in cfg:
-        raise ValueError("schedule.optimizer needs an lr")
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameter")
@@ -94,12 +105,15 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: dict) -> torch.op
         return torch.optim.SGD(params, **cfg)
     except TypeError as exc:
         raise ValueError(f"schedule.optimizer has an option SGD does not take: {exc}") from exc
-    except ValueError as exc:  # torch's own check of a value ("Invalid learning rate: -1"): say where it came from
+    except ValueError as exc:  # torch's own checks ("Nesterov momentum requires a momentum ..."): say where from
         raise ValueError(f"schedule.optimizer: {exc}") from exc
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, max_iters: int) -> PolyLR:
     """The lr policy of the schedule (`lr_policy=dict(type='poly', power, eta_min)`) over [0, max_iters)."""
+    if cfg is not None and not isinstance(cfg, dict):
+        raise ValueError(f"schedule.lr_policy must be a dict like dict(type='poly', power=0.9, eta_min=1e-4), "
+                         f"got {cfg!r}")
     cfg = dict(cfg or {})
     kind = cfg.pop("type", "poly")
     if kind.lower() not in ("poly", "polylr"):
@@ -111,8 +125,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, max_iters: int)
         raise ValueError("schedule.lr_policy.by_epoch must be False: training is counted in iterations")
     for key in ("eta_min", "power"):
         # a negative eta_min trains with a negative lr in the end; a negative power divides by zero at the last step
-        value = cfg.get(key, 0.0)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"schedule.lr_policy.{key} must be a number >= 0, got {value!r}")
+        check_number(cfg.get(key, 0.0), f"schedule.lr_policy.{key}")
     return PolyLR(optimizer, eta_min=cfg.get("eta_min", 0.0), power=cfg.get("power", 1.0),
                   begin=cfg.get("begin", 0), end=cfg.get("end", max_iters))

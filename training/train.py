@@ -64,6 +64,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from resnest_fast.backend import check_backend
 from resnest_fast.checkpoint import CheckpointError, check_state_dict, load_checkpoint, torch_load
 from resnest_fast.models import load_pretrained
 from resnest_fast.models.pretrained import resolve_pretrained
@@ -79,8 +80,8 @@ from resnest_fast.training.distributed import (DistInfo, all_gather_object, broa
                                                peer_failure, report_failure)
 from resnest_fast.training.evaluate import evaluate, metrics_summary
 from resnest_fast.training.errors import SetupError
-from resnest_fast.training.schedule import build_optimizer, build_scheduler
-from resnest_fast.utils import Interrupted, hold_sigterm
+from resnest_fast.training.schedule import build_optimizer, build_scheduler, check_optimizer
+from resnest_fast.utils import Interrupted, check_path, hold_sigterm
 
 __all__ = ["SetupError", "TrainingError", "train", "apply_cfg_options", "seed_everything"]
 
@@ -304,10 +305,15 @@ def train(
                 raise ValueError("--resume and --load-from cannot be combined: --resume continues a run from its "
                                  "checkpoint (weights included), --load-from starts a new run from a file's weights")
             # the options first: for an mmseg file they name mmseg's keys, as with mmseg's own tools
+            check_path(work_dir, "work dir (--work-dir)", "a folder")
             cfg = copy.deepcopy(resolve_config(cfg, cfg_options))
             if not isinstance(cfg.get("model"), dict):
                 raise ValueError(f"config {cfg.get('filename', '<dict>')!r} has no `model = dict(...)`")
             data = check_data_config(cfg)
+            for section in ("schedule", "runtime"):
+                if not isinstance(cfg.get(section) or {}, dict):
+                    raise ValueError(f"config {cfg.get('filename', '<dict>')!r} (or --cfg-options): `{section}` must "
+                                     f"be a dict of its settings, got {cfg[section]!r}")
             schedule = dict(cfg.get("schedule") or {})
             if not schedule:
                 raise ValueError(f"config {cfg.get('filename', '<dict>')!r} has no `schedule = dict(...)` "
@@ -344,6 +350,15 @@ def train(
                                    " (0 or None: only at the end)") or total_iters
             val_interval = _whole(schedule.get("val_interval"), "schedule.val_interval", 0,
                                   " (0 or None: no validation)")
+            check_optimizer(schedule.get("optimizer", {}))
+            for head in ("decode_head", "auxiliary_head"):
+                head_cfg = cfg["model"].get(head)
+                ignore = head_cfg.get("ignore_index", 255) if isinstance(head_cfg, dict) else 255
+                if ignore != 255:
+                    # any other id turns the ignored pixels into targets (out of range for the loss) and ignores a
+                    # real class instead
+                    raise ValueError(f"model.{head}.ignore_index must be 255, the id the datasets, the crops and the "
+                                     f"batch padding give ignored pixels; got {ignore!r}")
             if runtime.get("num_threads") is not None:
                 torch.set_num_threads(_whole(runtime["num_threads"], "runtime.num_threads", 1))
             if prebuilt is not None and backend is not None:
@@ -357,6 +372,8 @@ def train(
         # rank is an error on all (a rank that gave up would leave the others waiting in a collective).
         try:
             info = init_distributed(device)
+            if prebuilt is None:  # not at the first iteration's forward, as a traceback
+                check_backend(backend, info.device)
         except (ValueError, RuntimeError) as exc:
             raise SetupError(str(exc)) from exc
         work = Path(work_dir) if work_dir is not None else Path("work_dirs") / cfg.get("name", "run")

@@ -3,12 +3,13 @@ import argparse
 import os
 import signal
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from resnest_fast.backend import BACKENDS, environment_backend
-from resnest_fast.utils import sigterm_interrupts
+from resnest_fast.utils import check_path, sigterm_interrupts
 
-__all__ = ["add_runtime_arguments", "is_rank0", "percent", "print_error", "run_command", "command_main"]
+__all__ = ["add_runtime_arguments", "check_path_arguments", "is_rank0", "percent", "print_error", "run_command",
+           "command_main"]
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +19,19 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="default: cuda when a GPU is visible, else cpu")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_path_arguments(args: argparse.Namespace, paths: Dict[str, Tuple[str, str]]) -> None:
+    """argparse.ArgumentTypeError for the first path argument given as an empty string. paths: attribute of args ->
+    (how the command line names it, what it expects); a list value (nargs) is checked item by item, and a value
+    that is not a string (a flag's const, an unset option's None) is left alone."""
+    for attr, (name, expected) in paths.items():
+        value = getattr(args, attr, None)
+        for item in value if isinstance(value, list) else [value]:
+            try:
+                check_path(item, name, expected)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def is_rank0() -> bool:

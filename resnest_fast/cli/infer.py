@@ -36,13 +36,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from resnest_fast.backend import check_backend
 from resnest_fast.checkpoint import CheckpointError
-from resnest_fast.cli._common import add_runtime_arguments, command_main, print_error
-from resnest_fast.segmentation.inference import Scale, config_scale, load_model, segment_image, slide_defaults
+from resnest_fast.cli._common import add_runtime_arguments, check_path_arguments, command_main, print_error
+from resnest_fast.segmentation.inference import (Scale, check_scale, config_scale, load_model, segment_image,
+                                                 slide_defaults)
 from resnest_fast.training.data.io import CorruptFileError, load_image
 from resnest_fast.training.data.meta import ADE20K_PALETTE, CITYSCAPES_PALETTE
 from resnest_fast.training.errors import SetupError
-from resnest_fast.utils import atomic_write, atomic_write_leftovers, unwritable_folder
+from resnest_fast.utils import atomic_write, atomic_write_leftovers, check_path, not_a_file, unwritable_folder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -60,6 +62,10 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 PALETTES = {"cityscapes": CITYSCAPES_PALETTE, "ade20k": ADE20K_PALETTE}
+# the path arguments: attribute -> (name on the command line, what it expects)
+PATH_ARGUMENTS = {"config": ("CONFIG", "a shipped config's name or a .py file"),
+                  "checkpoint": ("CHECKPOINT", "a checkpoint file"),
+                  "inputs": ("INPUT", "an image file or a folder of images"), "out_dir": ("--out-dir", "a folder")}
 # num_classes -> palette name for --palette auto (the two datasets of mmseg's ResNeSt table)
 _PALETTE_BY_CLASSES = {len(CITYSCAPES_PALETTE): "cityscapes", len(ADE20K_PALETTE): "ade20k"}
 
@@ -218,6 +224,9 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
     name (a.png_pred.png, a.jpg_pred.png)."""
     if overlay_format not in ("auto", "png", "jpg"):
         raise ValueError(f"overlay_format must be 'auto', 'png' or 'jpg', got {overlay_format!r}")
+    check_path(out_dir, "--out-dir", "a folder")
+    for given in inputs:
+        check_path(given, "INPUT", "an image file or a folder of images")
     refusal = unwritable_folder(out_dir, "--out-dir")
     if refusal:
         raise ValueError(refusal)
@@ -234,6 +243,8 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
             sources += [(p, path) for p in _walk_images(path, real_out_dir, failures)]
         elif path.is_file():
             sources.append((path, path.parent))
+        elif not_a_file(path):
+            failures.append((str(given), f"input {given} is {not_a_file(path)}, not an image file or folder"))
         else:
             failures.append((str(given), f"input not found: {given}"))
     seen, unique = set(), []
@@ -314,11 +325,15 @@ def run(
             raise ValueError(f"scale must be 'config', 'none', a pair of edges or a factor, got {scale!r}")
         jobs, failures = plan_outputs(inputs, out_dir, overlay_format)
         model, cfg, meta = load_model(config, checkpoint, backend=backend, device=device)
+        # once for the run: the ops would refuse it at every image's first forward
+        check_backend(backend, next(model.parameters()).device)
         palette_name, pal = resolve_palette(palette, model.num_classes, cfg, meta)
         if scale == "config":
-            scale = config_scale(cfg)
+            scale = check_scale(config_scale(cfg), "the config's test scale, data.scale,")
         elif scale == "none":
             scale = None
+        else:  # once here rather than once per image
+            scale = check_scale(scale, "--scale")
         mode = mode or model.test_cfg["mode"]
         if mode == "slide":
             crop_size, stride = slide_defaults(model, cfg, crop_size, stride)
@@ -418,7 +433,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="slide stride (default: the config's, else 2/3 of the window)")
     parser.add_argument("--scale", nargs="+", default=["config"], metavar="SCALE",
                         help="'H W': resize keeping the ratio so the image fits these two edges (their order does not "
-                        "matter); 'config': the config's test scale, data.scale (default); 'none': the original size")
+                        "matter; H x W at most 8192 x 8192 pixels); 'config': the config's test scale, data.scale "
+                        "(default); 'none': the original size")
     parser.add_argument("--palette", choices=("auto", "cityscapes", "ade20k"), default="auto",
                         help="colours (auto, mmseg's rule: the checkpoint's saved palette, else the config's dataset, "
                         "else by class count: 19 Cityscapes, 150 ADE20k, others mmseg's generated palette)")
@@ -433,6 +449,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast infer") -> int:
     """Exit code: 0 all done, 1 some images failed, 2 nothing done (bad arguments, config or checkpoint)."""
     try:
+        check_path_arguments(args, PATH_ARGUMENTS)
         scale = _scale_arg(args.scale)
         summary = run(
             args.config, args.checkpoint, args.inputs, args.out_dir, mode=args.mode, crop_size=args.crop_size,

@@ -8,11 +8,17 @@ Exit codes: 0 done, 1 the metrics were computed and printed but --out could not 
 import argparse
 import sys
 
-from resnest_fast.cli._common import add_runtime_arguments, command_main, is_rank0, percent, print_error
+from resnest_fast.cli._common import (add_runtime_arguments, check_path_arguments, command_main, is_rank0, percent,
+                                       print_error)
 from resnest_fast.training.evaluate import run
 from resnest_fast.training.errors import SetupError
 
 __all__ = ["add_arguments", "run_from_args", "main"]
+
+# the path arguments: attribute -> (name on the command line, what it expects)
+PATH_ARGUMENTS = {"config": ("CONFIG", "a shipped config's name or a .py file"),
+                  "checkpoint": ("CHECKPOINT", "a checkpoint file"), "data_root": ("--data-root", "a dataset folder"),
+                  "out": ("--out", "a JSON file to write")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -39,11 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast test") -> int:
     """Exit code: 0 done, 1 --out not written, 2 nothing done (bad arguments, config, checkpoint or data)."""
     try:
+        check_path_arguments(args, PATH_ARGUMENTS)
         summary = run(args.config, args.checkpoint, mode=args.mode, crop_size=args.crop_size, stride=args.stride,
                       tta=args.tta, data_root=args.data_root, out=args.out, overwrite=args.overwrite,
                       num_workers=args.num_workers, backend=args.backend, device=args.device,
                       progress=not args.no_progress)
-    except SetupError as exc:
+    except (SetupError, argparse.ArgumentTypeError) as exc:
         print_error(prog, exc)
         return 2
     except OSError as exc:  # --out could not be written after the evaluation (full disk): the table was printed

@@ -9,10 +9,17 @@ checkpoint to resume from; nothing half-written, the work dir let go).
 import argparse
 import sys
 
-from resnest_fast.cli._common import add_runtime_arguments, command_main, is_rank0, percent, print_error
+from resnest_fast.cli._common import (add_runtime_arguments, check_path_arguments, command_main, is_rank0, percent,
+                                       print_error)
 from resnest_fast.training.train import SetupError, TrainingError, train
 
 __all__ = ["add_arguments", "run_from_args", "main"]
+
+# the path arguments: attribute -> (name on the command line, what it expects); --resume without CKPT is True
+PATH_ARGUMENTS = {"config": ("CONFIG", "a shipped config's name or a .py file"),
+                  "work_dir": ("--work-dir", "a folder (leave it out for work_dirs/<config name>)"),
+                  "resume": ("--resume", "a checkpoint file (or no value: the work dir's latest)"),
+                  "load_from": ("--load-from", "a checkpoint file"), "data_root": ("--data-root", "a dataset folder")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -41,14 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_from_args(args: argparse.Namespace, prog: str = "resnest-fast train") -> int:
     """Exit code: 0 done, 1 training failed, 2 nothing done (bad arguments, config, data, checkpoint, work dir)."""
     try:
+        check_path_arguments(args, PATH_ARGUMENTS)
         summary = train(args.config, work_dir=args.work_dir, resume=args.resume, load_from=args.load_from,
                         max_iters=args.max_iters, amp=args.amp, seed=args.seed, deterministic=args.deterministic,
                         data_root=args.data_root, batch_size=args.batch_size, num_workers=args.num_workers,
                         cfg_options=args.cfg_options, device=args.device, backend=args.backend,
                         progress=not args.no_progress)
-    except (SetupError, TrainingError) as exc:
+    except (SetupError, TrainingError, argparse.ArgumentTypeError) as exc:
         print_error(prog, exc)
-        return 2 if isinstance(exc, SetupError) else 1
+        return 1 if isinstance(exc, TrainingError) else 2
     if is_rank0():
         metrics = summary["metrics"]
         val = "" if not metrics else (f"; mIoU {percent(metrics['mIoU'])}, aAcc {percent(metrics['aAcc'])}, "

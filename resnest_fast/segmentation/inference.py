@@ -18,10 +18,11 @@ from resnest_fast.checkpoint import load_checkpoint
 from resnest_fast.segmentation.builder import build_model
 from resnest_fast.segmentation.config import resolve_config
 from resnest_fast.segmentation.decode_heads import resize
-from resnest_fast.segmentation.segmentor import slide_windows
+from resnest_fast.segmentation.segmentor import default_stride, slide_windows
 from resnest_fast.utils import int_pair
 
 __all__ = [
+    "MAX_PIXELS",
     "rescale_size",
     "resize_image",
     "tta_size",
@@ -34,6 +35,12 @@ __all__ = [
 ]
 
 Scale = Union[None, float, Tuple[int, int]]
+
+# The most pixels an image may be resized to for the model (8192 x 8192). mmseg's configs test at 2048x1024 (2 MP);
+# at 64 MP a ResNeSt-D8's stage-4 features alone (2048 channels at 1/8 resolution) take 8 GiB in fp32 and 19 class
+# logits 4.75 GiB, so a scale beyond it (100000 x 100000 asked for 1e10) cannot finish here: it is refused in one
+# line rather than ending with the process killed for memory.
+MAX_PIXELS = 8192 * 8192
 
 
 def _is_number(value) -> bool:
@@ -59,7 +66,11 @@ def check_scale(scale, name: str = "scale") -> Scale:
     if not isinstance(scale, (tuple, list)) or len(scale) != 2:
         raise TypeError(f"{name} must be None, a positive factor or a pair of positive ints (long, short edge), "
                         f"got {scale!r}")
-    return int_pair(scale, name, 1)
+    pair = int_pair(scale, name, 1)
+    if pair[0] * pair[1] > MAX_PIXELS:  # the resized image fits in long x short
+        raise ValueError(f"{name} {pair} resizes images to up to {pair[0] * pair[1]} pixels: at most {MAX_PIXELS} "
+                         "(8192 x 8192) are allowed, where a ResNeSt's last-stage features alone take 8 GiB")
+    return pair
 
 
 def rescale_size(old_size, scale):
@@ -83,6 +94,10 @@ def resize_image(img, size):
     w, h = size
     if w < 1 or h < 1:
         raise ValueError(f"cannot resize an image of {img.shape[1]}x{img.shape[0]} to {w}x{h}")
+    if w * h > MAX_PIXELS:
+        raise ValueError(f"cannot resize an image of {img.shape[1]}x{img.shape[0]} to {w}x{h}: {w * h} pixels, over "
+                         f"the {MAX_PIXELS} (8192 x 8192) allowed, where a ResNeSt's last-stage features alone take "
+                         "8 GiB")
     if (h, w) == img.shape[:2]:
         return img.copy()
     # torch's uint8 kernel (channels_last) is ~10x faster than going through float and rounds to nearest.
@@ -214,5 +229,5 @@ def slide_defaults(model, cfg: dict, crop_size, stride):
     crop_size = int_pair(crop_size, "crop_size", 1)
     if stride is None:
         stride = test_cfg.get("stride") if test_cfg.get("crop_size") == crop_size else None
-        stride = stride or tuple(max(1, int(c * 2 / 3)) for c in crop_size)
+        stride = stride or default_stride(crop_size)
     return slide_windows(crop_size, stride)

@@ -18,6 +18,8 @@ one built from the project's file of the same name are the same model, fed the s
 import copy
 from typing import Optional
 
+from resnest_fast.utils import SGD_NUMERIC_OPTIONS, check_number
+
 __all__ = ["MMSEG_KEYS", "is_mmseg_config", "from_mmseg_config"]
 
 # Top-level keys of mmengine's schema that this project's schema never has: one of them marks an mmseg file.
@@ -267,6 +269,9 @@ def _schedule(r: _Reader, cfg: dict, runtime: dict) -> dict:
             r.fail("optim_wrapper.dtype", f"supported: {sorted(amps)}, got {dtype!r}")
         runtime["amp"] = amps[dtype]
     optimizer = r.dict_of(wrapper.get("optimizer"), "optim_wrapper.optimizer")
+    for key in SGD_NUMERIC_OPTIONS:  # named here by mmseg's key, not ours
+        if key in optimizer:
+            check_number(optimizer[key], f"{r.where}: optim_wrapper.optimizer.{key}:")
 
     schedulers = cfg.get("param_scheduler")
     schedulers = [schedulers] if isinstance(schedulers, dict) else schedulers

@@ -26,7 +26,7 @@ from resnest_fast.models import ResNeSt
 from resnest_fast.segmentation.decode_heads import BaseDecodeHead, build_head, resize
 from resnest_fast.utils import eval_mode, int_pair
 
-__all__ = ["EncoderDecoder", "build_segmentor", "check_image", "slide_windows"]
+__all__ = ["EncoderDecoder", "build_segmentor", "check_image", "default_stride", "slide_windows"]
 
 _PREPROCESSOR_KEYS = {"type", "mean", "std", "bgr_to_rgb", "rgb_to_bgr", "pad_val", "seg_pad_val", "size",
                       "size_divisor", "test_cfg"}
@@ -43,6 +43,11 @@ def slide_windows(crop_size, stride) -> Tuple[Tuple[int, int], Tuple[int, int]]:
         raise ValueError(f"stride {step} is larger than crop_size {crop}: pixels between the windows would get no "
                          "prediction (use a stride <= crop_size)")
     return crop, step
+
+
+def default_stride(crop_size) -> Tuple[int, int]:
+    """The stride of sliding windows given none: 2/3 of the window (mmseg's ADE20k slide settings, 512 -> 341)."""
+    return tuple(max(1, int(c * 2 / 3)) for c in int_pair(crop_size, "crop_size", 1))
 
 
 def check_image(img, name: str = "img") -> None:
@@ -79,7 +84,8 @@ class EncoderDecoder(nn.Module):
             SegDataPreProcessor; `size` is the training crop that batches are padded to. mean and std are in the
             network's channel order (R, G, B); bgr_to_rgb (or rgb_to_bgr) True: the images given are BGR and are
             swapped first (`input_order` 'bgr'), see the module docstring for mmseg's files.
-        test_cfg: dict(mode='whole') or dict(mode='slide', crop_size=(h, w), stride=(h, w)).
+        test_cfg: dict(mode='whole') or dict(mode='slide', crop_size=(h, w), stride=(h, w)); slide without a
+            crop_size takes data_preprocessor's size (the training crop), without a stride 2/3 of the window.
         backend: backend of the fused split-attention ops (None: the default).
     forward(img (B, 3, H, W) 0-255, in `input_order`: RGB unless built with bgr_to_rgb=True) -> logits (B, num_classes, H, W) (what you deploy; argmax is the label
     map). `decode(x)` is mmseg's `forward(mode='tensor')`: normalised input -> logits at 1/8 resolution.
@@ -106,6 +112,7 @@ class EncoderDecoder(nn.Module):
         self.auxiliary_head: Optional[BaseDecodeHead] = (
             None if auxiliary_head is None else build_head(auxiliary_head)
         )
+        self._check_head_inputs()
         self.num_classes = self.decode_head.num_classes
         self.align_corners = self.decode_head.align_corners
         # ImageNet weights for the backbone (a file or open-mmlab://NAME): only the training command loads them,
@@ -133,13 +140,38 @@ class EncoderDecoder(nn.Module):
         self.crop_size = None if pre.get("size") is None else int_pair(pre["size"], "data_preprocessor['size']", 1)
         self.test_cfg = self._check_test_cfg(dict(test_cfg or dict(mode="whole")))
 
-    @staticmethod
-    def _check_test_cfg(cfg: dict) -> dict:
+    def _check_head_inputs(self) -> None:
+        """ValueError naming the head when its in_index or in_channels does not fit the ResNeSt backbone's features:
+        the heads alone cannot know them, and the first forward (a training run's first iteration) would fail with
+        an IndexError or a shape error instead. Another backbone module is taken as it is."""
+        if not isinstance(self.backbone, ResNeSt):
+            return
+        channels, n = self.backbone.out_channels, len(self.backbone.out_channels)
+        for name, head in (("decode_head", self.decode_head), ("auxiliary_head", self.auxiliary_head)):
+            if head is None:
+                continue
+            if not -n <= head.in_index < n:
+                raise ValueError(f"{name}.in_index={head.in_index} is out of range: the backbone returns {n} features "
+                                 f"(out_indices {self.backbone.out_indices}), so in_index must be in {-n}..{n - 1}")
+            if head.in_channels != channels[head.in_index]:
+                raise ValueError(f"{name}.in_channels={head.in_channels} does not fit feature {head.in_index} of the "
+                                 f"backbone, which has {channels[head.in_index]} channels")
+
+    def _check_test_cfg(self, cfg: dict) -> dict:
+        """test_cfg with its windows checked. Slide mode without a crop_size takes the training crop
+        (data_preprocessor's size, `crop_size`) and without a stride 2/3 of the window, the commands' defaults."""
         mode = cfg.get("mode", "whole")
         if mode not in ("whole", "slide"):
             raise ValueError(f"test_cfg['mode'] must be 'whole' or 'slide', got {mode!r}")
         if mode == "slide":
-            cfg["crop_size"], cfg["stride"] = slide_windows(cfg.get("crop_size"), cfg.get("stride"))
+            if cfg.get("crop_size") is None:
+                if self.crop_size is None:
+                    raise ValueError("slide mode needs windows: set test_cfg's crop_size (the model has no training "
+                                     "crop, data_preprocessor's size, to take instead)")
+                cfg["crop_size"] = self.crop_size
+            if cfg.get("stride") is None:
+                cfg["stride"] = default_stride(cfg["crop_size"])
+            cfg["crop_size"], cfg["stride"] = slide_windows(cfg["crop_size"], cfg["stride"])
         cfg["mode"] = mode
         return cfg
 
@@ -227,7 +259,8 @@ class EncoderDecoder(nn.Module):
     def inference(self, img: Tensor, mode: Optional[str] = None, crop_size=None, stride=None) -> Tensor:
         """RGB 0-255 (B, 3, H, W) -> logits (B, num_classes, H, W), whole or sliding-window as test_cfg says
         (arguments override it). Slide: mmseg's windows (the last one of a row or column flush with the border),
-        logits averaged where windows overlap.
+        logits averaged where windows overlap; mode='slide' without windows takes test_cfg's, else the training
+        crop (`crop_size`) with a stride of 2/3 of it.
 
         Runs in eval mode whatever mode the model is in, and leaves every module's flag as it was: in train mode the
         BatchNorms would use the batch's statistics and overwrite their running ones (and refuse a single image),

@@ -82,6 +82,16 @@ def _with_checkpoint(checkpoint):
     return make
 
 
+def _fifo_beside_a_good_one(tmp):
+    os.mkfifo(tmp / "in" / "pipe.png")  # opening it would wait for a writer forever
+    return [str(tmp / "in"), str(tmp / "in" / "pipe.png")]
+
+
+def _dangling_out_dir(tmp, s):
+    (tmp / "out").symlink_to(tmp / "nowhere")
+    return ["infer", str(s[0]), str(s[1]), str(tmp / "in"), "--out-dir", str(tmp / "out")]
+
+
 ROWS = {
     "stride larger than the window": (
         _infer("--mode", "slide", "--crop-size", "16", "16", "--stride", "40", "40"), 2, "stride (40, 40)"),
@@ -103,19 +113,40 @@ ROWS = {
     "a folder without images": (_infer(inputs=_empty_folder), 2, "no image found"),
     "opacity out of range": (_infer("--opacity", "2"), 2, "opacity must be in [0, 1]"),
     "scale of one number": (_infer("--scale", "7"), 2, "--scale takes"),
+    # the process was killed for memory (an 18 GB image for this 34x21 one, then its features)
+    "scale far too large": (_infer("--scale", "100000", "100000"), 2,
+                            "--scale (100000, 100000) resizes images to up to 10000000000 pixels: at most 67108864 "
+                            "(8192 x 8192) are allowed"),
     "a bomb and a float image beside a good one": (_infer(inputs=_bomb_and_float), 1, "bomb.png"),
+    "a FIFO named like an image beside a good one": (
+        _infer(inputs=_fifo_beside_a_good_one), 1, "input {tmp}/in/pipe.png is a named pipe (FIFO), not an image"),
+    "out-dir a link to nothing": (_dangling_out_dir, 2,
+                                  "--out-dir '{tmp}/out' is a symbolic link to {tmp}/nowhere, which does not exist"),
     "bad backend variable (infer)": (_infer(), 2, "RESNEST_FAST_BACKEND"),
     "bad backend variable (info)": (lambda tmp, s: ["info"], 2, "RESNEST_FAST_BACKEND"),
     "unknown info option": (lambda tmp, s: ["info", "--bogus"], 2, "unrecognized arguments: --bogus"),
+    # '' is the current folder to the OS (the test runs in tmp): searched recursively, or written into, unasked
+    "empty input": (_infer(inputs=lambda tmp: [""]), 2,
+                    "INPUT is an empty string: expected an image file or a folder of images"),
+    "empty --out-dir": (lambda tmp, s: ["infer", str(s[0]), str(s[1]), str(tmp / "in"), "--out-dir", ""], 2,
+                        "--out-dir is an empty string: expected a folder"),
+    "empty config": (lambda tmp, s: ["infer", "", str(s[1]), str(tmp / "in"), "--out-dir", str(tmp / "out")], 2,
+                     "CONFIG is an empty string: expected a shipped config's name or a .py file"),
+    "empty checkpoint": (lambda tmp, s: ["infer", str(s[0]), "", str(tmp / "in"), "--out-dir", str(tmp / "out")], 2,
+                         "CHECKPOINT is an empty string: expected a checkpoint file"),
     "missing --out-dir": (lambda tmp, s: ["infer", str(s[0]), str(s[1]), str(tmp / "in")], 2,
                           "the following arguments are required: --out-dir"),
 }
+
+if not torch.cuda.is_available():  # where a GPU is, the cuda backend may run
+    ROWS["--backend cuda without a GPU"] = (_infer("--backend", "cuda"), 2, "error: backend='cuda'")
 
 
 @pytest.mark.parametrize("name", list(ROWS))
 def test_bad_input_is_one_line_with_its_exit_code_and_changes_no_file(setup, tmp_path, capsys, monkeypatch, name):
     make, code, names = ROWS[name]
     good_png(tmp_path / "in" / "good.png")
+    monkeypatch.chdir(tmp_path)
     if "backend variable" in name:
         monkeypatch.setenv("RESNEST_FAST_BACKEND", "garbage")
     argv = make(tmp_path, setup)
@@ -137,7 +168,11 @@ def test_bad_input_is_one_line_with_its_exit_code_and_changes_no_file(setup, tmp
         assert new == []
     else:  # the good image is processed despite the bad ones, which are named with what is wrong
         assert new == ["out/good_overlay.png", "out/good_pred.png"]
-        assert "decompression bomb" in err and "f.tif" in err and "32-bit float" in err
+        if "bomb" in name:
+            assert "decompression bomb" in err and "f.tif" in err and "32-bit float" in err
+        else:  # found by the folder's walk and given by name: refused (once) without being opened
+            assert f"cannot use image file {tmp_path}/in/pipe.png: it is a named pipe (FIFO), not a regular file" \
+                in err and err.count("pipe.png") == 4, err  # the two lines as it happens, the two of the summary
 
 
 def test_a_bad_backend_variable_is_one_line_in_a_fresh_process(tmp_path):
@@ -165,6 +200,21 @@ def test_a_pickle_of_protocol_4_is_one_line_in_a_fresh_process(setup, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"resnest-fast infer: error: '{checkpoint}' could not be read "
                                                    "as a weights-only checkpoint: "), done.stderr
     assert "pickled with protocol 4" in lines[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the cuda backend may run here")
+def test_a_backend_variable_that_cannot_run_here_is_one_line_before_any_image(setup, tmp_path):
+    """RESNEST_FAST_BACKEND=cuda without CUDA kernels or a GPU: one line and exit 2, not one failure per image."""
+    good_png(tmp_path / "in" / "a.png")
+    good_png(tmp_path / "in" / "b.png")
+    env = dict(os.environ, RESNEST_FAST_BACKEND="cuda", PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "resnest_fast", "infer", str(setup[0]), str(setup[1]),
+                           str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"), "--no-progress"], env=env,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("resnest-fast infer: error: backend='cuda' ") and lines[0].endswith(
+        "(the default backend, from RESNEST_FAST_BACKEND or set_default_backend)"), done.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -180,6 +230,16 @@ def test_python_api_with_a_bad_backend_variable_raises_a_clear_error(monkeypatch
     previous = backend.set_default_backend("reference")  # the way out that the message names
     assert previous is None and conv(torch.randn(2, 8, 5, 5)).shape == (2, 8, 5, 5)
     backend.set_default_backend("auto")
+
+
+@pytest.mark.parametrize("inputs, out", [([""], "out"), (["in"], "")], ids=["empty input", "empty out_dir"])
+def test_python_run_refuses_empty_paths_too(setup, tmp_path, monkeypatch, inputs, out):
+    """infer.run, not only the command: '' would be the current folder, searched or written into."""
+    good_png(tmp_path / "in" / "good.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="is an empty string"):
+        infer.run(setup[0], setup[1], inputs, out, progress=False)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["good.png", "in"]
 
 
 def test_through_a_symlinked_folder_the_output_folder_inside_is_not_read(setup, tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from resnest_fast._extension import HAS_CUDA_KERNELS
 from resnest_fast.cli import main
 from resnest_fast.segmentation import build_model
 from resnest_fast.segmentation.config import CONFIG_DIR
@@ -39,8 +40,10 @@ def _ade_config(folder) -> str:
 def _ade_tree(root, bad=None):
     """ADEChallengeData2016 with 2 training and 1 validation image; `bad` spoils the first of each split:
     'corrupt' (a truncated JPEG), 'size' (a label smaller than its image), 'rgb' (an RGB label), 'range' (a class
-    id 200, beyond ADE20k's 150 after reduce_zero_label); 'unlabelled' leaves the validation image without a labelled
-    pixel (all 0, "other": ignored after reduce_zero_label)."""
+    id 200, beyond ADE20k's 150 after reduce_zero_label), 'range16' (a 16-bit label holding 300, which a uint8
+    cast would wrap to class 43), 'orphan' (one more label, ADE_9.png, without its image), 'fifo' (the image a named
+    pipe, which opening would wait on forever); 'unlabelled' leaves the validation image without a labelled pixel
+    (all 0, "other": ignored after reduce_zero_label)."""
     rng = np.random.default_rng(0)
     for split, n in (("training", 2), ("validation", 1)):
         for i in range(n):
@@ -56,9 +59,17 @@ def _ade_tree(root, bad=None):
                 label[3, 4] = 200
             if split == "validation" and bad == "unlabelled":
                 label[:] = 0
+            if i == 0 and bad == "range16":
+                label = label.astype("uint16")
+                label[3, 4] = 300
             write_png(str(seg), label)
             if i == 0 and bad == "corrupt":
                 img.write_bytes(img.read_bytes()[:200])
+            if i == 0 and bad == "orphan":
+                write_png(str(seg.with_name("ADE_9.png")), label)
+            if i == 0 and bad == "fifo":
+                img.unlink()
+                os.mkfifo(img)
     return str(root)
 
 
@@ -66,7 +77,7 @@ def _ade_tree(root, bad=None):
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_inputs")
     torch.manual_seed(0)
-    w = {"root": root, "tiny": tiny_config(root), "ade": _ade_config(root)}
+    w = {"root": root, "tiny": tiny_config(root), "ade": _ade_config(root), "empty": ""}
     # run: iter_2.pth and iter_4.pth; seed7: the same of another run
     assert main(["train", w["tiny"], "--work-dir", str(root / "run"), "--max-iters", "4", "--no-progress",
                  "--cfg-options", "schedule.val_interval=0"]) == 0
@@ -86,21 +97,34 @@ def world(tmp_path_factory):
                root / "str_training_state.pth")
     torch.save(build_model(w["ade"]).state_dict(), root / "ade.pth")
     torch.save(build_model(w["tiny"]).backbone.state_dict(), root / "backbone.pth")  # ImageNet weights' layout
-    for bad in ("corrupt", "size", "rgb", "range", "unlabelled"):
+    for bad in ("corrupt", "size", "rgb", "range", "range16", "orphan", "fifo", "unlabelled"):
         w[bad] = _ade_tree(root / f"ade_{bad}", bad)
     (root / "a_file").write_text("not a folder")
+    (root / "dangling").symlink_to(root / "nowhere")
+    # configs inheriting the tiny one with one bad value each (`test` takes no --cfg-options)
+    for name, line in (("tta_zero", "data = dict(tta_ratios=(0,))"), ("tta_huge", "data = dict(tta_ratios=(1e6,))"),
+                       ("tta_text", "data = dict(tta_ratios='abc')"),
+                       ("in_index", "model = dict(decode_head=dict(in_index=7))")):
+        (root / f"{name}.py").write_text(f"_base_ = {w['tiny']!r}\n{line}\n")
+        w[name] = str(root / f"{name}.py")
     return w
 
 
 def _snapshot(root):
-    """{relative path: sha256} of every file and {relative path} of every folder under root."""
+    """{relative path: sha256} of every file (a link: its target, a FIFO: its kind, never opened) and {relative
+    path} of every folder under root."""
     files, folders = {}, set()
     for folder, dirs, names in os.walk(root):
         folders.update(os.path.relpath(os.path.join(folder, d), root) for d in dirs)
         for name in names:
             path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+            if os.path.islink(path):
+                files[os.path.relpath(path, root)] = "-> " + os.readlink(path)
+            elif not os.path.isfile(path):
+                files[os.path.relpath(path, root)] = "special"
+            else:
+                with open(path, "rb") as f:
+                    files[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
     return files, folders
 
 
@@ -118,11 +142,11 @@ TRAIN = [
     ("negative-val-interval", "{tiny} --cfg-options schedule.val_interval=-3", 2,
      r"schedule\.val_interval must be a whole number >= 0 \(0 or None: no validation\), got -3"),
     ("negative-lr", "{tiny} --cfg-options schedule.optimizer.lr=-1", 2,
-     r"schedule\.optimizer: Invalid learning rate: -1"),
+     r"schedule\.optimizer\.lr must be a finite number >= 0, got -1$"),
     ("negative-eta-min", "{tiny} --cfg-options schedule.lr_policy.eta_min=-1", 2,
-     r"schedule\.lr_policy\.eta_min must be a number >= 0, got -1$"),
+     r"schedule\.lr_policy\.eta_min must be a finite number >= 0, got -1$"),
     ("negative-power", "{tiny} --cfg-options schedule.lr_policy.power=-1", 2,
-     r"schedule\.lr_policy\.power must be a number >= 0, got -1$"),
+     r"schedule\.lr_policy\.power must be a finite number >= 0, got -1$"),
     ("fractional-log-interval", "{tiny} --cfg-options runtime.log_interval=2.5", 2,
      r"runtime\.log_interval must be a positive whole number, got 2\.5"),
     ("batch-size-1", "{tiny} --batch-size 1", 2, r"data\.batch_size 1 is too small: .*BatchNorm"),
@@ -131,6 +155,11 @@ TRAIN = [
     ("work-dir-is-a-file", "{tiny} --work-dir {root}/a_file", 2, r"work dir '.*/a_file' is a file, not a folder"),
     ("work-dir-under-a-file", "{tiny} --work-dir {root}/a_file/sub", 2,
      r"work dir '.*/a_file/sub' cannot be created: .*/a_file is a file, not a folder"),
+    ("work-dir-a-link-to-nothing", "{tiny} --work-dir {root}/dangling", 2,
+     r"work dir '.*/dangling' is a symbolic link to .*/nowhere, which does not exist$"),
+    ("work-dir-under-a-link-to-nothing", "{tiny} --work-dir {root}/dangling/sub", 2,
+     r"work dir '.*/dangling/sub' cannot be created: .*/dangling is a symbolic link to .*/nowhere, which does not "
+     r"exist$"),
     ("resume-a-text-file", "{tiny} --resume {root}/text.pth", 2,
      r"text\.pth' is not a PyTorch checkpoint: expected what torch\.save writes .* got a file starting with b'101"),
     ("resume-one-tensor", "{tiny} --resume {root}/tensor.pth", 2,
@@ -176,10 +205,75 @@ TRAIN = [
      r"cannot decode image file .*ade_corrupt/.*/training/ADE_0\.jpg"),
     ("label-out-of-range", "{ade} --data-root {range} --max-iters 1", 1,
      r"label file .*ade_range/.*/training/ADE_0\.png holds class id\(s\) 199: the dataset has 150 classes"),
+    # '' is the current folder to the OS: a blank shell variable would train into the working directory
+    ("empty-config", "{empty}", 2, r"^resnest-fast train: error: CONFIG is an empty string: expected a shipped config"),
+    ("empty-work-dir", "{tiny} --work-dir {empty}", 2, r"--work-dir is an empty string: expected a folder"),
+    ("empty-data-root", "{ade} --data-root {empty}", 2, r"--data-root is an empty string: expected a dataset folder"),
+    ("empty-load-from", "{tiny} --load-from {empty}", 2, r"--load-from is an empty string: expected a checkpoint"),
+    ("empty-resume", "{tiny} --resume {empty}", 2, r"--resume is an empty string: expected a checkpoint file"),
+    # values that the first iteration or validation would meet as a traceback (or not at all: a wrong ignore_index
+    # trains on ignored pixels), named before anything is made
+    ("in-index-out-of-range", "{tiny} --cfg-options model.decode_head.in_index=7", 2,
+     r"decode_head\.in_index=7 is out of range: the backbone returns 4 features \(out_indices \(0, 1, 2, 3\)\), so "
+     r"in_index must be in -4\.\.3$"),
+    ("aux-in-channels-wrong", "{tiny} --cfg-options model.auxiliary_head.in_channels=100", 2,
+     r"auxiliary_head\.in_channels=100 does not fit feature 2 of the backbone, which has 128 channels$"),
+    ("ignore-index-300", "{tiny} --cfg-options model.decode_head.ignore_index=300", 2,
+     r"model\.decode_head\.ignore_index must be 255, the id .* ignored pixels; got 300$"),
+    ("ignore-index-a-class", "{tiny} --cfg-options model.auxiliary_head.ignore_index=5", 2,
+     r"model\.auxiliary_head\.ignore_index must be 255, .*got 5$"),
+    ("tta-ratio-0", "{tiny} --cfg-options data.tta_ratios=(0,)", 2,
+     r"tiny\.py: data\.tta_ratios must be a list of numbers from 0\.25 to 4\.0 .*, got 0 in \(0,\)$"),
+    ("tta-ratio-tiny", "{tiny} --cfg-options data.tta_ratios=(1.0,0.01)", 2,
+     r"data\.tta_ratios must be a list of numbers from 0\.25 to 4\.0 .*, got 0\.01 in \(1\.0, 0\.01\)$"),
+    ("tta-ratio-huge", "{tiny} --cfg-options data.tta_ratios=(1e6,)", 2,
+     r"data\.tta_ratios must be .*, got 1000000\.0 in"),
+    ("tta-ratios-a-string", "{tiny} --cfg-options data.tta_ratios=abc", 2,
+     r"data\.tta_ratios must be a list of numbers from 0\.25 to 4\.0 .*, got 'abc'$"),
+    # values whose messages named neither the key nor what it takes ("'<' not supported between instances of 'str'
+    # and 'float'", "'int' object is not iterable", "not enough values to unpack")
+    ("lr-nan", "{tiny} --cfg-options schedule.optimizer.lr=nan", 2,
+     r"error: schedule\.optimizer\.lr must be a finite number >= 0, got 'nan'$"),
+    ("lr-inf", "{tiny} --cfg-options schedule.optimizer.lr=inf", 2, r"schedule\.optimizer\.lr must be a finite number"),
+    ("lr-quoted", "{tiny} --cfg-options schedule.optimizer.lr='0.01'", 2,
+     r"schedule\.optimizer\.lr must be a finite number >= 0, got '0\.01' \(a string: leave out the quotes\)$"),
+    ("lr-none", "{tiny} --cfg-options schedule.optimizer.lr=None", 2,
+     r"schedule\.optimizer\.lr must be a finite number >= 0, got None$"),
+    ("momentum-negative", "{tiny} --cfg-options schedule.optimizer.momentum=-1", 2,
+     r"schedule\.optimizer\.momentum must be a finite number >= 0, got -1$"),
+    ("optimizer-not-a-dict", "{tiny} --cfg-options schedule.optimizer=1", 2,
+     r"schedule\.optimizer must be a dict like dict\(type='SGD', .*got 1$"),
+    ("lr-policy-not-a-dict", "{tiny} --cfg-options schedule.lr_policy=1", 2, r"schedule\.lr_policy must be a dict"),
+    ("schedule-not-a-dict", "{tiny} --cfg-options schedule=1", 2,
+     r"tiny\.py' \(or --cfg-options\): `schedule` must be a dict of its settings, got 1$"),
+    ("runtime-not-a-dict", "{tiny} --cfg-options runtime=1", 2, r"`runtime` must be a dict of its settings, got 1$"),
+    ("size-of-one-number", "{tiny} --cfg-options data.size=(32,)", 2,
+     r"tiny\.py: data\.size must be a pair of positive ints \(h, w\), got \(32,\)$"),
+    ("scale-of-one-number", "{tiny} --cfg-options data.scale=(32,)", 2,
+     r"data\.scale must be a pair of positive ints \(long, short edge\), got \(32,\)$"),
+    ("scale-far-too-large", "{tiny} --cfg-options data.scale=(100000,100000)", 2,
+     r"tiny\.py: data\.scale \(100000, 100000\) resizes images to up to 10000000000 pixels: at most 67108864 "
+     r"\(8192 x 8192\) are allowed"),
+    ("crop-size-zero", "{tiny} --cfg-options data.crop_size=(32,0)", 2, r"data\.crop_size must be a pair of positive"),
+    ("num-classes-a-word", "{tiny} --cfg-options data.num_classes=abc", 2,
+     r"data\.num_classes must be a positive whole number, got 'abc'$"),
+    ("no-training-samples", "{tiny} --cfg-options data.train_samples=0", 2, r"data\.train_samples must be a positive"),
+    ("ratio-range-reversed", "{tiny} --cfg-options data.ratio_range=(2.0,0.5)", 2,
+     r"data\.ratio_range must be a pair \(low, high\) of positive numbers with low <= high, got \(2\.0, 0\.5\)$"),
+    ("slide-without-any-window", "{tiny} --cfg-options model.test_cfg.mode=slide model.data_preprocessor.size=None",
+     2, r"error: slide mode needs windows: set test_cfg's crop_size \(the model has no training crop"),
     ("label-out-of-range-in-a-worker", "{ade} --data-root {range} --max-iters 1 --num-workers 1", 1,
      (r"^resnest-fast train: error: label file .*ADE_0\.png holds class id\(s\) 199: the dataset has 150 classes "
       r"\(0\.\.149, 255 = ignore\) \(loading the batch of iteration 1\)$")),
 ]
+
+# --backend cuda where it cannot run (where a GPU is, it may): what is missing from the build is said first, as no
+# --device can help then
+CUDA_REFUSED = r"^resnest-fast (train|test): error: backend='cuda' " + (
+    r"runs on cuda tensors, but the input is on cpu$" if HAS_CUDA_KERNELS else
+    r"is not available: resnest_fast\._C was (not built|built without cuda kernels) \(rebuild with FORCE_CUDA=1")
+if not torch.cuda.is_available():
+    TRAIN.append(("backend-cuda-without-a-gpu", "{tiny} --backend cuda", 2, CUDA_REFUSED))
 
 TEST = [
     ("text-file-checkpoint", "{tiny} {root}/text.pth", 2, r"text\.pth' is not a PyTorch checkpoint"),
@@ -207,10 +301,35 @@ TEST = [
      r"label file .*validation/ADE_0\.png has mode RGB .* must be a single-channel image"),
     ("label-out-of-range", "{ade} {root}/ade.pth --data-root {range}", 2,
      r"label file .*validation/ADE_0\.png holds class id\(s\) 199"),
+    ("empty-config", "{empty} {root}/ade.pth", 2, r"CONFIG is an empty string: expected a shipped config"),
+    ("empty-checkpoint", "{tiny} {empty}", 2, r"CHECKPOINT is an empty string: expected a checkpoint file"),
+    ("empty-data-root", "{ade} {root}/ade.pth --data-root {empty}", 2,
+     r"--data-root is an empty string: expected a dataset folder"),
+    ("empty-out", "{tiny} {root}/run/iter_2.pth --out {empty}", 2,
+     r"--out is an empty string: expected a JSON file to write"),
+    ("tta-ratio-0", "{tta_zero} {root}/run/iter_2.pth --tta", 2,
+     r"tta_zero\.py: data\.tta_ratios must be a list of numbers from 0\.25 to 4\.0 .*, got 0 in \(0,\)$"),
+    ("tta-ratio-huge", "{tta_huge} {root}/run/iter_2.pth --tta", 2, r"data\.tta_ratios must be .*got 1000000\.0"),
+    ("tta-ratios-a-string", "{tta_text} {root}/run/iter_2.pth --tta", 2, r"data\.tta_ratios must be .*got 'abc'$"),
+    ("in-index-out-of-range", "{in_index} {root}/run/iter_2.pth", 2, r"decode_head\.in_index=7 is out of range"),
+    ("label-without-its-image", "{ade} {root}/ade.pth --data-root {orphan}", 2,
+     r"no image for label .*ade_orphan/.*/annotations/validation/ADE_9\.png: expected "
+     r".*ade_orphan/.*/images/validation/ADE_9\.jpg$"),
+    ("data-root-a-file", "{ade} {root}/ade.pth --data-root {root}/a_file", 2,
+     r"ade20k data root '.*/a_file' is a file, not a folder \(the config's data\.root, or --data-root"),
+    ("image-a-fifo", "{ade} {root}/ade.pth --data-root {fifo}", 2,
+     r"cannot use image file .*ade_fifo/.*/validation/ADE_0\.jpg: it is a named pipe \(FIFO\), not a regular file$"),
+    ("16-bit-label-out-of-range", "{ade} {root}/ade.pth --data-root {range16}", 2,
+     r"label file .*validation/ADE_0\.png holds class id\(s\) 299: the dataset has 150 classes"),
 ]
 
+if not torch.cuda.is_available():
+    TEST.append(("backend-cuda-without-a-gpu", "{tiny} {root}/run/iter_2.pth --backend cuda", 2, CUDA_REFUSED))
 
-def _run(world, capsys, command, argv):
+
+def _run(world, capsys, command, argv, monkeypatch):
+    # run from inside the snapshot: a path that resolves to the current folder must not touch anything either
+    monkeypatch.chdir(world["root"])
     args = [a.format(**{k: str(v) for k, v in world.items()}) for a in argv.split()]
     if command == "train" and "--work-dir" not in args:
         args += ["--work-dir", str(world["root"] / "fresh")]
@@ -222,9 +341,9 @@ def _run(world, capsys, command, argv):
     return code, out, err
 
 
-def _assert_refused(world, capsys, command, row):
+def _assert_refused(world, capsys, command, row, monkeypatch):
     _, argv, exit_code, message, *count = row
-    code, out, err = _run(world, capsys, command, argv)
+    code, out, err = _run(world, capsys, command, argv, monkeypatch)
     assert "Traceback" not in err + out
     lines = err.strip().splitlines()
     assert code == exit_code and len(lines) == (count or [1])[0], err
@@ -233,13 +352,13 @@ def _assert_refused(world, capsys, command, row):
 
 
 @pytest.mark.parametrize("row", TRAIN, ids=[r[0] for r in TRAIN])
-def test_train_refuses(world, capsys, one_thread, row):
-    _assert_refused(world, capsys, "train", row)
+def test_train_refuses(world, capsys, one_thread, row, monkeypatch):
+    _assert_refused(world, capsys, "train", row, monkeypatch)
 
 
 @pytest.mark.parametrize("row", TEST, ids=[r[0] for r in TEST])
-def test_test_refuses(world, capsys, one_thread, row):
-    _assert_refused(world, capsys, "test", row)
+def test_test_refuses(world, capsys, one_thread, row, monkeypatch):
+    _assert_refused(world, capsys, "test", row, monkeypatch)
 
 
 def test_a_validation_without_a_labelled_pixel_reports_the_metrics_as_not_available(world, capsys, one_thread):
@@ -256,11 +375,47 @@ def test_a_validation_without_a_labelled_pixel_reports_the_metrics_as_not_availa
     assert code == 0 and "aAcc n/a  mIoU n/a  mAcc n/a on 1 images" in out, out + err
 
 
-def test_a_work_dir_in_use_is_refused(world, capsys, one_thread):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="Triton runs on the GPU here")
+@pytest.mark.parametrize("command, given", [("train", "--backend"), ("test", "--backend"), ("train", "default"),
+                                            ("test", "default")])
+def test_triton_without_a_gpu_or_its_interpreter_is_one_line_before_any_work(world, capsys, monkeypatch, one_thread,
+                                                                              command, given):
+    """--backend triton, or RESNEST_FAST_BACKEND=triton (read once at import: the default is patched here), on CPU
+    tensors without TRITON_INTERPRET: refused before the model runs, not a traceback from its first forward."""
+    from resnest_fast import backend
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    argv = {"train": "{tiny}", "test": "{tiny} {root}/run/iter_2.pth"}[command]
+    if given == "default":
+        monkeypatch.setattr(backend, "_default", "triton")
+    else:
+        argv += " --backend triton"
+    code, out, err = _run(world, capsys, command, argv, monkeypatch)
+    assert code == 2 and "Traceback" not in out + err, err
+    expected = (f"resnest-fast {command}: error: backend='triton' " +
+                ("is not available: the triton package is not installed" if not backend.ext.HAS_TRITON else
+                 "needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before importing resnest_fast; "
+                 "the input is on cpu"))
+    if given == "default":
+        expected += " (the default backend, from RESNEST_FAST_BACKEND or set_default_backend)"
+    assert err.strip() == expected
+
+
+def test_python_train_refuses_an_empty_work_dir(world, one_thread, monkeypatch):
+    from resnest_fast.training.train import SetupError, train
+
+    monkeypatch.chdir(world["root"])
+    before = _snapshot(world["root"])
+    with pytest.raises(SetupError, match=r"^work dir \(--work-dir\) is an empty string: expected a folder$"):
+        train(world["tiny"], work_dir="", max_iters=1, progress=False)
+    assert _snapshot(world["root"]) == before
+
+
+def test_a_work_dir_in_use_is_refused(world, capsys, one_thread, monkeypatch):
     """A run holding the work dir's lock (here this process): the second is refused before it looks or writes."""
     lock = WorkDirLock.acquire(world["root"] / "busy")
     try:
-        code, _, err = _run(world, capsys, "train", f"{world['tiny']} --work-dir {world['root']}/busy")
+        code, _, err = _run(world, capsys, "train", f"{world['tiny']} --work-dir {world['root']}/busy", monkeypatch)
     finally:
         lock.release()
     assert code == 2 and len(err.strip().splitlines()) == 1, err

@@ -47,6 +47,30 @@ def test_slide_windows_that_leave_pixels_uncovered_are_refused(model, img):
     assert logits.shape == (1, model.num_classes, 45, 67) and torch.isfinite(logits).all()
 
 
+def test_slide_without_windows_takes_the_training_crop_or_names_what_is_missing(img):
+    """mode='slide' with no crop_size in test_cfg: the training crop (data_preprocessor's size) and 2/3 of it as
+    stride, the commands' defaults, where 'crop_size must be an int or a pair of ints, got None' came before."""
+    cfg = small_model_cfg()
+    cfg["data_preprocessor"]["size"] = (16, 24)
+    torch.manual_seed(0)
+    whole = build_segmentor(cfg).eval()
+    slide = build_segmentor(dict(cfg, test_cfg=dict(mode="slide")))
+    slide.load_state_dict(whole.state_dict())
+    slide.eval()
+    assert slide.test_cfg == dict(mode="slide", crop_size=(16, 24), stride=(10, 16))  # int(16 * 2 / 3), int(24 * 2 / 3)
+    x = as_batch(img)
+    expected = whole.inference(x, mode="slide", crop_size=(16, 24), stride=(10, 16))
+    torch.testing.assert_close(whole.inference(x, mode="slide"), expected, rtol=0, atol=0)
+    torch.testing.assert_close(slide.inference(x), expected, rtol=0, atol=0)
+    assert torch.equal(whole.predict(x, mode="slide"), expected.argmax(1))
+    cfg["data_preprocessor"]["size"] = None
+    with pytest.raises(ValueError, match=r"^slide mode needs windows: set test_cfg's crop_size \(the model has no "
+                       r"training crop, data_preprocessor's size, to take instead\)$"):
+        build_segmentor(dict(cfg, test_cfg=dict(mode="slide")))
+    with pytest.raises(ValueError, match="^slide mode needs windows"):
+        build_segmentor(cfg).predict(x, mode="slide")
+
+
 @pytest.mark.parametrize("scale, kind", [
     ([32], TypeError), ("64", TypeError), ((64, 0), ValueError), (0.0, ValueError), (float("nan"), ValueError),
     (torch.tensor(2.0), TypeError), ((64.5, 32), TypeError), (True, TypeError),
@@ -54,6 +78,21 @@ def test_slide_windows_that_leave_pixels_uncovered_are_refused(model, img):
 def test_a_malformed_scale_is_named(model, img, scale, kind):
     with pytest.raises(kind, match="scale"):
         segment_image(model, img, scale=scale)
+
+
+def test_a_scale_beyond_8192_x_8192_pixels_is_refused_before_anything_is_allocated(model, img):
+    """45x67 scaled by 1000 would be 45000x67000 (9 GB of uint8 before the model's features): refused by name, as a
+    pair whose long x short edge exceeds the bound, or per image for a factor; at the bound it is allowed."""
+    with pytest.raises(ValueError, match=r"^scale \(100000, 100000\) resizes images to up to 10000000000 pixels: "
+                       r"at most 67108864 \(8192 x 8192\) are allowed"):
+        segment_image(model, img, scale=(100000, 100000))
+    with pytest.raises(ValueError, match=r"^cannot resize an image of 67x45 to 67000x45000: 3015000000 pixels, over "
+                       r"the 67108864 \(8192 x 8192\) allowed"):
+        segment_image(model, img, scale=1000.0)
+    with pytest.raises(ValueError, match=r"67108864 \(8192 x 8192\)"):
+        predict_scores(model, img, tta_ratios=[1000.0])
+    from resnest_fast.segmentation.inference import check_scale
+    assert check_scale((8192, 8192)) == (8192, 8192) and check_scale([16384, 4096]) == (16384, 4096)
 
 
 def test_scale_as_a_list_or_a_numpy_number_is_the_tuple_or_the_float(model, img):

@@ -228,6 +228,8 @@ def _derived(tmp_path, text):
     ("default_scope = 'mmdet'", "default_scope"),
     ("load_from = 'x.pth'", "load_from"),
     ("data = dict(batch_size=1)", "data"),
+    ("optim_wrapper = dict(optimizer=dict(lr=None))", "optim_wrapper.optimizer.lr"),
+    ("optim_wrapper = dict(optimizer=dict(weight_decay='5e-4'))", "optim_wrapper.optimizer.weight_decay"),
 ])
 def test_what_the_project_does_not_run_is_refused_naming_the_key(tmp_path, text, key):
     with pytest.raises(ValueError, match=f"derived.py: {key}: "):

@@ -104,7 +104,8 @@ def test_builders_follow_the_schedule_config_and_name_bad_options():
         build_scheduler(opt, dict(type="poly", warmup=10), 10)
     for key, value in (("eta_min", -1e-4), ("eta_min", float("nan")), ("eta_min", "0"), ("power", -0.9),
                        ("power", float("inf")), ("power", True)):
-        with pytest.raises(ValueError, match=rf"schedule\.lr_policy\.{key} must be a number >= 0, got {value!r}"):
+        expected = rf"schedule\.lr_policy\.{key} must be a finite number >= 0, got {value!r}"
+        with pytest.raises(ValueError, match=expected):
             build_scheduler(opt, dict(type="poly", **{key: value}), 10)
     constant = build_scheduler(opt, dict(type="poly", power=0, eta_min=0), 10)  # power 0: the lr never moves
     for _ in range(10):

@@ -14,11 +14,15 @@ import numbers
 import os
 from typing import Iterable, Optional
 
+from resnest_fast.segmentation.inference import check_scale
+from resnest_fast.utils import check_number, not_a_file
+
 from .datasets import ADE20KDataset, CityscapesDataset
 from .synthetic import SyntheticDataset
 from .transforms import Compose, PhotoMetricDistortion, RandomCrop, RandomFlip, RandomResize
 
-__all__ = ["DATASET_TYPES", "DATA_KEYS", "build_dataset", "train_pipeline", "check_data_config", "check_known_keys"]
+__all__ = ["DATASET_TYPES", "DATA_KEYS", "TTA_RATIO_RANGE", "build_dataset", "train_pipeline", "check_data_config",
+           "check_known_keys", "check_tta_ratios"]
 
 DATASET_TYPES = ("cityscapes", "ade20k", "synthetic")
 _REAL = {"cityscapes": CityscapesDataset, "ade20k": ADE20KDataset}
@@ -39,6 +43,60 @@ def check_known_keys(section: str, values: dict, known: Iterable[str], where: st
             raise ValueError(f"{where}: unknown key {section}.{key}{hint}")
 
 
+# data.tta_ratios bounds: mmseg's configs use 0.5-1.75. Below a quarter a small image shrinks to nothing (mmcv's
+# rescale then fails on a 0-pixel edge); above four times a 2048x1024 Cityscapes image becomes 8192x4096, whose 19
+# class logits alone take 2.4 GiB in fp32 (a ratio of 1e6 asked for 1.4e16 bytes).
+TTA_RATIO_RANGE = (0.25, 4.0)
+
+
+def check_tta_ratios(ratios, where: str):
+    """data.tta_ratios as a tuple of floats (None when unset), or a ValueError naming it: a non-empty list or tuple
+    of numbers within TTA_RATIO_RANGE."""
+    if ratios is None:
+        return None
+    low, high = TTA_RATIO_RANGE
+    wanted = f"a list of numbers from {low} to {high} (mmseg's: (0.5, 0.75, 1.0, 1.25, 1.5, 1.75))"
+    if not isinstance(ratios, (list, tuple)) or not ratios or any(
+            isinstance(r, bool) or not isinstance(r, (int, float)) for r in ratios):
+        raise ValueError(f"{where}: data.tta_ratios must be {wanted}, got {ratios!r}")
+    outside = [r for r in ratios if not low <= r <= high]  # NaN included
+    if outside:
+        raise ValueError(f"{where}: data.tta_ratios must be {wanted}, got {outside[0]!r} in {tuple(ratios)!r}")
+    return tuple(float(r) for r in ratios)
+
+
+# data keys -> what they hold; read by the pipelines, the synthetic set and the evaluation, which would otherwise
+# fail on a malformed one with an unpacking error or a traceback naming no key
+_PAIRS = {"scale": "(long, short edge)", "crop_size": "(h, w)", "size": "(h, w)"}
+_COUNTS = ("num_classes", "train_samples", "val_samples")
+
+
+def _check_values(data: dict, where: str) -> None:
+    for key, meaning in _PAIRS.items():
+        value = data.get(key)
+        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+            raise ValueError(f"{where}: data.{key} must be a pair of positive ints {meaning}, got {value!r}")
+    if data.get("scale") is not None:
+        check_scale(data["scale"], f"{where}: data.scale")  # the bound on the pixels an image is resized to
+    for key in _COUNTS:
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{where}: data.{key} must be a positive whole number, got {value!r}")
+    ratios = data.get("ratio_range")
+    if ratios is not None:
+        if not (isinstance(ratios, (list, tuple)) and len(ratios) == 2):
+            raise ValueError(f"{where}: data.ratio_range must be a pair (low, high) of positive numbers, "
+                             f"got {ratios!r}")
+        low, high = (check_number(r, f"{where}: data.ratio_range item") for r in ratios)
+        if not 0 < low <= high:
+            raise ValueError(f"{where}: data.ratio_range must be a pair (low, high) of positive numbers with low <= "
+                             f"high, got {ratios!r}")
+    if data.get("cat_max_ratio") is not None and check_number(
+            data["cat_max_ratio"], f"{where}: data.cat_max_ratio") > 1:
+        raise ValueError(f"{where}: data.cat_max_ratio must be at most 1 (1: no limit), got {data['cat_max_ratio']!r}")
+
+
 def check_data_config(cfg: dict) -> dict:
     """The config's `data` dict, or a ValueError saying what is missing."""
     data = cfg.get("data")
@@ -55,6 +113,8 @@ def check_data_config(cfg: dict) -> dict:
     check_known_keys("data", data, DATA_KEYS, where)
     if "batch_size" not in data:
         raise ValueError(f"{where}: data.batch_size (images per process) is missing")
+    check_tta_ratios(data.get("tta_ratios"), where)
+    _check_values(data, where)
     return data
 
 
@@ -96,6 +156,9 @@ def build_dataset(data: dict, split: str, root: Optional[str] = None, seed: int 
     root = root if root is not None else data.get("root")
     if not root:
         raise ValueError(f"data.root is not set for the {kind} dataset (pass --data-root DIR)")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise FileNotFoundError(f"{kind} data root {root!r} is {not_a_file(root) or 'a file'}, not a folder (the "
+                                "config's data.root, or --data-root: the dataset's folder)")
     if not os.path.isdir(root):
         raise FileNotFoundError(
             f"{kind} data root {root!r} does not exist (the config's data.root, or --data-root; relative paths are "

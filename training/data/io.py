@@ -9,7 +9,9 @@ Semantics follow mmseg 1.x's loaders so that what a model sees is what it would 
   grayscale is shifted here as OpenCV does. 32-bit integer and float images (pillow modes I and F) OpenCV cannot
   read in colour at all, and their range is not defined: they are refused with an error naming the file.
 - labels: ``LoadAnnotations`` decodes 'unchanged' (palette indices for 'P' PNGs, no EXIF rotation) and casts to
-  uint8; ``reduce_zero_label`` maps 0 -> 255 and every other value v -> v - 1 (255 stays 255).
+  uint8; ``reduce_zero_label`` maps 0 -> 255 and every other value v -> v - 1 (255 stays 255). mmseg's cast wraps
+  the ids of 16- and 32-bit label files modulo 256 (300 becomes class 43 of ADE20k): here the ids are checked
+  before any narrowing and a file holding one that is neither a class nor 255 is refused, naming it.
 """
 
 import os
@@ -17,14 +19,23 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from resnest_fast.utils import not_a_file
+
 
 class CorruptFileError(OSError):
     """An image or label file exists but cannot be decoded (or has the wrong number of channels)."""
 
 
+class DataError(ValueError):
+    """A sample's files do not fit together or the dataset (size mismatch, class id out of range); names them."""
+
+
 def _open_fully(path, kind):
     """Open and decode the whole file now: pillow is lazy, and a truncated file fails only at load()."""
     if not os.path.isfile(path):
+        what = not_a_file(path)
+        if what:
+            raise CorruptFileError(f"cannot use {kind} file {path}: it is {what}, not a regular file")
         raise FileNotFoundError(f"{kind} file not found: {path}")
     try:
         img = Image.open(path)
@@ -61,10 +72,13 @@ def load_image(path):
     return array
 
 
-def load_label(path, reduce_zero_label=False):
+def load_label(path, reduce_zero_label=False, num_classes=None):
     """Decode a label map to a (H, W) uint8 array, values as stored (palette indices for 'P' PNGs).
 
     reduce_zero_label: mmseg's rule for datasets whose 0 means "other" (ADE20k): 0 -> 255, v -> v - 1, 255 -> 255.
+    num_classes: DataError (naming the file) when an id, after reduce_zero_label, is neither a class
+    (0..num_classes-1) nor 255. Whatever num_classes, an id that a uint8 cannot hold (a 16- or 32-bit file) is
+    refused rather than wrapped.
     """
     img = _open_fully(path, "label")
     array = np.asarray(img)
@@ -75,17 +89,37 @@ def load_label(path, reduce_zero_label=False):
             f"label file {path} has mode {img.mode} with shape {array.shape}: a label map must be a single-channel "
             "image (mode L or P) of class ids"
         )
-    # mmseg casts whatever was decoded (e.g. 16-bit PNGs) to uint8 the same way.
-    label = array.astype(np.uint8)
-    if reduce_zero_label:
-        label = reduce_zero(label)
-    return label
+    if array.dtype != np.uint8:
+        array = array.astype(np.int64)
+    label = reduce_zero(array) if reduce_zero_label else array
+    check_class_ids(label, 256 if num_classes is None else num_classes, path)
+    return label.astype(np.uint8, copy=False)
+
+
+def check_class_ids(label, num_classes, path):
+    """DataError when the (H, W) integer label map holds an id that is neither a class (0..num_classes-1) nor 255
+    (ignored): the loss would fail later with only the id, and the evaluation would miscount it. Ids above 255 are
+    refused whatever num_classes: label maps are uint8 from here on, and narrowing would wrap them."""
+    num_classes = min(num_classes, 256)
+    if label.dtype == np.uint8:
+        if num_classes >= 255:
+            return
+        bad = np.flatnonzero(np.bincount(label.ravel(), minlength=256)[num_classes:255]) + num_classes
+    else:
+        values = np.unique(label)
+        bad = values[((values >= num_classes) | (values < 0)) & (values != 255)]
+    if len(bad):
+        ids = ", ".join(str(int(v)) for v in bad[:5])
+        if num_classes == 256:
+            raise DataError(f"label file {path} holds class id(s) {ids}: a label map holds ids 0..255 "
+                            "(255 = ignore)")
+        raise DataError(f"label file {path} holds class id(s) {ids}: the dataset has {num_classes} classes "
+                        f"(0..{num_classes - 1}, 255 = ignore)")
 
 
 def reduce_zero(label):
-    """mmseg's reduce_zero_label on a uint8 map: 0 -> 255 (ignored), v -> v - 1 for 1..254, 255 stays 255."""
-    label = label.copy()
-    label[label == 0] = 255
-    label = label - 1  # uint8: 255 -> 254, which is put back to 255 below (never a real class after reduction)
-    label[label == 254] = 255
-    return label
+    """mmseg's reduce_zero_label: 0 -> 255 (ignored), v -> v - 1 for every other v but 255, which stays 255. The
+    dtype is kept (a uint8 map stays uint8)."""
+    reduced = label.astype(np.int64) - 1
+    reduced[(label == 0) | (label == 255)] = 255
+    return reduced.astype(label.dtype)

@@ -1,5 +1,6 @@
 """Cityscapes and ADE20k read from trees in their real layouts; pairing, errors and reproducible pipelines."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -111,6 +112,58 @@ def test_ade20k_errors(ade_root, tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         ADE20KDataset(parent, split="training")
     assert img_path in str(err.value) and seg_path in str(err.value)
+
+
+def test_ade20k_reads_extensions_in_any_case(ade_root):
+    """A copy whose tools upper-cased some extensions: every image is still read, with its own label (mmseg's
+    img_suffix='.jpg' skipped the .JPG one: a split one image short, silently)."""
+    parent, written = ade_root
+    training = sorted(p for p in written if f"{os.sep}training{os.sep}" in p)
+    renamed_img = training[1][: -len(".jpg")] + ".JPG"
+    os.rename(training[1], renamed_img)
+    seg = training[0].replace("images", "annotations").replace(".jpg", ".png")
+    os.rename(seg, seg[: -len(".png")] + ".PNG")
+    ds = ADE20KDataset(parent, split="training")
+    assert ds.img_paths == sorted([training[0], renamed_img]) and len(ds) == 2
+    for i, original in enumerate(training):
+        raw = written[original][1]
+        expected = np.where((raw == 0) | (raw == 255), 255, raw.astype(np.int64) - 1)
+        np.testing.assert_array_equal(ds[i]["gt_semantic_seg"].numpy(), expected)
+
+
+def test_ade20k_two_images_of_one_name_but_case_are_refused(ade_root):
+    parent, written = ade_root
+    first = sorted(p for p in written if f"{os.sep}training{os.sep}" in p)[0]
+    twin = first[: -len(".jpg")] + ".JPG"
+    shutil.copy(first, twin)
+    a, b = sorted([first, twin])
+    with pytest.raises(FileNotFoundError, match=rf"^images {a} and {b} differ only by the case of '\.jpg': keep one$"):
+        ADE20KDataset(parent, split="training")
+
+
+@pytest.mark.parametrize("dataset", ["ade20k", "cityscapes"])
+def test_a_label_without_its_image_is_refused_naming_both(ade_root, cityscapes_root, dataset):
+    """Every label must have its image as every image its label: an orphan label means a split shorter than its
+    annotations say, silently."""
+    if dataset == "ade20k":
+        parent, written = ade_root
+        imgs = sorted(p for p in written if f"{os.sep}training{os.sep}" in p)
+        segs = [p.replace("images", "annotations").replace(".jpg", ".png") for p in imgs]
+        make = lambda: ADE20KDataset(parent, split="training")  # noqa: E731
+    else:
+        parent, written = cityscapes_root
+        imgs = sorted(p for p in written if f"{os.sep}train{os.sep}" in p)
+        segs = [p.replace("leftImg8bit", "gtFine", 1).replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+                for p in imgs]
+        make = lambda: CityscapesDataset(parent, split="train")  # noqa: E731
+    os.remove(imgs[0])
+    with pytest.raises(FileNotFoundError, match=rf"^no image for label {segs[0]}: expected {imgs[0]}$"):
+        make()
+    orphan = os.path.join(os.path.dirname(segs[-1]), "zz_" + os.path.basename(segs[-1]))  # sorts after segs[0]
+    shutil.copy(segs[-1], orphan)
+    with pytest.raises(FileNotFoundError, match=rf"^no image for label {segs[0]}: expected {imgs[0]} \(1 more label "
+                       r"file\(s\) without an image\)$"):
+        make()
 
 
 def test_pipeline_is_reproducible_by_seed_epoch_and_index(cityscapes_root):

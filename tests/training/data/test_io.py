@@ -1,10 +1,12 @@
 """Decoding: RGB order, channel handling, mmseg's reduce_zero_label, and errors that name the file."""
 import io
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from resnest_fast.training.data import DataError
 from resnest_fast.training.data.io import CorruptFileError, load_image, load_label, reduce_zero
 from tests.training.data.files import write_png, write_png_header_only
 
@@ -72,6 +74,18 @@ def test_missing_file_names_it(tmp_path, loader):
 
 
 @pytest.mark.parametrize("loader", [load_image, load_label])
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_path_that_is_not_a_regular_file_says_what_it_is(tmp_path, loader, kind):
+    """'not found' sent people looking for a file that is there; a FIFO must not be opened (it waits for a writer)."""
+    path = tmp_path / "x.png"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    what = r"a named pipe \(FIFO\)" if kind == "fifo" else "a folder"
+    with pytest.raises(CorruptFileError, match=rf"^cannot use (image|label) file {path}: it is {what}, not a regular "
+                       "file$"):
+        loader(str(path))
+
+
+@pytest.mark.parametrize("loader", [load_image, load_label])
 def test_garbage_file_names_it(tmp_path, loader):
     (tmp_path / "garbage.png").write_bytes(b"this is not an image at all")
     with pytest.raises(CorruptFileError, match="garbage.png"):
@@ -125,3 +139,32 @@ def test_a_decompression_bomb_is_a_corrupt_file_named_by_path(tmp_path):
     write_png_header_only(path, 30000, 30000)
     with pytest.raises(CorruptFileError, match=f"{path}.*decompression bomb"):
         load_image(str(path))
+
+
+# (stored ids and dtype, reduce_zero_label, num_classes, the ids the error names or None when the file loads)
+WIDE_LABELS = [
+    ("300 in 16 bits", [300, 1, 0, 255], np.uint16, True, 150, "299"),
+    ("300 in 16 bits, no dataset", [300, 1, 0, 255], np.uint16, False, None, "300"),
+    ("65535 in 16 bits", [65535, 3], np.uint16, False, 19, "65535"),
+    ("256 in 16 bits", [256, 3], np.uint16, False, 19, "256"),
+    ("negative in 32 bits", [-1, 3], np.int32, False, 19, "-1"),
+    ("16 bits within range", [150, 1, 0, 255], np.uint16, True, 150, None),
+    ("32 bits within range", [18, 0, 255], np.int32, False, 19, None),
+]
+
+
+@pytest.mark.parametrize("name, ids, dtype, reduce, num_classes, named", WIDE_LABELS, ids=[r[0] for r in WIDE_LABELS])
+def test_wide_label_ids_are_checked_before_they_become_uint8(tmp_path, name, ids, dtype, reduce, num_classes, named):
+    """mmseg's uint8 cast wraps 300 to 44 (class 43 after reduce_zero_label): an id beyond the classes must be
+    refused as a uint8 one is, and ids that fit must come out as the same uint8 map."""
+    stored = np.array(ids * 3, dtype=dtype).reshape(3, len(ids))
+    path = tmp_path / "wide.png" if dtype == np.uint16 else tmp_path / "wide.tif"
+    Image.fromarray(stored).save(path)
+    assert np.asarray(Image.open(path)).dtype != np.uint8  # the file really holds wide samples
+    if named is None:
+        row = [(255 if v in (0, 255) else v - 1) if reduce else v for v in ids]
+        expected = np.array([row] * 3, dtype=np.uint8)
+        np.testing.assert_array_equal(load_label(str(path), reduce, num_classes), expected)
+        return
+    with pytest.raises(DataError, match=rf"^label file {path} holds class id\(s\) {named}: "):
+        load_label(str(path), reduce_zero_label=reduce, num_classes=num_classes)
