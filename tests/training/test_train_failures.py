@@ -234,6 +234,11 @@ def _train_args(cfg, work):
     return ["train", cfg, "--work-dir", work, "--deterministic", "--no-progress"]
 
 
+def _run_files(work):
+    """The names in a work dir, hidden ones included (a lock, a half-written checkpoint), but its logs."""
+    return sorted(n for n in os.listdir(work) if not n.endswith(".log.jsonl"))
+
+
 def test_ctrl_c_stops_training_with_one_line_and_the_run_resumes_as_if_uninterrupted(tmp_path):
     cfg = tiny_config(tmp_path, schedule="dict(max_iters=6, val_interval=0, checkpoint_interval=2)")
     straight = run_cli(_train_args(cfg, tmp_path / "straight"))
@@ -243,8 +248,7 @@ def test_ctrl_c_stops_training_with_one_line_and_the_run_resumes_as_if_uninterru
     code, err = _signalled(_STALLED_STEP, _train_args(cfg, work), "IN-ITERATION-3", signal.SIGINT)
     assert code == 130 and err.strip() == (f"resnest-fast train: interrupted (SIGINT) after 2 of 6 iterations: "
                                            f"resume with --resume {work / 'iter_2.pth'}"), err
-    names = sorted(os.listdir(work))
-    assert [n for n in names if not n.endswith(".log.jsonl")] == ["iter_2.pth", "latest", "run.json"], names
+    assert _run_files(work) == ["iter_2.pth", "latest", "run.json"]
 
     resumed = run_cli(_train_args(cfg, work) + ["--resume", work / "iter_2.pth"])
     assert resumed.returncode == 0, resumed.stderr
@@ -261,9 +265,8 @@ def test_sigterm_while_a_checkpoint_is_written_leaves_the_last_complete_one_and_
     code, err = _signalled(_STALLED_SAVE, _train_args(cfg, work), "HALF-WRITTEN", signal.SIGTERM)
     assert code == 143 and err.strip() == (f"resnest-fast train: interrupted (SIGTERM) after 4 of 6 iterations: "
                                            f"resume with --resume {work / 'iter_2.pth'}"), err
-    names = sorted(os.listdir(work))
     # no .lock (a later run would find it taken over, with a note), no half-written .iter_4.pth.*.tmp
-    assert [n for n in names if not n.endswith(".log.jsonl")] == ["iter_2.pth", "latest", "run.json"], names
+    assert _run_files(work) == ["iter_2.pth", "latest", "run.json"]
     assert ckpt.find_latest(work) == work / "iter_2.pth"
 
 
@@ -273,7 +276,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_
     code, err = _signalled(_STALLED_STEP, _train_args(cfg, work), "IN-ITERATION-3", signal.SIGINT)
     assert code == 130 and err.strip() == ("resnest-fast train: interrupted (SIGINT) after 2 of 6 iterations, before "
                                            "the first checkpoint: nothing to resume"), err
-    assert [n for n in os.listdir(work) if not n.endswith(".log.jsonl")] == []  # run.json taken back: a rerun starts
+    assert _run_files(work) == []  # run.json taken back: a rerun starts
 
 
 def test_ctrl_c_during_the_test_command_is_one_line(tmp_path, one_thread):
