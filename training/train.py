@@ -65,7 +65,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from resnest_fast.backend import check_backend
-from resnest_fast.checkpoint import CheckpointError, check_state_dict, load_checkpoint, torch_load
+from resnest_fast.checkpoint import CheckpointError, check_finite, check_state_dict, load_checkpoint, torch_load
 from resnest_fast.models import load_pretrained
 from resnest_fast.models.pretrained import resolve_pretrained
 from resnest_fast.nn import DistributedDataParallel, SyncBatchNorm
@@ -559,6 +559,8 @@ def _read_training_state(path: Path) -> dict:
         raise CheckpointError(f"{str(path)!r} is not a training checkpoint of this project (missing {missing}): "
                               "to start from its weights use --load-from")
     check_state_dict(state["state_dict"], str(path))
+    # as load_checkpoint does for --load-from: NaN weights would only surface as "the loss became nan" a step later
+    check_finite(state["state_dict"], str(path))
     meta, schedulers = state["meta"], state["param_schedulers"]
     if not isinstance(meta, dict) or isinstance(meta.get("iter"), bool) or not isinstance(meta.get("iter"), int):
         raise CheckpointError(f"{str(path)!r}: meta must be a dict with an int 'iter', got {meta!r:.80}")

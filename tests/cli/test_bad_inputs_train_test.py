@@ -90,6 +90,10 @@ def world(tmp_path_factory):
                root / "int32.pth")
     torch.save({"state_dict": {k: v.fill_(float("nan")) if v.is_floating_point() else v
                                for k, v in state_dict.items()}}, root / "nan.pth")
+    state = torch.load(root / "run" / "iter_2.pth", weights_only=True)  # a training state whose weights are NaN
+    state["state_dict"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v
+                           for k, v in state["state_dict"].items()}
+    torch.save(state, root / "nan_state.pth")
     (root / "text.pth").write_text("101 is a number, not a checkpoint\n")
     torch.save(torch.zeros(3), root / "tensor.pth")
     torch.save({"meta": {}, "state_dict": "abc"}, root / "str_state_dict.pth")
@@ -166,6 +170,8 @@ TRAIN = [
      r"tensor\.pth' is not a training checkpoint of this project: .* got a tensor of shape \[3\]"),
     ("resume-state-dict-a-string", "{tiny} --resume {root}/str_training_state.pth", 2,
      r"str_training_state\.pth' holds no state_dict: expected a dict of tensors.* got a str \('abc'\)"),
+    ("resume-nan-weights", "{tiny} --max-iters 4 --resume {root}/nan_state.pth", 2,
+     r"nan_state\.pth' holds NaN or infinite values in \d+ of its \d+ floating-point tensors \(backbone\.stem\.0\."),
     # a resumed run writes iter_<N>.pth after its checkpoint's iteration: none of those may exist already
     ("resume-older-than-the-work-dirs-newest",
      "{tiny} --work-dir {root}/run --max-iters 4 --resume {root}/run/iter_2.pth", 2,
