@@ -78,8 +78,9 @@ def regs_of(operand, width=1):
     return set(range(n, n + (2 if m.group(2) else width)))
 
 
-def load_width(opcode):
-    return 4 if ".128" in opcode else 2 if ".64" in opcode else 1
+def unpredicated(instruction):
+    """The instruction without its guard predicate (`@P0 `, `@!UP1 `)."""
+    return re.sub(r"^@!?U?P\w+\s+", "", instruction)
 
 
 def access_bytes(opcode):
@@ -88,9 +89,14 @@ def access_bytes(opcode):
     return int(m.group(1)) // 8 if m else 4
 
 
+def load_width(opcode):
+    """Registers a load writes: one per 32 bits, at least one."""
+    return max(1, access_bytes(opcode) // 4)
+
+
 def widest(instructions, base):
     """Widest access, in bytes, of the instructions whose opcode starts with `base` (0 when there is none)."""
-    ops = [re.sub(r"^@!?U?P\w+\s+", "", i).partition(" ")[0] for i in instructions]
+    ops = [unpredicated(i).partition(" ")[0] for i in instructions]
     return max((access_bytes(op) for op in ops if op.split(".")[0] == base), default=0)
 
 
@@ -101,7 +107,7 @@ def block_scores(instructions):
         if ins is None or ins == ":label":
             best, loaded, count, open_block = max(best, count), set(), 0, True
             continue
-        text = re.sub(r"^@!?U?P\w+\s+", "", ins)
+        text = unpredicated(ins)
         opcode, _, rest = text.partition(" ")
         operands = [o for o in rest.split(",")] if rest else []
         base = opcode.split(".")[0]
@@ -166,7 +172,7 @@ def main():
             failures.append(f"{names[mangled]} on {arch}: spills {spill} bytes")
         if family in MAIN_KERNELS:
             code = sass.get((mangled, arch), [])
-            if sum(re.sub(r"^@!?U?P\w+\s+", "", i).startswith("LDG") for i in code) <= 1:
+            if sum(unpredicated(i).startswith("LDG") for i in code) <= 1:
                 continue  # nothing loaded per element
             loads, vec = block_scores(code)
             row["loads"] = loads if row["loads"] is None else min(row["loads"], loads)
