@@ -203,6 +203,11 @@ class LoadReport:
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched or self.dtype_mismatched)
 
+    @property
+    def skipped(self) -> set:
+        """Keys in both the model and the checkpoint that a non-strict load leaves alone (shape or dtype)."""
+        return {k for k, _, _ in self.mismatched} | {k for k, _, _ in self.dtype_mismatched}
+
     def __str__(self) -> str:
         if self.ok:
             return "all keys matched"
@@ -282,8 +287,8 @@ def load_checkpoint(
         raise CheckpointError(
             f"checkpoint {os.fspath(path)!r} does not fit {type(model).__name__} (nothing was loaded):\n{report}"
         )
-    bad = {k for k, _, _ in report.mismatched} | {k for k, _, _ in report.dtype_mismatched}
-    loaded = collections.OrderedDict((k, v) for k, v in sd.items() if k not in bad)
+    skipped = report.skipped
+    loaded = collections.OrderedDict((k, v) for k, v in sd.items() if k not in skipped)
     check_finite(loaded, os.fspath(path))
     model.load_state_dict(loaded, strict=False)
     return report

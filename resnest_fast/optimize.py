@@ -205,7 +205,7 @@ class FrozenConv2d(nn.Module):
         if self._packed is not None:
             state["_packed"] = None
             if self.weight is None:
-                state["_buffers"] = collections.OrderedDict(state["_buffers"], weight=self._packed[1].to_dense())
+                state["_buffers"] = collections.OrderedDict(state["_buffers"], weight=self.dense_weight())
         return state
 
     def extra_repr(self) -> str:

@@ -529,7 +529,7 @@ def _interrupted(exc: KeyboardInterrupt, loop: Optional["_Loop"], work: Optional
         return Interrupted(f"{how} before the first iteration: nothing was written", signum)
     # a checkpoint newer than the one resumed from is this call's (_check_nothing_newer), and complete (atomic), even
     # when the signal came before `latest` named it
-    written = [path for iteration, path in ckpt.list_checkpoints(work) if iteration > start_iter]
+    written = _checkpoints_after(work, start_iter)
     last = written[-1] if written else resume_from
     done = f"{how} after {loop.iteration} of {loop.total_iters} iterations"
     if last is None:
@@ -573,11 +573,16 @@ def _read_training_state(path: Path) -> dict:
     return state
 
 
+def _checkpoints_after(work: Path, start_iter: int) -> List[Path]:
+    """The work dir's checkpoints of iterations after start_iter, oldest first."""
+    return [path for iteration, path in ckpt.list_checkpoints(work) if iteration > start_iter]
+
+
 def _check_nothing_newer(work: Path, resume_from: str, start_iter: int) -> None:
     """ValueError when `work` holds a checkpoint of an iteration after `start_iter`. The resumed run writes
     iter_<N>.pth for iterations after start_iter: it would replace such a file, and short of that its `latest`
     and pruning would mix two histories in one folder (another run's checkpoint, or a branch from an older one)."""
-    newer = [path for iteration, path in ckpt.list_checkpoints(work) if iteration > start_iter]
+    newer = _checkpoints_after(work, start_iter)
     if newer:
         newest = newer[-1]
         raise ValueError(f"work dir {str(work)!r} already holds {newer[0].name}, newer than iteration {start_iter} of "
@@ -617,7 +622,7 @@ def _check_something_loaded(model: nn.Module, path, report) -> None:
     """ValueError when --load-from loaded no tensor: a non-strict load of, say, ImageNet backbone weights (keys
     without the segmentor's `backbone.`) would otherwise train from scratch under a report of missing keys."""
     model_keys = list(model.state_dict())
-    unloaded = set(report.missing) | {k for k, _, _ in report.mismatched} | {k for k, _, _ in report.dtype_mismatched}
+    unloaded = set(report.missing) | report.skipped
     if all(k in unloaded for k in model_keys):
         theirs = report.unexpected[0] if report.unexpected else (report.mismatched or report.dtype_mismatched)[0][0]
         count = len(report.unexpected) + len(report.mismatched) + len(report.dtype_mismatched)
