@@ -46,6 +46,7 @@ from torch.export import Dim, ExportedProgram
 from resnest_fast import _extension as ext
 from resnest_fast.nn.split_attention import SplitAttentionConv2d
 from resnest_fast.ops import splat_combine_reference, splat_pool_reference
+from resnest_fast.optimize import unpack_weights
 from resnest_fast.utils import atomic_write, eval_mode
 
 __all__ = [
@@ -248,7 +249,7 @@ def export_program(model: nn.Module, example_input, dynamic_shapes=None) -> Expo
             raise ValueError(f"dynamic_shapes shorthand must be 'hw' or 'bhw', got {shorthand!r}")
         dynamic_shapes = _image_dynamic_shapes(shorthand, args)
     with eval_mode(model):
-        program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
+        program = torch.export.export(unpack_weights(model), args, dynamic_shapes=dynamic_shapes)
         if dynamic_shapes is not None:
             refuse_parity_guards(program)
         if shorthand is not None:
@@ -538,4 +539,4 @@ def trace_torchscript(model: nn.Module, example_input, reference: bool = False) 
         # rightly freezes; the tracer's warnings about them would bury any warning about the user's own code.
         for module in (r"resnest_fast(\.|$)", r"torch\.nn\.modules\.batchnorm$"):
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=module)
-        return torch.jit.trace(model, args, check_trace=False)
+        return torch.jit.trace(unpack_weights(model), args, check_trace=False)

@@ -37,7 +37,8 @@ from resnest_fast.ops import depthwise as depthwise_ops
 from resnest_fast.ops import winograd as winograd_ops
 from resnest_fast.segmentation.decode_heads import ConvModule
 
-__all__ = ["FrozenBlocks", "FrozenBottleneck", "FrozenConv2d", "InferenceOnlyTrain", "optimize_for_inference"]
+__all__ = ["FrozenBlocks", "FrozenBottleneck", "FrozenConv2d", "InferenceOnlyTrain", "optimize_for_inference",
+           "unpack_weights"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,6 +90,9 @@ class FrozenConv2d(nn.Module):
     torch.compile: a module traced before its first eager call keeps its folded weight (the graph reads it) and
     then only adds forms. Traced after an eager call, each converted conv brings its folded weight back at a graph
     break; compile before the first call (torch 2.13's Inductor then failed a later recompile of those graphs).
+
+    torch.export and torch.jit.trace record F.conv2d on the folded weight (plus the add and ReLU), which any runtime
+    runs; the folded weight must be there (`unpack_weights`, which resnest_fast.export's functions call).
     """
 
     def __init__(self, conv: nn.Conv2d, bn: _BatchNorm | None = None, relu: bool = False, winograd: bool = True,
@@ -230,6 +234,16 @@ class FrozenConv2d(nn.Module):
         """relu(conv(x) [+ other]). `into_other=True` lets the packed oneDNN path write the result into `other`
         itself (an in-place add post-op) and return it: for callers that own `other` and have no further use for
         it. The other paths ignore it and return a new tensor."""
+        if _capturing_a_graph():
+            # torch.export / torch.jit.trace record a graph for other runtimes: the folded conv as ATen ops (conv,
+            # add, relu), which every one of them knows. oneDNN's packed weight is an opaque tensor neither tracer
+            # can record, and the Winograd and depthwise kernels are this library's ops.
+            if self.weight is None:
+                raise RuntimeError(
+                    "this optimized model has run, and its convs keep their weights packed for oneDNN or Winograd, "
+                    "which a trace cannot record: export it with resnest_fast.export.export_program or "
+                    "trace_torchscript, or call resnest_fast.optimize.unpack_weights(model) before tracing it")
+            return self._aten_forward(x, other)
         if torch.compiler.is_compiling():
             self.keep_folded_weight = True
             if self.weight is None:  # an eager call came first and dropped it
@@ -262,12 +276,32 @@ class FrozenConv2d(nn.Module):
         if (self.depthwise3x3 and other is None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
                 and x.dtype == self.weight_dtype() and not x.requires_grad):
             return depthwise_ops.depthwise_conv3x3(x, self._unpacked_weight(), self.bias, self.dilation[0], self.relu)
+        return self._aten_forward(x, other)
+
+    def _aten_forward(self, x: Tensor, other: Tensor | None) -> Tensor:
         if self.native_depthwise and x.device.type == "cpu":
             x = x.contiguous()
         out = F.conv2d(x, self._unpacked_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
         if other is not None:
             out = out + other
         return torch.relu_(out) if self.relu else out
+
+
+def _capturing_a_graph() -> bool:
+    """Whether torch.export or torch.jit.trace is recording the forward (torch.compile, which runs its graph in
+    this process, is not: it may keep the library's kernels)."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+def unpack_weights(model: nn.Module) -> nn.Module:
+    """Gives every FrozenConv2d of `model` its folded weight back as its `weight` buffer (from the oneDNN-packed or
+    Winograd form that a call leaves), for tracers that read module buffers; returns model.
+    resnest_fast.export.export_program and trace_torchscript call it. The next eager call converts the weights
+    again, so the model still keeps one form of each."""
+    for m in model.modules():
+        if isinstance(m, FrozenConv2d):
+            m._unpacked_weight()
+    return model
 
 
 def _hooked(module: nn.Module) -> bool:

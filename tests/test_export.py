@@ -8,6 +8,7 @@ import copy
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -29,6 +30,7 @@ from resnest_fast.export import (
     trace_torchscript,
 )
 from resnest_fast.nn import SplitAttentionConv2d
+from resnest_fast.optimize import FrozenConv2d
 from resnest_fast.segmentation import build_model, build_segmentor, list_configs, load_config
 from tests.parity import randomize, randomize_model
 
@@ -431,6 +433,89 @@ def test_torchscript_trace_keeps_the_fused_ops_and_runs_at_other_sizes(segmentor
 def test_torchscript_script_points_to_the_working_paths(segmentor):
     with pytest.raises(RuntimeError, match="export_program.*trace_torchscript"):
         torch.jit.script(segmentor)
+
+
+# ------------------------------------------------------------------------------------------- optimized models
+
+
+def optimized_with_every_conv_form(monkeypatch):
+    """(DeepLabV3+ small segmentor, its optimize_for_inference) where the optimized convs use every form they have
+    on CPU: Winograd for the 3x3 convs (its channel threshold lowered to the tiny widths), oneDNN-packed weights
+    and the dilated depthwise kernel of the separable ASPP."""
+    from resnest_fast import optimize_for_inference
+    from resnest_fast.ops import winograd as winograd_ops
+
+    monkeypatch.setattr(winograd_ops, "WINOGRAD_MIN_CHANNELS", 1)
+    model = small_segmentor(HEAD_CONFIGS["DepthwiseSeparableASPPHead"])
+    return model, optimize_for_inference(model)
+
+
+def foreign_ops(kinds):
+    """The op names of this library in a graph other than the fused split-attention forward ops."""
+    names = {m.group(1) for k in kinds for m in [re.search(r"resnest_fast(?:::|\.)(\w+)", k)] if m}
+    return sorted(names - {"splat_pool", "splat_combine", "triton_splat_pool", "triton_splat_combine"})
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+@pytest.mark.parametrize("path", ["export_program hw", "trace_torchscript"])
+@pytest.mark.parametrize("called", [False, True], ids=["fresh", "after-a-call"])
+def test_an_optimized_model_exports_as_aten_convs_before_and_after_its_first_call(monkeypatch, path, called):
+    """An optimized model traces to ATen convs with BN folded (no oneDNN-packed weight, no Winograd or depthwise op
+    of this library, which other runtimes lack), whether or not a call has converted its weights; the result gives
+    the original model's logits at two sizes, and the model still runs and converts its weights again."""
+    model, fast = optimized_with_every_conv_form(monkeypatch)
+    x, other = image(1, 3, 64, 96), image(1, 3, 48, 72)
+    convs = [m for m in fast.modules() if isinstance(m, FrozenConv2d)]
+    if called:
+        eager(fast, x)
+        if torch.backends.mkldnn.is_available():
+            assert any(m.winograd_weight is not None for m in convs) and any(m._packed for m in convs)
+    if path == "trace_torchscript":
+        traced = trace_torchscript(fast, x)
+        kinds, run = [n.kind() for n in traced.inlined_graph.nodes()], traced
+        assert kinds.count("resnest_fast::splat_pool") == 16
+    else:
+        program = export_program(fast, x, dynamic_shapes="hw")
+        kinds, run = [str(n.target) for n in program.graph.nodes if n.op == "call_function"], program.module()
+        assert fused_op_counts(program) == {"splat_pool": 16, "splat_combine": 16}
+    assert foreign_ops(kinds) == []
+    assert not any("mkldnn" in k for k in kinds)
+    for inp in (x, other):
+        assert max_abs(run(inp), eager(model, inp)) <= 1e-4
+    assert max_abs(eager(fast, x), eager(model, x)) <= 1e-4
+    if torch.backends.mkldnn.is_available():  # one form of each weight again, not the folded one kept beside it
+        assert all(m.weight is None for m in convs if m._packed is not None or m.winograd_weight is not None)
+
+
+@needs_onnx
+def test_an_optimized_model_that_has_run_exports_to_onnx(monkeypatch, tmp_path):
+    model, fast = optimized_with_every_conv_form(monkeypatch)
+    x = image(1, 3, 64, 96)
+    eager(fast, x)
+    path = export_onnx(fast, x, tmp_path / "optimized.onnx", validate=True)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    assert max_abs(got, eager(model, x)) <= 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+def test_tracing_an_optimized_model_that_has_run_directly_names_what_to_call(monkeypatch):
+    """torch.jit.trace itself (not trace_torchscript) of a model whose weights are packed: one error naming the
+    functions that restore them, and after unpack_weights the trace works."""
+    from resnest_fast.optimize import unpack_weights
+
+    model, fast = optimized_with_every_conv_form(monkeypatch)
+    x = image(1, 3, 64, 96)
+    eager(fast, x)
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("without oneDNN the convs keep their folded weights")
+    with torch.no_grad(), pytest.raises(RuntimeError, match="trace_torchscript.*unpack_weights"):
+        torch.jit.trace(fast, (x,), check_trace=False)
+    with torch.no_grad():
+        traced = torch.jit.trace(unpack_weights(fast), (x,), check_trace=False)
+    assert max_abs(traced(x), eager(model, x)) <= 1e-4
 
 
 # ------------------------------------------------------------------------------------------------------- heavy
