@@ -12,8 +12,10 @@ from typing import Any, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from resnest_fast.utils import hold_sigterm
+
 __all__ = ["DistInfo", "init_distributed", "is_distributed", "barrier", "all_gather_object", "broadcast_object",
-           "report_failure", "peer_failure", "cleanup"]
+           "report_failure", "peer_failure", "report_own_failure", "peer_stopped", "cleanup"]
 
 _FAILURE_KEY = "resnest_fast/failure"
 
@@ -141,6 +143,28 @@ def peer_failure(timeout_s: float = 2.0) -> Optional[Tuple[int, str]]:
         return int(rank), message
     except Exception:  # nothing reported in time, or the store is gone
         return None
+
+
+def report_own_failure(info: Optional[DistInfo], message: str) -> None:
+    """In a run of several processes, this process's error for the others to read (report_failure), only this
+    process knowing it (e.g. a sample it could not read); a SIGTERM (torchrun's, once another process has ended) is
+    held from now on, so that the error stays what this process reports."""
+    if info is not None and info.world_size > 1:
+        hold_sigterm(True)
+        report_failure(info.rank, message)
+
+
+def peer_stopped(info: Optional[DistInfo], wait: bool = True) -> Optional[str]:
+    """"process R of N stopped: <its error>" when another process of this run reported the error that ended it
+    (report_own_failure), else None (a run of one, or nothing reported). For a collective that failed ("Connection
+    closed by peer"): wait=True waits briefly for the report and holds SIGTERM meanwhile; for the SIGTERM itself
+    (KeyboardInterrupt), wait=False reads what is there."""
+    if info is None or info.world_size <= 1:
+        return None
+    if wait:
+        hold_sigterm(True)
+    failure = peer_failure() if wait else peer_failure(timeout_s=0)
+    return None if failure is None else f"process {failure[0]} of {info.world_size} stopped: {failure[1]}"
 
 
 def cleanup(info: DistInfo) -> None:

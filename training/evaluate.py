@@ -33,10 +33,10 @@ from resnest_fast.segmentation import load_model, predict_scores, resolve_config
 from resnest_fast.training.checkpoints import WriteError, atomic_write_text, describe_write_error
 from resnest_fast.training.data.builder import build_dataset, check_data_config
 from resnest_fast.training.data.datasets import DataError, data_error_message
-from resnest_fast.training.distributed import cleanup, init_distributed
+from resnest_fast.training.distributed import cleanup, init_distributed, peer_stopped, report_own_failure
 from resnest_fast.training.errors import SetupError
 from resnest_fast.training.metrics import SegEvaluator
-from resnest_fast.utils import write_refusal
+from resnest_fast.utils import hold_sigterm, write_refusal
 
 __all__ = ["evaluate", "metrics_summary", "run"]
 
@@ -200,7 +200,16 @@ def run(
                                  tta_ratios=tta_ratios, flip=tta, rank=info.rank, world_size=info.world_size,
                                  num_workers=workers, progress=progress and info.is_main, log=log)
         except (DataError, OSError) as exc:  # a validation image or label, named in the message
-            raise SetupError(data_error_message(exc)) from exc
+            message = data_error_message(exc)
+            report_own_failure(info, message)  # under torchrun, only this process read that file
+            raise SetupError(message) from exc
+        except (RuntimeError, KeyboardInterrupt) as exc:
+            # under torchrun, the summing collective that failed, or the SIGTERM sent, once another process ended on
+            # its own error: that error, not gloo's or the signal's
+            peer = peer_stopped(info, wait=isinstance(exc, RuntimeError))
+            if peer is None:
+                raise
+            raise SetupError(peer) from None
         summary = dict(config=cfg.get("name"), checkpoint=str(checkpoint), mode=mode, tta=tta,
                        tta_ratios=list(tta_ratios) if tta_ratios else None, **metrics_summary(evaluator),
                        seconds=time.perf_counter() - started)
@@ -217,3 +226,4 @@ def run(
         if info is not None:
             cleanup(info)
         torch.set_num_threads(threads)
+        hold_sigterm(False)

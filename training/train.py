@@ -77,7 +77,7 @@ from resnest_fast.training.data.collate import collate
 from resnest_fast.training.data.datasets import DataError, data_error_message
 from resnest_fast.training.data.samplers import InfiniteSampler
 from resnest_fast.training.distributed import (DistInfo, all_gather_object, broadcast_object, cleanup, init_distributed,
-                                               peer_failure, report_failure)
+                                               peer_stopped, report_own_failure)
 from resnest_fast.training.evaluate import evaluate, metrics_summary
 from resnest_fast.training.errors import SetupError
 from resnest_fast.training.schedule import build_optimizer, build_scheduler, check_optimizer
@@ -479,24 +479,19 @@ def train(
         return summary
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where the caller turned it into Interrupted
         # under torchrun, the SIGTERM sent once another process ended on an error: that error is the news
-        failure = peer_failure(timeout_s=0) if info is not None and info.world_size > 1 else None
-        if failure is not None:
-            raise _peer_error(failure, info) from None
+        peer = peer_stopped(info, wait=False)
+        if peer is not None:
+            raise TrainingError(peer) from None
         raise _interrupted(exc, loop, work, start_iter, resume_from) from None
     except TrainingError as exc:
-        if info is not None and info.world_size > 1:  # only this process may know it (a sample it could not read)
-            hold_sigterm(True)
-            report_failure(info.rank, str(exc))
+        report_own_failure(info, str(exc))  # only this process may know it (a sample it could not read)
         raise
     except RuntimeError:
         # a collective that failed because another process ended on its own error: that error, not gloo's
-        failure = None
-        if info is not None and info.world_size > 1:
-            hold_sigterm(True)
-            failure = peer_failure()
-        if failure is None:
+        peer = peer_stopped(info)
+        if peer is None:
             raise
-        raise _peer_error(failure, info) from None
+        raise TrainingError(peer) from None
     finally:
         if run is not None:
             run.close(finished)
@@ -514,10 +509,6 @@ def train(
         torch.use_deterministic_algorithms(deterministic_before)
         hold_sigterm(False)
 
-
-def _peer_error(failure: Tuple[int, str], info: DistInfo) -> TrainingError:
-    rank, message = failure
-    return TrainingError(f"process {rank} of {info.world_size} stopped: {message}")
 
 
 def _interrupted(exc: KeyboardInterrupt, loop: Optional["_Loop"], work: Optional[Path], start_iter: int,

@@ -2,6 +2,7 @@
 BN statistics of 1 process on the 4 images (SyncBN across the processes, DDP averaging the gradients); the
 training command under torchrun matches a single-process run of the same combined batches."""
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -176,6 +177,36 @@ def test_a_sample_one_process_cannot_read_is_one_line_from_rank_0_and_no_traceba
                                            rf".*/training/ADE_0\.jpg: .* \(loading the batch of iteration 1\)",
                                            ours[0]), done.stderr
     assert "[rank0]" not in done.stderr and "[rank1]" not in done.stderr, done.stderr  # torchrun's prefix of ours
+
+
+@pytest.mark.parametrize("corrupt_rank", [0, 1])
+def test_a_validation_image_one_process_cannot_read_is_one_line_from_rank_0_and_no_traceback(tmp_path, corrupt_rank):
+    """`test` under torchrun with two validation images, one per process, one of them truncated: the process that
+    reads it stops with its error, the other's summing collective fails; one line from rank 0 naming the file,
+    whichever process met it, and no traceback from either."""
+    import shutil
+
+    from resnest_fast.segmentation import build_model
+    from tests.cli.test_bad_inputs_train_test import _ade_config, _ade_tree
+
+    root = pathlib.Path(_ade_tree(tmp_path / "ade")) / "ADEChallengeData2016"
+    images, labels = root / "images", root / "annotations"
+    shutil.copy(images / "training" / "ADE_1.jpg", images / "validation" / "ADE_1.jpg")
+    shutil.copy(labels / "training" / "ADE_1.png", labels / "validation" / "ADE_1.png")
+    bad = images / "validation" / f"ADE_{corrupt_rank}.jpg"  # process r scores image r
+    bad.write_bytes(bad.read_bytes()[:200])
+    config = _ade_config(tmp_path)
+    torch.save(build_model(config).state_dict(), tmp_path / "ade.pth")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                           "resnest_fast", "test", config, str(tmp_path / "ade.pth"), "--data-root",
+                           str(tmp_path / "ade"), "--no-progress"], env=child_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("resnest-fast")]
+    other = f"process {corrupt_rank} of 2 stopped: " if corrupt_rank else ""
+    assert len(ours) == 1 and re.fullmatch(rf"resnest-fast test: error: {other}cannot decode image file "
+                                           rf".*/validation/ADE_{corrupt_rank}\.jpg: .*", ours[0]), done.stderr
+    assert "[rank0]" not in done.stderr and "[rank1]" not in done.stderr, done.stderr
 
 
 def _live_ddp_at_cleanup(rank, world_size, cfg, work, port, report):
