@@ -22,8 +22,9 @@ What runs, per process (mmseg 1.x / mmengine semantics unless said otherwise):
 --resume restores the model, optimiser, scheduler, GradScaler, iteration, the RNG states of every rank and the
 sampler's position: a run killed at any point and resumed from its latest checkpoint continues exactly as if it
 had not stopped (bit for bit with --deterministic, the same number of processes and threads). What the checkpoint
-goes on with must not change: another lr, momentum, weight decay, --amp, --seed, max_iters or lr_policy is refused
-(a new run from its weights is --load-from). A work directory that
+goes on with must not change: another lr, momentum, weight decay, --amp, --seed, max_iters, lr_policy or total batch
+(images per process x processes) is refused (a new run from its weights is --load-from); the number of processes may
+change if the total batch stays (with a note: the data order then differs). A work directory that
 already holds a run is never written into without --resume, nor resumed into from a checkpoint older than its
 newest (the resumed run would write over that history), and rank 0 holds its lock (`.lock`, fcntl.flock) from
 before it looks into it until the run ends, so a second run started at the same moment is refused too.
@@ -439,7 +440,7 @@ def train(
                 state = _read_training_state(Path(resume_from))
                 if info.is_main:
                     _check_nothing_newer(work, resume_from, int(state["meta"]["iter"]))
-                _check_same_settings(state, resume_from, optimizer, amp, seed_value)
+                _check_same_settings(state, resume_from, optimizer, amp, seed_value, batch, info.world_size)
                 start_iter, rng_states = _restore(state, model, optimizer, scheduler, scaler, info)
                 if info.is_main:
                     tqdm.write(f"resumed from {resume_from} at iteration {start_iter}", file=log)
@@ -588,23 +589,33 @@ _OPTIMIZER_SETTINGS = {"initial_lr": "lr", "momentum": "momentum", "weight_decay
                        "dampening": "dampening", "nesterov": "nesterov", "maximize": "maximize"}
 
 
-def _check_same_settings(state: dict, path, optimizer: torch.optim.Optimizer, amp: Optional[str], seed: int) -> None:
+def _check_same_settings(state: dict, path, optimizer: torch.optim.Optimizer, amp: Optional[str], seed: int,
+                         batch: int, world_size: int) -> None:
     """ValueError naming the first setting this run changes from its checkpoint's. A resumed run continues the
     checkpoint's optimiser state (hyper-parameters included), its random streams and its sampler's order, so a
     changed lr, momentum or weight decay would be recorded in run.json yet ignored, and a changed --amp or --seed
-    would silently switch the precision or the data order half-way; like a changed max_iters, each is refused."""
+    would silently switch the precision or the data order half-way; like a changed max_iters, each is refused. So
+    is another total batch (images per process x processes), which the lr was set for and the sampler's position
+    counts in; the number of processes may change if the total stays (_restore notes it)."""
     changed = []
     for group, saved in zip(optimizer.param_groups, state["optimizer"].get("param_groups") or ()):
-        changed += [(f"schedule.optimizer.{name}", saved[key], group.get(key))
+        changed += [(f"schedule.optimizer.{name}", repr(saved[key]), repr(group.get(key)))
                     for key, name in _OPTIMIZER_SETTINGS.items() if key in saved and saved[key] != group.get(key)]
     meta = state["meta"]
     if "amp" in meta and meta["amp"] != amp:
-        changed.append(("runtime.amp (--amp)", meta["amp"], amp))
+        changed.append(("runtime.amp (--amp)", repr(meta["amp"]), repr(amp)))
     if "seed" in meta and meta["seed"] != seed:
-        changed.append(("runtime.seed (--seed)", meta["seed"], seed))
+        changed.append(("runtime.seed (--seed)", repr(meta["seed"]), repr(seed)))
+    saved_batch, saved_world = meta.get("batch_size"), meta.get("world_size", 1)
+    if saved_batch is not None and saved_batch * saved_world != batch * world_size:
+        if saved_world == world_size:
+            changed.append(("data.batch_size (--batch-size)", repr(saved_batch), repr(batch)))
+        else:
+            changed.append(("a total batch (data.batch_size x processes)", f"{saved_batch} x {saved_world}",
+                            f"{batch} x {world_size}"))
     if changed:
         name, saved, ours = changed[0]
-        raise ValueError(f"checkpoint {str(path)!r} was written with {name}={saved!r} but this run has {ours!r}: a "
+        raise ValueError(f"checkpoint {str(path)!r} was written with {name}={saved} but this run has {ours}: a "
                          "resumed run goes on with its checkpoint's settings (give the same ones); to train on from "
                          "its weights with others, start a new run with --load-from")
 

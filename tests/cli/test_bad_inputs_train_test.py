@@ -193,6 +193,8 @@ TRAIN = [
      r"checkpoint '.*/bf16/iter_4\.pth' was written with runtime\.amp \(--amp\)='bf16' but this run has None: "),
     ("resume-with-another-seed", "{tiny} --max-iters 4 --resume {root}/seed7/iter_2.pth", 2,
      r"with runtime\.seed \(--seed\)=7 but this run has 0: "),
+    ("resume-with-another-batch-size", "{tiny} --max-iters 4 --resume {root}/run/iter_2.pth --batch-size 2", 2,
+     r"checkpoint '.*/run/iter_2\.pth' was written with data\.batch_size \(--batch-size\)=4 but this run has 2: "),
     ("resume-and-load-from", "{tiny} --max-iters 4 --resume {root}/run/iter_2.pth --load-from {root}/run/iter_4.pth",
      2, r"--resume and --load-from cannot be combined: "),
     ("resume-latest-and-load-from", "{tiny} --max-iters 4 --resume --load-from {root}/run/iter_4.pth", 2,

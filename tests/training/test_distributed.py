@@ -156,6 +156,25 @@ def test_a_two_process_run_resumes_bit_identically_and_refuses_a_used_work_dir(t
     assert again.stderr.count("error: work dir") == 1, again.stderr  # both ranks refuse; rank 0 says so
 
 
+def test_a_run_resumes_on_another_number_of_processes_at_the_same_total_batch_only(tmp_path):
+    """A checkpoint of one process at 4 images per batch resumes under torchrun with 2 processes at 2 images each
+    (with a note that the data order differs), and is refused at 4 each (a total batch of 8), naming both."""
+    cfg = tiny_config(tmp_path, schedule="dict(max_iters=4, val_interval=0, checkpoint_interval=2)")
+    one = _train(cfg, tmp_path / "one", 4)
+    assert one.returncode == 0, one.stderr
+    checkpoint = str(tmp_path / "one" / "iter_2.pth")
+    refused = _train(cfg, tmp_path / "refused", 4, nproc=2, extra=["--resume", checkpoint])
+    ours = [line for line in refused.stderr.splitlines() if line.startswith("resnest-fast")]
+    assert refused.returncode != 0 and len(ours) == 1, refused.stderr
+    assert re.fullmatch(r"resnest-fast train: error: checkpoint '.*/one/iter_2\.pth' was written with a total batch "
+                        r"\(data\.batch_size x processes\)=4 x 1 but this run has 4 x 2: .*--load-from", ours[0])
+    assert not (tmp_path / "refused").exists()
+    resumed = _train(cfg, tmp_path / "two", 2, nproc=2, extra=["--resume", checkpoint])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "note: the checkpoint was written by 1 process(es) and this run has 2" in resumed.stderr
+    assert torch.load(tmp_path / "two" / "iter_4.pth", weights_only=True)["meta"]["iter"] == 4
+
+
 @pytest.mark.parametrize("seed", [0, 3])
 def test_a_sample_one_process_cannot_read_is_one_line_from_rank_0_and_no_traceback(tmp_path, seed):
     """One training image is truncated; with one image per process, the seed decides which process draws it first.
