@@ -297,9 +297,10 @@ def load_checkpoint(
 def check_finite(sd: Mapping[str, Tensor], path: str) -> None:
     """CheckpointError naming `path` and the first tensors when a floating-point entry of `sd` holds a NaN or an
     infinity. Such weights (a training run that diverged, a damaged file) load without complaint and give a label
-    map of one class, scored as a poor but plausible mIoU. One isfinite pass per tensor."""
+    map of one class, scored as a poor but plausible mIoU. One isfinite pass per tensor; meta tensors, which hold no
+    values, pass."""
     floats = [k for k, v in sd.items() if v.is_floating_point() or v.is_complex()]
-    bad = [k for k in floats if not bool(torch.isfinite(sd[k]).all())]
+    bad = [k for k in floats if not sd[k].is_meta and not bool(torch.isfinite(sd[k]).all())]
     if bad:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise CheckpointError(

@@ -27,7 +27,8 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from resnest_fast.checkpoint import CheckpointError, compare_state_dicts, read_state_dict, strip_module_prefix
+from resnest_fast.checkpoint import (CheckpointError, check_finite, compare_state_dicts, read_state_dict,
+                                     strip_module_prefix)
 
 __all__ = ["OPENMMLAB_URLS", "PretrainedReport", "PretrainedUnavailable", "load_pretrained", "resolve_pretrained",
            "to_backbone_keys"]
@@ -170,8 +171,9 @@ def load_pretrained(
     state_dict already in memory. The layout is recognised by the keys (see the module docstring).
 
     Raises CheckpointError, with the backbone unchanged, when the file misses any backbone weight or buffer
-    (`num_batches_tracked` aside), has one with another shape or a dtype that is not a float-to-float cast, or has blocks or stem entries the backbone lacks
-    (a deeper network); PretrainedUnavailable when an `open-mmlab://` file cannot be had offline.
+    (`num_batches_tracked` aside), has one with another shape or a dtype that is not a float-to-float cast, or with
+    a NaN or infinite value, or has blocks or stem entries the backbone lacks (a deeper network);
+    PretrainedUnavailable when an `open-mmlab://` file cannot be had offline.
     """
     if isinstance(source, Mapping):
         name, path, sd = "the given state_dict", None, source
@@ -203,9 +205,9 @@ def load_pretrained(
         )
     classifier += [k for k in others if k.startswith(_CLASSIFIER)]
     extra = list(report.unexpected) + [k for k in others if not k.startswith(_CLASSIFIER)]
-    backbone.load_state_dict(
-        collections.OrderedDict((k, v) for k, v in candidates.items() if k in model_sd), strict=False
-    )
+    loading = collections.OrderedDict((k, v) for k, v in candidates.items() if k in model_sd)
+    check_finite(loading, f"pretrained {where}")  # only what loads: a NaN in the dropped classifier does no harm
+    backbone.load_state_dict(loading, strict=False)
     return PretrainedReport(layout=layout, source=name, path=path, loaded=len(model_sd) - len(counters),
                             classifier=classifier, skipped_stages=skipped, extra=extra,
                             counters_absent=len(counters))

@@ -166,6 +166,30 @@ def test_a_partial_or_misshapen_file_is_refused_and_nothing_is_loaded(tmp_path):
     assert torch.equal(ours.state_dict()["layer4.2.bn3.running_var"], sd["layer4.2.bn3.running_var"])
 
 
+def test_nan_weights_are_refused_unless_only_the_dropped_classifier_holds_them(tmp_path):
+    """A NaN or infinite backbone weight (a diverged run, a damaged file) is refused naming the file and the tensor,
+    the backbone unchanged; the release layout's ImageNet classifier, which is not loaded, may hold one."""
+    mmseg = import_mmseg_resnest()
+    sd = randomize_model(mmseg.ResNeSt(depth=50, stem_channels=16, base_channels=8)).state_dict()
+    ours = ResNeSt(50, stem_channels=16, base_channels=8)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    sd["layer3.1.conv2.conv.weight"][0, 0, 0, 0] = float("nan")
+    sd["layer1.0.bn1.running_var"][1] = float("inf")
+    torch.save(sd, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match=r"pretrained .*nan\.pth.* holds NaN or infinite values in 2 of its "
+                                              r"\d+ floating-point tensors \(layer1\.0\.bn1\.running_var, "
+                                              r"layer3\.1\.conv2\.conv\.weight\): nothing was loaded"):
+        load_pretrained(ours, tmp_path / "nan.pth")
+    for k, v in ours.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    net = random(lambda: release().resnest50())
+    classifier = net.state_dict()
+    classifier["fc.weight"][0, 0] = float("nan")
+    ours = ResNeSt(50)
+    report = load_pretrained(ours, classifier)
+    assert "fc.weight" in report.classifier and report.loaded > 0
+
+
 def test_an_unknown_layout_is_named():
     with pytest.raises(CheckpointError, match=r"match no ResNeSt ImageNet layout.*features, head.*expected"):
         load_pretrained(ResNeSt(50, stem_channels=16, base_channels=8),
