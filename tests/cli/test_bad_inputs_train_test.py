@@ -265,7 +265,6 @@ TRAIN = [
     ("crop-size-zero", "{tiny} --cfg-options data.crop_size=(32,0)", 2, r"data\.crop_size must be a pair of positive"),
     ("num-classes-a-word", "{tiny} --cfg-options data.num_classes=abc", 2,
      r"data\.num_classes must be a positive whole number, got 'abc'$"),
-    ("no-training-samples", "{tiny} --cfg-options data.train_samples=0", 2, r"data\.train_samples must be a positive"),
     ("ratio-range-reversed", "{tiny} --cfg-options data.ratio_range=(2.0,0.5)", 2,
      r"data\.ratio_range must be a pair \(low, high\) of positive numbers with low <= high, got \(2\.0, 0\.5\)$"),
     ("slide-without-any-window", "{tiny} --cfg-options model.test_cfg.mode=slide model.data_preprocessor.size=None",

@@ -71,6 +71,11 @@ _PAIRS = {"scale": "(long, short edge)", "crop_size": "(h, w)", "size": "(h, w)"
 _COUNTS = ("num_classes", "train_samples", "val_samples")
 
 
+def _check_count(value, key: str, where: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+        raise ValueError(f"{where}: data.{key} must be a positive whole number, got {value!r}")
+
+
 def _check_values(data: dict, where: str) -> None:
     for key, meaning in _PAIRS.items():
         value = data.get(key)
@@ -80,9 +85,7 @@ def _check_values(data: dict, where: str) -> None:
     if data.get("scale") is not None:
         check_scale(data["scale"], f"{where}: data.scale")  # the bound on the pixels an image is resized to
     for key in _COUNTS:
-        value = data.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{where}: data.{key} must be a positive whole number, got {value!r}")
+        _check_count(data.get(key), key, where)
     ratios = data.get("ratio_range")
     if ratios is not None:
         if not (isinstance(ratios, (list, tuple)) and len(ratios) == 2):
@@ -145,8 +148,7 @@ def build_dataset(data: dict, split: str, root: Optional[str] = None, seed: int 
         common = dict(size=size, num_classes=int(data.get("num_classes", 6)))
         # an empty set fails only later: the training sampler deep in the first batch, validation as 0/0 metrics
         samples = data.get(f"{split}_samples", 1000 if split == "train" else 50)
-        if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
-            raise ValueError(f"data.{split}_samples must be a positive whole number, got {samples!r}")
+        _check_count(samples, f"{split}_samples", "the data config")
         if split == "train":
             return SyntheticDataset(int(samples), seed=data.get("train_seed", 0),
                                     pipeline=Compose([RandomFlip(prob=0.5)]), **common)

@@ -54,3 +54,7 @@ def test_missing_data_and_roots_are_named(tmp_path):
         check_data_config({"data": {"type": "synthetic"}})
     with pytest.raises(ValueError, match="split must be 'train' or 'val'"):
         build_dataset(cfg["data"], "test")
+    # build_dataset without check_data_config first: an empty synthetic set is refused, not a sampler error later
+    for split, key in (("train", "train_samples"), ("val", "val_samples")):
+        with pytest.raises(ValueError, match=rf"data\.{key} must be a positive whole number, got 0"):
+            build_dataset({"type": "synthetic", key: 0}, split)
