@@ -146,9 +146,10 @@ class SplitAttentionConv2d(nn.Module):
     def bn0_scale_shift(self, y: Tensor):
         """bn0 as a per-channel (scale, shift) so that bn0(y) == y*scale + shift, updating running statistics
         exactly as nn.BatchNorm2d does in training. Returns (scale, shift, (var, mean) or None if running
-        statistics were used)."""
+        statistics were used). bn0's own training flag decides, as it does for mmseg's bn0: a backbone's
+        norm_eval=True (or a norm frozen by hand) keeps the running statistics in a module that trains."""
         bn = self.bn0
-        use_batch_stats = self.training or bn.running_mean is None
+        use_batch_stats = bn.training or bn.running_mean is None
         if use_batch_stats:
             n = y.numel() // y.shape[1]
             if n <= 1:
@@ -158,7 +159,7 @@ class SplitAttentionConv2d(nn.Module):
                 )
             var, mean = _BatchVarMean.apply(y, self.backend)
             invstd = torch.rsqrt(var + bn.eps)
-            if self.training and bn.track_running_stats:
+            if bn.training and bn.track_running_stats:
                 bn.num_batches_tracked.add_(1)
                 factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
                 with torch.no_grad():
@@ -213,7 +214,7 @@ class SplitAttentionConv2d(nn.Module):
     def _syncbn_across_processes(self) -> bool:
         return (
             isinstance(self.bn0, nn.SyncBatchNorm)  # ours is one too
-            and self.training
+            and self.bn0.training
             and distributed_world_size(self.bn0.process_group) > 1
         )
 
@@ -236,7 +237,7 @@ class SplitAttentionConv2d(nn.Module):
     def attend(self, y: Tensor) -> Tensor:
         """Everything after the conv: y (B, radix*C, H, W) -> (B, C, H, W). The benchmarks time this part."""
         syncing = self._syncbn_across_processes()
-        if self.training and y.shape[0] == 1 and self.bn1.training and not syncing:
+        if y.shape[0] == 1 and self.bn1.training and not syncing:
             raise ValueError(
                 "SplitAttentionConv2d: batch size 1 in training mode: bn1 normalises the (B, inter_channels) "
                 "attention vector over the batch and cannot do so with one sample. Train with batch >= 2, or put "

@@ -112,6 +112,22 @@ def test_frozen_stages_and_norm_eval_follow_mmseg():
     assert all(p.requires_grad for p in ours.layer3.parameters())
 
 
+def test_norm_eval_keeps_every_norms_statistics_in_a_training_backbone_as_mmseg():
+    """norm_eval=True in train mode: the features, gradients and (unchanged) running statistics of mmseg's
+    backbone, split attention's bn0/bn1 included."""
+    ref, ours = pair("d8", norm_eval=True)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    ref.train()
+    ours.train()
+    x = torch.randn(2, 3, 40, 56)
+    got, want = run(ours, x), run(ref, x)
+    scale = max(t.abs().max().item() for t in want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert_max_abs(f"tensor {i}", a, b, tol=1e-5 * scale)
+    for name, value in ours.state_dict().items():
+        assert torch.equal(value, before[name]), f"{name} changed under norm_eval"
+
+
 def test_activation_checkpointing_gives_the_same_gradients():
     _, ours = pair("d8")
     cp = copy.deepcopy(ours)

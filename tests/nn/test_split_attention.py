@@ -116,6 +116,23 @@ def test_batchnorm_momentum_variants(momentum):
     assert int(ours.bn0.num_batches_tracked) == int(ref.bn0.num_batches_tracked)
 
 
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("module_mode,norm_mode", [(True, False), (False, True)],
+                         ids=["module-trains-norms-frozen", "module-eval-norms-train"])
+def test_the_norms_own_training_flags_decide_as_in_mmseg(backend, module_mode, norm_mode):
+    """bn0 and bn1 in another mode than the module (a backbone's norm_eval=True freezes them in a training model;
+    test-time adaptation trains them in an eval model): batch or running statistics, and their updates, follow
+    each norm's own flag, as mmseg's nn.BatchNorm2d do."""
+    ref, ours = pair(32, 16, 4, 2, 1, 1, backend=backend)
+    for m in (ref, ours):
+        m.train(module_mode)
+        m.bn0.train(norm_mode)
+        m.bn1.train(norm_mode)
+    start = int(ref.bn0.num_batches_tracked)
+    assert_train_parity(ref, ours, torch.randn(8, 32, 6, 7))  # buffers included
+    assert int(ours.bn0.num_batches_tracked) - start == (2 if norm_mode else 0)
+
+
 @pytest.mark.skipif("triton" not in BACKENDS, reason="triton is not installed")
 @pytest.mark.parametrize("train", [False, True])
 def test_triton_backend_matches_mmseg(train):
