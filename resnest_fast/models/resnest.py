@@ -290,7 +290,9 @@ class ResNeSt(nn.Module):
             self.add_module(f"layer{i + 1}", layer)
             self.res_layers.append(f"layer{i + 1}")
         self.feat_dim = inplanes
-        self.out_channels = tuple(base_channels * 2**i * Bottleneck.expansion for i in self.out_indices)
+        # one per returned feature: forward returns the stages in stage order, each once, whatever out_indices'
+        # order or repeats (as mmseg's ResNet does)
+        self.out_channels = tuple(base_channels * 2**i * Bottleneck.expansion for i in sorted(set(self.out_indices)))
         self.init_weights()
         self._freeze_stages()
 

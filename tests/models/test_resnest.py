@@ -9,6 +9,8 @@ import torch
 
 from resnest_fast.backend import available_backends
 from resnest_fast.models import ResNeSt, create_backbone, default_cfgs, list_backbones, resnest101_d8
+from resnest_fast.segmentation import build_segmentor
+from resnest_fast.testing.small_models import small_model_cfg
 from tests.mmseg_reference import import_mmseg_resnest
 from tests.parity import randomize_model
 from resnest_fast.testing.tolerances import assert_max_abs
@@ -126,6 +128,31 @@ def test_norm_eval_keeps_every_norms_statistics_in_a_training_backbone_as_mmseg(
         assert_max_abs(f"tensor {i}", a, b, tol=1e-5 * scale)
     for name, value in ours.state_dict().items():
         assert torch.equal(value, before[name]), f"{name} changed under norm_eval"
+
+
+@pytest.mark.parametrize("out_indices", [(3, 0), (2, 2), (3, 2), (1,)])
+def test_out_channels_describe_the_features_returned_as_mmseg_returns_them(out_indices):
+    """forward returns the chosen stages in stage order, once each, like mmseg's; out_channels has one entry per
+    returned feature, in that order (before, it followed out_indices as written), and a head reading a feature is
+    checked against it: in_index=1 of out_indices=(3, 2) is stage 3's 256 channels at these widths."""
+    ref, ours = pair("d8", out_indices=out_indices)
+    x = torch.randn(1, 3, 32, 32)
+    ours.eval()
+    ref.eval()  # mmseg's train()/eval() return None
+    with torch.no_grad():
+        got, want = ours(x), ref(x)
+    assert [f.shape for f in got] == [f.shape for f in want]
+    assert list(ours.out_channels) == [f.shape[1] for f in want]
+    if out_indices == (3, 2):
+        cfg = small_model_cfg()
+        cfg["backbone"]["out_indices"] = out_indices
+        cfg["decode_head"].update(in_index=1, in_channels=256)
+        cfg["auxiliary_head"].update(in_index=0, in_channels=128)
+        build_segmentor(cfg)
+        cfg["decode_head"].update(in_index=0)
+        with pytest.raises(ValueError, match=r"decode_head\.in_channels=256 does not fit feature 0 of the backbone, "
+                                             r"which has 128 channels"):
+            build_segmentor(cfg)
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
