@@ -4,16 +4,21 @@ Every split-attention module of the model — mmseg's and mmdet's `SplitAttentio
 replaced, in place, by resnest_fast's fused `SplitAttentionConv2d`. The replacement takes over the original's
 own submodules (`conv`, `bn0`, `fc1`, `bn1`, `fc2`: the same objects, so the weights, their `requires_grad`, an
 optimizer holding them and the state_dict keys all stay as they were) and computes the same maths with the fused
-ops. Modules whose variant the fused path does not compute (deformable conv, no BN, an activation other than
-ReLU, DropBlock, a padding mode other than zeros) are left as they are, with a warning naming them.
+ops. Modules whose variant the fused path does not compute (deformable conv, no BN, a norm with its own
+activation or dropout such as timm's BatchNormAct2d with SiLU, an activation other than ReLU, DropBlock, a padding
+mode other than zeros) are left as they are, with a warning naming them.
 """
 import warnings
-from typing import List, Optional, Tuple
+from typing import Optional
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnest_fast.nn.split_attention import SplitAttentionConv2d
+from resnest_fast.nn.sync_batchnorm import SyncBatchNorm
+
+# BatchNorm's forward and the SyncBatchNorms' (torch's and ours): the classes whose forward is only the norm
+_PLAIN_NORM_FORWARDS = {_BatchNorm.forward, nn.SyncBatchNorm.forward, SyncBatchNorm.forward}
 
 __all__ = ["convert", "from_module"]
 
@@ -32,6 +37,24 @@ def _is_split_attention(module: nn.Module) -> bool:
     return (cls.__module__.split(".")[0], cls.__name__) in _SOURCES
 
 
+def _more_than_batch_norm(bn: _BatchNorm) -> Optional[str]:
+    """Why a BatchNorm subclass computes more than BatchNorm, which the fused ops would silently drop; None when it
+    does not. A subclass keeping BatchNorm's forward (nn.BatchNorm2d, the SyncBatchNorms, mmengine's _BatchNormXd)
+    is plain. timm's BatchNormAct2d applies its own dropout and activation after the norm: with no dropout and a
+    ReLU or no activation it is the same maths here, since the block's ReLU follows both bn0 and bn1
+    (relu(relu(v)) = relu(v)); anything else is not."""
+    if type(bn).forward in _PLAIN_NORM_FORWARDS:
+        return None
+    act, drop = getattr(bn, "act", None), getattr(bn, "drop", None)
+    if not (hasattr(bn, "act") or hasattr(bn, "drop")):
+        return "with its own forward"
+    if drop is not None and not isinstance(drop, nn.Identity):
+        return f"with dropout ({type(drop).__name__})"
+    if act is not None and not isinstance(act, (nn.Identity, nn.ReLU)):
+        return f"with a {type(act).__name__} activation, not ReLU"
+    return None
+
+
 def _why_not(m: nn.Module) -> Optional[str]:
     """None if the fused module computes `m`'s maths, else the reason it does not."""
     conv = getattr(m, "conv", None)
@@ -42,6 +65,9 @@ def _why_not(m: nn.Module) -> Optional[str]:
     for name in ("bn0", "bn1"):
         if not isinstance(getattr(m, name, None), _BatchNorm):
             return f"{name} is a {type(getattr(m, name, None)).__name__}, not a BatchNorm"
+        reason = _more_than_batch_norm(getattr(m, name))
+        if reason:
+            return f"{name} is a {type(getattr(m, name)).__name__} {reason}"
     for name in ("act0", "act1", "relu"):
         act = getattr(m, name, None)
         if act is not None and not isinstance(act, nn.ReLU):

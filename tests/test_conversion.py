@@ -11,7 +11,7 @@ from resnest_fast.conversion import from_module
 from resnest_fast.nn import SplitAttentionConv2d
 from tests.mmseg_reference import import_mmseg_resnest
 from tests.parity import randomize_model
-from tests.timm_reference import timm_layer
+from tests.timm_reference import timm_layer, timm_package
 from resnest_fast.testing.tolerances import assert_max_abs
 
 
@@ -95,6 +95,36 @@ def test_unsupported_variants_stay_and_are_named():
     with pytest.warns(UserWarning, match=r"left 1 module\(s\) unfused: 0: bn0 is a Identity"):
         assert resnest_fast.convert(net) == 1
     assert type(net[0]).__name__ == "SplitAttn" and isinstance(net[1], SplitAttentionConv2d)
+
+
+def test_a_norm_with_its_own_activation_is_fused_only_where_the_maths_is_the_same():
+    """timm's BatchNormAct2d as SplitAttn's norm_layer: with SiLU the norm's activation would be dropped by the fused
+    ops (left unfused, named); with ReLU (followed by the block's ReLU anyway) it is fused and gives timm's
+    outputs and running statistics."""
+    import functools
+
+    timm = timm_package()
+    split_attn = timm_layer("split_attn")
+    x = torch.randn(4, 16, 9, 11)
+    for act, fused in ((nn.SiLU, False), (nn.ReLU, True)):
+        norm = functools.partial(timm.layers.BatchNormAct2d, act_layer=act)
+        ref = randomize_model(nn.ModuleList([split_attn.SplitAttn(16, 16, radix=2, norm_layer=norm)]))
+        ref.forward = lambda inp, m=ref: (m[0](inp),)
+        ours = copy.deepcopy(ref)
+        ours.forward = lambda inp, m=ours: (m[0](inp),)
+        if fused:
+            assert resnest_fast.convert(ours) == 1 and isinstance(ours[0], SplitAttentionConv2d)
+        else:
+            with pytest.warns(UserWarning, match=r"unfused: 0: bn0 is a BatchNormAct2d with a SiLU activation"):
+                assert resnest_fast.convert(ours) == 0
+            assert type(ours[0]).__name__ == "SplitAttn"
+        for train in (False, True):  # forward only: timm's own module fails backward with a ReLU there
+            ref.train(train)
+            ours.train(train)
+            with torch.no_grad():
+                assert_max_abs(f"{act.__name__} train={train}", ours(x)[0], ref(x)[0], tol=1e-4)
+        for (name, a), (_, b) in zip(ours.named_buffers(), ref.named_buffers()):
+            assert_max_abs(f"{act.__name__} {name}", a, b, tol=1e-5)
 
 
 def test_bad_input():
