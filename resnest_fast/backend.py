@@ -62,8 +62,23 @@ def set_default_backend(name):
     return previous
 
 
+def functorch_transforms_active() -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev, ...) is running. The kernels' ops have no batching rule,
+    and their autograd (an autograd.Function without setup_context) cannot go through these transforms, so the
+    reference runs there. Private in torch: False where it is missing."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
+
+
 def resolve_backend(backend, device):
-    """The concrete backend ("cpu", "cuda", "triton" or "reference") that runs for tensors on `device`."""
+    """The concrete backend ("cpu", "cuda", "triton" or "reference") that runs for tensors on `device`: the
+    reference under a torch.func transform (functorch_transforms_active), once the backend asked for is known to
+    be available."""
+    impl = _resolve_backend(backend, device)
+    return "reference" if impl != "reference" and functorch_transforms_active() else impl
+
+
+def _resolve_backend(backend, device):
     name = normalize_backend(backend, "backend") or get_default_backend()
     dev = device.type
     if name == "auto":

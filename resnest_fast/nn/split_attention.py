@@ -143,7 +143,7 @@ class SplitAttentionConv2d(nn.Module):
     def extra_repr(self) -> str:
         return f"radix={self.radix}, groups={self.groups}, backend={self.backend or 'default'}"
 
-    def bn0_scale_shift(self, y: Tensor):
+    def bn0_scale_shift(self, y: Tensor, update_running_stats: bool = True):
         """bn0 as a per-channel (scale, shift) so that bn0(y) == y*scale + shift, updating running statistics
         exactly as nn.BatchNorm2d does in training. Returns (scale, shift, (var, mean) or None if running
         statistics were used). bn0's own training flag decides, as it does for mmseg's bn0: a backbone's
@@ -159,7 +159,7 @@ class SplitAttentionConv2d(nn.Module):
                 )
             var, mean = _BatchVarMean.apply(y, self.backend)
             invstd = torch.rsqrt(var + bn.eps)
-            if bn.training and bn.track_running_stats:
+            if bn.training and bn.track_running_stats and update_running_stats:
                 bn.num_batches_tracked.add_(1)
                 factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
                 with torch.no_grad():
@@ -301,6 +301,33 @@ class _FusedSplitAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph=True: a backward that autograd can differentiate again
+            return _FusedSplitAttention._differentiable_backward(ctx, grad_out)
+        return _FusedSplitAttention._fused_backward(ctx, grad_out)
+
+    @staticmethod
+    def _differentiable_backward(ctx, grad_out):
+        """The gradients by autograd through the op-level forward (each op's backward differentiable again, bn0's
+        batch statistics too), recomputed without touching the running statistics: the two-pass backward kernels
+        have no autograd, so a second derivative through them would silently come out as zero."""
+        y = ctx.saved_tensors[0]
+        m = ctx.module
+        params = list(m._fused_params())
+        enabled, dtype = ctx.autocast
+        with torch.autocast(y.device.type, dtype=dtype, enabled=enabled):
+            scale, shift, _ = m.bn0_scale_shift(y, update_running_stats=False)
+            gap = splat_pool(y, scale, shift, radix=m.radix, relu=True, backend=ctx.backend)
+            logits = m._attention_logits(gap, recompute=True).to(y.dtype)
+            out = splat_combine(y, logits, scale, shift, radix=m.radix, groups=m.groups, relu=True,
+                                backend=ctx.backend)
+        inputs = [y] + params
+        wanted = [t for t in inputs if t.requires_grad]
+        found = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+        grads = [next(found) if t.requires_grad else None for t in inputs]
+        return (grads[0], None, None, *grads[1:])
+
+    @staticmethod
+    def _fused_backward(ctx, grad_out):
         y, gap, logits, scale, shift, var, mean = ctx.saved_tensors
         m = ctx.module
         radix, groups = m.radix, m.groups
@@ -365,6 +392,9 @@ class _BatchVarMean(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dvar, dmean):
         y, mean = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the mean saved above carries no gradient of its own
+            var64, mean64 = torch.var_mean(y.to(accumulation_dtype(y.dtype)), dim=(0, 2, 3), unbiased=False)
+            return torch.autograd.grad((var64, mean64), y, (dvar, dmean), create_graph=True)[0], None
         n = y.numel() // y.shape[1]
         # d var / d y = 2 (y - mean) / n ; d mean / d y = 1 / n
         a = (2.0 / n) * dvar

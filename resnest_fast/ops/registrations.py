@@ -101,6 +101,22 @@ def _combine_setup_context(ctx, inputs, output):
     ctx.radix, ctx.groups, ctx.relu = radix, groups, relu
 
 
+def _grads_through_reference(reference, inputs, grad):
+    """The gradients of reference(*inputs) for `grad`, by autograd on the pure-PyTorch reference, which autograd can
+    differentiate again. For a backward run with create_graph=True (double backward, gradient penalties): the
+    backward kernels have no autograd of their own, so autograd would take their outputs for constants and the
+    second derivative would silently come out wrong. None for an input that is not a tensor requiring grad.
+
+    The reference runs on aliases of the inputs: the gradient for each is then its partial derivative only, while
+    staying a function of the inputs themselves (an input computed from another, the logits from x, would
+    otherwise add its own path to the other's gradient)."""
+    needs = [isinstance(t, torch.Tensor) and t.requires_grad for t in inputs]
+    aliases = [t.view_as(t) if need else t for t, need in zip(inputs, needs)]
+    wanted = [a for a, need in zip(aliases, needs) if need]
+    found = iter(torch.autograd.grad(reference(*aliases), wanted, grad, create_graph=True, allow_unused=True))
+    return tuple(next(found) if need else None for need in needs)
+
+
 def _op(qualname: str):
     ns, name = qualname.split("::")
     return getattr(getattr(torch.ops, ns), name).default
@@ -127,12 +143,21 @@ def _register_pool_and_combine(prefix: str) -> None:
 
     def pool_backward(ctx, grad_gap):
         x, scale, shift = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+            from resnest_fast.ops.splat_pool import splat_pool_reference
+
+            return _grads_through_reference(splat_pool_reference, (x, scale, shift, ctx.radix, ctx.relu), grad_gap)
         dx, dscale, dshift = pool_bwd(grad_gap, x, scale, shift, ctx.radix, ctx.relu)
         affine = scale is not None
         return dx, dscale if affine else None, dshift if affine else None, None, None
 
     def combine_backward(ctx, grad_out):
         x, logits, scale, shift = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+            from resnest_fast.ops.splat_combine import splat_combine_reference
+
+            return _grads_through_reference(
+                splat_combine_reference, (x, logits, scale, shift, ctx.radix, ctx.groups, ctx.relu), grad_out)
         dx, dlogits, dscale, dshift = combine_bwd(
             grad_out, x, logits, scale, shift, ctx.radix, ctx.groups, ctx.relu
         )
