@@ -2,8 +2,8 @@
 
 Each image goes through mmseg's test pipeline and post-processing, so a label map here is the one mmseg would
 predict and score:
-  decode (pillow, RGB, EXIF orientation applied, 16-bit samples >> 8 as OpenCV does, 32-bit integer or float
-  images refused; `resnest_fast.training.data.io.load_image`)
+  decode (pillow, RGB, EXIF orientation applied, 16-bit samples >> 8 and alpha dropped (multiplied in TIFF) as
+  OpenCV does, 32-bit integer or float images refused; `resnest_fast.training.data.io.load_image`)
   -> resize of the uint8 image keeping its ratio to the config's test scale (`data.scale`, mmcv's rescale rule,
      `resnest_fast.segmentation.inference.resize_image`), unless --scale says otherwise
   -> whole-image or sliding-window logits (`EncoderDecoder.inference`)
