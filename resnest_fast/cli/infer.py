@@ -20,7 +20,9 @@ Files are written atomically (`resnest_fast.utils.atomic_write`; a hard link whe
 so "never overwrite" holds even against a concurrent writer): an interrupted run leaves no partial output, and
 the hidden temporary files of a run killed outright (SIGKILL) are removed by the next run once a minute old.
 Input files are only read; an input folder reached through a symbolic link is compared by its real path, so an
---out-dir inside it is never read back as input.
+--out-dir inside it is never read back as input. Symbolic links to folders are followed (as mmengine's
+list_dir_or_file does), each real folder listed once, so links that loop end; an image reached by two routes is
+segmented once, under the first route found (its own folder's when it has one inside the input).
 
 Python: `colorize`, `overlay`, `run` here; one image: `resnest_fast.segmentation.segment_image`.
 """
@@ -195,21 +197,48 @@ class _Job:
 
 
 def _walk_images(folder: Path, skip: Path, failures: List[Tuple[str, str]]) -> List[Path]:
-    """Image files under `folder`, sorted (folders depth-first by name), hidden files and folders left out (our
-    temporary files, macOS's '._*'), and the output folder (`skip`, a real path) left out when it lies inside,
-    whatever the route to it. Folders that cannot be listed are added to `failures`."""
-    found = []
+    """Image files under `folder`, hidden files and folders left out (our temporary files, macOS's '._*'), and the
+    output folder (`skip`, a real path) left out when it lies inside, whatever the route to it. Folders that
+    cannot be listed are added to `failures`.
+
+    Symbolic links to folders are followed, as mmengine's list_dir_or_file does, each real folder being listed
+    once: a link that loops back, or a second route to a folder already listed, is not followed again. The folders
+    themselves come first (sorted, depth-first by name), then the linked ones, so an image inside `folder` keeps
+    its own route (and its output name) when a link also reaches it."""
+    found: List[Path] = []
+    listed = {os.path.realpath(folder)}
+    links: List[str] = []  # linked folders met, walked once the real tree is done
 
     def unreadable(err: OSError):
         failures.append((str(err.filename), f"cannot list folder {err.filename}: {err.strerror}"))
 
-    # `skip` is a real path; a folder is compared by its real path too, or an input reached through a symbolic
-    # link would walk into the output folder and segment the previous run's outputs
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
-        dirnames[:] = sorted(d for d in dirnames
-                             if not d.startswith(".") and Path(os.path.realpath(os.path.join(dirpath, d))) != skip)
-        found += [Path(dirpath, f) for f in sorted(filenames)
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    def walk(top):
+        # os.walk does not descend into links; they are queued instead. `skip` is a real path, so every folder is
+        # compared by its real path, or a route through a link would walk into the output folder and segment the
+        # previous run's outputs
+        for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
+            kept = []
+            for name in sorted(dirnames):
+                path = os.path.join(dirpath, name)
+                real = os.path.realpath(path)
+                if name.startswith(".") or Path(real) == skip or real in listed:
+                    continue
+                if os.path.islink(path):
+                    links.append(path)
+                else:
+                    listed.add(real)
+                    kept.append(name)
+            dirnames[:] = kept
+            found.extend(Path(dirpath, f) for f in sorted(filenames)
+                         if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+
+    walk(folder)
+    while links:
+        link = links.pop(0)
+        real = os.path.realpath(link)
+        if real not in listed:  # two links to one folder: the first one met
+            listed.add(real)
+            walk(link)
     return found
 
 

@@ -282,3 +282,30 @@ def test_palettes():
     many = np.array([[300, 2]], dtype=np.int64)  # more classes than a 'P' PNG holds: 16-bit grey class indices
     label_image = infer._label_image(many, infer.generated_palette(301))
     assert label_image.mode == "I;16" and np.array(label_image).tolist() == [[300, 2]]
+
+
+def test_symlinked_folders_are_followed_once_and_loops_end(setup, tmp_path):
+    """Links to folders are followed, as mmengine's list_dir_or_file does (they were skipped without a word); links
+    that loop (to the folder itself, to its parent, back from outside) end, and an image reachable by two routes is
+    segmented once, under its own folder's route."""
+    config, checkpoint, model, folder, images = setup
+    inputs, outside = tmp_path / "in", tmp_path / "outside"
+    (inputs / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for path in (inputs / "a.png", inputs / "sub" / "b.png", outside / "c.png"):
+        path.write_bytes((folder / "x" / "img.png").read_bytes())
+    (inputs / "alias").symlink_to(inputs / "sub")  # a second route to sub/, sorted before it
+    (inputs / "ext").symlink_to(outside)  # a folder outside the input, reached only through the link
+    (inputs / "sub" / "self").symlink_to(inputs / "sub")
+    (inputs / "sub" / "up").symlink_to(inputs)
+    (outside / "back").symlink_to(inputs)
+    jobs, failures = infer.plan_outputs([inputs], tmp_path / "out")
+    assert failures == []
+    assert [str(job.source.relative_to(inputs)) for job in jobs] == ["a.png", "sub/b.png", "ext/c.png"]
+    out = tmp_path / "out"
+    summary = infer.run(config, checkpoint, [inputs], out, scale="none", progress=False)
+    assert (summary["processed"], summary["failed"], summary["skipped"]) == (3, 0, 0)
+    assert files_under(out) == ["a_overlay.png", "a_pred.png", "ext/c_overlay.png", "ext/c_pred.png",
+                                "sub/b_overlay.png", "sub/b_pred.png"]
+    want = expected_labels(model, images["x/img.png"], scale=None)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "ext" / "c_pred.png")), want)
