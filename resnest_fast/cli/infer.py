@@ -242,10 +242,25 @@ def _walk_images(folder: Path, skip: Path, failures: List[Tuple[str, str]]) -> L
     return found
 
 
+def _missing_inputs(inputs: Sequence[Union[str, os.PathLike]]) -> Optional[str]:
+    """One line naming every input that does not exist (a symbolic link to nothing with its target), or None."""
+    missing = []
+    for given in inputs:
+        if not os.path.exists(given):
+            link = f" (a symbolic link to {os.readlink(given)})" if os.path.islink(given) else ""
+            missing.append(f"{str(given)!r}{link}")
+    if not missing:
+        return None
+    if len(missing) == 1:
+        return f"INPUT {missing[0]} does not exist: expected an image file or a folder of images"
+    return f"INPUT {', '.join(missing)} do not exist: expected image files or folders of images"
+
+
 def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, os.PathLike],
                  overlay_format: str = "auto") -> Tuple[List[_Job], List[Tuple[str, str]]]:
     """(jobs, failures): the images to process with their two output paths, and the inputs that cannot be
-    (missing paths, output-name clashes). Nothing is read or written.
+    (not a file nor a folder, output-name clashes). Nothing is read or written. An input that does not exist is a
+    usage error, not a failure of the run: ValueError naming every such input.
 
     Files given by name are taken whatever their extension; folders are searched recursively for
     IMAGE_EXTENSIONS. Outputs mirror the inputs' folders relative to their common ancestor (a file's ancestor is
@@ -256,6 +271,9 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
     check_path(out_dir, "--out-dir", "a folder")
     for given in inputs:
         check_path(given, "INPUT", "an image file or a folder of images")
+    missing = _missing_inputs(inputs)
+    if missing:
+        raise ValueError(missing)
     refusal = unwritable_folder(out_dir, "--out-dir")
     if refusal:
         raise ValueError(refusal)
@@ -272,10 +290,10 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
             sources += [(p, path) for p in _walk_images(path, real_out_dir, failures)]
         elif path.is_file():
             sources.append((path, path.parent))
-        elif not_a_file(path):
-            failures.append((str(given), f"input {given} is {not_a_file(path)}, not an image file or folder"))
-        else:
-            failures.append((str(given), f"input not found: {given}"))
+        else:  # it existed a moment ago (_missing_inputs): a FIFO, a socket, a device, or removed meanwhile
+            what = not_a_file(path)
+            failures.append((str(given), f"input {given} is {what}, not an image file or folder" if what
+                             else f"input {given} was removed during the run"))
     seen, unique = set(), []
     for src, root in sources:
         key = os.path.realpath(src)
@@ -338,10 +356,10 @@ def run(
     otherwise), 'png', 'jpg'. overwrite: replace existing outputs (default: keep and report them).
     log: a file for messages (default stderr).
 
-    Setup problems (arguments, config, checkpoint, device, no image found) raise SetupError before anything is
-    written. An image that cannot be read, segmented or written is reported and counted, and the others go on.
-    Returns the summary: processed, skipped, failed (counts), failures [(path, message)], written and
-    skipped_files (paths), seconds, seconds_per_image, out_dir, mode, scale, palette.
+    Setup problems (arguments, inputs that do not exist, config, checkpoint, device, no image found) raise
+    SetupError before anything is written. An image that cannot be read, segmented or written is reported and
+    counted, and the others go on. Returns the summary: processed, skipped, failed (counts), failures [(path,
+    message)], written and skipped_files (paths), seconds, seconds_per_image, out_dir, mode, scale, palette.
     """
     log = log or sys.stderr
     started = time.perf_counter()
