@@ -477,7 +477,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--crop-size", nargs=2, type=int, metavar=("H", "W"), help="slide window (default: the "
                         "config's test_cfg crop_size, else its training crop)")
     parser.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"),
-                        help="slide stride (default: the config's, else 2/3 of the window)")
+                        help="slide stride (default: the config's with its own window, else 2/3 of the window)")
     parser.add_argument("--scale", nargs="+", default=["config"], metavar="SCALE",
                         help="'H W': resize keeping the ratio so the image fits these two edges (their order does not "
                         "matter; H x W at most 8192 x 8192 pixels); 'config': the config's test scale, data.scale "

@@ -308,3 +308,26 @@ def test_symlinked_folders_are_followed_once_and_loops_end(setup, tmp_path):
                                 "sub/b_overlay.png", "sub/b_pred.png"]
     want = expected_labels(model, images["x/img.png"], scale=None)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "ext" / "c_pred.png")), want)
+
+
+@pytest.mark.parametrize("crop", [(16, 16), (30, 30)])
+def test_a_crop_size_without_a_stride_gives_the_windows_and_labels_of_model_predict(setup, tmp_path, crop):
+    """`infer --crop-size` and model.predict(crop_size=...) under a test_cfg of (24, 24) windows every 24: both take
+    2/3 of the window given as stride (10 and 20 here). predict kept test_cfg's 24 (refused for a 16 window, other
+    windows than infer's for a 30 one)."""
+    config, checkpoint, model, folder, images = setup
+    slide_config = tmp_path / "slide_fcn.py"
+    slide_config.write_text(f"_base_ = {str(config)!r}\n"
+                            "model = dict(test_cfg=dict(mode='slide', crop_size=(24, 24), stride=(24, 24)))\n")
+    slide_model = build_model(str(slide_config))
+    slide_model.load_state_dict(model.state_dict())
+    slide_model.eval()
+    out = tmp_path / "out"
+    assert cli(["infer", str(slide_config), str(checkpoint), str(folder / "a.png"), "--out-dir", str(out), "--scale",
+                "none", "--crop-size", *map(str, crop), "--no-progress"]) == 0
+    img = torch.from_numpy(images["a.png"]).permute(2, 0, 1).unsqueeze(0).contiguous()
+    api = slide_model.predict(img, crop_size=crop)[0].numpy()
+    stride = tuple(int(c * 2 / 3) for c in crop)
+    np.testing.assert_array_equal(api, expected_labels(model, images["a.png"], scale=None, mode="slide",
+                                                       crop_size=crop, stride=stride))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a_pred.png")), api)
