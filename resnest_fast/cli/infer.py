@@ -57,6 +57,7 @@ __all__ = [
     "resolve_palette",
     "plan_outputs",
     "remove_stale_temporaries",
+    "check_overlay_size",
     "run",
     "add_arguments",
     "main",
@@ -164,6 +165,19 @@ def _write_atomically(path: Path, image: Image.Image, fmt: str, overwrite: bool,
     even one that appears meanwhile."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda f: image.save(f, format=fmt, **save_args), overwrite=overwrite)
+
+
+# libjpeg's JPEG_MAX_DIMENSION: the longest edge a JPEG file may have. Beyond it pillow's encoder fails only once it
+# runs, with libjpeg's own message written straight to stderr.
+JPEG_MAX_EDGE = 65500
+
+
+def check_overlay_size(path: Path, hw: Tuple[int, int]) -> None:
+    """ValueError naming `path` when an overlay of hw = (height, width) cannot be written in its format (a JPEG
+    edge longer than JPEG_MAX_EDGE)."""
+    if path.suffix == ".jpg" and max(hw) > JPEG_MAX_EDGE:
+        raise ValueError(f"cannot write the overlay {path} as a JPEG: the image is {hw[1]} x {hw[0]} pixels and a "
+                         f"JPEG edge holds at most {JPEG_MAX_EDGE} (use --overlay-format png)")
 
 
 # A temporary file of atomic_write older than this was left by a run that was killed (SIGKILL, power loss) before
@@ -409,6 +423,8 @@ def run(
         t0 = time.perf_counter()
         try:
             img = load_image(job.source)
+            if job.overlay in todo:  # before any work or file for this image
+                check_overlay_size(job.overlay, img.shape[:2])
             labels = segment_image(model, img, mode=mode, scale=scale, crop_size=crop_size, stride=stride)
             for path in todo:
                 if path == job.pred:

@@ -331,3 +331,26 @@ def test_a_crop_size_without_a_stride_gives_the_windows_and_labels_of_model_pred
     np.testing.assert_array_equal(api, expected_labels(model, images["a.png"], scale=None, mode="slide",
                                                        crop_size=crop, stride=stride))
     np.testing.assert_array_equal(np.asarray(Image.open(out / "a_pred.png")), api)
+
+
+def test_an_image_too_wide_for_a_jpeg_overlay_is_refused_before_any_output(setup, tmp_path, capfd):
+    """libjpeg refuses an edge over 65500 pixels (JPEG_MAX_DIMENSION) only while encoding, printing its own message
+    to stderr, after `_pred.png` was written: the image is refused, named, before any file of its own; the others
+    are processed."""
+    config, checkpoint, _, folder, _ = setup
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "good.png").write_bytes((folder / "x" / "img.png").read_bytes())
+    Image.fromarray(np.full((2, 65501, 3), 90, dtype=np.uint8)).save(inputs / "wide.png")
+    with pytest.raises(OSError):  # what the encoder does with it: the limit is real
+        Image.new("RGB", (65501, 2)).save(tmp_path / "probe.jpg")
+    capfd.readouterr()
+    out = tmp_path / "out"
+    code = cli(["infer", str(config), str(checkpoint), str(inputs), "--out-dir", str(out), "--overlay-format", "jpg",
+                "--scale", "none", "--no-progress"])
+    err = capfd.readouterr().err
+    assert code == 1, err
+    assert (f"error: {inputs / 'wide.png'}: cannot write the overlay {out / 'wide_overlay.jpg'} as a JPEG: the image "
+            "is 65501 x 2 pixels and a JPEG edge holds at most 65500 (use --overlay-format png)") in err, err
+    assert "Maximum supported image dimension" not in err, err
+    assert files_under(out) == ["good_overlay.jpg", "good_pred.png"]
