@@ -2,8 +2,8 @@
 
 Each image goes through mmseg's test pipeline and post-processing, so a label map here is the one mmseg would
 predict and score:
-  decode (pillow, RGB, EXIF orientation applied, 16-bit samples >> 8 as OpenCV does, 32-bit integer or float
-  images refused; `resnest_fast.training.data.io.load_image`)
+  decode (pillow, RGB, EXIF orientation applied, 16-bit samples >> 8 and alpha dropped (multiplied in TIFF) as
+  OpenCV does, 32-bit integer or float images refused; `resnest_fast.training.data.io.load_image`)
   -> resize of the uint8 image keeping its ratio to the config's test scale (`data.scale`, mmcv's rescale rule,
      `resnest_fast.segmentation.inference.resize_image`), unless --scale says otherwise
   -> whole-image or sliding-window logits (`EncoderDecoder.inference`)
@@ -20,7 +20,9 @@ Files are written atomically (`resnest_fast.utils.atomic_write`; a hard link whe
 so "never overwrite" holds even against a concurrent writer): an interrupted run leaves no partial output, and
 the hidden temporary files of a run killed outright (SIGKILL) are removed by the next run once a minute old.
 Input files are only read; an input folder reached through a symbolic link is compared by its real path, so an
---out-dir inside it is never read back as input.
+--out-dir inside it is never read back as input. Symbolic links to folders are followed (as mmengine's
+list_dir_or_file does), each real folder listed once, so links that loop end; an image reached by two routes is
+segmented once, under the first route found (its own folder's when it has one inside the input).
 
 Python: `colorize`, `overlay`, `run` here; one image: `resnest_fast.segmentation.segment_image`.
 """
@@ -55,6 +57,7 @@ __all__ = [
     "resolve_palette",
     "plan_outputs",
     "remove_stale_temporaries",
+    "check_overlay_size",
     "run",
     "add_arguments",
     "main",
@@ -164,6 +167,19 @@ def _write_atomically(path: Path, image: Image.Image, fmt: str, overwrite: bool,
     return atomic_write(path, lambda f: image.save(f, format=fmt, **save_args), overwrite=overwrite)
 
 
+# libjpeg's JPEG_MAX_DIMENSION: the longest edge a JPEG file may have. Beyond it pillow's encoder fails only once it
+# runs, with libjpeg's own message written straight to stderr.
+JPEG_MAX_EDGE = 65500
+
+
+def check_overlay_size(path: Path, hw: Tuple[int, int]) -> None:
+    """ValueError naming `path` when an overlay of hw = (height, width) cannot be written in its format (a JPEG
+    edge longer than JPEG_MAX_EDGE)."""
+    if path.suffix == ".jpg" and max(hw) > JPEG_MAX_EDGE:
+        raise ValueError(f"cannot write the overlay {path} as a JPEG: the image is {hw[1]} x {hw[0]} pixels and a "
+                         f"JPEG edge holds at most {JPEG_MAX_EDGE} (use --overlay-format png)")
+
+
 # A temporary file of atomic_write older than this was left by a run that was killed (SIGKILL, power loss) before
 # it could remove it; a younger one may belong to a run writing into the same folder right now (one image's
 # write takes well under a second).
@@ -195,28 +211,70 @@ class _Job:
 
 
 def _walk_images(folder: Path, skip: Path, failures: List[Tuple[str, str]]) -> List[Path]:
-    """Image files under `folder`, sorted (folders depth-first by name), hidden files and folders left out (our
-    temporary files, macOS's '._*'), and the output folder (`skip`, a real path) left out when it lies inside,
-    whatever the route to it. Folders that cannot be listed are added to `failures`."""
-    found = []
+    """Image files under `folder`, hidden files and folders left out (our temporary files, macOS's '._*'), and the
+    output folder (`skip`, a real path) left out when it lies inside, whatever the route to it. Folders that
+    cannot be listed are added to `failures`.
+
+    Symbolic links to folders are followed, as mmengine's list_dir_or_file does, each real folder being listed
+    once: a link that loops back, or a second route to a folder already listed, is not followed again. The folders
+    themselves come first (sorted, depth-first by name), then the linked ones, so an image inside `folder` keeps
+    its own route (and its output name) when a link also reaches it."""
+    found: List[Path] = []
+    listed = {os.path.realpath(folder)}
+    links: List[str] = []  # linked folders met, walked once the real tree is done
 
     def unreadable(err: OSError):
         failures.append((str(err.filename), f"cannot list folder {err.filename}: {err.strerror}"))
 
-    # `skip` is a real path; a folder is compared by its real path too, or an input reached through a symbolic
-    # link would walk into the output folder and segment the previous run's outputs
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
-        dirnames[:] = sorted(d for d in dirnames
-                             if not d.startswith(".") and Path(os.path.realpath(os.path.join(dirpath, d))) != skip)
-        found += [Path(dirpath, f) for f in sorted(filenames)
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    def walk(top):
+        # os.walk does not descend into links; they are queued instead. `skip` is a real path, so every folder is
+        # compared by its real path, or a route through a link would walk into the output folder and segment the
+        # previous run's outputs
+        for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
+            kept = []
+            for name in sorted(dirnames):
+                path = os.path.join(dirpath, name)
+                real = os.path.realpath(path)
+                if name.startswith(".") or Path(real) == skip or real in listed:
+                    continue
+                if os.path.islink(path):
+                    links.append(path)
+                else:
+                    listed.add(real)
+                    kept.append(name)
+            dirnames[:] = kept
+            found.extend(Path(dirpath, f) for f in sorted(filenames)
+                         if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+
+    walk(folder)
+    while links:
+        link = links.pop(0)
+        real = os.path.realpath(link)
+        if real not in listed:  # two links to one folder: the first one met
+            listed.add(real)
+            walk(link)
     return found
+
+
+def _missing_inputs(inputs: Sequence[Union[str, os.PathLike]]) -> Optional[str]:
+    """One line naming every input that does not exist (a symbolic link to nothing with its target), or None."""
+    missing = []
+    for given in inputs:
+        if not os.path.exists(given):
+            link = f" (a symbolic link to {os.readlink(given)})" if os.path.islink(given) else ""
+            missing.append(f"{str(given)!r}{link}")
+    if not missing:
+        return None
+    if len(missing) == 1:
+        return f"INPUT {missing[0]} does not exist: expected an image file or a folder of images"
+    return f"INPUT {', '.join(missing)} do not exist: expected image files or folders of images"
 
 
 def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, os.PathLike],
                  overlay_format: str = "auto") -> Tuple[List[_Job], List[Tuple[str, str]]]:
     """(jobs, failures): the images to process with their two output paths, and the inputs that cannot be
-    (missing paths, output-name clashes). Nothing is read or written.
+    (not a file nor a folder, output-name clashes). Nothing is read or written. An input that does not exist is a
+    usage error, not a failure of the run: ValueError naming every such input.
 
     Files given by name are taken whatever their extension; folders are searched recursively for
     IMAGE_EXTENSIONS. Outputs mirror the inputs' folders relative to their common ancestor (a file's ancestor is
@@ -227,6 +285,9 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
     check_path(out_dir, "--out-dir", "a folder")
     for given in inputs:
         check_path(given, "INPUT", "an image file or a folder of images")
+    missing = _missing_inputs(inputs)
+    if missing:
+        raise ValueError(missing)
     refusal = unwritable_folder(out_dir, "--out-dir")
     if refusal:
         raise ValueError(refusal)
@@ -243,10 +304,10 @@ def plan_outputs(inputs: Sequence[Union[str, os.PathLike]], out_dir: Union[str, 
             sources += [(p, path) for p in _walk_images(path, real_out_dir, failures)]
         elif path.is_file():
             sources.append((path, path.parent))
-        elif not_a_file(path):
-            failures.append((str(given), f"input {given} is {not_a_file(path)}, not an image file or folder"))
-        else:
-            failures.append((str(given), f"input not found: {given}"))
+        else:  # it existed a moment ago (_missing_inputs): a FIFO, a socket, a device, or removed meanwhile
+            what = not_a_file(path)
+            failures.append((str(given), f"input {given} is {what}, not an image file or folder" if what
+                             else f"input {given} was removed during the run"))
     seen, unique = set(), []
     for src, root in sources:
         key = os.path.realpath(src)
@@ -309,10 +370,10 @@ def run(
     otherwise), 'png', 'jpg'. overwrite: replace existing outputs (default: keep and report them).
     log: a file for messages (default stderr).
 
-    Setup problems (arguments, config, checkpoint, device, no image found) raise SetupError before anything is
-    written. An image that cannot be read, segmented or written is reported and counted, and the others go on.
-    Returns the summary: processed, skipped, failed (counts), failures [(path, message)], written and
-    skipped_files (paths), seconds, seconds_per_image, out_dir, mode, scale, palette.
+    Setup problems (arguments, inputs that do not exist, config, checkpoint, device, no image found) raise
+    SetupError before anything is written. An image that cannot be read, segmented or written is reported and
+    counted, and the others go on. Returns the summary: processed, skipped, failed (counts), failures [(path,
+    message)], written and skipped_files (paths), seconds, seconds_per_image, out_dir, mode, scale, palette.
     """
     log = log or sys.stderr
     started = time.perf_counter()
@@ -362,6 +423,8 @@ def run(
         t0 = time.perf_counter()
         try:
             img = load_image(job.source)
+            if job.overlay in todo:  # before any work or file for this image
+                check_overlay_size(job.overlay, img.shape[:2])
             labels = segment_image(model, img, mode=mode, scale=scale, crop_size=crop_size, stride=stride)
             for path in todo:
                 if path == job.pred:
@@ -430,7 +493,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--crop-size", nargs=2, type=int, metavar=("H", "W"), help="slide window (default: the "
                         "config's test_cfg crop_size, else its training crop)")
     parser.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"),
-                        help="slide stride (default: the config's, else 2/3 of the window)")
+                        help="slide stride (default: the config's with its own window, else 2/3 of the window)")
     parser.add_argument("--scale", nargs="+", default=["config"], metavar="SCALE",
                         help="'H W': resize keeping the ratio so the image fits these two edges (their order does not "
                         "matter; H x W at most 8192 x 8192 pixels); 'config': the config's test scale, data.scale "

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--crop-size", nargs=2, type=int, metavar=("H", "W"),
                         help="slide window (default: the config's test_cfg crop_size, else its training crop)")
     parser.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"),
-                        help="slide stride (default: the config's, else 2/3 of the window)")
+                        help="slide stride (default: the config's with its own window, else 2/3 of the window)")
     parser.add_argument("--tta", action="store_true",
                         help="multi-scale (the config's data.tta_ratios of the original size) + flip test-time "
                         "augmentation, probabilities averaged (mmseg's SegTTAModel)")

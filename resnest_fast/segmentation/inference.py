@@ -18,7 +18,7 @@ from resnest_fast.checkpoint import load_checkpoint
 from resnest_fast.segmentation.builder import build_model
 from resnest_fast.segmentation.config import resolve_config
 from resnest_fast.segmentation.decode_heads import resize
-from resnest_fast.segmentation.segmentor import default_stride, slide_windows
+from resnest_fast.segmentation.segmentor import slide_settings
 from resnest_fast.utils import int_pair
 
 __all__ = [
@@ -219,15 +219,11 @@ def config_scale(cfg: dict) -> Scale:
 
 
 def slide_defaults(model, cfg: dict, crop_size, stride):
-    """The model's test_cfg windows; without them the config's training crop, with a stride of 2/3 of it
-    (mmseg's ADE20k slide settings: 512 -> 341)."""
-    test_cfg = model.test_cfg
-    if crop_size is None:
-        crop_size = test_cfg.get("crop_size") or cfg.get("crop_size") or (cfg.get("data") or {}).get("crop_size")
-        if crop_size is None:
-            raise ValueError("slide mode needs --crop-size: the config has neither test_cfg.crop_size nor crop_size")
-    crop_size = int_pair(crop_size, "crop_size", 1)
-    if stride is None:
-        stride = test_cfg.get("stride") if test_cfg.get("crop_size") == crop_size else None
-        stride = stride or default_stride(crop_size)
-    return slide_windows(crop_size, stride)
+    """The windows (crop_size, stride) a slide inference of `model` runs with for these arguments (None: not
+    given), by the model's own rule (`segmentor.slide_settings`), so the commands and model.predict agree: test_cfg's
+    windows; a crop_size without a stride gets 2/3 of it. Where the model has no window of its own (no test_cfg
+    crop_size, no data_preprocessor size), the config's training crop (`crop_size`, data.crop_size) stands in."""
+    training_crop = model.crop_size or cfg.get("crop_size") or (cfg.get("data") or {}).get("crop_size")
+    if crop_size is None and model.test_cfg.get("crop_size") is None and training_crop is None:
+        raise ValueError("slide mode needs --crop-size: the config has neither test_cfg.crop_size nor crop_size")
+    return slide_settings(model.test_cfg, crop_size, stride, training_crop)

@@ -26,7 +26,7 @@ from resnest_fast.models import ResNeSt
 from resnest_fast.segmentation.decode_heads import BaseDecodeHead, build_head, resize
 from resnest_fast.utils import eval_mode, int_pair
 
-__all__ = ["EncoderDecoder", "build_segmentor", "check_image", "default_stride", "slide_windows"]
+__all__ = ["EncoderDecoder", "build_segmentor", "check_image", "default_stride", "slide_settings", "slide_windows"]
 
 _PREPROCESSOR_KEYS = {"type", "mean", "std", "bgr_to_rgb", "rgb_to_bgr", "pad_val", "seg_pad_val", "size",
                       "size_divisor", "test_cfg"}
@@ -48,6 +48,32 @@ def slide_windows(crop_size, stride) -> Tuple[Tuple[int, int], Tuple[int, int]]:
 def default_stride(crop_size) -> Tuple[int, int]:
     """The stride of sliding windows given none: 2/3 of the window (mmseg's ADE20k slide settings, 512 -> 341)."""
     return tuple(max(1, int(c * 2 / 3)) for c in int_pair(crop_size, "crop_size", 1))
+
+
+NO_WINDOWS = ("slide mode needs windows: set test_cfg's crop_size (the model has no training crop, "
+              "data_preprocessor's size, to take instead)")
+
+
+def slide_settings(test_cfg: dict, crop_size=None, stride=None,
+                   training_crop=None) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """The sliding windows (crop_size, stride), pairs (h, w), of a slide inference given the arguments of a call:
+    the one rule of `EncoderDecoder.inference` (model.predict, segment_image) and of the commands
+    (`segmentation.inference.slide_defaults`), so that the same arguments give the same windows everywhere.
+
+    - the window: crop_size as given, else test_cfg's crop_size, else `training_crop` (data_preprocessor's size);
+    - the stride: as given, else test_cfg's when the window is test_cfg's (none given, or test_cfg's own), else
+      2/3 of the window (`default_stride`). A stride is never taken from another window than the one it was set
+      for: test_cfg's (32, 32) with a crop_size of (16, 16) would leave pixels without a prediction.
+    ValueError when there is no window (NO_WINDOWS) or the stride is larger than the window (`slide_windows`)."""
+    own_crop = test_cfg.get("crop_size")
+    own_crop = None if own_crop is None else int_pair(own_crop, "test_cfg['crop_size']", 1)
+    crop = crop_size if crop_size is not None else own_crop if own_crop is not None else training_crop
+    if crop is None:
+        raise ValueError(NO_WINDOWS)
+    crop = int_pair(crop, "crop_size", 1)
+    if stride is None and crop == own_crop:
+        stride = test_cfg.get("stride")
+    return slide_windows(crop, default_stride(crop) if stride is None else stride)
 
 
 def check_image(img, name: str = "img") -> None:
@@ -79,7 +105,8 @@ class EncoderDecoder(nn.Module):
 
     Args:
         backbone: dict(type='ResNeSt', ...) (mmseg's backbone config) or a module returning a tuple of features.
-        decode_head, auxiliary_head: mmseg head configs (see segmentation.decode_heads.build_head); auxiliary may be None.
+        decode_head, auxiliary_head: mmseg head configs (see segmentation.decode_heads.build_head); auxiliary may
+            be None.
         data_preprocessor: dict(mean, std, bgr_to_rgb=False, pad_val=0, seg_pad_val=255, size=None) as mmseg's
             SegDataPreProcessor; `size` is the training crop that batches are padded to. mean and std are in the
             network's channel order (R, G, B); bgr_to_rgb (or rgb_to_bgr) True: the images given are BGR and are
@@ -87,8 +114,9 @@ class EncoderDecoder(nn.Module):
         test_cfg: dict(mode='whole') or dict(mode='slide', crop_size=(h, w), stride=(h, w)); slide without a
             crop_size takes data_preprocessor's size (the training crop), without a stride 2/3 of the window.
         backend: backend of the fused split-attention ops (None: the default).
-    forward(img (B, 3, H, W) 0-255, in `input_order`: RGB unless built with bgr_to_rgb=True) -> logits (B, num_classes, H, W) (what you deploy; argmax is the label
-    map). `decode(x)` is mmseg's `forward(mode='tensor')`: normalised input -> logits at 1/8 resolution.
+    forward(img (B, 3, H, W) 0-255, in `input_order`: RGB unless built with bgr_to_rgb=True) -> logits
+    (B, num_classes, H, W) (what you deploy; argmax is the label map). `decode(x)` is mmseg's
+    `forward(mode='tensor')`: normalised input -> logits at 1/8 resolution.
     """
 
     def __init__(
@@ -159,19 +187,12 @@ class EncoderDecoder(nn.Module):
 
     def _check_test_cfg(self, cfg: dict) -> dict:
         """test_cfg with its windows checked. Slide mode without a crop_size takes the training crop
-        (data_preprocessor's size, `crop_size`) and without a stride 2/3 of the window, the commands' defaults."""
+        (data_preprocessor's size, `crop_size`) and without a stride 2/3 of the window (`slide_settings`)."""
         mode = cfg.get("mode", "whole")
         if mode not in ("whole", "slide"):
             raise ValueError(f"test_cfg['mode'] must be 'whole' or 'slide', got {mode!r}")
         if mode == "slide":
-            if cfg.get("crop_size") is None:
-                if self.crop_size is None:
-                    raise ValueError("slide mode needs windows: set test_cfg's crop_size (the model has no training "
-                                     "crop, data_preprocessor's size, to take instead)")
-                cfg["crop_size"] = self.crop_size
-            if cfg.get("stride") is None:
-                cfg["stride"] = default_stride(cfg["crop_size"])
-            cfg["crop_size"], cfg["stride"] = slide_windows(cfg["crop_size"], cfg["stride"])
+            cfg["crop_size"], cfg["stride"] = slide_settings(cfg, training_crop=self.crop_size)
         cfg["mode"] = mode
         return cfg
 
@@ -259,8 +280,9 @@ class EncoderDecoder(nn.Module):
     def inference(self, img: Tensor, mode: Optional[str] = None, crop_size=None, stride=None) -> Tensor:
         """RGB 0-255 (B, 3, H, W) -> logits (B, num_classes, H, W), whole or sliding-window as test_cfg says
         (arguments override it). Slide: mmseg's windows (the last one of a row or column flush with the border),
-        logits averaged where windows overlap; mode='slide' without windows takes test_cfg's, else the training
-        crop (`crop_size`) with a stride of 2/3 of it.
+        logits averaged where windows overlap; the windows follow `slide_settings`, as in the commands: none given,
+        test_cfg's (else the training crop, `crop_size`, with a stride of 2/3 of it); a crop_size without a stride,
+        2/3 of that window as stride (test_cfg's stride only for test_cfg's own window).
 
         Runs in eval mode whatever mode the model is in, and leaves every module's flag as it was: in train mode the
         BatchNorms would use the batch's statistics and overwrite their running ones (and refuse a single image),
@@ -270,17 +292,12 @@ class EncoderDecoder(nn.Module):
 
     def _inference(self, img: Tensor, mode, crop_size, stride) -> Tensor:
         x = self.preprocess(img)
-        cfg = dict(self.test_cfg)
-        if mode is not None:
-            cfg["mode"] = mode
-        if crop_size is not None:
-            cfg["crop_size"] = crop_size
-        if stride is not None:
-            cfg["stride"] = stride
-        cfg = self._check_test_cfg(cfg)
-        if cfg["mode"] == "whole":
+        mode = self.test_cfg["mode"] if mode is None else mode
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        if mode == "whole":
             return self.encode_decode(x)
-        return self.slide_inference(x, cfg["crop_size"], cfg["stride"])
+        return self.slide_inference(x, *slide_settings(self.test_cfg, crop_size, stride, self.crop_size))
 
     def slide_inference(self, x: Tensor, crop_size: Sequence[int], stride: Sequence[int]) -> Tensor:
         (h_crop, w_crop), (h_stride, w_stride) = crop_size, stride

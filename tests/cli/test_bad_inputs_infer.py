@@ -87,6 +87,11 @@ def _fifo_beside_a_good_one(tmp):
     return [str(tmp / "in"), str(tmp / "in" / "pipe.png")]
 
 
+def _dangling_input(tmp):
+    (tmp / "link.png").symlink_to(tmp / "nowhere.png")
+    return [str(tmp / "link.png")]
+
+
 def _dangling_out_dir(tmp, s):
     (tmp / "out").symlink_to(tmp / "nowhere")
     return ["infer", str(s[0]), str(s[1]), str(tmp / "in"), "--out-dir", str(tmp / "out")]
@@ -120,6 +125,16 @@ ROWS = {
     "a bomb and a float image beside a good one": (_infer(inputs=_bomb_and_float), 1, "bomb.png"),
     "a FIFO named like an image beside a good one": (
         _infer(inputs=_fifo_beside_a_good_one), 1, "input {tmp}/in/pipe.png is a named pipe (FIFO), not an image"),
+    # usage errors, named in one line before anything is written, not failed images of a run that started
+    "an input that does not exist": (_infer(inputs=lambda tmp: [str(tmp / "nothere")]), 2,
+                                     "error: INPUT '{tmp}/nothere' does not exist: expected an image file or a "
+                                     "folder of images"),
+    "inputs that do not exist beside a good one": (
+        _infer(inputs=lambda tmp: [str(tmp / "gone.jpg"), str(tmp / "in"), str(tmp / "nothere")]), 2,
+        "error: INPUT '{tmp}/gone.jpg', '{tmp}/nothere' do not exist: expected image files or folders of images"),
+    "an input that is a link to nothing": (_infer(inputs=_dangling_input), 2,
+                                           "error: INPUT '{tmp}/link.png' (a symbolic link to {tmp}/nowhere.png) "
+                                           "does not exist"),
     "out-dir a link to nothing": (_dangling_out_dir, 2,
                                   "--out-dir '{tmp}/out' is a symbolic link to {tmp}/nowhere, which does not exist"),
     "bad backend variable (infer)": (_infer(), 2, "RESNEST_FAST_BACKEND"),

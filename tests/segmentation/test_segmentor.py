@@ -10,8 +10,8 @@ import pathlib
 import pytest
 import torch
 
-from resnest_fast import load_checkpoint
-from resnest_fast.segmentation import build_model, build_segmentor, list_configs, load_config
+from resnest_fast.segmentation import build_model, build_segmentor, list_configs, load_config, slide_defaults
+from resnest_fast.testing.small_models import small_model_cfg
 from tests.mmseg_reference import import_mmseg
 from tests.parity import randomize_model
 from resnest_fast.testing.tolerances import assert_max_abs
@@ -183,3 +183,29 @@ def test_mmseg_reference_builds_configs_that_name_pretrained_weights():
     cfg = dict(small_model_cfg("fcn"), pretrained="open-mmlab://resnest101")
     model = build_mmseg_segmentor(cfg)
     assert type(model).__name__ == "EncoderDecoder" and model.backbone.init_cfg["type"] == "Pretrained"
+
+
+def test_a_crop_size_without_a_stride_takes_two_thirds_of_it_as_the_commands_do():
+    """model.inference / predict and the commands (slide_defaults) share one rule: a crop_size given without a stride
+    gets int(2/3) of it; test_cfg's stride only goes with test_cfg's own window. The model took test_cfg's (24, 24)
+    for any window: 'stride (24, 24) is larger than crop_size (16, 16)' about a stride never passed, and other
+    windows than `infer --crop-size` for larger crops."""
+    torch.manual_seed(0)
+    cfg = dict(small_model_cfg(), test_cfg=dict(mode="slide", crop_size=(24, 24), stride=(24, 24)))
+    model = randomize_model(build_segmentor(cfg)).eval()
+    x = torch.randint(0, 256, (1, 3, 45, 67), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    # (crop_size given, the stride it must run with): int(16 * 2 / 3) = 10, int(30 * 2 / 3) = 20, int(36 * 2 / 3) = 24
+    for crop, stride in [((16, 16), (10, 10)), ((30, 30), (20, 20)), ((30, 36), (20, 24)), ((24, 24), (24, 24))]:
+        explicit = model.inference(x, mode="slide", crop_size=crop, stride=stride)
+        torch.testing.assert_close(model.inference(x, mode="slide", crop_size=crop), explicit, rtol=0, atol=0)
+        assert torch.equal(model.predict(x, crop_size=crop), explicit.argmax(1))
+        assert slide_defaults(model, {}, crop, None) == (crop, stride)
+    other = model.inference(x, mode="slide", crop_size=(30, 30), stride=(24, 24))  # the stride the model used to take
+    assert not torch.equal(other, model.inference(x, crop_size=(30, 30)))  # columns from 20, not 24
+    # neither given: test_cfg's windows; a stride alone: test_cfg's window with it
+    torch.testing.assert_close(model.inference(x), model.inference(x, crop_size=(24, 24), stride=(24, 24)),
+                               rtol=0, atol=0)
+    assert slide_defaults(model, {}, None, None) == ((24, 24), (24, 24))
+    assert slide_defaults(model, {}, None, (12, 12)) == ((24, 24), (12, 12))
+    torch.testing.assert_close(model.inference(x, stride=(12, 12)),
+                               model.inference(x, crop_size=(24, 24), stride=(12, 12)), rtol=0, atol=0)

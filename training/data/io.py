@@ -8,6 +8,13 @@ Semantics follow mmseg 1.x's loaders so that what a model sees is what it would 
   ``>> 8`` (mmcv.imread(backend='cv2') gives 33375 -> 130); pillow's own conversion would clip them to 255, so 16-bit
   grayscale is shifted here as OpenCV does. 32-bit integer and float images (pillow modes I and F) OpenCV cannot
   read in colour at all, and their range is not defined: they are refused with an error naming the file.
+- alpha: OpenCV's colour flag drops it and keeps the colour samples as stored (PNG and WebP with alpha, grey + alpha
+  in any format, palette PNGs with transparency), except in TIFF, where its libtiff reader multiplies the colour by
+  an unassociated alpha ((c * a + 127) // 255) and returns associated (premultiplied) samples as stored: the same is
+  done here (mmcv's pillow path instead composites grey + alpha on grey (124, 117, 104), not what mmseg sees).
+- the one difference left: 16-bit colour TIFFs (3 or 4 samples), which libtiff rounds to 8 bits (v / 257) where
+  pillow keeps the high byte (v >> 8): up to 1 level apart (before any multiplication by alpha); 16-bit grey TIFFs
+  and 16-bit PNGs are exact. Reading them as OpenCV does would need OpenCV (or libtiff) itself.
 - labels: ``LoadAnnotations`` decodes 'unchanged' (palette indices for 'P' PNGs, no EXIF rotation) and casts to
   uint8; ``reduce_zero_label`` maps 0 -> 255 and every other value v -> v - 1 (255 stays 255). mmseg's cast wraps
   the ids of 16- and 32-bit label files modulo 256 (300 becomes class 43 of ADE20k): here the ids are checked
@@ -54,22 +61,49 @@ def load_image(path):
         kind = "32-bit float" if img.mode == "F" else "32-bit integer"
         raise CorruptFileError(f"cannot use image file {path}: its pixels are {kind} (pillow mode {img.mode}), "
                                "which have no defined 0-255 range; convert it to an 8- or 16-bit image")
+    alpha = _tiff_alpha(img) if img.mode == "RGBA" else 0  # read before exif_transpose drops the tags
     try:
         img = ImageOps.exif_transpose(img)
-        if img.mode == "LA":
-            # pillow's LA -> RGB drops alpha onto black; mmcv composites on a fixed grey instead.
-            rgba = img.convert("RGBA")
-            img = Image.new("RGB", rgba.size, (124, 117, 104))
-            img.paste(rgba, mask=rgba.split()[3])
-        elif img.mode.startswith("I;16"):
+        if img.mode in ("LA", "La"):
+            # OpenCV's colour flag keeps the grey samples as stored and drops the alpha (libpng strips it, libtiff's
+            # grey reader ignores it); pillow's LA -> RGB would keep them too, but mmcv's pillow path composites
+            # them on grey (124, 117, 104), which is not what mmseg's cv2 loader sees
+            img = img.getchannel(0)
+        if img.mode.startswith("I;16"):
             gray = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
             return np.repeat(gray[:, :, None], 3, axis=2)  # a fresh array: writable
-        elif img.mode != "RGB":
+        if alpha:
+            return premultiply_alpha(np.asarray(img), unpremultiplied=alpha == 1)
+        if img.mode == "P":
+            # the palette's transparency plays no part in RGB (nor in OpenCV's colour flag); dropped, pillow would
+            # warn about it at every such image
+            img.info.pop("transparency", None)
+        if img.mode != "RGB":
             img = img.convert("RGB")
         array = np.array(img, dtype=np.uint8)  # a writable copy: transforms and torch.from_numpy may write
     except (OSError, ValueError) as err:
         raise CorruptFileError(f"cannot decode image file {path}: {err}") from err
     return array
+
+
+def _tiff_alpha(img) -> int:
+    """A TIFF's ExtraSamples value for its first extra sample (1: associated alpha, 2: unassociated alpha), or 0
+    for any other image (no alpha, an unspecified extra sample, another format)."""
+    extra = getattr(img, "tag_v2", {}).get(338) if img.format == "TIFF" else None
+    if isinstance(extra, (tuple, list)):
+        extra = extra[0] if extra else None
+    return extra if extra in (1, 2) else 0
+
+
+def premultiply_alpha(rgba: np.ndarray, unpremultiplied: bool = False) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA -> (H, W, 3) uint8 RGB, the colour samples that libtiff's RGBA reader (OpenCV's for
+    8-bit TIFFs) gives for a TIFF with alpha: multiplied by alpha, (c * a + 127) // 255 (libtiff's UaToAa table),
+    for unassociated alpha; as stored for associated alpha, which pillow has divided by alpha when it decoded
+    them (floor(255 c / a)): `unpremultiplied=True` undoes that, ceil(u * a / 255) being the one stored c <= a that
+    gives u. A new, writable array."""
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    rounding = 254 if unpremultiplied else 127
+    return ((rgba[..., :3].astype(np.uint16) * alpha + rounding) // 255).astype(np.uint8)
 
 
 def load_label(path, reduce_zero_label=False, num_classes=None):
