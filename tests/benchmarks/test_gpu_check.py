@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
+from tests.benchmarks.refusals import refused
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -124,6 +125,32 @@ def test_a_run_cut_short_keeps_the_finished_steps_and_lists_the_rest(tmp_path, m
     summary = (tmp_path / "summary.txt").read_text()
     assert "correctness: 1/1 checks" in summary
     assert "skipped at the deadline: bench-ops, memory, models" in summary
+
+
+@pytest.mark.parametrize("deadline", ["nan", "-1", "inf", "0", "soon"])
+def test_a_deadline_that_is_no_time_is_refused(deadline, capsys, tmp_path):
+    """nan and -1 ran no step and exited 0, as if the check had passed."""
+    refused(capsys, gpu_check.main, ["all", "--dry-run", "--out", str(tmp_path), "--deadline", deadline],
+            "--deadline", repr(deadline))
+    assert not os.listdir(tmp_path)
+
+
+def test_ctrl_c_writes_the_finished_steps_with_a_partial_summary(tmp_path, monkeypatch, capsys):
+    row = {"check": "op", "backend": "cpu", "shape": "s", "dtype": "fp32", "layout": "nchw", "tensor": "gap",
+           "max_err": "0", "bound": "1", "ok": True}
+
+    def ctrl_c(s):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_check, "check_ops", lambda s: [row])
+    monkeypatch.setattr(gpu_check, "bench_ops", ctrl_c)
+    assert gpu_check.main(["all", "--dry-run", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "".join(err) and "partial results" in err[-1], err
+    assert sorted(os.listdir(tmp_path)) == ["gpu-ops.csv", "summary.txt"]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "correctness: 1/1 checks" in summary
+    assert "interrupted (Ctrl-C) during bench-ops: partial results" in summary
 
 
 def test_the_models_step_starts_no_model_after_the_deadline():

@@ -91,3 +91,43 @@ def test_ctrl_c_writes_the_rows_so_far_and_says_they_are_partial(tmp_path, monke
     empty = tmp_path / "empty"
     assert report.interrupted("python -m benchmarks.x", str(empty)) == 130
     assert "nothing written" in capsys.readouterr().err and not empty.exists()
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("measuring started before the output was checked")
+
+
+# (module, its results-folder option, the file it writes there, what measures, extra arguments)
+RESULTS_COMMANDS = [
+    ("stages", "--results-dir", "stages", "build", []),
+    ("models", "--results-dir", "models", "bench_model", ["--no-peak-memory"]),
+    ("inference_memory", "--results-dir", "inference_memory", "measure_model", []),
+    ("winograd_accuracy", "--results-dir", "winograd_accuracy", "measure", []),
+    ("parity_miou", "--out-dir", "parity-miou", "run_experiment", []),
+    ("gpu_check", "--out", "gpu-ops", "check_ops", ["ops", "--dry-run"]),
+]
+
+
+@pytest.mark.parametrize("name, flag, stem, measuring, extra", RESULTS_COMMANDS, ids=[c[0] for c in RESULTS_COMMANDS])
+def test_every_command_checks_its_results_folder_before_measuring(name, flag, stem, measuring, extra, tmp_path,
+                                                                  monkeypatch, capsys, fresh_report):
+    """A results folder that is a file, lies under one or is an empty string, or one that already holds the file
+    the command writes: one line naming the option, exit 2, before anything is measured, nothing changed; with
+    --overwrite the existing file is replaced."""
+    from tests.benchmarks.refusals import refused
+
+    module = __import__(f"benchmarks.{name}", fromlist=["main"])
+    monkeypatch.setattr(module, measuring, _must_not_run)
+    (tmp_path / "a-file").write_text("mine\n")
+    done = tmp_path / "done"
+    done.mkdir()
+    mine = done / report.csv_name(stem)
+    mine.write_text("mine\n")
+    for folder, words in ((tmp_path / "a-file", ["is a file"]), (tmp_path / "a-file" / "sub", ["cannot be created"]),
+                          ("", ["empty string"]), (done, [report.csv_name(stem), "--overwrite"])):
+        refused(capsys, module.main, extra + [flag, str(folder)], flag, *words)
+    assert mine.read_text() == "mine\n" and sorted(os.listdir(tmp_path)) == ["a-file", "done"]
+    assert (tmp_path / "a-file").read_text() == "mine\n"
+    # with --overwrite the check passes and measuring starts
+    with pytest.raises(AssertionError, match="measuring started"):
+        module.main(extra + [flag, str(done), "--overwrite"])
