@@ -60,7 +60,8 @@ def test_an_output_file_is_refused_where_writing_would_fail_or_replace(place):
     assert refusal(str(place / "a-file" / "x.png")) == (f"--output '{place}/a-file/x.png': its folder "
                                                         f"'{place}/a-file' is a file, not a folder")
     (place / "old.png").write_bytes(b"png")
-    assert refusal(str(place / "old.png")) == f"--output '{place}/old.png' already exists: pass --overwrite to replace it"
+    assert refusal(str(place / "old.png")) == (f"--output '{place}/old.png' already exists: pass --overwrite to "
+                                               "replace it")
     assert refusal(str(place / "old.png"), overwrite=True) is None
     assert refusal(str(place / "new" / "x.PNG")) is None
 
