@@ -7,7 +7,8 @@
 #      on its validation split (mIoU; chance is about 14 %);
 #   3. benchmarks against the reference side by side in one process: split attention after the conv (mmseg-style
 #      eager, torch.compile of it, ours) and the DeepLabV3 ResNeSt-101-D8 segmenter (mmseg's model, ours, ours
-#      after optimize_for_inference, and both under torch.compile with freezing). CSVs in benchmarks/results/.
+#      after optimize_for_inference, and both under torch.compile with freezing). CSVs in benchmarks/results/,
+#      replacing those of a previous run of this script (--overwrite).
 # Usage: bash run.sh [all|train|bench]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -34,6 +35,6 @@ if [ "$WHAT" != train ]; then
   "$PYTHON" -m pytest benchmarks/test_bench_splat.py --benchmark-only -k "issue or summary" -p no:cacheprovider -q \
     --benchmark-columns=median,min,rounds
   echo "== benchmark: DeepLabV3 ResNeSt-101-D8, eval forward 1x3x256x512, same weights (compiling takes minutes)"
-  "$PYTHON" -m benchmarks.models --models deeplabv3 --size 256 512 --compile --memory
-  "$PYTHON" -m benchmarks.plot benchmarks/results/splat.csv -o benchmarks/results/splat.png
+  "$PYTHON" -m benchmarks.models --models deeplabv3 --size 256 512 --compile --memory --overwrite
+  "$PYTHON" -m benchmarks.plot benchmarks/results/splat.csv -o benchmarks/results/splat.png --overwrite
 fi

@@ -67,6 +67,7 @@ from resnest_fast.ops import (
 )
 from resnest_fast.testing.tolerances import FACTOR, FLOOR
 
+PROG = "python -m benchmarks.gpu_check"
 STEPS = ("sanitize", "ops", "bench-ops", "memory", "models", "sweep")
 ALL_STEPS = ("ops", "bench-ops", "memory", "models")  # `all`: sanitize runs under compute-sanitizer, sweep on request
 HEADS = ("deeplabv3", "fcn", "pspnet", "deeplabv3plus")
@@ -82,6 +83,7 @@ class Settings:
         self.dry_run = dry_run
         self.deadline = deadline  # time.time() after which no further step or model starts
         self.skipped: List[str] = []  # what the deadline left out, for the summary
+        self.interrupted: Optional[str] = None  # the step Ctrl-C stopped, for the summary
         self.device = torch.device("cpu" if dry_run else "cuda")
         if dry_run:
             self.small_shapes = [(2, 8, 7, 9, 2, 1), (1, 16, 5, 3, 4, 2)]  # (B, C, H, W, radix, groups)
@@ -799,6 +801,9 @@ def summarize(results: Dict[str, List[dict]], s: Settings) -> List[str]:
     lines += met
     if s.skipped:
         lines.append(f"skipped at the deadline: {', '.join(s.skipped)}")
+    if s.interrupted:
+        lines.append(f"interrupted (Ctrl-C) during {s.interrupted}: partial results, the rows above are those "
+                     "measured before it")
     return lines
 
 
@@ -811,26 +816,37 @@ def write_results(results: Dict[str, List[dict]], s: Settings, out: str, summary
             report.add(f"gpu-{step}", row)
     report.flush(out)
     lines = summarize(results, s)
-    os.makedirs(out, exist_ok=True)
-    tmp = os.path.join(out, summary + ".tmp")
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, os.path.join(out, summary))
+    report.write_text(os.path.join(out, summary), "\n".join(lines) + "\n")
     return lines
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=STEPS + ("all",))
     parser.add_argument("--dry-run", action="store_true", help="on the CPU at tiny shapes (what CI runs)")
     parser.add_argument("--out", default=os.environ.get("OUT") or "gpu_results", help="where CSVs and summary go")
     parser.add_argument("--models", nargs="+", choices=HEADS, default=list(HEADS), help="heads of the model step")
     parser.add_argument("--compile-models", nargs="*", choices=HEADS, default=["deeplabv3"],
                         help="heads also timed under torch.compile (compiling takes a minute or more each)")
-    parser.add_argument("--deadline", type=float, default=None, metavar="UNIX_TIME",
+    parser.add_argument("--deadline", type=report.positive_float, default=None, metavar="UNIX_TIME",
                         help="start no step or model after this time (seconds since the epoch); what is left out "
                              "is listed in the summary (scripts/gpu_check.sh --budget sets it)")
-    return parser.parse_args(argv)
+    report.add_overwrite_argument(parser)
+    args = parser.parse_args(argv)
+    if args.step != "sanitize":  # the sanitizers' workload writes nothing
+        report.check_output_folder(parser, args.out, "--out", output_files(args.step), args.overwrite)
+    return args
+
+
+def output_files(step: str) -> List[str]:
+    """The names `python -m benchmarks.gpu_check STEP` may write under --out."""
+    steps = ALL_STEPS if step == "all" else (step,)
+    return [report.csv_name(f"gpu-{name}") for name in steps] + [summary_name(step)]
+
+
+def summary_name(step: str) -> str:
+    # the sweep runs after the check, in a call of its own: its summary must not replace the check's
+    return "summary-sweep.txt" if step == "sweep" else "summary.txt"
 
 
 def main(argv=None) -> int:
@@ -847,25 +863,41 @@ def main(argv=None) -> int:
         sanitize(s)
         return 0
     steps = ALL_STEPS if args.step == "all" else (args.step,)
-    # the sweep runs after the check, in a call of its own: its summary must not replace the check's
-    summary = "summary-sweep.txt" if args.step == "sweep" else "summary.txt"
+    summary = summary_name(args.step)
     results = {}
+
+    def progress(step):  # the longest steps write their rows out after each head (precision) or shape
+        def write(rows):
+            results[step] = rows
+            write_results(results, s, args.out, summary)
+        return write
+
     for step in steps:
         if s.out_of_time(step):
             continue
         t0 = time.perf_counter()
-        if step == "ops":
-            results[step] = check_ops(s)
-        elif step == "bench-ops":
-            results[step] = bench_ops(s)
-        elif step == "models":  # written out after each head and precision: this step is the longest
-            results[step] = bench_models(s, args.models, args.compile_models,
-                                         lambda rows: write_results({**results, "models": rows}, s, args.out, summary))
-        elif step == "memory":
-            results[step] = train_memory(s)
-        elif step == "sweep":
-            results[step] = sweep_triton(s, lambda rows: write_results({**results, "sweep": rows}, s, args.out,
-                                                                       summary))
+        try:
+            if step == "ops":
+                results[step] = check_ops(s)
+            elif step == "bench-ops":
+                results[step] = bench_ops(s)
+            elif step == "models":
+                results[step] = bench_models(s, args.models, args.compile_models, progress(step))
+            elif step == "memory":
+                results[step] = train_memory(s)
+            elif step == "sweep":
+                results[step] = sweep_triton(s, progress(step))
+        except KeyboardInterrupt:
+            s.interrupted = step
+            with report.sigint_held():
+                rows = sum(len(r) for r in results.values())
+                paths = []
+                if rows:
+                    write_results(results, s, args.out, summary)
+                    paths = [os.path.join(args.out, name) for name in
+                             [report.csv_name(f"gpu-{k}") for k, v in results.items() if v] + [summary]]
+                print(report.interrupted_line(PROG, rows, paths), file=sys.stderr, flush=True)
+            return report.INTERRUPTED_EXIT
         print(f"gpu_check: {step} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         write_results(results, s, args.out, summary)
     lines = write_results(results, s, args.out, summary)  # once more: the steps the deadline left out

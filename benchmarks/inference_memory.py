@@ -25,6 +25,8 @@ Allocator settings (glibc reads them at process start, hence one process each):
   arena-max-1      MALLOC_ARENA_MAX=1: one heap for all threads
 
     python -m benchmarks.inference_memory --size 256 512 --threads 2
+Rows go to benchmarks/results/inference_memory.csv (--results-dir to change; an existing file is refused unless
+--overwrite); Ctrl-C writes the rows measured so far and exits 130.
 """
 import argparse
 import ctypes
@@ -156,29 +158,50 @@ def measure(name, provider, allocator, weights, inp, tmp, threads, calls):
     return res
 
 
+PROG = "python -m benchmarks.inference_memory"
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="deeplabv3", help="a config name or head (default deeplabv3)")
-    parser.add_argument("--size", nargs=2, type=int, default=(256, 512), metavar=("H", "W"))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--calls", type=int, default=2, help="inference calls whose peak is measured (default 2)")
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="deeplabv3",
+                        help="a config name or head, or 'all' (each model in turn; default deeplabv3)")
+    parser.add_argument("--size", nargs=2, type=report.positive_int, default=(256, 512), metavar=("H", "W"))
+    parser.add_argument("--threads", type=report.positive_int, default=2)
+    parser.add_argument("--calls", type=report.positive_int, default=2,
+                        help="inference calls whose peak is measured (default 2)")
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--allocators", nargs="+", choices=tuple(ALLOCATORS), default=list(ALLOCATORS))
-    parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--results-dir", default=None,
+                        help="where inference_memory.csv goes (default benchmarks/results)")
+    report.add_overwrite_argument(parser)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         _worker(args.worker)
-        return
-    for flag, value in (("--calls", args.calls), ("--threads", args.threads), ("--size", min(args.size))):
-        if value < 1:
-            parser.error(f"{flag} must be at least 1, got {value}")
-    from benchmarks.models import MEAN, STD, reference_model, resolve_models
+        return 0
+    from benchmarks.models import resolve_models
 
-    name = resolve_models([args.model])[0]
+    try:
+        names = resolve_models([args.model], flag="--model")
+    except ValueError as exc:
+        parser.error(str(exc))
+    results_dir = report.check_output_folder(parser, args.results_dir, "--results-dir",
+                                             [report.csv_name("inference_memory")], args.overwrite)
+    try:
+        for name in names:
+            measure_model(name, args)
+    except KeyboardInterrupt:
+        return report.interrupted(PROG, results_dir)
+    report.flush(results_dir)
+    return 0
+
+
+def measure_model(name, args):
+    """Every (allocator, provider) of config `name` in its own process; prints and adds a row for each."""
+    from benchmarks.models import MEAN, STD, reference_model
+
     torch.manual_seed(0)
     ref = reference_model(name)[0]
-    rows = []
     with tempfile.TemporaryDirectory(prefix="resnest_fast_inference_memory_") as tmp:
         weights, inp = os.path.join(tmp, "weights.pt"), os.path.join(tmp, "input.pt")
         torch.save(ref.state_dict(), weights)
@@ -202,10 +225,8 @@ def main(argv=None):
                 row.update({f"weights_{k}_mib": round(v / MIB, 1) for k, v in sorted(forms.items())})
                 row["slack_mib"] = round((res["peak"] - res["after_build"] - res["activations"]) / MIB, 1)
                 report.add("inference_memory", row)
-                rows.append(row)
                 print(" ".join(f"{k}={v}" for k, v in row.items() if k not in ("bench", "model")), flush=True)
-    report.flush(args.results_dir)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

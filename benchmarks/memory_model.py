@@ -28,13 +28,15 @@ alone, assuming every op streams at peak and nothing stays in cache.
 
     python -m benchmarks.memory_model [--bandwidth 3.35e12] [--size 512 1024 --size 1024 2048] [--batch 1]
                                       [--dtype-bytes 4] [--output benchmarks/results/memory-model.csv]
+                                      [--overwrite]   (an existing --output is refused without it)
 """
 import argparse
-import csv
 import os
+import sys
 from dataclasses import dataclass
 from typing import List
 
+from benchmarks import report
 from benchmarks.stage_shapes import Block, distinct_blocks, resnest101_d8_blocks
 
 LABEL = "model, not a measurement; no GPU was measured"
@@ -292,55 +294,38 @@ def format_table(rows) -> List[str]:
 
 
 def write_csv(rows, path):
-    from benchmarks.report import git_revision
+    from benchmarks.report import git_revision, write_csv as write_rows
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fields = ["git"] + list(rows[0])
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        rev = git_revision()
-        for row in rows:
-            writer.writerow({"git": rev, **row})
-    os.replace(tmp, path)
-
-
-def _positive(kind):
-    def parse(text):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return v
-
-    return parse
+    rev = git_revision()
+    write_rows(path, ["git"] + list(rows[0]), ({"git": rev, **row} for row in rows))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.memory_model",
         description="Memory-traffic model of ResNeSt-101-D8's split attention (eager mmseg vs fused). " + LABEL,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bandwidth", type=_positive(float), default=3.35e12,
+    parser.add_argument("--bandwidth", type=report.positive_float, default=3.35e12,
                         help="memory bandwidth in bytes/s for the implied time (default 3.35e12, H100 SXM HBM3)")
-    parser.add_argument("--size", nargs=2, type=_positive(int), action="append", metavar=("H", "W"),
+    parser.add_argument("--size", nargs=2, type=report.positive_int, action="append", metavar=("H", "W"),
                         help="input height and width (repeatable; default 512 1024 and 1024 2048)")
-    parser.add_argument("--batch", type=_positive(int), default=1, help="batch size (default 1)")
+    parser.add_argument("--batch", type=report.positive_int, default=1, help="batch size (default 1)")
     parser.add_argument("--dtype-bytes", type=int, choices=(2, 4, 8), default=4,
                         help="bytes per element of activations and parameters (default 4: fp32)")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                          "memory-model.csv"),
                         help="CSV to write (written to a temporary file, then renamed)")
+    report.add_overwrite_argument(parser)
     args = parser.parse_args(argv)
+    report.check_output_file(parser, args.output, "--output", args.overwrite)
     sizes = [tuple(s) for s in args.size] if args.size else [(512, 1024), (1024, 2048)]
     rows = model_rows(sizes, args.batch, args.dtype_bytes, args.bandwidth)
     for line in format_table(rows):
         print(line)
     write_csv(rows, args.output)
     print(f"wrote {args.output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

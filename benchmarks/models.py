@@ -47,7 +47,9 @@ libraries (mmseg imports more than ours), so compare growth_mib across providers
 providers are timed only. A runtime's process loads the ONNX file the timing process exported (torch imported,
 no torch model built): after_build_mib is its RSS once the session is created. Train mode (--memory): the bytes autograd keeps for backward (each storage once) for the
 loss of a batch of 2, ours / mmseg.
-Rows go to benchmarks/results/models.csv (--results-dir to change; machine, versions and git revision added).
+Rows go to benchmarks/results/models.csv (--results-dir to change; machine, versions and git revision added); an
+existing file is refused before anything runs unless --overwrite. Ctrl-C writes the rows measured so far (the
+summary line says they are partial) and exits 130.
 
     python -m benchmarks.models --models deeplabv3 --size 256 512 --compile --memory   # run.sh's figure
     python -m benchmarks.models --models all                                           # eight models, crop sizes
@@ -100,9 +102,9 @@ def default_providers(compile=False):
     return [REFERENCE, "ours", "ours-optimized"] + (list(COMPILED) if compile else [])
 
 
-def resolve_models(names):
+def resolve_models(names, flag="--models"):
     """Config names for --models: "all", "<head>-<dataset>" (e.g. deeplabv3-ade20k), a bare head (its Cityscapes
-    config) or any shipped config name. ValueError naming --models otherwise."""
+    config) or any shipped config name. ValueError naming `flag` (the option that took them) otherwise."""
     from resnest_fast.segmentation import list_configs
 
     out = []
@@ -116,7 +118,7 @@ def resolve_models(names):
         elif name in list_configs():
             found = [name]
         else:
-            raise ValueError(f"--models: unknown model {name!r}; expected 'all', one of "
+            raise ValueError(f"{flag}: unknown model {name!r}; expected 'all', one of "
                              f"{', '.join(list(HEAD_CONFIGS) + list(MODEL_CONFIGS))}, or a config name of "
                              "resnest_fast.segmentation.list_configs()")
         out += [c for c in found if c not in out]
@@ -470,26 +472,33 @@ def saved_bytes(name, batch=2, size=(256, 512)):
     return ours_b, ref_b
 
 
+PROG = "python -m benchmarks.models"
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["deeplabv3"],
                         help="'all', <head>-<dataset> (fcn|pspnet|deeplabv3|deeplabv3plus - cityscapes|ade20k), a "
                              "bare head (its Cityscapes config) or a config name (default: deeplabv3)")
-    parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
+    parser.add_argument("--size", nargs=2, type=report.positive_int, default=None, metavar=("H", "W"),
                         help="input size (default: each config's crop size)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (freezing) both models")
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=None, metavar="PROVIDER",
                         help=f"which providers run, of {', '.join(PROVIDERS)} (default: mmseg ours ours-optimized, "
                              "and the -compiled ones with --compile)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed iterations (default 5 on CPU, 200 on CUDA)")
-    parser.add_argument("--warmup", type=int, default=5, help="warm-up iterations per provider (mmseg: 5)")
+    parser.add_argument("--rounds", type=report.positive_int, default=None,
+                        help="timed iterations (default 5 on CPU, 200 on CUDA)")
+    parser.add_argument("--warmup", type=report.non_negative_int, default=5,
+                        help="warm-up iterations per provider (mmseg: 5)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--peak-memory", action=argparse.BooleanOptionalAction, default=True,
                         help="peak memory of inference, one process per model and provider (default on)")
-    parser.add_argument("--memory-calls", type=int, default=2, help="inference calls in each memory process")
+    parser.add_argument("--memory-calls", type=report.positive_int, default=2,
+                        help="inference calls in each memory process")
     parser.add_argument("--memory", action="store_true", help="also count bytes saved for backward in training")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=report.positive_int, default=None)
     parser.add_argument("--results-dir", default=None, help="where models.csv goes (default benchmarks/results)")
+    report.add_overwrite_argument(parser)
     parser.add_argument("--memory-worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_worker:
@@ -498,12 +507,8 @@ def parse_args(argv=None):
         args.models = resolve_models(args.models)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.size is not None and min(args.size) < 1:
-        parser.error(f"--size: H and W must be positive, got {args.size[0]} {args.size[1]}")
-    for flag, value, least in (("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0),
-                               ("--memory-calls", args.memory_calls, 1), ("--threads", args.threads, 1)):
-        if value is not None and value < least:
-            parser.error(f"{flag} must be at least {least}, got {value}")
+    args.results_dir = report.check_output_folder(parser, args.results_dir, "--results-dir",
+                                                  [report.csv_name("models")], args.overwrite)
     if args.providers is None:
         args.providers = default_providers(args.compile)
     if args.device == "auto":
@@ -520,16 +525,20 @@ def main(argv=None):
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    for name in args.models:
-        bench_model(name, args.size, compile=args.compile, rounds=args.rounds, warmup=args.warmup,
-                    device=args.device, peak_memory=args.peak_memory, memory_calls=args.memory_calls,
-                    providers=args.providers)
-        if args.memory:
-            saved_bytes(name, size=tuple(args.size) if args.size else crop_size(name))
+    try:
+        for name in args.models:
+            bench_model(name, args.size, compile=args.compile, rounds=args.rounds, warmup=args.warmup,
+                        device=args.device, peak_memory=args.peak_memory, memory_calls=args.memory_calls,
+                        providers=args.providers)
+            if args.memory:
+                saved_bytes(name, size=tuple(args.size) if args.size else crop_size(name))
+    except KeyboardInterrupt:
+        return report.interrupted(PROG, args.results_dir)
     report.flush(args.results_dir)
     for line in report.summary_lines():
         print(line)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,9 +21,10 @@ A runtime whose package is missing is skipped with one line saying how to instal
 Each is warmed up, then timed over --iters calls, the providers taking turns within each iteration; the median is
 reported (mean and min in the CSV). Outputs are
 compared with torch-fused. This is a script, not a test: figures depend on the machine and its load.
+An existing --csv is refused before anything runs unless --overwrite; Ctrl-C writes the rows measured so far and
+exits 130.
 """
 import argparse
-import csv
 import datetime
 import importlib
 import importlib.util
@@ -199,19 +200,43 @@ def post_conv_stages(args, tmpdir, rows, runtimes):
     return totals
 
 
+PROG = "python -m benchmarks.onnx_runtime"
+
+
+def default_csv(post_conv_stages):
+    stem = "onnx-runtime-post-conv-stages" if post_conv_stages else "onnx-runtime"
+    return os.path.join(os.path.dirname(report.HERE), "docs", "results",
+                        f"{stem}-{datetime.date.today().isoformat()}.csv")
+
+
+def write_rows(rows, runtimes, path):
+    """The rows with report.context() and the runtimes' versions, written whole or not at all."""
+    ctx = report.context()
+    for runtime in runtimes:
+        ctx[runtime] = runtime_version(runtime)
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    report.write_csv(path, fields + list(ctx), ({**row, **ctx} for row in rows))
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--depth", type=int, default=50, help="backbone depth of the FCN segmentor (full widths)")
-    parser.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"))
-    parser.add_argument("--block-shape", type=int, nargs=4, default=(2, 256, 64, 128), metavar=("B", "C", "H", "W"),
-                        help="input of the single block (radix 2, C in and out channels)")
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    from resnest_fast.models.resnest import ResNeSt
+
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--depth", type=int, choices=sorted(ResNeSt.arch_settings), default=50,
+                        help="backbone depth of the FCN segmentor (full widths)")
+    parser.add_argument("--size", type=report.positive_int, nargs=2, default=(256, 512), metavar=("H", "W"))
+    parser.add_argument("--block-shape", type=report.positive_int, nargs=4, default=(2, 256, 64, 128),
+                        metavar=("B", "C", "H", "W"), help="input of the single block (radix 2, C in and out channels)")
+    parser.add_argument("--iters", type=report.positive_int, default=10)
+    parser.add_argument("--warmup", type=report.non_negative_int, default=3)
+    parser.add_argument("--threads", type=report.positive_int, default=torch.get_num_threads())
     parser.add_argument("--post-conv-stages", action="store_true",
                         help="only the post-conv case, at the distinct shapes of ResNeSt-101-D8 for a 1x3x--size input")
     parser.add_argument("--csv", default=None, help="default: docs/results/onnx-runtime[-post-conv-stages]-<date>.csv")
+    report.add_overwrite_argument(parser)
     args = parser.parse_args(argv)
+    out = report.check_output_file(parser, default_csv(args.post_conv_stages) if args.csv is None else args.csv,
+                                   "--csv", args.overwrite)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     runtimes = []
@@ -222,33 +247,27 @@ def main(argv=None):
         else:
             runtimes.append(runtime)
     rows = []
-    with tempfile.TemporaryDirectory() as tmpdir:
-        if args.post_conv_stages:
-            post_conv_stages(args, tmpdir, rows, runtimes)
-        else:
-            b, c, h, w = args.block_shape
-            sa = block(c, 2)
-            bench("post-conv", PostConv(sa), torch.randn(b, 2 * c, h, w), args, tmpdir, rows, runtimes)
-            bench("block", sa, torch.randn(b, c, h, w), args, tmpdir, rows, runtimes)
-            model = segmentor(args.depth)
-            img = torch.rand(1, 3, *args.size) * 255
-            bench(f"fcn-s{args.depth}-d8", model, img, args, tmpdir, rows, runtimes)
-    ctx = report.context()
-    for runtime in runtimes:
-        ctx[runtime] = runtime_version(runtime)
-    stem = "onnx-runtime-post-conv-stages" if args.post_conv_stages else "onnx-runtime"
-    out = args.csv or os.path.join(os.path.dirname(report.HERE), "docs", "results",
-                                   f"{stem}-{datetime.date.today().isoformat()}.csv")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields + list(ctx))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, **ctx})
-    os.replace(tmp, out)
+    try:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            if args.post_conv_stages:
+                post_conv_stages(args, tmpdir, rows, runtimes)
+            else:
+                b, c, h, w = args.block_shape
+                sa = block(c, 2)
+                bench("post-conv", PostConv(sa), torch.randn(b, 2 * c, h, w), args, tmpdir, rows, runtimes)
+                bench("block", sa, torch.randn(b, c, h, w), args, tmpdir, rows, runtimes)
+                model = segmentor(args.depth)
+                img = torch.rand(1, 3, *args.size) * 255
+                bench(f"fcn-s{args.depth}-d8", model, img, args, tmpdir, rows, runtimes)
+    except KeyboardInterrupt:
+        with report.sigint_held():
+            if rows:
+                write_rows(rows, runtimes, out)
+            print(report.interrupted_line(PROG, len(rows), [out] if rows else []), file=sys.stderr, flush=True)
+        return report.INTERRUPTED_EXIT
+    write_rows(rows, runtimes, out)
     print(f"wrote {out} ({report.machine()})")
+    return 0
 
 
 if __name__ == "__main__":

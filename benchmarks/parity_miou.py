@@ -47,7 +47,8 @@ Writes <out-dir>/parity-miou.csv (parity-miou-float64.csv with --dtype float64; 
 and their difference; a summary row; each with machine, versions and git revision, as benchmarks.report writes
 them) and the PNG of the same name (both loss curves in one plot, their |difference| on a log scale below), both
 written to a temporary file and renamed. Exit code 0 when the mIoU difference is within the tolerance, 1 when it
-is not, 2 on bad arguments.
+is not, 2 on bad arguments (an out dir that already holds them is refused before anything runs unless --overwrite),
+130 on Ctrl-C (nothing written: the rows compare two finished runs).
 """
 import argparse
 import copy
@@ -410,6 +411,11 @@ def _stem(dtype: str) -> str:
     return STEM if dtype == "float32" else f"{STEM}-{dtype}"
 
 
+def output_files(dtype: str) -> List[str]:
+    """The names the experiment writes in its out_dir."""
+    return [report.csv_name(_stem(dtype)), f"{_stem(dtype)}.png"]
+
+
 def write_csv(summary: dict, out_dir: str) -> str:
     """The rows through benchmarks.report (machine, versions, git revision; temporary file + rename); other
     benchmarks' pending rows are left as they were. Returns the path written."""
@@ -422,8 +428,7 @@ def write_csv(summary: dict, out_dir: str) -> str:
     finally:
         report.RESULTS.clear()
         report.RESULTS.update(pending)
-    tag = "-tuned-malloc" if os.environ.get("GLIBC_TUNABLES") else ""  # report.flush's file name rule
-    return os.path.join(out_dir, f"{_stem(summary['dtype'])}{tag}.csv")
+    return os.path.join(out_dir, report.csv_name(_stem(summary["dtype"])))
 
 
 def write_plot(summary: dict, path: str) -> str:
@@ -465,11 +470,8 @@ def write_plot(summary: dict, path: str) -> str:
     bottom.set_xlabel("iteration")
     fig.suptitle(f"{report.machine()[:90]}; git {report.git_revision()}", fontsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    report.save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -507,48 +509,46 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.parity_miou", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="a shipped config's name or a .py config file "
                         f"(default {DEFAULT_CONFIG})")
-    parser.add_argument("--max-iters", type=int, default=CLI_MAX_ITERS,
+    parser.add_argument("--max-iters", type=report.positive_int, default=CLI_MAX_ITERS,
                         help=f"iterations of each compared run (default {CLI_MAX_ITERS})")
     parser.add_argument("--seed", type=int, help="random seed of both runs (default: the config's runtime.seed)")
     parser.add_argument("--out-dir", help="where the CSV and PNG go (default: benchmarks/results)")
+    report.add_overwrite_argument(parser)
     parser.add_argument("--reference", choices=REFERENCES, default="auto",
                         help="auto: mmseg if installed, else our pure-PyTorch reference backend")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="allowed |mIoU difference|, in points")
+    parser.add_argument("--tolerance", type=report.non_negative_float, default=TOLERANCE,
+                        help="allowed |mIoU difference|, in points")
     parser.add_argument("--control", action="store_true", help="also train the reference again with another "
                         "thread count: the differences fp32 rounding alone makes (a third training run)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="the dtype both models (and the control) are converted to after sharing the weights, "
                         "and trained and evaluated in (float64: rounding noise ~1e-16 instead of ~1e-7)")
-    parser.add_argument("--pretrain-iters", type=int, default=CLI_PRETRAIN_ITERS,
+    parser.add_argument("--pretrain-iters", type=report.non_negative_int, default=CLI_PRETRAIN_ITERS,
                         help="first train the reference alone for this many iterations of the config's schedule and "
                         "start both compared runs from the weights it reaches (fine-tuning, as segmenters are "
                         f"trained; default {CLI_PRETRAIN_ITERS}; 0: both from the random init)")
-    parser.add_argument("--lr", type=float, default=CLI_LR,
+    parser.add_argument("--lr", type=report.positive_float, default=CLI_LR,
                         help=f"base learning rate of the compared runs (default {CLI_LR}; 0.05 is the config's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if args.max_iters is not None and args.max_iters < 1:
-        parser.error(f"--max-iters must be a positive number of iterations, got {args.max_iters}")
-    if args.tolerance < 0:
-        parser.error(f"--tolerance must be >= 0, got {args.tolerance}")
-    if args.pretrain_iters < 0:
-        parser.error(f"--pretrain-iters must be >= 0, got {args.pretrain_iters}")
-    if args.lr is not None and not args.lr > 0:
-        parser.error(f"--lr must be > 0, got {args.lr}")
     try:
         from resnest_fast.segmentation import load_config
 
         load_config(args.config)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(f"--config: {exc}")
+    out_dir = report.check_output_folder(parser, args.out_dir, "--out-dir", output_files(args.dtype), args.overwrite)
     started = time.perf_counter()
     try:
         summary = run_experiment(args.config, max_iters=args.max_iters, seed=args.seed, reference=args.reference,
-                                 out_dir=args.out_dir, tolerance=args.tolerance, control=args.control,
+                                 out_dir=out_dir, tolerance=args.tolerance, control=args.control,
                                  dtype=args.dtype, pretrain_iters=args.pretrain_iters, lr=args.lr,
                                  progress=not args.no_progress)
     except ValueError as exc:  # e.g. --reference mmseg without mmseg
         parser.error(str(exc))
+    except KeyboardInterrupt:  # its rows compare two finished runs: there is nothing partial to write
+        print(f"{parser.prog}: interrupted (Ctrl-C) before both runs finished; nothing written", file=sys.stderr)
+        return report.INTERRUPTED_EXIT
     for line in summary_lines(summary):
         print(line)
     print(f"  wall time {time.perf_counter() - started:.0f} s")

@@ -6,42 +6,70 @@ panel per op x mode.
 
     python -m benchmarks.plot benchmarks/results/splat.csv [more.csv ...] -o benchmarks/results/splat.png
     python -m benchmarks.plot benchmarks/results/ops.csv -o benchmarks/results/ops.png
+An existing PNG is refused unless --overwrite.
 """
 import argparse
-import csv
 import os
+import sys
+
+from benchmarks import report
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.plot", description=__doc__)
     parser.add_argument("csv", nargs="+")
-    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("-o", "--output", required=True, help="the .png to write")
+    report.add_overwrite_argument(parser)
     args = parser.parse_args(argv)
+    report.check_output_file(parser, args.output, "--output", args.overwrite, suffix=".png")
+    tables = report.read_csvs(parser, args.csv, ("bench",))
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = [p for p in args.csv if os.path.exists(p)]
-    if not paths:
-        raise SystemExit(f"none of {args.csv} exists: run the benchmarks first")
-    ops_paths = [p for p in paths if _benches(p) == {"splat_op"}]
+    paths = list(tables)
+    ops_paths = [p for p in paths if {r.get("bench") for r in tables[p]} == {"splat_op"}]
     if ops_paths:
         if len(paths) != 1:
-            raise SystemExit(f"plot an op-level CSV ({ops_paths[0]}) on its own, one per output file")
-        plot_ops(ops_paths[0], args.output, plt)
-        return
-    fig, axes = plt.subplots(1, len(paths), figsize=(6 * len(paths), 4), squeeze=False)
-    for ax, path in zip(axes[0], paths):
-        with open(path) as f:
-            rows = [r for r in csv.DictReader(f) if r.get("bench") == "splat_post_conv" and r["shape"] == "issue"]
+            parser.error(f"plot an op-level CSV ({ops_paths[0]}) on its own, one per output file")
+        rows = [r for r in tables[ops_paths[0]] if r.get("bench") == "splat_op" and r.get("speedup_vs_eager")]
+        if not rows:
+            parser.error(f"{ops_paths[0]} has no op-level rows with a speedup (the eager provider must have run)")
+        report.require_columns(parser, ops_paths[0], rows, OPS_COLUMNS)
+        try:
+            plot_ops(rows, args.output, plt)
+        except ValueError as exc:  # a cell that is not a number
+            parser.error(f"cannot plot {ops_paths[0]}: {exc}")
+        return 0
+    per_path = {}
+    for path in paths:
+        rows = [r for r in tables[path] if r.get("bench") == "splat_post_conv" and r.get("shape") == "issue"]
+        report.require_columns(parser, path, rows, SPLAT_COLUMNS)
+        per_path[path] = rows
+    if not any(per_path.values()):
+        parser.error(f"{', '.join(paths)}: no rows of the post-conv benchmark at the issue shape (bench "
+                     "splat_post_conv, shape issue) and no op-level rows (bench splat_op)")
+    try:
+        plot_splat(per_path, args.output, plt)
+    except ValueError as exc:  # a cell that is not a number
+        parser.error(f"cannot plot {', '.join(paths)}: {exc}")
+    return 0
+
+
+def plot_splat(per_path, output, plt):
+    """One panel per CSV: median ms per provider at the issue shape, forward and full."""
+    fig, axes = plt.subplots(1, len(per_path), figsize=(6 * len(per_path), 4), squeeze=False)
+    first = None
+    for ax, (path, rows) in zip(axes[0], per_path.items()):
         if not rows:
             ax.set_title(f"{os.path.basename(path)}: no issue-shape rows")
             continue
+        first = first or rows[0]
         providers = [p for p in ("eager", "compiled", "ours-cpu", "ours-cuda", "copy")
                      if any(r["provider"] == p for r in rows)]
         for i, mode in enumerate(("forward", "full")):
-            vals = [next((float(r["median_ms"]) for r in rows if r["provider"] == p and r["mode"] == mode), 0.0)
+            vals = [next((_float(r, "median_ms") for r in rows if r["provider"] == p and r["mode"] == mode), 0.0)
                     for p in providers]
             xs = [j + 0.4 * i for j in range(len(providers))]
             bars = ax.bar(xs, vals, width=0.4, label=mode)
@@ -50,27 +78,32 @@ def main(argv=None):
         ax.set_ylabel("median ms (lower is better)")
         ax.set_title(f"{rows[0]['y_shape']} fp32, malloc: {rows[0].get('malloc', '?')[:30]}", fontsize=8)
         ax.legend()
-    fig.suptitle(f"split attention after the conv; {rows[0]['machine'][:80]}; git {rows[0]['git']}", fontsize=8)
+    fig.suptitle(f"split attention after the conv; {first.get('machine', '?')[:80]}; git {first.get('git', '?')}",
+                 fontsize=8)
     fig.tight_layout()
-    tmp = args.output + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, args.output)
-    print(f"wrote {args.output}")
+    report.save_figure(fig, output)
+    plt.close(fig)
+    print(f"wrote {output}")
 
 
-def _benches(path):
-    with open(path) as f:
-        return {r.get("bench") for r in csv.DictReader(f)}
+SPLAT_COLUMNS = ("provider", "mode", "median_ms", "y_shape")
+OPS_COLUMNS = ("op", "mode", "shape", "provider", "dtype", "speedup_vs_eager")
 
 
-def plot_ops(path, output, plt):
+def _float(row, column):
+    """The number in a cell; an empty one (not measured) is no bar (0); ValueError naming the column otherwise."""
+    text = row.get(column)
+    if text in ("", None):
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"column {column} holds {text!r}, not a number") from None
+
+
+def plot_ops(rows, output, plt):
     """One panel per (op, mode): speedup over eager (log scale) per shape, a bar per provider and dtype."""
     from matplotlib import ticker
-
-    with open(path) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("bench") == "splat_op" and r.get("speedup_vs_eager")]
-    if not rows:
-        raise SystemExit(f"{path} has no op-level rows with a speedup (the eager provider must have run)")
 
     def ordered(key):
         return list(dict.fromkeys(r[key] for r in rows))
@@ -92,7 +125,7 @@ def plot_ops(path, output, plt):
                              == (op, mode, shape, provider, dtype)]
                     if match:
                         xs.append(n + (k - (len(series) - 1) / 2) * width)
-                        vals.append(float(match[0]["speedup_vs_eager"]))
+                        vals.append(_float(match[0], "speedup_vs_eager"))
                 bars = ax.bar(xs, vals, width=width, color=colours[providers.index(provider) % len(colours)],
                               hatch="//" if dtype != dtypes[0] else None, edgecolor="white",
                               label=f"{provider} {dtype}")
@@ -108,14 +141,13 @@ def plot_ops(path, output, plt):
                 ax.set_ylabel("speedup over eager (x)")
             if i == 0 and j == len(modes) - 1:
                 ax.legend(fontsize=7)
-    fig.suptitle(f"split-attention ops vs mmseg eager (median time ratio; > 1 is faster); {rows[0]['machine'][:70]}; "
-                 f"git {rows[0]['git']}", fontsize=8)
+    fig.suptitle(f"split-attention ops vs mmseg eager (median time ratio; > 1 is faster); "
+                 f"{rows[0].get('machine', '?')[:70]}; git {rows[0].get('git', '?')}", fontsize=8)
     fig.tight_layout()
-    tmp = output + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, output)
+    report.save_figure(fig, output)
+    plt.close(fig)
     print(f"wrote {output}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

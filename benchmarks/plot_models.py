@@ -6,30 +6,52 @@ provider and mode.
 
     python -m benchmarks.plot_models benchmarks/results/models*.csv -o benchmarks/results/models.png
     python -m benchmarks.plot_models benchmarks/results/models.csv benchmarks/results/module.csv -o both.png
-Rows of several files (e.g. models.csv and models-tuned-malloc.csv) are told apart by their malloc setting.
+Rows of several files (e.g. models.csv and models-tuned-malloc.csv) are told apart by their malloc setting; an empty
+cell (a speedup without the reference provider) is left out of the labels. An existing PNG is refused unless
+--overwrite.
 """
 import argparse
-import csv
-import os
+import sys
+
+from benchmarks import report
 
 REFERENCES = ("mmseg", "reference-backend")
 PROVIDER_ORDER = ("mmseg", "reference-backend", "ours", "ours-optimized", "mmseg-compiled",
                   "reference-backend-compiled", "ours-compiled", "ours-optimized-compiled")
 
 
-def read_rows(paths):
-    """All rows of the CSVs that exist; SystemExit naming the files when none does or none has benchmark rows."""
-    existing = [p for p in paths if os.path.exists(p)]
-    if not existing:
-        raise SystemExit(f"none of {paths} exists: run `python -m benchmarks.models` first")
+BENCHES = ("eval_forward", "eval_peak_memory", "split_attention_block")
+# the columns each kind of row must have to be drawn (models.py and benchmarks/test_bench_module.py write them)
+COLUMNS = {"eval_forward": ("model", "input", "provider", "fps"),
+           "eval_peak_memory": ("model", "input", "provider", "peak_mib", "growth_mib", "measure"),
+           "split_attention_block": ("shape", "x_shape", "dilation", "mode", "provider", "median_ms")}
+
+
+def read_rows(parser, paths):
+    """All rows of the CSVs; parser.error (exit 2) naming the file when one is missing, not a readable CSV, lacks
+    the columns of its rows' kind, or when none has benchmark rows."""
+    tables = report.read_csvs(parser, paths, ("bench",))
     rows = []
-    for path in existing:
-        with open(path, newline="") as f:
-            rows += list(csv.DictReader(f))
-    if not any(r.get("bench") in ("eval_forward", "eval_peak_memory", "split_attention_block") for r in rows):
-        raise SystemExit(f"{existing}: no model or module benchmark rows (bench column eval_forward, "
-                         "eval_peak_memory or split_attention_block)")
+    for path, table in tables.items():
+        for bench, columns in COLUMNS.items():
+            report.require_columns(parser, path, [r for r in table if r.get("bench") == bench], columns)
+        rows += table
+    if not any(r.get("bench") in BENCHES for r in rows):
+        parser.error(f"{', '.join(paths)}: no model or module benchmark rows (bench column {', '.join(BENCHES)}): "
+                     "run `python -m benchmarks.models` first")
     return rows
+
+
+def number(row, column):
+    """The number in a cell, or None where it is empty (e.g. speedup_vs_reference of a run without the reference
+    provider); ValueError naming the column when the cell holds something else."""
+    text = row.get(column)
+    if text in ("", None):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"column {column} holds {text!r}, not a number") from None
 
 
 def _short(config):
@@ -85,9 +107,8 @@ def plot(rows, output):
             table = {(_group_key(r, several_mallocs), r["provider"]): r for r in timing}
             groups = list(dict.fromkeys(g for g, _ in table))
             _grouped_bars(ax, groups, _providers(timing),
-                          lambda g, p: float(table[g, p]["fps"]) if (g, p) in table else None,
-                          lambda g, p: f"{float(table[g, p]['fps']):.3g} fps, "
-                                       f"{float(table[g, p]['speedup_vs_reference']):.2f}x")
+                          lambda g, p: number(table[g, p], "fps") if (g, p) in table else None,
+                          lambda g, p: _fps_label(table[g, p]))
             ax.set_ylabel("fps, batch 1 (higher is better)")
             ax.set_title("eval forward; labels: fps and speedup over the reference (ratio of medians)", fontsize=9)
         elif panel in ("growth", "peak"):
@@ -95,21 +116,22 @@ def plot(rows, output):
             table = {(_group_key(r, several_mallocs), r["provider"]): r for r in memory}
             groups = list(dict.fromkeys(g for g, _ in table))
             _grouped_bars(ax, groups, _providers(memory),
-                          lambda g, p: float(table[g, p][column]) if (g, p) in table else None,
-                          lambda g, p: f"{float(table[g, p][column]):.0f}")
+                          lambda g, p: number(table[g, p], column) if (g, p) in table else None,
+                          lambda g, p: f"{number(table[g, p], column):.0f}")
             what = ("growth during inference (peak - after building), MiB" if panel == "growth" else
                     "peak during inference, MiB (includes the interpreter and the libraries)")
             ax.set_ylabel("MiB (lower is better)")
             ax.set_title(f"memory: {what}; {memory[0]['measure']}", fontsize=9)
         else:
-            base = {(r["shape"], r["mode"], r.get("malloc", "")): float(r["median_ms"]) for r in module
+            base = {(r["shape"], r["mode"], r.get("malloc", "")): number(r, "median_ms") for r in module
                     if r["provider"] == "mmseg"}
             table = {}
             for r in module:
                 key = (r["shape"], r["mode"], r.get("malloc", ""))
-                if r["provider"] != "mmseg" and key in base:
+                ms = number(r, "median_ms")
+                if r["provider"] != "mmseg" and base.get(key) and ms:
                     group = f"{r['shape']}\n{r['x_shape']} d{r['dilation']}\n{r['mode']}"
-                    table[group, r["provider"]] = base[key] / float(r["median_ms"])
+                    table[group, r["provider"]] = base[key] / ms
             groups = list(dict.fromkeys(g for g, _ in table))
             providers = [p for p in dict.fromkeys(r["provider"] for r in module) if p != "mmseg"]
             if not table:
@@ -125,22 +147,30 @@ def plot(rows, output):
     fig.suptitle(f"{first.get('machine', '?')[:90]}; torch {first.get('torch', '?')}; git {first.get('git', '?')}; "
                  f"{first.get('date', '?')}", fontsize=8)
     fig.tight_layout()
-    tmp = output + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    report.save_figure(fig, output)
     plt.close(fig)
-    os.replace(tmp, output)
+
+
+def _fps_label(row):
+    fps, speedup = number(row, "fps"), number(row, "speedup_vs_reference")
+    return f"{fps:.3g} fps" + (f", {speedup:.2f}x" if speedup is not None else "")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.plot_models", description=__doc__.split("\n")[0])
     parser.add_argument("csv", nargs="+", help="CSVs written by benchmarks/models.py (and module.csv)")
     parser.add_argument("-o", "--output", required=True, help="PNG to write")
+    report.add_overwrite_argument(parser)
     args = parser.parse_args(argv)
-    if not args.output.lower().endswith(".png"):
-        parser.error(f"--output must name a .png file, got {args.output!r}")
-    plot(read_rows(args.csv), args.output)
+    report.check_output_file(parser, args.output, "--output", args.overwrite, suffix=".png")
+    rows = read_rows(parser, args.csv)
+    try:
+        plot(rows, args.output)
+    except ValueError as exc:  # a cell that is not a number
+        parser.error(f"cannot plot {', '.join(args.csv)}: {exc}")
     print(f"wrote {args.output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

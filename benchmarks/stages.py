@@ -14,10 +14,13 @@ The auxiliary head is not run (inference). The providers take turns round by rou
 machine's load hits them alike; a part's time is the median over the rounds of its time in that round's call.
 
     python -m benchmarks.stages --model deeplabv3 --size 256 512 --threads 2 --rounds 5
+Rows go to benchmarks/results/stages.csv (--results-dir to change; an existing file is refused unless --overwrite);
+Ctrl-C writes the models finished so far and exits 130.
 """
 import argparse
 import collections
 import statistics
+import sys
 import time
 
 import torch
@@ -120,26 +123,49 @@ def measure(models, x, rounds, warmup):
             for k in models}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="deeplabv3", help="a config name or head (default deeplabv3)")
-    parser.add_argument("--size", nargs=2, type=int, default=(256, 512), metavar=("H", "W"))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+PROG = "python -m benchmarks.stages"
+
+
+def parse_args(argv=None):
+    from benchmarks.models import resolve_models
+
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="deeplabv3",
+                        help="a config name or head, or 'all' (each model in turn; default deeplabv3)")
+    parser.add_argument("--size", nargs=2, type=report.positive_int, default=(256, 512), metavar=("H", "W"))
+    parser.add_argument("--threads", type=report.positive_int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--rounds", type=report.positive_int, default=5)
+    parser.add_argument("--warmup", type=report.non_negative_int, default=2)
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
-    parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--results-dir", default=None, help="where stages.csv goes (default benchmarks/results)")
+    report.add_overwrite_argument(parser)
     args = parser.parse_args(argv)
-    for flag, value in (("--rounds", args.rounds), ("--size", min(args.size)), ("--threads", args.threads or 1)):
-        if value < 1:
-            parser.error(f"{flag} must be at least 1, got {value}")
-    if args.warmup < 0:
-        parser.error(f"--warmup must be at least 0, got {args.warmup}")
+    try:
+        args.models = resolve_models([args.model], flag="--model")
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.results_dir = report.check_output_folder(parser, args.results_dir, "--results-dir",
+                                                  [report.csv_name("stages")], args.overwrite)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from benchmarks.models import MEAN, STD, resolve_models
+    try:
+        for name in args.models:
+            bench_model(name, args)
+    except KeyboardInterrupt:
+        return report.interrupted(PROG, args.results_dir)
+    report.flush(args.results_dir)
+    return 0
 
-    name = resolve_models([args.model])[0]
+
+def bench_model(name, args):
+    """Times config `name`'s providers stage by stage, prints the table and adds its rows."""
+    from benchmarks.models import MEAN, STD
+
     torch.manual_seed(0)
     models = build(name, args.providers)
     x = (torch.rand(1, 3, *args.size) * 255 - MEAN) / STD
@@ -158,8 +184,7 @@ def main(argv=None):
                                       "threads": torch.get_num_threads(), "rounds": args.rounds, "part": label,
                                       "median_ms": round(s * 1e3, 2), "share": round(s / total, 4)})
         print(f"{label:28s}" + "".join(cells))
-    report.flush(args.results_dir)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

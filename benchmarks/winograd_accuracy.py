@@ -16,8 +16,11 @@ convs are run undilated. Inputs are ReLU'd standard normals (what a conv after B
 normal. Error = max |y - y64| / max |y64| and ||y - y64|| / ||y64||.
 
     python -m benchmarks.winograd_accuracy
+Rows go to benchmarks/results/winograd_accuracy.csv (--results-dir to change; an existing file is refused unless
+--overwrite); Ctrl-C writes the rows made so far and exits 130.
 """
 import argparse
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -83,8 +86,9 @@ def errors(y, want):
     return ((y - want).abs().max() / want.abs().max()).item(), ((y - want).norm() / want.norm()).item()
 
 
-def measure(shapes=SHAPES, seed=0):
-    """Rows: shape, variant, max and norm relative error, and each as a multiple of the direct conv's."""
+def measure(shapes=SHAPES, seed=0, on_row=None):
+    """Rows: shape, variant, max and norm relative error, and each as a multiple of the direct conv's; each row is
+    also passed to on_row as it is made."""
     from resnest_fast.ops import winograd as winograd_ops
 
     rows = []
@@ -106,21 +110,36 @@ def measure(shapes=SHAPES, seed=0):
             rows.append({"conv": label, "channels": f"{c}->{k}", "map": f"{h}x{w}", "variant": name,
                          "max_rel_err": err[0], "norm_rel_err": err[1],
                          "max_vs_direct": round(err[0] / direct[0], 2), "norm_vs_direct": round(err[1] / direct[1], 2)})
+            if on_row is not None:
+                on_row(rows[-1])
     return rows
 
 
+PROG = "python -m benchmarks.winograd_accuracy"
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--results-dir", default=None)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("--results-dir", default=None,
+                        help="where winograd_accuracy.csv goes (default benchmarks/results)")
+    report.add_overwrite_argument(parser)
     args = parser.parse_args(argv)
-    rows = measure()
+    results_dir = report.check_output_folder(parser, args.results_dir, "--results-dir",
+                                             [report.csv_name("winograd_accuracy")], args.overwrite)
     print(f"{'conv':16s} {'variant':28s} {'max rel err':>12s} {'x direct':>9s} {'norm rel err':>13s} {'x direct':>9s}")
-    for row in rows:
+
+    def on_row(row):
         report.add("winograd_accuracy", dict(bench="winograd_accuracy", **row))
         print(f"{row['conv']:16s} {row['variant']:28s} {row['max_rel_err']:12.2e} {row['max_vs_direct']:9.2f} "
-              f"{row['norm_rel_err']:13.2e} {row['norm_vs_direct']:9.2f}")
-    report.flush(args.results_dir)
+              f"{row['norm_rel_err']:13.2e} {row['norm_vs_direct']:9.2f}", flush=True)
+
+    try:
+        measure(on_row=on_row)
+    except KeyboardInterrupt:
+        return report.interrupted(PROG, results_dir)
+    report.flush(results_dir)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -148,15 +148,24 @@ def parse_sass(text):
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ptxas", required=True)
-    ap.add_argument("--sass", nargs="+", required=True)
-    opts = ap.parse_args()
-    ptxas = parse_ptxas(open(opts.ptxas).read())
+def read_text(ap, flag, path):
+    """The text of the file `path` given to `flag`; ap.error (one line, exit 2) when it cannot be read."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError as exc:
+        ap.error(f"{flag} {path!r} cannot be read: {exc.strerror or exc} (expected the file nvcc / cuobjdump wrote)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python scripts/cuda_sass_check.py")
+    ap.add_argument("--ptxas", required=True, help="the log of nvcc -Xptxas -v")
+    ap.add_argument("--sass", nargs="+", required=True, help="cuobjdump -sass output, one file per arch")
+    opts = ap.parse_args(argv)
+    ptxas = parse_ptxas(read_text(ap, "--ptxas", opts.ptxas))
     sass = {}
     for path in opts.sass:
-        sass.update(parse_sass(open(path).read()))
+        sass.update(parse_sass(read_text(ap, "--sass", path)))
     names = demangle(sorted({k[0] for k in ptxas} | {k[0] for k in sass}))
     failures = []
     table = collections.defaultdict(lambda: dict(regs=0, spill=0, loads=None, vec=False, store=None, n=0))

@@ -18,12 +18,18 @@
 # --dry-run: the same on the CPU at tiny shapes, no build, no sanitizer, no GPU tests (CI runs this).
 # --skip-build: use the resnest_fast already installed.
 # --only STEP[,STEP...]: just these of build, check, sanitize, pytest, sweep (info always runs), e.g. to finish on a
-#   warm machine what a budget cut: --skip-build --only sanitize,pytest; or --skip-build --only sweep
-# Usage: bash scripts/gpu_check.sh [--dry-run] [--skip-build] [--budget SECONDS] [--only STEPS]
+#   warm machine what a budget cut: --skip-build --only sanitize,pytest; or --skip-build --only sweep. A call with
+#   --only reruns steps into the same $OUT: their CSVs and summaries replace those of the earlier call.
+# --overwrite: replace the results of an earlier run in $OUT (without it, and without --only, an $OUT that holds a
+#   summary is refused before anything runs).
+# Ctrl-C stops the step that runs (the check writes what it measured so far, its summary saying it is partial),
+#   appends its output to the log and exits 130.
+# Usage: bash scripts/gpu_check.sh [--dry-run] [--skip-build] [--budget SECONDS] [--only STEPS] [--overwrite]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 usage() {
-  echo "usage: bash scripts/gpu_check.sh [--dry-run] [--skip-build] [--budget SECONDS] [--only STEP[,STEP...]]" >&2
+  echo "usage: bash scripts/gpu_check.sh [--dry-run] [--skip-build] [--budget SECONDS] [--only STEP[,STEP...]]" \
+    "[--overwrite]" >&2
   exit 2
 }
 DRY=0
@@ -31,27 +37,57 @@ BUILD=1
 BUDGET=""
 BUDGET_GIVEN=0
 ONLY=build,check,sanitize,pytest
+ONLY_GIVEN=0
+OVERWRITE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --skip-build) BUILD=0 ;;
     --budget) shift; BUDGET=${1:-}; BUDGET_GIVEN=1 ;;
     --budget=*) BUDGET=${1#--budget=}; BUDGET_GIVEN=1 ;;
-    --only) shift; ONLY=${1:-} ;;
-    --only=*) ONLY=${1#--only=} ;;
+    --only) shift; ONLY=${1:-}; ONLY_GIVEN=1 ;;
+    --only=*) ONLY=${1#--only=}; ONLY_GIVEN=1 ;;
+    --overwrite) OVERWRITE=1 ;;
     *) usage ;;
   esac
   shift
 done
-if [ $BUDGET_GIVEN -eq 1 ] && ! [[ "$BUDGET" =~ ^[0-9]+$ && "$BUDGET" -ge 60 ]]; then
-  echo "gpu_check: --budget takes whole seconds, at least 60 (got '$BUDGET')" >&2
-  exit 2
+if [ $BUDGET_GIVEN -eq 1 ]; then
+  # decimal whatever the leading zeros (bash arithmetic reads 0100 as octal and 090 as an error)
+  digits=${BUDGET#"${BUDGET%%[!0]*}"}
+  if ! [[ "$BUDGET" =~ ^[0-9]+$ ]] || [ ${#digits} -gt 9 ] || [ $((10#${digits:-0})) -lt 60 ]; then
+    echo "gpu_check: --budget takes whole seconds, from 60 to 999999999 (got '$BUDGET')" >&2
+    exit 2
+  fi
+  BUDGET=$((10#$digits))
 fi
 if ! [[ "$ONLY" =~ ^(build|check|sanitize|pytest|sweep)(,(build|check|sanitize|pytest|sweep))*$ ]]; then
   echo "gpu_check: --only takes steps among build, check, sanitize, pytest, sweep, comma-separated (got '$ONLY')" >&2
   exit 2
 fi
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
+OUT=${OUT:-gpu_results}
+# where the results go, checked before anything runs: a file at or above $OUT, a folder that cannot be written, or
+# (a first call, without --overwrite) the summary of an earlier run, which this one would replace
+existing=$OUT
+while [ ! -e "$existing" ] && [ ! -L "$existing" ]; do existing=$(dirname "$existing"); done
+if [ ! -d "$existing" ]; then
+  if [ "$existing" = "$OUT" ]; then what="is not a folder"; else what="cannot be created: $existing is not a folder"; fi
+  echo "gpu_check: OUT '$OUT' $what" >&2
+  exit 2
+fi
+if [ ! -w "$existing" ] || [ ! -x "$existing" ]; then
+  echo "gpu_check: OUT '$OUT' cannot be written: permission denied in $existing" >&2
+  exit 2
+fi
+overwrite=()  # the Python steps refuse files of an earlier run unless told
+if [ $OVERWRITE -eq 1 ] || [ $ONLY_GIVEN -eq 1 ]; then
+  overwrite=(--overwrite)
+elif [ -e "$OUT/summary.txt" ]; then
+  echo "gpu_check: OUT '$OUT' holds the results of an earlier run (summary.txt): pass --overwrite to replace them," \
+    "or set OUT to another folder" >&2
+  exit 2
+fi
 START=$(date +%s)
 DEADLINE=${BUDGET:+$((START + BUDGET))}
 PY=${PYTHON:-python3}
@@ -60,8 +96,11 @@ sys.exit(1) if not torch.cuda.is_available() else print('%d.%d' % torch.cuda.get
   echo "gpu_check: torch sees no CUDA GPU here (on a CPU machine: bash scripts/gpu_check.sh --dry-run)" >&2
   exit 2
 fi
-OUT=${OUT:-gpu_results}
 mkdir -p "$OUT"
+# the summaries as they were before this run: only one this run wrote is shown at the end
+summary_was() { stat -c '%i %y %s' "$1" 2>/dev/null; }
+check_summary_before=$(summary_was "$OUT/summary.txt")
+sweep_summary_before=$(summary_was "$OUT/summary-sweep.txt")
 LOG="$OUT/gpu_check.log"  # appended to: a later call with --only adds to the log of the first
 echo "######## bash scripts/gpu_check.sh $* ($(date -u '+%Y-%m-%d %H:%M:%S UTC'))" >>"$LOG"
 failed=()
@@ -71,9 +110,28 @@ left() {  # seconds until the deadline (a large number without --budget)
   if [ -n "$DEADLINE" ]; then echo $((DEADLINE - $(date +%s))); else echo 999999; fi
 }
 
+part=""       # the running step's output (a temporary file), appended to $LOG when the step ends
+step_name=""
+step_pid=""   # the running step's `timeout`, when it has a limit
+trap '[ -z "$part" ] || rm -f "$part"' EXIT
+on_interrupt() {  # Ctrl-C: the step that runs is stopped (a step under `timeout` is in a process group of its own,
+                  # which the terminal's Ctrl-C does not reach), its output kept in $LOG, one line, exit 130
+  trap '' INT
+  if [ -n "$step_pid" ]; then
+    kill -INT "$step_pid" 2>/dev/null
+    wait "$step_pid"
+  fi
+  if [ -n "$part" ] && [ -f "$part" ]; then
+    { echo "== $step_name (interrupted by Ctrl-C)"; cat "$part"; } >>"$LOG"
+  fi
+  echo "gpu_check: interrupted (Ctrl-C)${step_name:+ during $step_name}; the output so far is in $LOG" >&2
+  exit 130
+}
+trap on_interrupt INT
+
 step() {  # step NAME LIMIT COMMAND...: runs it (stopped after LIMIT seconds unless LIMIT is empty) with its
           # output appended to $LOG under its name, says how it went, and goes on either way
-  local name=$1 limit=$2 start rc part
+  local name=$1 limit=$2 start rc
   shift 2
   start=$(date +%s)
   echo "== $name"
@@ -83,13 +141,19 @@ step() {  # step NAME LIMIT COMMAND...: runs it (stopped after LIMIT seconds unl
     cut+=("$name")
     return
   fi
+  step_name=$name
   part=$(mktemp)
   if [ -n "$limit" ]; then
-    timeout --kill-after=15 "$limit" "$@" >"$part" 2>&1
+    # waited for in the background, so that Ctrl-C reaches on_interrupt at once
+    timeout --kill-after=15 "$limit" "$@" >"$part" 2>&1 &
+    step_pid=$!
+    wait "$step_pid"
+    rc=$?
+    step_pid=""
   else
     "$@" >"$part" 2>&1
+    rc=$?
   fi
-  rc=$?
   { echo "== $name (exit $rc, $(( $(date +%s) - start )) s)"; cat "$part"; } >>"$LOG"
   if [ $rc -eq 0 ]; then
     echo "   ok in $(( $(date +%s) - start )) s"
@@ -102,6 +166,8 @@ step() {  # step NAME LIMIT COMMAND...: runs it (stopped after LIMIT seconds unl
     failed+=("$name")
   fi
   rm -f "$part"
+  part=""
+  step_name=""
 }
 
 share() {  # share NUM DEN: NUM/DEN of the time left less 20 s for stopping and the summary, or nothing (no limit)
@@ -113,11 +179,11 @@ if [ $DRY -eq 1 ]; then
   step info "" "$PY" -m resnest_fast info
   if want check; then
     step check "" env TRITON_INTERPRET=1 "$PY" -m benchmarks.gpu_check all --dry-run --out "$OUT" \
-      ${DEADLINE:+--deadline "$DEADLINE"}
+      ${DEADLINE:+--deadline "$DEADLINE"} "${overwrite[@]}"
   fi
   if want sweep; then
     step sweep "" env TRITON_INTERPRET=1 "$PY" -m benchmarks.gpu_check sweep --dry-run --out "$OUT" \
-      ${DEADLINE:+--deadline "$DEADLINE"}
+      ${DEADLINE:+--deadline "$DEADLINE"} "${overwrite[@]}"
   fi
 else
   export TRITON_INTERPRET=0
@@ -131,7 +197,7 @@ else
   if want check; then
     check_deadline=${DEADLINE:+$(( $(date +%s) + $(left) / 2 ))}
     step check "$(share 2 3)" "$PY" -m benchmarks.gpu_check all --out "$OUT" \
-      ${check_deadline:+--deadline "$check_deadline"}
+      ${check_deadline:+--deadline "$check_deadline"} "${overwrite[@]}"
   fi
   if want sanitize && ! command -v compute-sanitizer >/dev/null; then
     echo "== sanitize: compute-sanitizer not found, skipped"
@@ -153,18 +219,19 @@ else
   fi
   if want sweep; then
     step sweep "$(share 1 1)" "$PY" -m benchmarks.gpu_check sweep --out "$OUT" \
-      ${DEADLINE:+--deadline "$(( $(date +%s) + $(left) * 2 / 3 ))"}
+      ${DEADLINE:+--deadline "$(( $(date +%s) + $(left) * 2 / 3 ))"} "${overwrite[@]}"
   fi
 fi
 
-for step_name in check sweep; do
+for summary_step in check sweep; do
   file="$OUT/summary.txt"
-  [ "$step_name" = sweep ] && file="$OUT/summary-sweep.txt"
-  if want "$step_name" && [ -f "$file" ]; then
+  before=$check_summary_before
+  if [ "$summary_step" = sweep ]; then file="$OUT/summary-sweep.txt"; before=$sweep_summary_before; fi
+  if want "$summary_step" && [ -f "$file" ] && [ "$(summary_was "$file")" != "$before" ]; then
     echo
     cat "$file"
     if grep -q "^skipped at the deadline" "$file"; then
-      cut+=("$step_name (part)")
+      cut+=("$summary_step (part)")
     fi
   fi
 done

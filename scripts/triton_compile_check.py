@@ -38,6 +38,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from benchmarks.stage_shapes import distinct_blocks, resnest101_d8_blocks  # noqa: E402
 from resnest_fast.kernels import splat, splat_conv  # noqa: E402
 
@@ -337,7 +338,7 @@ def run(cases: List, archs=ARCHS, jobs: Optional[int] = None, out=sys.stdout) ->
             work.append((len(all_specs), arch))
             all_specs.append(spec)
     _SPECS = all_specs
-    jobs = jobs or min(len(work), os.cpu_count() or 1)
+    jobs = max(1, min(len(work), os.cpu_count() or 1)) if jobs is None else jobs
     results = []
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
         for res in pool.map(_compile, *zip(*work)):
@@ -378,7 +379,8 @@ def main(argv=None) -> int:
     which.add_argument("--quick", action="store_true", help="the CI subset (a few minutes on 2 cores)")
     which.add_argument("--core", action="store_true", help="the handful the pytest suite compiles")
     parser.add_argument("--arch", type=int, action="append", help="80 and/or 90 (default both)")
-    parser.add_argument("--jobs", type=int, default=None)
+    parser.add_argument("--jobs", type=report.positive_int, default=None,
+                        help="compiling processes (default: one per CPU, at most one per compile)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("TRITON_INTERPRET=1: the kernels are interpreted functions; unset it to compile", file=sys.stderr)

@@ -12,6 +12,7 @@ from benchmarks.providers import (away_from_the_kink, eager_combine_op, eager_po
                                   fused_pool_op, make_block)
 from benchmarks.stage_shapes import Block, op_shapes
 from resnest_fast.backend import available_backends
+from tests.benchmarks.refusals import refused
 
 
 def test_no_interpreter_and_no_reference_among_the_timed_backends():
@@ -87,13 +88,12 @@ def test_speedups_and_plot(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
-def test_plot_refuses_rows_without_speedups(tmp_path):
+def test_plot_refuses_rows_without_speedups(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     path = tmp_path / "ops.csv"
     path.write_text("bench,op,mode,shape,provider,dtype,speedup_vs_eager,machine,git\n"
                     "splat_op,pool-eval,forward,quick,ours-cpu,fp32,,m,g\n")
-    with pytest.raises(SystemExit, match="no op-level rows with a speedup"):
-        plot.main([str(path), "-o", str(tmp_path / "x.png")])
+    refused(capsys, plot.main, [str(path), "-o", str(tmp_path / "x.png")], "no op-level rows with a speedup")
 
 
 @pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="C++ kernels not built")

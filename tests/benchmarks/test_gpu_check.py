@@ -2,6 +2,7 @@
 runs in CI as `bash scripts/gpu_check.sh --dry-run`)."""
 import csv
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
+from tests.benchmarks.refusals import refused
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -126,6 +128,32 @@ def test_a_run_cut_short_keeps_the_finished_steps_and_lists_the_rest(tmp_path, m
     assert "skipped at the deadline: bench-ops, memory, models" in summary
 
 
+@pytest.mark.parametrize("deadline", ["nan", "-1", "inf", "0", "soon"])
+def test_a_deadline_that_is_no_time_is_refused(deadline, capsys, tmp_path):
+    """nan and -1 ran no step and exited 0, as if the check had passed."""
+    refused(capsys, gpu_check.main, ["all", "--dry-run", "--out", str(tmp_path), "--deadline", deadline],
+            "--deadline", repr(deadline))
+    assert not os.listdir(tmp_path)
+
+
+def test_ctrl_c_writes_the_finished_steps_with_a_partial_summary(tmp_path, monkeypatch, capsys):
+    row = {"check": "op", "backend": "cpu", "shape": "s", "dtype": "fp32", "layout": "nchw", "tensor": "gap",
+           "max_err": "0", "bound": "1", "ok": True}
+
+    def ctrl_c(s):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_check, "check_ops", lambda s: [row])
+    monkeypatch.setattr(gpu_check, "bench_ops", ctrl_c)
+    assert gpu_check.main(["all", "--dry-run", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "".join(err) and "partial results" in err[-1], err
+    assert sorted(os.listdir(tmp_path)) == ["gpu-ops.csv", "summary.txt"]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "correctness: 1/1 checks" in summary
+    assert "interrupted (Ctrl-C) during bench-ops: partial results" in summary
+
+
 def test_the_models_step_starts_no_model_after_the_deadline():
     s = gpu_check.Settings(dry_run=True, deadline=time.time() - 1)
     assert gpu_check.bench_models(s, ["deeplabv3", "fcn"], []) == []
@@ -150,7 +178,8 @@ case "$*" in
   *get_device_capability*) echo 9.0 ;;
   "-c import xdist") exit 1 ;;
   "-c "*) echo "torch 2.11.0 CUDA 13.0 a fake GPU" ;;
-  "-m benchmarks.gpu_check all"*) sleep "${FAKE_CHECK_SECONDS:-0}" ;;
+  "-m benchmarks.gpu_check all"*) echo "check: a row measured"; sleep "${FAKE_CHECK_SECONDS:-0}"
+                                  exit "${FAKE_CHECK_EXIT:-0}" ;;
   "-m benchmarks.gpu_check sweep"*) echo "sweep of the Triton launch geometry: (fake)" >"$OUT/summary-sweep.txt" ;;
 esac
 exit 0
@@ -355,3 +384,103 @@ def test_the_sweep_step_writes_its_rows_and_its_own_summary(tmp_path, monkeypatc
     assert {(r["op"], r["dtype"]) for r in rows if r["default"] == "True"} == {(o, d) for o in ops
                                                                               for d in ("fp32", "bf16")}
     assert "sweep of the Triton launch geometry" in (tmp_path / "summary-sweep.txt").read_text()
+
+
+def _script(env, *args, timeout=120):
+    return subprocess.run(["bash", "scripts/gpu_check.sh", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _one_line_refusal(result, *words):
+    assert result.returncode == 2, result
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_an_out_that_is_a_file_or_holds_an_earlier_run_is_refused_at_once(tmp_path):
+    """OUT=<a file> went on to build and check, then failed as the check wrote its first CSV; an earlier run's
+    results were replaced without being asked."""
+    env, out = _fake_gpu_machine(tmp_path)
+    (tmp_path / "a-file").write_text("mine\n")
+    for where, words in ((tmp_path / "a-file", ["is not a folder"]),
+                         (tmp_path / "a-file" / "out", ["cannot be created", "a-file is not a folder"])):
+        _one_line_refusal(_script({**env, "OUT": str(where)}, "--skip-build"), f"OUT '{where}'", *words)
+    out.mkdir()
+    (out / "summary.txt").write_text("the earlier run\n")
+    _one_line_refusal(_script(env, "--skip-build"), "summary.txt", "--overwrite")
+    assert not (tmp_path / "calls").exists()  # nothing ran
+    assert (out / "summary.txt").read_text() == "the earlier run\n" and os.listdir(out) == ["summary.txt"]
+    result = _script(env, "--skip-build", "--overwrite")
+    assert result.returncode == 0, result.stdout + result.stderr
+    check = next(c for c in _calls(tmp_path) if c.startswith("-m benchmarks.gpu_check all"))
+    assert check == f"-m benchmarks.gpu_check all --out {out} --overwrite"
+
+
+def test_a_rerun_with_only_replaces_its_steps_results(tmp_path):
+    env, out = _fake_gpu_machine(tmp_path)
+    out.mkdir()
+    (out / "summary.txt").write_text("the earlier run\n")
+    result = _script(env, "--skip-build", "--only", "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    check = next(c for c in _calls(tmp_path) if c.startswith("-m benchmarks.gpu_check all"))
+    assert check.endswith(" --overwrite")
+
+
+def test_an_earlier_summary_is_not_shown_as_this_runs(tmp_path):
+    """The check failing before it wrote its summary: the summary.txt of an earlier run was printed as this run's."""
+    env, out = _fake_gpu_machine(tmp_path)
+    out.mkdir()
+    (out / "summary.txt").write_text("correctness: 99/99 checks within the rule (an earlier run)\n")
+    result = _script({**env, "FAKE_CHECK_EXIT": "1"}, "--skip-build", "--only", "check")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED (exit 1)" in result.stdout and "an earlier run" not in result.stdout
+
+
+@pytest.mark.parametrize("budget, seconds", [("0100", 100), ("090", 90), ("000000000120", 120)])
+def test_a_budget_is_decimal_whatever_its_leading_zeros(budget, seconds, tmp_path):
+    """0100 was read as octal (64 s), 090 as a bash arithmetic error."""
+    env, out = _fake_gpu_machine(tmp_path)
+    start = time.time()
+    result = _script(env, "--skip-build", "--only", "check", "--budget", budget)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    check = next(c.split() for c in _calls(tmp_path) if c.startswith("-m benchmarks.gpu_check all"))
+    deadline = float(check[check.index("--deadline") + 1])
+    assert start + seconds / 2 - 5 <= deadline <= time.time() + seconds / 2  # half of the budget left
+
+
+@pytest.mark.parametrize("budget", ["0059", "1e3", "-100", "1000000000"])
+def test_a_budget_out_of_range_is_one_line(budget, tmp_path):
+    env, out = _fake_gpu_machine(tmp_path)
+    _one_line_refusal(_script(env, "--skip-build", "--budget", budget), "--budget", f"'{budget}'")
+    assert not (tmp_path / "calls").exists()
+
+
+@pytest.mark.parametrize("budget", [[], ["--budget", "600"]], ids=["no-budget", "budget"])
+def test_ctrl_c_stops_the_step_keeps_its_output_and_leaves_no_temporary_file(budget, tmp_path):
+    """Ctrl-C, as the terminal sends it to the script's process group (a step under a budget runs under `timeout`,
+    in a group of its own): one line, exit 130, the step's output so far in the log, no temporary file left."""
+    env, out = _fake_gpu_machine(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    env.update(FAKE_CHECK_SECONDS="300", TMPDIR=str(tmp_path / "tmp"))
+    proc = subprocess.Popen(["bash", "scripts/gpu_check.sh", "--skip-build", *budget], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not any(c.startswith("-m benchmarks.gpu_check all") for c in
+                      ((tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else [])):
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stdout + stderr
+    assert stderr.count("\n") == 1 and "interrupted (Ctrl-C) during check" in stderr, stderr
+    log = (out / "gpu_check.log").read_text()
+    assert "== check (interrupted by Ctrl-C)" in log and "check: a row measured" in log
+    assert os.listdir(tmp_path / "tmp") == []
+    assert not any(c.startswith("--tool") or c.startswith("-m pytest") for c in _calls(tmp_path))  # stopped there

@@ -3,6 +3,7 @@ under a TorchDispatchMode that sums, for every aten / resnest_fast op, the disti
 tensors (views move nothing); the model's per-block counts must equal those sums. (The per-block shapes come from
 benchmarks/stage_shapes.py, checked against forward hooks on the real backbones by test_stage_shapes.py.)"""
 import math
+import os
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from benchmarks import memory_model as mm
 from benchmarks.providers import eager_post_conv, fused_post_conv, make_block
 from benchmarks.stage_shapes import Block, resnest101_d8_blocks
 from resnest_fast.backend import available_backends
+from tests.benchmarks.refusals import refused
 
 needs_cpu_kernels = pytest.mark.skipif("cpu" not in available_backends("cpu"),
                                        reason="the fused path's counts are those of the C++ ops (not built)")
@@ -134,3 +136,23 @@ def test_cli_writes_the_labelled_csv_and_rejects_bad_arguments(tmp_path, capsys)
         assert "argument" in capsys.readouterr().err
     with pytest.raises(ValueError, match="radix >= 2"):
         mm.eager_training_ops(Block("x", 2, 8, 4, 4, radix=1))
+
+
+def test_numbers_out_of_range_and_bad_outputs_are_one_line_and_leave_nothing(tmp_path, capsys):
+    """--bandwidth inf printed 0.000 ms; a folder, an empty string or a path under a file as --output was a traceback
+    after the table, with a .tmp file left beside it; an existing CSV was replaced without being asked."""
+    (tmp_path / "a-file").write_text("mine\n")
+    mine = tmp_path / "mm.csv"
+    mine.write_text("mine\n")
+    for argv, words in ((["--bandwidth", "inf"], ["--bandwidth", "'inf'"]),
+                        (["--bandwidth", "nan"], ["--bandwidth", "'nan'"]),
+                        (["--output", str(tmp_path)], ["--output", "is a folder"]),
+                        (["--output", ""], ["--output", "empty string"]),
+                        (["--output", str(tmp_path / "a-file" / "x.csv")], ["--output", "is a file"]),
+                        (["--output", str(mine)], ["--output", "already exists", "--overwrite"])):
+        refused(capsys, mm.main, argv + ([] if "--output" in argv else ["--output", str(tmp_path / "new.csv")]),
+                *words)
+        assert capsys.readouterr().out == ""  # refused before the table
+    assert sorted(os.listdir(tmp_path)) == ["a-file", "mm.csv"] and mine.read_text() == "mine\n"
+    assert mm.main(["--size", "64", "128", "--output", str(mine), "--overwrite"]) == 0
+    assert mine.read_text().startswith("git,kind,") and sorted(os.listdir(tmp_path)) == ["a-file", "mm.csv"]

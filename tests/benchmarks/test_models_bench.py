@@ -13,12 +13,6 @@ TINY = "resnest_s50-d8-w16_fcn_1xb8-400_synthetic-64x64"  # ResNeSt-50 at a quar
 CONTEXT = ("date", "git", "torch", "python", "machine", "malloc")
 
 
-@pytest.fixture
-def fresh_report(monkeypatch):
-    monkeypatch.setattr(report, "RESULTS", {})
-    monkeypatch.setattr(report, "SUMMARY", [])
-
-
 def test_all_is_the_eight_shipped_configs():
     shipped = sorted(p.stem for p in RESNEST_CONFIGS.glob("*.py"))
     assert len(shipped) == 8
@@ -67,7 +61,7 @@ def test_cuda_without_a_gpu_is_refused(capsys):
 
 
 def test_defaults_keep_run_sh_command():
-    args = models.parse_args(["--models", "deeplabv3", "--size", "256", "512", "--compile", "--memory"])
+    args = models.parse_args(["--models", "deeplabv3", "--size", "256", "512", "--compile", "--memory", "--overwrite"])
     assert args.models == [models.HEAD_CONFIGS["deeplabv3"]] and args.size == [256, 512]
     assert args.compile and args.memory and args.peak_memory and args.warmup == 5 and args.rounds is None
 
@@ -114,3 +108,22 @@ def test_reference_builds_from_a_shipped_config_that_names_imagenet_weights():
     if kind != "mmseg":
         pytest.skip("mmseg is not installed")
     assert type(model).__name__ == "EncoderDecoder" and type(model).__module__.startswith("mmseg")
+
+
+def test_ctrl_c_keeps_the_models_finished_and_exits_130(tmp_path, monkeypatch, capsys, fresh_report):
+    """Ctrl-C while the second model is timed: the first one's rows are written (the line says they are partial),
+    none of a half-timed model, exit 130; no traceback."""
+    seen = []
+
+    def bench_model(name, *args, **kwargs):
+        seen.append(name)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        report.add("models", {"bench": "eval_forward", "model": name, "provider": "ours", "fps": 2.0})
+
+    monkeypatch.setattr(models, "bench_model", bench_model)
+    assert models.main(["--models", "fcn", "pspnet", "--results-dir", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "interrupted (Ctrl-C): partial results, the 1 row" in err
+    with open(tmp_path / report.csv_name("models"), newline="") as f:
+        assert [r["model"] for r in csv.DictReader(f)] == [models.HEAD_CONFIGS["fcn"]]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import parity_miou
+from tests.benchmarks.refusals import refused
 from tests.mmseg_reference import import_mmseg, mmseg_available
 from tests.training.train_helpers import tiny_config
 
@@ -253,3 +254,22 @@ def test_a_table_config_runs_from_the_shared_random_weights_not_imagenet_ones():
         ref, _, ours = parity_miou.build_models("resnest_s101-d8_fcn_4xb2-80k_cityscapes-512x1024",
                                                 reference="reference-backend", seed=0)
     assert ours.pretrained is None and ref.pretrained is None
+
+
+@pytest.mark.parametrize("flag, value", [("--tolerance", "nan"), ("--lr", "inf"), ("--max-iters", "0"),
+                                         ("--pretrain-iters", "-1")])
+def test_a_number_out_of_range_is_refused_before_training(flag, value, capsys, monkeypatch):
+    monkeypatch.setattr(parity_miou, "build_models", lambda *a, **k: pytest.fail("the experiment started"))
+    refused(capsys, parity_miou.main, [flag, value], f"argument {flag}:", repr(value))
+
+
+def test_ctrl_c_is_one_line_and_exit_130_with_nothing_written(tmp_path, monkeypatch, capsys):
+    """The rows compare two finished runs: Ctrl-C during training writes nothing and says so in one line."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parity_miou, "run_experiment", interrupted)
+    assert parity_miou.main(["--out-dir", str(tmp_path / "out"), "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted (Ctrl-C)" in err[0] and "nothing written" in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -1,9 +1,17 @@
 """benchmarks.winograd_accuracy: the Toom-Cook matrices it builds are exact Winograd algorithms (checked in
 float64 against F.conv2d), and its rows compare each variant with the direct conv."""
+import csv
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks import report
 from benchmarks import winograd_accuracy as wa
 
 
@@ -42,3 +50,27 @@ def test_rows_compare_every_variant_with_the_direct_conv():
     assert rows[0]["max_vs_direct"] == 1.0
     for r in rows:
         assert 0 < r["norm_rel_err"] < 1e-4 and r["max_rel_err"] > 0
+
+
+def test_ctrl_c_writes_the_rows_made_so_far_and_exits_130(tmp_path):
+    """A real SIGINT, as the terminal sends it, once the first rows are printed: one line, no traceback, exit 130,
+    and the CSV holds exactly the rows printed before it (no temporary file beside it)."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.winograd_accuracy", "--results-dir", str(tmp_path)],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed = []
+    for line in proc.stdout:
+        if line.startswith("layer2.conv2"):
+            printed.append(line.split()[1:3])
+            if len(printed) == 2:
+                break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "interrupted (Ctrl-C): partial results" in err
+    with open(tmp_path / report.csv_name("winograd_accuracy"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    made = len(printed) + sum(1 for line in out.splitlines() if line[:1].isalpha())
+    assert 2 <= len(rows) == made < len(wa.SHAPES) * (3 + len(wa.POINTS_4))
+    assert os.listdir(tmp_path) == [report.csv_name("winograd_accuracy")]

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "cuda_sass_check.py"
 
-pytestmark = pytest.mark.skipif(shutil.which("c++filt") is None, reason="needs c++filt (binutils) to demangle")
+needs_cxxfilt = pytest.mark.skipif(shutil.which("c++filt") is None, reason="needs c++filt (binutils) to demangle")
 
 
 def mangled(family, dtype):
@@ -59,6 +59,7 @@ def run_check(tmp_path, functions, spill=0):
     return proc.returncode, [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
 
 
+@needs_cxxfilt
 def test_vector_loads_with_scalar_stores_fail_and_matching_vector_stores_pass(tmp_path):
     scattered = mangled("combine_nchw_kernel", "float")
     packed = mangled("pool_backward_nchw_kernel", "float")
@@ -78,6 +79,7 @@ def test_vector_loads_with_scalar_stores_fail_and_matching_vector_stores_pass(tm
     assert "stores 4 bytes per thread, loads 16" in failures[0]
 
 
+@needs_cxxfilt
 def test_a_loop_that_uses_each_load_before_the_next_fails(tmp_path):
     serial = mangled("pool_nchw_kernel", "float")
     batched = mangled("pool_nchw_kernel", "Half")
@@ -92,8 +94,25 @@ def test_a_loop_that_uses_each_load_before_the_next_fails(tmp_path):
     assert "at most 1 loads issued before a use" in failures[0]
 
 
+@needs_cxxfilt
 @pytest.mark.parametrize("dtype, fails", [("float", True), ("double", False)])
 def test_spills_fail_except_in_double(tmp_path, dtype, fails):
     name = mangled("pool_nchw_kernel", dtype)
     code, failures = run_check(tmp_path, {name: PARAMS + row_loads("LDG.E.128.CONSTANT") + USE + ["EXIT"]}, spill=8)
     assert (code == 1) == fails and (len(failures) == 1) == fails, failures
+
+
+@pytest.mark.parametrize("which", ["--ptxas", "--sass"])
+@pytest.mark.parametrize("what", ["missing", "folder"])
+def test_a_log_it_cannot_read_is_one_line_and_exit_2(tmp_path, which, what):
+    """A missing log or a folder was a FileNotFoundError / IsADirectoryError traceback."""
+    (tmp_path / "k.ptxas.log").write_text(ptxas_log([mangled("pool_nchw_kernel", "float")]))
+    (tmp_path / "k.sass").write_text(sass({}))
+    bad = tmp_path / "missing.log" if what == "missing" else tmp_path
+    paths = {"--ptxas": tmp_path / "k.ptxas.log", "--sass": tmp_path / "k.sass", which: bad}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--ptxas", str(paths["--ptxas"]), "--sass",
+                           str(paths["--sass"])], capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[-1].startswith("python scripts/cuda_sass_check.py: error: ") and which in lines[-1], proc.stderr
+    assert str(bad) in lines[-1] and proc.stdout == ""
