@@ -163,9 +163,7 @@ PROG = "python -m benchmarks.inference_memory"
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="deeplabv3",
-                        help="a config name or head, or 'all' (each model in turn; default deeplabv3)")
-    parser.add_argument("--size", nargs=2, type=report.positive_int, default=(256, 512), metavar=("H", "W"))
+    report.add_model_and_size(parser)
     parser.add_argument("--threads", type=report.positive_int, default=2)
     parser.add_argument("--calls", type=report.positive_int, default=2,
                         help="inference calls whose peak is measured (default 2)")

@@ -87,6 +87,13 @@ def _number(text: str, kind: type, what: str, ok: Callable[[float], bool]):
     return value
 
 
+def add_model_and_size(parser) -> None:
+    """--model and --size, as the per-model commands (stages, inference_memory) take them."""
+    parser.add_argument("--model", default="deeplabv3",
+                        help="a config name or head, or 'all' (each model in turn; default deeplabv3)")
+    parser.add_argument("--size", nargs=2, type=positive_int, default=(256, 512), metavar=("H", "W"))
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (iterations, threads, sizes)."""
     return _number(text, int, "a whole number >= 1", lambda v: v >= 1)

@@ -130,9 +130,7 @@ def parse_args(argv=None):
     from benchmarks.models import resolve_models
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="deeplabv3",
-                        help="a config name or head, or 'all' (each model in turn; default deeplabv3)")
-    parser.add_argument("--size", nargs=2, type=report.positive_int, default=(256, 512), metavar=("H", "W"))
+    report.add_model_and_size(parser)
     parser.add_argument("--threads", type=report.positive_int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--rounds", type=report.positive_int, default=5)
     parser.add_argument("--warmup", type=report.non_negative_int, default=2)
