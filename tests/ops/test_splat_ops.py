@@ -327,6 +327,19 @@ def test_cpp_checks_name_the_argument(args, words):
         assert word in str(info.value)
 
 
+@pytest.mark.skipif(not ext.TRAINING_KERNELS["cpu"], reason="resnest_fast._C was built without the training kernels")
+@pytest.mark.parametrize("bad", ["coef_a", "coef_b"])
+def test_cpp_backward_input_names_the_coefficients(bad):
+    """splat_backward_input checks coef_a and coef_b with the scale/shift rule, under their own names."""
+    x, logits = torch.randn(2, 8, 3, 3), torch.randn(2, 8)
+    coefs = {"coef_a": torch.ones(8), "coef_b": torch.zeros(8)}
+    coefs[bad] = torch.ones(3)
+    with pytest.raises(RuntimeError, match=rf"{bad} must have shape \(radix\*C,\)"):
+        torch.ops.resnest_fast.splat_backward_input(torch.randn(2, 4, 3, 3), torch.randn(2, 4), x, logits,
+                                                    torch.ones(8), torch.zeros(8), coefs["coef_a"], coefs["coef_b"],
+                                                    2, 1)
+
+
 @pytest.mark.skipif(not ext.HAS_CPU_KERNELS, reason="resnest_fast._C was not built")
 def test_radix_bound_is_the_kernels():
     """op_rules.MAX_RADIX and csrc's kMaxRadix are one bound: the C++ op takes MAX_RADIX and names the same range

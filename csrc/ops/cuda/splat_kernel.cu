@@ -1279,7 +1279,7 @@ at::Tensor splat_backward_input_cuda(const at::Tensor& grad_out, const at::Tenso
                                      int64_t groups) {
   check_cuda("x", x_in);
   check_splat_common(x_in, scale, shift, radix);
-  check_splat_common(x_in, coef_a, coef_b, radix);
+  check_splat_common(x_in, coef_a, coef_b, radix, "coef_a", "coef_b");
   check_splat_logits(x_in, logits_in, radix, groups);
   check_same_shape("grad_out", grad_out, {x_in.size(0), x_in.size(1) / radix, x_in.size(2), x_in.size(3)}, x_in);
   TORCH_CHECK(grad_gap.sizes() == at::IntArrayRef({x_in.size(0), x_in.size(1) / radix}),
