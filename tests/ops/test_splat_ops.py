@@ -433,6 +433,17 @@ def test_bn_stats_bad_input():
         splat_bn_stats(torch.randn(0, 3, 4, 4))
 
 
+@pytest.mark.filterwarnings("ignore:var_mean.*degrees of freedom")  # torch's, on an empty reduction
+@pytest.mark.parametrize("backend", ["reference"] + KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bn_stats_without_channels(backend, dtype):
+    """No channel at all (K == 0) is empty statistics, as torch.var_mean gives."""
+    from resnest_fast.ops import splat_bn_stats
+
+    var, mean = splat_bn_stats(torch.randn(2, 0, 3, 3, dtype=dtype), backend=backend)
+    assert var.shape == mean.shape == (0,) and var.dtype == mean.dtype == dtype
+
+
 @pytest.mark.skipif(not ext.HAS_CPU_KERNELS, reason="resnest_fast._C was not built")
 @pytest.mark.parametrize("radix,groups", [(1, 1), (2, 1), (4, 2), (2, 2)])
 @pytest.mark.parametrize("layout", LAYOUTS)

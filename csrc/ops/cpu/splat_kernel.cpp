@@ -822,6 +822,11 @@ std::tuple<at::Tensor, at::Tensor> splat_bn_stats_cpu(const at::Tensor& x_in) {
               x_in.scalar_type());
   TORCH_CHECK(x_in.size(0) * x_in.size(2) * x_in.size(3) > 0,
               "resnest_fast: splat_bn_stats needs at least one value per channel, got x of shape ", x_in.sizes());
+  if (x_in.numel() == 0) {  // no channel (K == 0): nothing to sum, and bn_stats divides by K
+    const auto out_type = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    at::Tensor var = at::empty({x_in.size(1)}, x_in.options().dtype(out_type));
+    return {var, at::empty_like(var)};
+  }
   const bool cl = splat_is_channels_last(x_in);
   const at::Tensor x = x_in.contiguous(splat_layout(x_in));
   std::tuple<at::Tensor, at::Tensor> out;
