@@ -28,7 +28,7 @@ from resnest_fast.ops import (
     splat_bn_stats_reference,
 )
 from resnest_fast.testing.tolerances import FLOOR as LOW_PRECISION_FLOOR
-from tests.ops.test_splat_ops import FAST_BACKENDS, compare_with_reference, make_inputs
+from tests.ops.test_splat_ops import FAST_BACKENDS, KERNEL_BACKENDS, compare_with_reference, make_inputs
 
 K_LANES, K_CHUNK, K_GRAIN_ELEMS = 64, 512, 32768  # csrc/ops/cpu/splat_kernel.cpp
 # (B, C, H, W), C per split: H*W = 675 = 10*64 + 35 = 512 + 163 (batch 2, one task), and 2145 = 33*64 + 33 =
@@ -251,3 +251,29 @@ def assert_fused_backward_is_the_gradient(got, args):
     for name, g, s, r in zip(["grad y", "grad bn0.weight", "grad bn0.bias", "grad logits"], got, same, ref64):
         assert g.device == args[0].device, f"{name} on {g.device}"
         assert_twice_torch_error(name, g, s, r)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNEL_BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_fused_backward_masks_non_finite_gradients(backend, layout):
+    """An inf in grad_out and a NaN in grad_gap through both fused passes (eval: running statistics) against
+    torch.autograd of the unfused block: relu's backward selects, so wherever relu is off grad y is 0, not
+    0*inf = NaN. bn0's parameter gradients are non-finite where torch's are, not always the same non-finite value:
+    they are chained through scale and shift (sum(d*y)*invstd - sum(d)*mean*invstd is inf - inf where torch's
+    sum(d*(y - mean)*invstd) is inf)."""
+    if backend == "cpu" and not ext.TRAINING_KERNELS["cpu"]:
+        pytest.skip("resnest_fast._C was built without the training kernels")
+    args = list(backward_inputs((2, 4, 3, 3), 2, 1, layout, "fp32", False))
+    args[7] = args[7].clone()  # grad_out, in its layout
+    args[7][0, 1, :, 2] = float("inf")
+    args[6][1, 3] = float("nan")  # grad_gap
+    got = fused_gradients(*args, backend=backend)
+    same = unfused_gradients(*args)[2:]
+    assert (same[0][0, [1, 5], :, 2] == 0).any() and (same[0][1, [3, 7]] == 0).any(), "relu is never off there"
+    for name, g, s in zip(["grad y", "grad bn0.weight", "grad bn0.bias", "grad logits"], got, same):
+        finite = s.isfinite()
+        assert torch.equal(g.isfinite(), finite), f"{name}: non-finite at other entries than torch's"
+        if name in ("grad y", "grad logits"):
+            torch.testing.assert_close(g, s, equal_nan=True, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        else:
+            torch.testing.assert_close(g[finite], s[finite], atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")

@@ -279,6 +279,35 @@ def test_empty_batch(backend):
     assert gap.shape == (0, 4) and out.shape == (0, 4, 3, 5)
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")], ids=["inf", "nan"])
+def test_non_finite_gradient_is_masked_like_reference(backend, layout, bad):
+    """relu's backward selects (torch's threshold_backward): an inf or NaN upstream gradient gives 0 wherever relu
+    is off, where multiplying by a 0/1 mask would give 0*inf = NaN. One bad value of grad_gap reaches every
+    position of one channel, one of grad_out every split at one position."""
+    radix, groups = 2, 1
+    x, logits, scale, shift = make_inputs((2, 8, 3, 3), radix, layout, torch.float32, True)
+    grad_gap = torch.randn(2, 8)
+    grad_gap[0, 0] = bad
+    grad_out = torch.randn(2, 8, 3, 3)
+    grad_out[1, 2, :, 1] = bad
+    inputs = (x, logits, scale, shift)
+    every = slice(None)
+    cases = [  # (op, its upstream gradient, the entries of grad_x the bad value reaches)
+        (lambda be, t: splat_pool(t[0], t[2], t[3], radix=radix, backend=be), grad_gap, (0, [0, 8], every, every)),
+        (lambda be, t: splat_combine(*t, radix=radix, groups=groups, backend=be), grad_out, (1, [2, 10], every, 1)),
+    ]
+    for op, grad, reached in cases:
+        ref_inputs = [detached_copy(t) for t in inputs]
+        ref = torch.autograd.grad(op("reference", ref_inputs), ref_inputs, grad, allow_unused=True)
+        got = torch.autograd.grad(op(backend, inputs), inputs, grad, allow_unused=True)
+        assert (ref[0][reached] == 0).any(), "relu is on wherever the bad value goes: the test lost its point"
+        for name, g, r in zip(["grad_x", "grad_logits", "grad_scale", "grad_shift"], got, ref):
+            if r is not None:
+                torch.testing.assert_close(g, r, equal_nan=True, msg=lambda m: f"{backend} {name}: {m}")
+
+
 BAD_INPUTS = [
     # (description, kwargs overrides, error type, words the message must contain)
     ("x of rank 3", dict(x=torch.randn(2, 8, 5)), ValueError, ["x", "4-D"]),

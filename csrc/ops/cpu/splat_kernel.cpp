@@ -169,7 +169,7 @@ void pool_backward(const scalar_t* grad_gap, const scalar_t* x, const acc_t* sca
 #pragma omp simd reduction(+ : dsc, dsh)
         for (int64_t i = 0; i < s.P; ++i) {
           const acc_t v = static_cast<acc_t>(row[i]);
-          const acc_t d = g * splat_act_grad<acc_t, kRelu>(splat_pre<acc_t, kAffine>(v, sc, sh));
+          const acc_t d = splat_times_act_grad<acc_t, kRelu>(g, splat_pre<acc_t, kAffine>(v, sc, sh));
           drow[i] = splat_store<scalar_t, acc_t>(kAffine ? d * sc : d);
           dsc += d * v;
           dsh += d;
@@ -202,8 +202,8 @@ void pool_backward(const scalar_t* grad_gap, const scalar_t* x, const acc_t* sca
         for (int64_t ch = 0; ch < s.RC(); ++ch) {
           const acc_t v = static_cast<acc_t>(row[ch]);
           const acc_t sc = kAffine ? scale[ch] : acc_t(1);
-          const acc_t d = gb[ch] * splat_act_grad<acc_t, kRelu>(
-                                       splat_pre<acc_t, kAffine>(v, sc, kAffine ? shift[ch] : acc_t(0)));
+          const acc_t d = splat_times_act_grad<acc_t, kRelu>(
+              gb[ch], splat_pre<acc_t, kAffine>(v, sc, kAffine ? shift[ch] : acc_t(0)));
           drow[ch] = splat_store<scalar_t, acc_t>(kAffine ? d * sc : d);
           if (kAffine) {
             dsc[ch] += d * v;
@@ -337,7 +337,7 @@ void combine_backward(const scalar_t* gout, const scalar_t* x, const acc_t* att,
             const acc_t g = static_cast<acc_t>(grow[i]);
             const acc_t pre = splat_pre<acc_t, kAffine>(v, sc, sh);
             da += g * splat_act<acc_t, kRelu>(pre);
-            const acc_t d = g * a * splat_act_grad<acc_t, kRelu>(pre);
+            const acc_t d = splat_times_act_grad<acc_t, kRelu>(g * a, pre);
             drow[i] = splat_store<scalar_t, acc_t>(kAffine ? d * sc : d);
             dsc += d * v;
             dsh += d;
@@ -374,7 +374,7 @@ void combine_backward(const scalar_t* gout, const scalar_t* x, const acc_t* att,
             const acc_t sc = kAffine ? scale[o + c] : acc_t(1);
             const acc_t pre = splat_pre<acc_t, kAffine>(v, sc, kAffine ? shift[o + c] : acc_t(0));
             da[o + c] += g * splat_act<acc_t, kRelu>(pre);
-            const acc_t d = g * ab[o + c] * splat_act_grad<acc_t, kRelu>(pre);
+            const acc_t d = splat_times_act_grad<acc_t, kRelu>(g * ab[o + c], pre);
             drow[o + c] = splat_store<scalar_t, acc_t>(kAffine ? d * sc : d);
             if (kAffine) {
               dsc[o + c] += d * v;

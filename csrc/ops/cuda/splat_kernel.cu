@@ -436,7 +436,7 @@ __global__ void RF_BOUNDS(Kernel::PoolBackward)
   acc_t sums[2] = {acc_t(0), acc_t(0)};  // dscale, dshift
   const auto dx_of = [&](const scalar_t(&v)[1]) {
     const acc_t xv = static_cast<acc_t>(v[0]);
-    const acc_t d = gr * splat_act_grad<acc_t, kRelu>(splat_pre<acc_t, kAffine>(xv, sc, sh));
+    const acc_t d = splat_times_act_grad<acc_t, kRelu>(gr, splat_pre<acc_t, kAffine>(xv, sc, sh));
     if constexpr (kAffine) {
       sums[0] += d * xv;
       sums[1] += d;
@@ -475,7 +475,7 @@ __global__ void RF_BOUNDS(Kernel::PoolBackward)
     constexpr int U = launch::unroll_of(Kernel::PoolBackward);
     for_run<U, 1>(rt, cols, strides, [&](int64_t, int64_t o, const scalar_t(&v)[1]) {
       const acc_t xv = static_cast<acc_t>(v[0]);
-      const acc_t d = gr * splat_act_grad<acc_t, kRelu>(splat_pre<acc_t, kAffine>(xv, sc, sh));
+      const acc_t d = splat_times_act_grad<acc_t, kRelu>(gr, splat_pre<acc_t, kAffine>(xv, sc, sh));
       dcol[o] = static_cast<scalar_t>(kAffine ? d * sc : d);
       if constexpr (kAffine) {
         sums[0] += d * xv;
@@ -652,7 +652,7 @@ __global__ void RF_BOUNDS(Kernel::CombineBackward)
     const acc_t xv = static_cast<acc_t>(v[0]), gv = static_cast<acc_t>(v[1]);
     const acc_t pre = splat_pre<acc_t, kAffine>(xv, sc, sh);
     sums[0] += gv * splat_act<acc_t, kRelu>(pre);
-    const acc_t d = gv * a * splat_act_grad<acc_t, kRelu>(pre);
+    const acc_t d = splat_times_act_grad<acc_t, kRelu>(gv * a, pre);
     if constexpr (kAffine) {
       sums[1] += d * xv;
       sums[2] += d;
@@ -698,7 +698,7 @@ __global__ void RF_BOUNDS(Kernel::CombineBackward)
       const acc_t xv = static_cast<acc_t>(v[0]), gv = static_cast<acc_t>(v[1]);
       const acc_t pre = splat_pre<acc_t, kAffine>(xv, sc, sh);
       sums[0] += gv * splat_act<acc_t, kRelu>(pre);
-      const acc_t d = gv * a * splat_act_grad<acc_t, kRelu>(pre);
+      const acc_t d = splat_times_act_grad<acc_t, kRelu>(gv * a, pre);
       dcol[o] = static_cast<scalar_t>(kAffine ? d * sc : d);
       if constexpr (kAffine) {
         sums[1] += d * xv;
