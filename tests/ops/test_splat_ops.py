@@ -473,6 +473,27 @@ def test_bn_stats_without_channels(backend, dtype):
     assert var.shape == mean.shape == (0,) and var.dtype == mean.dtype == dtype
 
 
+@pytest.mark.parametrize("backend", ["reference"] + KERNEL_BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_bn_stats_of_huge_means(backend, layout):
+    """Means beyond sqrt(fp32 max) ~ 1.8e19, whose square overflows fp32: constant channels have variance 0, a
+    channel with spread its float64 variance; no NaN, no inf."""
+    from resnest_fast.ops import splat_bn_stats
+
+    x = torch.full((2, 3, 4, 4), 1e20, dtype=torch.float64)
+    x[:, 1] = -3e25
+    x[:, 2] = 1e20 * (1 + 1e-3 * torch.randn(2, 4, 4, dtype=torch.float64))
+    x = x.float()
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    var, mean = splat_bn_stats(x, backend=backend)
+    var64, mean64 = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
+    assert torch.isfinite(var).all() and torch.isfinite(mean).all(), (var, mean)
+    assert var[0] == 0 and var[1] == 0
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=0)
+
+
 @pytest.mark.skipif(not ext.HAS_CPU_KERNELS, reason="resnest_fast._C was not built")
 @pytest.mark.parametrize("radix,groups", [(1, 1), (2, 1), (4, 2), (2, 2)])
 @pytest.mark.parametrize("layout", LAYOUTS)
