@@ -520,10 +520,12 @@ def _backward_input_kernel(
 def _merge_moments(mean, m2, n_before, t_mean, t_m2, n_t):
     """Chan et al.'s pairwise update: (mean, m2) of n_before values and (t_mean, t_m2) of n_t more (n_t >= 1, both
     counts already in the accumulation dtype) -> (mean, m2) of all of them. No difference of large sums, so no
-    cancellation when the mean dwarfs the spread."""
+    cancellation when the mean dwarfs the spread. delta is scaled by the weight before it is squared: on the first
+    merge (n_before == 0) delta is the tile's mean itself, and delta*delta overflows fp32 from |mean| ~ 1.8e19,
+    where inf * 0 would make m2 NaN; delta * (delta * 0) is 0."""
     n = n_before + n_t
     delta = t_mean - mean
-    return mean + delta * (n_t / n), m2 + t_m2 + delta * delta * (n_before * (n_t / n))
+    return mean + delta * (n_t / n), m2 + t_m2 + delta * (delta * (n_before * (n_t / n)))
 
 
 @triton.jit

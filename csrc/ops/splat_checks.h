@@ -10,8 +10,10 @@
 
 namespace resnest_fast {
 
+// scale_name and shift_name: what the messages call the pair (the fused backward checks coef_a, coef_b with it too).
 inline void check_splat_common(const at::Tensor& x, const std::optional<at::Tensor>& scale,
-                               const std::optional<at::Tensor>& shift, int64_t radix) {
+                               const std::optional<at::Tensor>& shift, int64_t radix,
+                               const char* scale_name = "scale", const char* shift_name = "shift") {
   TORCH_CHECK(x.dim() == 4, "resnest_fast: x must be 4-D (B, radix*C, H, W), got ", x.dim(), "-D of shape ",
               x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "resnest_fast: x must be floating point, got ",
@@ -21,9 +23,10 @@ inline void check_splat_common(const at::Tensor& x, const std::optional<at::Tens
   TORCH_CHECK(x.size(1) % radix == 0, "resnest_fast: x.shape[1] (", x.size(1), ") must be divisible by radix (",
               radix, ")");
   TORCH_CHECK(scale.has_value() == shift.has_value(),
-              "resnest_fast: scale and shift must be given together (both tensors or both None)");
+              "resnest_fast: ", scale_name, " and ", shift_name,
+              " must be given together (both tensors or both None)");
   if (scale.has_value()) {
-    for (const auto& pair : {std::make_pair("scale", &*scale), std::make_pair("shift", &*shift)}) {
+    for (const auto& pair : {std::make_pair(scale_name, &*scale), std::make_pair(shift_name, &*shift)}) {
       const at::Tensor& t = *pair.second;
       TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(1), "resnest_fast: ", pair.first,
                   " must have shape (radix*C,) = (", x.size(1), ",), got ", t.sizes());
@@ -32,8 +35,8 @@ inline void check_splat_common(const at::Tensor& x, const std::optional<at::Tens
       TORCH_CHECK(t.scalar_type() == x.scalar_type() || t.scalar_type() == at::kFloat, "resnest_fast: ",
                   pair.first, " must have x's dtype (", x.scalar_type(), ") or float32, got ", t.scalar_type());
     }
-    TORCH_CHECK(scale->scalar_type() == shift->scalar_type(), "resnest_fast: scale (", scale->scalar_type(),
-                ") and shift (", shift->scalar_type(), ") must have the same dtype");
+    TORCH_CHECK(scale->scalar_type() == shift->scalar_type(), "resnest_fast: ", scale_name, " (",
+                scale->scalar_type(), ") and ", shift_name, " (", shift->scalar_type(), ") must have the same dtype");
   }
 }
 

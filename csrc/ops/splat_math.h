@@ -8,7 +8,9 @@
 //
 // The activation applied on the fly is act(v) = relu(v*scale + shift) (bn0 folded or with batch statistics,
 // then mmseg's ReLU); each part is optional. relu keeps NaN (like torch.relu) and its derivative mask follows
-// torch's threshold_backward (0 where the result is <= 0, so NaN passes gradient).
+// torch's threshold_backward (0 where the result is <= 0, so NaN passes gradient). Like threshold_backward, a
+// gradient goes through the mask by selection (splat_times_act_grad), never by multiplication: 0 * inf and 0 * NaN
+// would turn a masked-out non-finite upstream gradient into NaN where torch gives 0.
 #pragma once
 
 #include <cmath>
@@ -40,6 +42,12 @@ RF_HOST_DEVICE acc_t splat_act(acc_t pre) {
 template <typename acc_t, bool kRelu>
 RF_HOST_DEVICE acc_t splat_act_grad(acc_t pre) {
   return (kRelu && pre <= acc_t(0)) ? acc_t(0) : acc_t(1);
+}
+
+// d * (d act / d pre), by selection: d where the mask passes, exactly 0 elsewhere, whatever d is.
+template <typename acc_t, bool kRelu>
+RF_HOST_DEVICE acc_t splat_times_act_grad(acc_t d, acc_t pre) {
+  return (kRelu && pre <= acc_t(0)) ? acc_t(0) : d;
 }
 
 // Position of the logit of split r, channel c in the [groups][radix][C/groups] layout.
@@ -99,7 +107,7 @@ RF_HOST_DEVICE SplatReduceTerms<acc_t> splat_backward_reduce_terms(acc_t v, acc_
                                                                    acc_t shift) {
   const acc_t pre = splat_pre<acc_t, true>(v, scale, shift);
   const acc_t mk = splat_act_grad<acc_t, true>(pre);
-  const acc_t d = g * a * mk;
+  const acc_t d = splat_times_act_grad<acc_t, true>(g * a, pre);
   return {g * splat_act<acc_t, true>(pre), d * v, d, mk * v, mk};
 }
 
@@ -108,8 +116,8 @@ RF_HOST_DEVICE SplatReduceTerms<acc_t> splat_backward_reduce_terms(acc_t v, acc_
 template <typename acc_t>
 RF_HOST_DEVICE acc_t splat_backward_input_value(acc_t v, acc_t g, acc_t a, acc_t gg, acc_t scale, acc_t shift,
                                                 acc_t ca, acc_t cb) {
-  const acc_t mk = splat_act_grad<acc_t, true>(splat_pre<acc_t, true>(v, scale, shift));
-  return scale * mk * (g * a + gg) + ca * v + cb;
+  const acc_t pre = splat_pre<acc_t, true>(v, scale, shift);
+  return scale * splat_times_act_grad<acc_t, true>(g * a + gg, pre) + ca * v + cb;
 }
 
 }  // namespace resnest_fast

@@ -25,9 +25,10 @@ __all__ = ["splat_backward_reduce", "splat_backward_input", "splat_backward_redu
 
 
 def _mask_and_acc(x, scale, shift):
+    """Where act'(pre) is 1, as a bool tensor: torch's threshold_backward (NaN passes)."""
     acc = accumulation_dtype(x.dtype)
     pre = x.to(acc) * scale.to(acc)[:, None, None] + shift.to(acc)[:, None, None]
-    return (~(pre <= 0)).to(acc), acc  # torch's threshold_backward: NaN passes
+    return ~(pre <= 0), acc
 
 
 def splat_backward_reduce_reference(grad_out, x, logits, scale, shift, radix: int, groups: int):
@@ -38,8 +39,9 @@ def splat_backward_reduce_reference(grad_out, x, logits, scale, shift, radix: in
         out = splat_combine_reference(x.detach(), lg, sc, sh, radix, groups, True)
         dlogits, dscale, dshift = torch.autograd.grad(out, (lg, sc, sh), grad_out)
     mask, acc = _mask_and_acc(x, scale, shift)
-    mx = (mask * x.to(acc)).sum((2, 3))
-    return dlogits, dscale, dshift, mx, mask.sum((2, 3))
+    mk = mask.to(acc)
+    mx = (mk * x.to(acc)).sum((2, 3))
+    return dlogits, dscale, dshift, mx, mk.sum((2, 3))
 
 
 def splat_backward_input_reference(grad_out, grad_gap, x, logits, scale, shift, coef_a, coef_b, radix: int,
@@ -49,7 +51,8 @@ def splat_backward_input_reference(grad_out, grad_gap, x, logits, scale, shift, 
     att = attention_weights_reference(logits.to(acc), radix, groups).reshape(b, rc)
     g = grad_out.to(acc).repeat(1, radix, 1, 1) * att[:, :, None, None]
     gg = (grad_gap.to(acc) / (h * w)).repeat(1, radix)[:, :, None, None]
-    dx = scale.to(acc)[:, None, None] * mask * (g + gg) + coef_a.to(acc)[:, None, None] * x.to(acc) \
+    # the mask selects, as relu's backward does: an inf or NaN gradient where act' = 0 gives 0, not 0 * inf = NaN
+    dx = scale.to(acc)[:, None, None] * torch.where(mask, g + gg, 0) + coef_a.to(acc)[:, None, None] * x.to(acc) \
         + coef_b.to(acc)[:, None, None]
     return dx.to(x.dtype)
 

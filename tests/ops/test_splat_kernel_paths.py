@@ -26,9 +26,11 @@ from resnest_fast.ops import (
     splat_backward_reduce,
     splat_bn_stats,
     splat_bn_stats_reference,
+    splat_combine,
+    splat_pool,
 )
 from resnest_fast.testing.tolerances import FLOOR as LOW_PRECISION_FLOOR
-from tests.ops.test_splat_ops import FAST_BACKENDS, compare_with_reference, make_inputs
+from tests.ops.test_splat_ops import FAST_BACKENDS, KERNEL_BACKENDS, compare_with_reference, make_inputs
 
 K_LANES, K_CHUNK, K_GRAIN_ELEMS = 64, 512, 32768  # csrc/ops/cpu/splat_kernel.cpp
 # (B, C, H, W), C per split: H*W = 675 = 10*64 + 35 = 512 + 163 (batch 2, one task), and 2145 = 33*64 + 33 =
@@ -251,3 +253,77 @@ def assert_fused_backward_is_the_gradient(got, args):
     for name, g, s, r in zip(["grad y", "grad bn0.weight", "grad bn0.bias", "grad logits"], got, same, ref64):
         assert g.device == args[0].device, f"{name} on {g.device}"
         assert_twice_torch_error(name, g, s, r)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNEL_BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_fused_backward_masks_non_finite_gradients(backend, layout):
+    """An inf in grad_out and a NaN in grad_gap through both fused passes (eval: running statistics) against
+    torch.autograd of the unfused block: relu's backward selects, so wherever relu is off grad y is 0, not
+    0*inf = NaN. bn0's parameter gradients are non-finite where torch's are, not always the same non-finite value:
+    they are chained through scale and shift (sum(d*y)*invstd - sum(d)*mean*invstd is inf - inf where torch's
+    sum(d*(y - mean)*invstd) is inf)."""
+    if backend == "cpu" and not ext.TRAINING_KERNELS["cpu"]:
+        pytest.skip("resnest_fast._C was built without the training kernels")
+    args = list(backward_inputs((2, 4, 3, 3), 2, 1, layout, "fp32", False))
+    args[7] = args[7].clone()  # grad_out, in its layout
+    args[7][0, 1, :, 2] = float("inf")
+    args[6][1, 3] = float("nan")  # grad_gap
+    got = fused_gradients(*args, backend=backend)
+    same = unfused_gradients(*args)[2:]
+    assert (same[0][0, [1, 5], :, 2] == 0).any() and (same[0][1, [3, 7]] == 0).any(), "relu is never off there"
+    for name, g, s in zip(["grad y", "grad bn0.weight", "grad bn0.bias", "grad logits"], got, same):
+        finite = s.isfinite()
+        assert torch.equal(g.isfinite(), finite), f"{name}: non-finite at other entries than torch's"
+        if name in ("grad y", "grad logits"):
+            torch.testing.assert_close(g, s, equal_nan=True, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        else:
+            torch.testing.assert_close(g[finite], s[finite], atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+# -------------------------------------------------------------------------- long channels_last runs, one thread
+
+# (B, C, H, W), radix 4: on one thread a sample is cut into 4 runs; 131*129 = 16899 positions make runs of 4225 =
+# 264*16 + 1 (a full 4096-position sum of the last level, then partial ones of every level: kFanIn = 16 and
+# kLevels = 3 in csrc/ops/cpu/splat_kernel.cpp); 256x256 is the audit's shape.
+LONG_RUN_SHAPES = [pytest.param((1, 32, 131, 129), id="16899pos"),
+                   pytest.param((1, 32, 256, 256), id="65536pos", marks=pytest.mark.heavy)]
+
+
+def long_run_reductions(backend, x, logits, scale, shift, grad_gap, grad_out, radix, groups):
+    """Every sum over positions of the ops: gap; pool backward's grad scale and shift; combine backward's grad
+    logits, scale and shift; the fused backward's first pass (grad logits, scale, shift, mx, m)."""
+    leaves = [t.detach().requires_grad_(True) for t in (x, logits, scale, shift)]
+    gap = splat_pool(leaves[0], leaves[2], leaves[3], radix=radix, backend=backend)
+    pool = torch.autograd.grad(gap, (leaves[2], leaves[3]), grad_gap)
+    out = splat_combine(*leaves, radix=radix, groups=groups, backend=backend)
+    combine = torch.autograd.grad(out, leaves[1:], grad_out)
+    fused = splat_backward_reduce(grad_out, x, logits, scale, shift, radix, groups, backend=backend)
+    names = ["gap", "pool grad scale", "pool grad shift", "combine grad logits", "combine grad scale",
+             "combine grad shift", "reduce grad logits", "reduce grad scale", "reduce grad shift", "reduce mx",
+             "reduce m"]
+    return dict(zip(names, [gap.detach(), *pool, *combine, *fused]))
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("shape", LONG_RUN_SHAPES)
+def test_long_channels_last_runs_keep_the_reference_accuracy(backend, shape, one_thread):
+    """channels_last sums over positions go along runs of thousands of positions: against float64, within twice
+    the reference's own fp32 error plus one fp32 ulp of the largest value (one fp32 accumulator per channel along a
+    run errs 5-40x the reference)."""
+    if not ext.TRAINING_KERNELS["cpu"]:
+        pytest.skip("resnest_fast._C was built without the training kernels")
+    radix, groups = 4, 2
+    b, c, h, w = shape
+    x, logits, scale, shift = make_inputs(shape, radix, "channels_last", torch.float32, True, requires_grad=False)
+    grad_gap = torch.randn(b, c)
+    grad_out = torch.randn(b, c, h, w).contiguous(memory_format=torch.channels_last)
+    args = (x, logits, scale, shift, grad_gap, grad_out, radix, groups)
+    got = long_run_reductions(backend, *args)
+    same = long_run_reductions("reference", *args)
+    ref64 = long_run_reductions("reference", *(t.double() if torch.is_tensor(t) else t for t in args))
+    for name, r in ref64.items():
+        err = (got[name].double() - r).abs().max().item()
+        ref_err = (same[name].double() - r).abs().max().item()
+        bound = 2 * ref_err + torch.finfo(torch.float32).eps * r.abs().max().item()
+        assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g} (reference in fp32: {ref_err:.3g})"

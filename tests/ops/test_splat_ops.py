@@ -315,6 +315,35 @@ def test_empty_batch(backend):
     assert gap.shape == (0, 4) and out.shape == (0, 4, 3, 5)
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")], ids=["inf", "nan"])
+def test_non_finite_gradient_is_masked_like_reference(backend, layout, bad):
+    """relu's backward selects (torch's threshold_backward): an inf or NaN upstream gradient gives 0 wherever relu
+    is off, where multiplying by a 0/1 mask would give 0*inf = NaN. One bad value of grad_gap reaches every
+    position of one channel, one of grad_out every split at one position."""
+    radix, groups = 2, 1
+    x, logits, scale, shift = make_inputs((2, 8, 3, 3), radix, layout, torch.float32, True)
+    grad_gap = torch.randn(2, 8)
+    grad_gap[0, 0] = bad
+    grad_out = torch.randn(2, 8, 3, 3)
+    grad_out[1, 2, :, 1] = bad
+    inputs = (x, logits, scale, shift)
+    every = slice(None)
+    cases = [  # (op, its upstream gradient, the entries of grad_x the bad value reaches)
+        (lambda be, t: splat_pool(t[0], t[2], t[3], radix=radix, backend=be), grad_gap, (0, [0, 8], every, every)),
+        (lambda be, t: splat_combine(*t, radix=radix, groups=groups, backend=be), grad_out, (1, [2, 10], every, 1)),
+    ]
+    for op, grad, reached in cases:
+        ref_inputs = [detached_copy(t) for t in inputs]
+        ref = torch.autograd.grad(op("reference", ref_inputs), ref_inputs, grad, allow_unused=True)
+        got = torch.autograd.grad(op(backend, inputs), inputs, grad, allow_unused=True)
+        assert (ref[0][reached] == 0).any(), "relu is on wherever the bad value goes: the test lost its point"
+        for name, g, r in zip(["grad_x", "grad_logits", "grad_scale", "grad_shift"], got, ref):
+            if r is not None:
+                torch.testing.assert_close(g, r, equal_nan=True, msg=lambda m: f"{backend} {name}: {m}")
+
+
 BAD_INPUTS = [
     # (description, kwargs overrides, error type, words the message must contain)
     ("x of rank 3", dict(x=torch.randn(2, 8, 5)), ValueError, ["x", "4-D"]),
@@ -361,6 +390,19 @@ def test_cpp_checks_name_the_argument(args, words):
         torch.ops.resnest_fast.splat_combine(*args)
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.skipif(not ext.TRAINING_KERNELS["cpu"], reason="resnest_fast._C was built without the training kernels")
+@pytest.mark.parametrize("bad", ["coef_a", "coef_b"])
+def test_cpp_backward_input_names_the_coefficients(bad):
+    """splat_backward_input checks coef_a and coef_b with the scale/shift rule, under their own names."""
+    x, logits = torch.randn(2, 8, 3, 3), torch.randn(2, 8)
+    coefs = {"coef_a": torch.ones(8), "coef_b": torch.zeros(8)}
+    coefs[bad] = torch.ones(3)
+    with pytest.raises(RuntimeError, match=rf"{bad} must have shape \(radix\*C,\)"):
+        torch.ops.resnest_fast.splat_backward_input(torch.randn(2, 4, 3, 3), torch.randn(2, 4), x, logits,
+                                                    torch.ones(8), torch.zeros(8), coefs["coef_a"], coefs["coef_b"],
+                                                    2, 1)
 
 
 @pytest.mark.skipif(not ext.HAS_CPU_KERNELS, reason="resnest_fast._C was not built")
@@ -454,6 +496,38 @@ def test_bn_stats_bad_input():
         splat_bn_stats(torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="one value per channel"):
         splat_bn_stats(torch.randn(0, 3, 4, 4))
+
+
+@pytest.mark.filterwarnings("ignore:var_mean.*degrees of freedom")  # torch's, on an empty reduction
+@pytest.mark.parametrize("backend", ["reference"] + KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bn_stats_without_channels(backend, dtype):
+    """No channel at all (K == 0) is empty statistics, as torch.var_mean gives."""
+    from resnest_fast.ops import splat_bn_stats
+
+    var, mean = splat_bn_stats(torch.randn(2, 0, 3, 3, dtype=dtype), backend=backend)
+    assert var.shape == mean.shape == (0,) and var.dtype == mean.dtype == dtype
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNEL_BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_bn_stats_of_huge_means(backend, layout):
+    """Means beyond sqrt(fp32 max) ~ 1.8e19, whose square overflows fp32: constant channels have variance 0, a
+    channel with spread its float64 variance; no NaN, no inf."""
+    from resnest_fast.ops import splat_bn_stats
+
+    x = torch.full((2, 3, 4, 4), 1e20, dtype=torch.float64)
+    x[:, 1] = -3e25
+    x[:, 2] = 1e20 * (1 + 1e-3 * torch.randn(2, 4, 4, dtype=torch.float64))
+    x = x.float()
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    var, mean = splat_bn_stats(x, backend=backend)
+    var64, mean64 = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
+    assert torch.isfinite(var).all() and torch.isfinite(mean).all(), (var, mean)
+    assert var[0] == 0 and var[1] == 0
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=0)
 
 
 @pytest.mark.skipif(not ext.HAS_CPU_KERNELS, reason="resnest_fast._C was not built")

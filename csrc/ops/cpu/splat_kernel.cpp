@@ -7,7 +7,9 @@
 //   NCHW (contiguous): one work item per (sample, channel); its radix rows are contiguous runs of H*W values.
 //   channels_last:     one work item per (sample, run of positions); each position holds radix*C contiguous
 //                      values, and reductions over positions go to per-item partial buffers that are summed at
-//                      the end (deterministic: the split into items depends only on the shape).
+//                      the end (deterministic: the split into items depends only on the shape). A run is
+//                      P/4 positions long on one thread: one fp32 accumulator per channel along it would err
+//                      12-40x the reference at 128x128 to 256x256, so runs are summed in levels (sum_run_cascaded).
 // Inner loops are `omp simd` loops over contiguous memory, at::parallel_for splits the items over torch's OpenMP
 // threads (setup.py compiles with -fopenmp where torch uses OpenMP: the header template is serial otherwise), and the
 // bool options (affine, relu) are template parameters so the loops have no branches.
@@ -34,6 +36,8 @@ namespace {
 constexpr int64_t kChunk = 512;         // NCHW combine: positions accumulated in a stack buffer at once
 constexpr int64_t kGrainElems = 32768;  // elements of x per parallel task, at least
 constexpr int64_t kLanes = 64;          // NCHW pool: partial sums kept apart (4 AVX-512 / 8 AVX2 registers)
+constexpr int64_t kFanIn = 16;          // channels_last run sums: partial sums merged into the next level 16 at a time
+constexpr int kLevels = 3;              // channels_last run sums: levels before the item's accumulators
 
 
 // Stores an fp32 (or double) result as scalar_t. c10's float -> bfloat16 conversion branches on NaN inside a
@@ -61,6 +65,58 @@ int64_t grain_for(int64_t elems_per_item) {
 int64_t runs_per_sample(int64_t B, int64_t P) {
   const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + B - 1) / B);
   return std::max<int64_t>(1, std::min<int64_t>(want, P / 16));
+}
+
+// N sums over one channels_last run, positions [p_begin, p_end), vectorised across channels: N accumulators of n
+// values each (the item's slots of the partial buffers, added to); add_position(p, part) adds position p's terms
+// into part[0..N). Partial sums of kFanIn positions merge kFanIn at a time into the next level (16, 256, 4096
+// positions), as torch's cascaded sums do, the last level into the accumulators: each fp32 partial sum takes at most
+// kFanIn terms (kFanIn positions at the first level), which keeps the error near the reference's. The merges, n
+// adds per kFanIn positions, stay in cache. The order depends only on the run.
+template <typename acc_t, int N>
+struct CascadeScratch {
+  // kLevels*N partial sums of n values, each on its own 64-byte lines: a first level that straddles lines makes
+  // every vector read-modify-write of the hot loop a split access.
+  static constexpr int64_t kLine = 64 / sizeof(acc_t);
+  explicit CascadeScratch(int64_t n) : stride((n + kLine - 1) / kLine * kLine), buf(kLevels * N * stride + kLine) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(buf.data());
+    base = buf.data() + ((64 - p % 64) % 64) / sizeof(acc_t);
+  }
+  acc_t* at(int level, int i) { return base + (level * N + i) * stride; }
+  int64_t stride;
+  std::vector<acc_t> buf;
+  acc_t* base;
+};
+
+template <int N, typename acc_t, typename F>
+RF_ALWAYS_INLINE inline void sum_run_cascaded(int64_t p_begin, int64_t p_end, int64_t n, acc_t* const (&acc)[N],
+                                              CascadeScratch<acc_t, N>& scratch, const F& add_position) {
+  for (int l = 0; l < kLevels; ++l)
+    for (int i = 0; i < N; ++i) std::fill(scratch.at(l, i), scratch.at(l, i) + n, acc_t(0));
+  const auto move_down = [&](int l) RF_ALWAYS_INLINE {
+    for (int i = 0; i < N; ++i) {
+      acc_t* src = scratch.at(l, i);
+      acc_t* dst = l + 1 < kLevels ? scratch.at(l + 1, i) : acc[i];
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        dst[j] += src[j];
+        src[j] = acc_t(0);
+      }
+    }
+  };
+  acc_t* part[N];
+  for (int i = 0; i < N; ++i) part[i] = scratch.at(0, i);
+  int64_t held[kLevels] = {};
+  for (int64_t b0 = p_begin; b0 < p_end; b0 += kFanIn) {
+    const int64_t b_end = std::min(p_end, b0 + kFanIn);
+    for (int64_t p = b0; p < b_end; ++p) add_position(p, part);
+    for (int l = 0; l < kLevels; ++l) {
+      move_down(l);
+      if (l + 1 == kLevels || ++held[l + 1] < kFanIn) break;
+      held[l + 1] = 0;
+    }
+  }
+  for (int l = 1; l < kLevels; ++l) move_down(l);
 }
 
 // Attention weights (B, R, C) in acc_t from logits (B, R*C) read as [groups][radix][C/groups].
@@ -121,23 +177,25 @@ void pool_forward(const scalar_t* x, const acc_t* scale, const acc_t* shift, sca
   const int64_t run = (s.P + K - 1) / K;
   std::vector<acc_t> partial(s.B * K * s.C, acc_t(0));
   parallel_items(0, s.B * K, 1, [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
+    CascadeScratch<acc_t, 1> scratch(s.C);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / K, k = item % K;
-      acc_t* acc = partial.data() + item * s.C;
-      const int64_t p_end = std::min(s.P, (k + 1) * run);
-      for (int64_t p = k * run; p < p_end; ++p) {
+      const auto add_position = [&](int64_t p, acc_t* const (&sums)[1]) RF_ALWAYS_INLINE {
         const scalar_t* row = x + (b * s.P + p) * s.RC();
+        acc_t* sum = sums[0];
         for (int64_t r = 0; r < s.R; ++r) {
           const scalar_t* xr = row + r * s.C;
           const acc_t* sc = kAffine ? scale + r * s.C : nullptr;
           const acc_t* sh = kAffine ? shift + r * s.C : nullptr;
 #pragma omp simd
           for (int64_t c = 0; c < s.C; ++c) {
-            acc[c] += splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(
+            sum[c] += splat_act<acc_t, kRelu>(splat_pre<acc_t, kAffine>(
                 static_cast<acc_t>(xr[c]), kAffine ? sc[c] : acc_t(1), kAffine ? sh[c] : acc_t(0)));
           }
         }
-      }
+      };
+      acc_t* const acc[1] = {partial.data() + item * s.C};
+      sum_run_cascaded<1>(k * run, std::min(s.P, (k + 1) * run), s.C, acc, scratch, add_position);
     }
   });
   for (int64_t b = 0; b < s.B; ++b) {
@@ -169,7 +227,7 @@ void pool_backward(const scalar_t* grad_gap, const scalar_t* x, const acc_t* sca
 #pragma omp simd reduction(+ : dsc, dsh)
         for (int64_t i = 0; i < s.P; ++i) {
           const acc_t v = static_cast<acc_t>(row[i]);
-          const acc_t d = g * splat_act_grad<acc_t, kRelu>(splat_pre<acc_t, kAffine>(v, sc, sh));
+          const acc_t d = splat_times_act_grad<acc_t, kRelu>(g, splat_pre<acc_t, kAffine>(v, sc, sh));
           drow[i] = splat_store<scalar_t, acc_t>(kAffine ? d * sc : d);
           dsc += d * v;
           dsh += d;
@@ -189,27 +247,35 @@ void pool_backward(const scalar_t* grad_gap, const scalar_t* x, const acc_t* sca
     for (int64_t ch = 0; ch < s.RC(); ++ch)
       g[b * s.RC() + ch] = static_cast<acc_t>(grad_gap[b * s.C + ch % s.C]) * inv_p;
   parallel_items(0, s.B * K, 1, [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
+    CascadeScratch<acc_t, 2> scratch(kAffine ? s.RC() : 0);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / K, k = item % K;
       const acc_t* gb = g.data() + b * s.RC();
-      acc_t* dsc = kAffine ? dscale_part + item * s.RC() : nullptr;
-      acc_t* dsh = kAffine ? dshift_part + item * s.RC() : nullptr;
-      const int64_t p_end = std::min(s.P, (k + 1) * run);
-      for (int64_t p = k * run; p < p_end; ++p) {
+      const auto add_position = [&](int64_t p, acc_t* const (&sums)[2]) RF_ALWAYS_INLINE {
+        acc_t* dsc = sums[0];
+        acc_t* dsh = sums[1];
         const scalar_t* row = x + (b * s.P + p) * s.RC();
         scalar_t* drow = dx + (b * s.P + p) * s.RC();
 #pragma omp simd
         for (int64_t ch = 0; ch < s.RC(); ++ch) {
           const acc_t v = static_cast<acc_t>(row[ch]);
           const acc_t sc = kAffine ? scale[ch] : acc_t(1);
-          const acc_t d = gb[ch] * splat_act_grad<acc_t, kRelu>(
-                                       splat_pre<acc_t, kAffine>(v, sc, kAffine ? shift[ch] : acc_t(0)));
+          const acc_t d = splat_times_act_grad<acc_t, kRelu>(
+              gb[ch], splat_pre<acc_t, kAffine>(v, sc, kAffine ? shift[ch] : acc_t(0)));
           drow[ch] = splat_store<scalar_t, acc_t>(kAffine ? d * sc : d);
           if (kAffine) {
             dsc[ch] += d * v;
             dsh[ch] += d;
           }
         }
+      };
+      const int64_t p_begin = k * run, p_end = std::min(s.P, (k + 1) * run);
+      if constexpr (kAffine) {
+        acc_t* const acc[2] = {dscale_part + item * s.RC(), dshift_part + item * s.RC()};
+        sum_run_cascaded<2>(p_begin, p_end, s.RC(), acc, scratch, add_position);
+      } else {
+        acc_t* const none[2] = {nullptr, nullptr};
+        for (int64_t p = p_begin; p < p_end; ++p) add_position(p, none);
       }
     }
   });
@@ -337,7 +403,7 @@ void combine_backward(const scalar_t* gout, const scalar_t* x, const acc_t* att,
             const acc_t g = static_cast<acc_t>(grow[i]);
             const acc_t pre = splat_pre<acc_t, kAffine>(v, sc, sh);
             da += g * splat_act<acc_t, kRelu>(pre);
-            const acc_t d = g * a * splat_act_grad<acc_t, kRelu>(pre);
+            const acc_t d = splat_times_act_grad<acc_t, kRelu>(g * a, pre);
             drow[i] = splat_store<scalar_t, acc_t>(kAffine ? d * sc : d);
             dsc += d * v;
             dsh += d;
@@ -353,15 +419,20 @@ void combine_backward(const scalar_t* gout, const scalar_t* x, const acc_t* att,
     return;
   }
   const int64_t run = (s.P + K - 1) / K;
+  constexpr int N = kAffine ? 3 : 1;  // d a, then dscale and dshift
   parallel_items(0, s.B * K, 1, [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
+    CascadeScratch<acc_t, N> scratch(s.RC());
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / K, k = item % K;
-      acc_t* da = da_part + item * s.RC();
-      acc_t* dsc = kAffine ? dscale_part + item * s.RC() : nullptr;
-      acc_t* dsh = kAffine ? dshift_part + item * s.RC() : nullptr;
       const acc_t* ab = att + b * s.RC();
-      const int64_t p_end = std::min(s.P, (k + 1) * run);
-      for (int64_t p = k * run; p < p_end; ++p) {
+      const auto add_position = [&](int64_t p, acc_t* const (&sums)[N]) RF_ALWAYS_INLINE {
+        acc_t* da = sums[0];
+        acc_t* dsc = nullptr;
+        acc_t* dsh = nullptr;
+        if constexpr (kAffine) {
+          dsc = sums[1];
+          dsh = sums[2];
+        }
         const scalar_t* row = x + (b * s.P + p) * s.RC();
         scalar_t* drow = dx + (b * s.P + p) * s.RC();
         const scalar_t* grow = gout + (b * s.P + p) * s.C;
@@ -374,7 +445,7 @@ void combine_backward(const scalar_t* gout, const scalar_t* x, const acc_t* att,
             const acc_t sc = kAffine ? scale[o + c] : acc_t(1);
             const acc_t pre = splat_pre<acc_t, kAffine>(v, sc, kAffine ? shift[o + c] : acc_t(0));
             da[o + c] += g * splat_act<acc_t, kRelu>(pre);
-            const acc_t d = g * ab[o + c] * splat_act_grad<acc_t, kRelu>(pre);
+            const acc_t d = splat_times_act_grad<acc_t, kRelu>(g * ab[o + c], pre);
             drow[o + c] = splat_store<scalar_t, acc_t>(kAffine ? d * sc : d);
             if (kAffine) {
               dsc[o + c] += d * v;
@@ -382,7 +453,14 @@ void combine_backward(const scalar_t* gout, const scalar_t* x, const acc_t* att,
             }
           }
         }
+      };
+      acc_t* acc[N];
+      acc[0] = da_part + item * s.RC();
+      if constexpr (kAffine) {
+        acc[1] = dscale_part + item * s.RC();
+        acc[2] = dshift_part + item * s.RC();
       }
+      sum_run_cascaded<N>(k * run, std::min(s.P, (k + 1) * run), s.RC(), acc, scratch, add_position);
     }
   });
 }
@@ -668,16 +746,16 @@ void backward_reduce(const scalar_t* gout, const scalar_t* x, const acc_t* att, 
   }
   const int64_t run = (s.P + K - 1) / K;
   parallel_items(0, s.B * K, 1, [&](int64_t begin, int64_t end) RF_ALWAYS_INLINE {
+    CascadeScratch<acc_t, 5> scratch(s.RC());
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / K, k = item % K;
-      acc_t* da = da_part + item * s.RC();
-      acc_t* dsc = dsc_part + item * s.RC();
-      acc_t* dsh = dsh_part + item * s.RC();
-      acc_t* mx = mx_part + item * s.RC();
-      acc_t* m = m_part + item * s.RC();
       const acc_t* ab = att + b * s.RC();
-      const int64_t p_end = std::min(s.P, (k + 1) * run);
-      for (int64_t p = k * run; p < p_end; ++p) {
+      const auto add_position = [&](int64_t p, acc_t* const (&sums)[5]) RF_ALWAYS_INLINE {
+        acc_t* da = sums[0];
+        acc_t* dsc = sums[1];
+        acc_t* dsh = sums[2];
+        acc_t* mx = sums[3];
+        acc_t* m = sums[4];
         const scalar_t* row = x + (b * s.P + p) * s.RC();
         const scalar_t* grow = gout + (b * s.P + p) * s.C;
         for (int64_t r = 0; r < s.R; ++r) {
@@ -694,7 +772,10 @@ void backward_reduce(const scalar_t* gout, const scalar_t* x, const acc_t* att, 
             m[o + c] += t.m;
           }
         }
-      }
+      };
+      const int64_t o = item * s.RC();
+      acc_t* const acc[5] = {da_part + o, dsc_part + o, dsh_part + o, mx_part + o, m_part + o};
+      sum_run_cascaded<5>(k * run, std::min(s.P, (k + 1) * run), s.RC(), acc, scratch, add_position);
     }
   });
 }
@@ -787,7 +868,7 @@ at::Tensor splat_backward_input_cpu(const at::Tensor& grad_out, const at::Tensor
                                     const at::Tensor& coef_a, const at::Tensor& coef_b, int64_t radix,
                                     int64_t groups) {
   check_splat_common(x_in, scale, shift, radix);
-  check_splat_common(x_in, coef_a, coef_b, radix);
+  check_splat_common(x_in, coef_a, coef_b, radix, "coef_a", "coef_b");
   check_splat_logits(x_in, logits_in, radix, groups);
   check_same_shape("grad_out", grad_out, {x_in.size(0), x_in.size(1) / radix, x_in.size(2), x_in.size(3)}, x_in);
   TORCH_CHECK(grad_gap.sizes() == at::IntArrayRef({x_in.size(0), x_in.size(1) / radix}),
@@ -822,6 +903,11 @@ std::tuple<at::Tensor, at::Tensor> splat_bn_stats_cpu(const at::Tensor& x_in) {
               x_in.scalar_type());
   TORCH_CHECK(x_in.size(0) * x_in.size(2) * x_in.size(3) > 0,
               "resnest_fast: splat_bn_stats needs at least one value per channel, got x of shape ", x_in.sizes());
+  if (x_in.numel() == 0) {  // no channel (K == 0): nothing to sum, and bn_stats divides by K
+    const auto out_type = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    at::Tensor var = at::empty({x_in.size(1)}, x_in.options().dtype(out_type));
+    return {var, at::empty_like(var)};
+  }
   const bool cl = splat_is_channels_last(x_in);
   const at::Tensor x = x_in.contiguous(splat_layout(x_in));
   std::tuple<at::Tensor, at::Tensor> out;

@@ -436,7 +436,7 @@ __global__ void RF_BOUNDS(Kernel::PoolBackward)
   acc_t sums[2] = {acc_t(0), acc_t(0)};  // dscale, dshift
   const auto dx_of = [&](const scalar_t(&v)[1]) {
     const acc_t xv = static_cast<acc_t>(v[0]);
-    const acc_t d = gr * splat_act_grad<acc_t, kRelu>(splat_pre<acc_t, kAffine>(xv, sc, sh));
+    const acc_t d = splat_times_act_grad<acc_t, kRelu>(gr, splat_pre<acc_t, kAffine>(xv, sc, sh));
     if constexpr (kAffine) {
       sums[0] += d * xv;
       sums[1] += d;
@@ -475,7 +475,7 @@ __global__ void RF_BOUNDS(Kernel::PoolBackward)
     constexpr int U = launch::unroll_of(Kernel::PoolBackward);
     for_run<U, 1>(rt, cols, strides, [&](int64_t, int64_t o, const scalar_t(&v)[1]) {
       const acc_t xv = static_cast<acc_t>(v[0]);
-      const acc_t d = gr * splat_act_grad<acc_t, kRelu>(splat_pre<acc_t, kAffine>(xv, sc, sh));
+      const acc_t d = splat_times_act_grad<acc_t, kRelu>(gr, splat_pre<acc_t, kAffine>(xv, sc, sh));
       dcol[o] = static_cast<scalar_t>(kAffine ? d * sc : d);
       if constexpr (kAffine) {
         sums[0] += d * xv;
@@ -652,7 +652,7 @@ __global__ void RF_BOUNDS(Kernel::CombineBackward)
     const acc_t xv = static_cast<acc_t>(v[0]), gv = static_cast<acc_t>(v[1]);
     const acc_t pre = splat_pre<acc_t, kAffine>(xv, sc, sh);
     sums[0] += gv * splat_act<acc_t, kRelu>(pre);
-    const acc_t d = gv * a * splat_act_grad<acc_t, kRelu>(pre);
+    const acc_t d = splat_times_act_grad<acc_t, kRelu>(gv * a, pre);
     if constexpr (kAffine) {
       sums[1] += d * xv;
       sums[2] += d;
@@ -698,7 +698,7 @@ __global__ void RF_BOUNDS(Kernel::CombineBackward)
       const acc_t xv = static_cast<acc_t>(v[0]), gv = static_cast<acc_t>(v[1]);
       const acc_t pre = splat_pre<acc_t, kAffine>(xv, sc, sh);
       sums[0] += gv * splat_act<acc_t, kRelu>(pre);
-      const acc_t d = gv * a * splat_act_grad<acc_t, kRelu>(pre);
+      const acc_t d = splat_times_act_grad<acc_t, kRelu>(gv * a, pre);
       dcol[o] = static_cast<scalar_t>(kAffine ? d * sc : d);
       if constexpr (kAffine) {
         sums[1] += d * xv;
@@ -1279,7 +1279,7 @@ at::Tensor splat_backward_input_cuda(const at::Tensor& grad_out, const at::Tenso
                                      int64_t groups) {
   check_cuda("x", x_in);
   check_splat_common(x_in, scale, shift, radix);
-  check_splat_common(x_in, coef_a, coef_b, radix);
+  check_splat_common(x_in, coef_a, coef_b, radix, "coef_a", "coef_b");
   check_splat_logits(x_in, logits_in, radix, groups);
   check_same_shape("grad_out", grad_out, {x_in.size(0), x_in.size(1) / radix, x_in.size(2), x_in.size(3)}, x_in);
   TORCH_CHECK(grad_gap.sizes() == at::IntArrayRef({x_in.size(0), x_in.size(1) / radix}),
