@@ -2,7 +2,6 @@
 benchmark command shares about its command line: the numeric argument types, the up-front check of where results
 go (--overwrite), atomic writes, and Ctrl-C."""
 import argparse
-import contextlib
 import csv
 import datetime
 import io
@@ -12,12 +11,11 @@ import platform
 import signal
 import subprocess
 import sys
-import threading
 from typing import Callable, Iterable, List, Optional, Sequence
 
 import torch
 
-from resnest_fast.utils import atomic_write, check_path, not_a_file, unwritable_folder
+from resnest_fast.utils import atomic_write, check_path, not_a_file, signal_handled, unwritable_folder
 
 RESULTS = {}  # file stem -> list of row dicts
 SUMMARY = []
@@ -281,18 +279,10 @@ def flush(directory: Optional[str] = None) -> List[str]:
 # ------------------------------------------------------------------------------------------------- Ctrl-C
 
 
-@contextlib.contextmanager
 def sigint_held():
     """Within the block a second Ctrl-C is ignored (the rows measured so far are being written); the handler before
     it is restored after. Outside the main thread nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return signal_handled(signal.SIGINT, signal.SIG_IGN)
 
 
 INTERRUPTED_EXIT = 128 + signal.SIGINT

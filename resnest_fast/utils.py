@@ -17,8 +17,8 @@ import numpy as np
 
 __all__ = ["int_pair", "SGD_NUMERIC_OPTIONS", "check_number", "check_path", "atomic_write", "atomic_write_leftovers",
            "fsync_dir", "file_in_the_way", "not_a_folder", "not_a_file", "unwritable_folder", "write_refusal",
-           "distributed_world_size", "check_input_dtype", "eval_mode", "Interrupted", "sigterm_interrupts",
-           "hold_sigterm"]
+           "distributed_world_size", "check_input_dtype", "eval_mode", "Interrupted", "signal_handled",
+           "sigterm_interrupts", "hold_sigterm"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -263,17 +263,23 @@ def hold_sigterm(held: bool) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_interrupts():
-    """Within the block, SIGTERM raises Interrupted(signum=SIGTERM) in the main thread, where the default would
-    end the process without running a `finally`. Outside the main thread (no handler can be set) nothing changes."""
+def signal_handled(signum: int, handler) -> Iterator[None]:
+    """Within the block, `handler` (a function or signal.SIG_IGN) handles `signum`; the handler before it is put
+    back after. Outside the main thread (no handler can be set there) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous = signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)
+
+
+def sigterm_interrupts():
+    """Within the block, SIGTERM raises Interrupted(signum=SIGTERM) in the main thread, where the default would
+    end the process without running a `finally`. Outside the main thread nothing changes."""
+    return signal_handled(signal.SIGTERM, _raise_interrupted)
 
 
 def distributed_world_size(group: Optional[object] = None) -> int:
