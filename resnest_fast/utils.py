@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["int_pair", "SGD_NUMERIC_OPTIONS", "check_number", "check_path", "atomic_write", "atomic_write_leftovers",
            "fsync_dir", "file_in_the_way", "not_a_folder", "not_a_file", "unwritable_folder", "write_refusal",
-           "distributed_world_size", "check_input_dtype", "eval_mode", "Interrupted", "signal_handled",
+           "distributed_world_size", "check_input_dtype", "eval_mode", "Interrupted", "interruption", "signal_handled",
            "sigterm_interrupts", "hold_sigterm"]
 
 PathLike = Union[str, os.PathLike]
@@ -244,6 +244,11 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str = "", signum: int = signal.SIGINT):
         super().__init__(message)
         self.signum = int(signum)
+
+
+def interruption(signum: int) -> str:
+    """How the one line of a command stopped by a signal names it: 'interrupted (SIGTERM)'."""
+    return f"interrupted ({signal.Signals(signum).name})"
 
 
 _sigterm_held = False

@@ -82,7 +82,7 @@ from resnest_fast.training.distributed import (DistInfo, all_gather_object, broa
 from resnest_fast.training.evaluate import evaluate, metrics_summary
 from resnest_fast.training.errors import SetupError
 from resnest_fast.training.schedule import build_optimizer, build_scheduler, check_optimizer
-from resnest_fast.utils import Interrupted, check_path, hold_sigterm
+from resnest_fast.utils import Interrupted, check_path, hold_sigterm, interruption
 
 __all__ = ["SetupError", "TrainingError", "train", "apply_cfg_options", "seed_everything"]
 
@@ -511,12 +511,11 @@ def train(
         hold_sigterm(False)
 
 
-
 def _interrupted(exc: KeyboardInterrupt, loop: Optional["_Loop"], work: Optional[Path], start_iter: int,
                  resume_from: Optional[str]) -> Interrupted:
     """The Interrupted that `exc` becomes: the signal, how far the run got and the checkpoint to resume from."""
     signum = getattr(exc, "signum", signal.SIGINT)
-    how = f"interrupted ({signal.Signals(signum).name})"
+    how = interruption(signum)
     if loop is None:
         return Interrupted(f"{how} before the first iteration: nothing was written", signum)
     # a checkpoint newer than the one resumed from is this call's (_check_nothing_newer), and complete (atomic), even

@@ -6,7 +6,7 @@ import sys
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from resnest_fast.backend import BACKENDS, environment_backend
-from resnest_fast.utils import check_path, sigterm_interrupts
+from resnest_fast.utils import check_path, interruption, sigterm_interrupts
 
 __all__ = ["add_runtime_arguments", "check_path_arguments", "is_rank0", "percent", "print_error", "run_command",
            "command_main"]
@@ -70,7 +70,7 @@ def run_command(run_from_args: Callable[..., int], args: argparse.Namespace, pro
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
             if is_rank0():
-                print(f"{prog}: {str(exc) or f'interrupted ({signal.Signals(signum).name})'}", file=sys.stderr)
+                print(f"{prog}: {str(exc) or interruption(signum)}", file=sys.stderr)
             return 128 + signum
 
 
