@@ -889,15 +889,13 @@ def main(argv=None) -> int:
                 results[step] = sweep_triton(s, progress(step))
         except KeyboardInterrupt:
             s.interrupted = step
-            with report.sigint_held():
-                rows = sum(len(r) for r in results.values())
-                paths = []
-                if rows:
-                    write_results(results, s, args.out, summary)
-                    paths = [os.path.join(args.out, name) for name in
-                             [report.csv_name(f"gpu-{k}") for k, v in results.items() if v] + [summary]]
-                print(report.interrupted_line(PROG, rows, paths), file=sys.stderr, flush=True)
-            return report.INTERRUPTED_EXIT
+
+            def write_partial():
+                write_results(results, s, args.out, summary)
+                return [os.path.join(args.out, name) for name in
+                        [report.csv_name(f"gpu-{k}") for k, v in results.items() if v] + [summary]]
+
+            return report.stopped(PROG, sum(len(r) for r in results.values()), write_partial)
         print(f"gpu_check: {step} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         write_results(results, s, args.out, summary)
     lines = write_results(results, s, args.out, summary)  # once more: the steps the deadline left out

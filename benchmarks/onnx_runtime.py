@@ -210,12 +210,12 @@ def default_csv(post_conv_stages):
 
 
 def write_rows(rows, runtimes, path):
-    """The rows with report.context() and the runtimes' versions, written whole or not at all."""
+    """The rows with report.context() and the runtimes' versions, written whole or not at all; returns `path`."""
     ctx = report.context()
     for runtime in runtimes:
         ctx[runtime] = runtime_version(runtime)
     fields = list(dict.fromkeys(k for row in rows for k in row))
-    report.write_csv(path, fields + list(ctx), ({**row, **ctx} for row in rows))
+    return report.write_csv(path, fields + list(ctx), ({**row, **ctx} for row in rows))
 
 
 def main(argv=None):
@@ -260,11 +260,7 @@ def main(argv=None):
                 img = torch.rand(1, 3, *args.size) * 255
                 bench(f"fcn-s{args.depth}-d8", model, img, args, tmpdir, rows, runtimes)
     except KeyboardInterrupt:
-        with report.sigint_held():
-            if rows:
-                write_rows(rows, runtimes, out)
-            print(report.interrupted_line(PROG, len(rows), [out] if rows else []), file=sys.stderr, flush=True)
-        return report.INTERRUPTED_EXIT
+        return report.stopped(PROG, len(rows), lambda: [write_rows(rows, runtimes, out)])
     write_rows(rows, runtimes, out)
     print(f"wrote {out} ({report.machine()})")
     return 0

@@ -296,11 +296,16 @@ def interrupted_line(prog: str, rows: int, paths: Sequence[str]) -> str:
             f"written to {', '.join(paths)}")
 
 
-def interrupted(prog: str, directory: Optional[str] = None) -> int:
-    """Ctrl-C during a command that collects rows with add(): the rows so far go out through flush() (nothing is
-    written when there are none), one line says so, and the exit code is 130, the shell's for Ctrl-C."""
+def stopped(prog: str, rows: int, write: Callable[[], Sequence[str]]) -> int:
+    """Ctrl-C during a command that has measured `rows` rows: write() puts them out and returns the paths it wrote
+    (not called when there are none), a second Ctrl-C ignored meanwhile; one line says what was written, said to be
+    partial; the exit code is 130, the shell's for Ctrl-C."""
     with sigint_held():
-        rows = sum(len(r) for r in RESULTS.values())
-        paths = flush(directory) if rows else []
+        paths = list(write()) if rows else []
         print(interrupted_line(prog, rows, paths), file=sys.stderr, flush=True)
     return INTERRUPTED_EXIT
+
+
+def interrupted(prog: str, directory: Optional[str] = None) -> int:
+    """stopped() for a command that collects its rows with add(): they go out through flush()."""
+    return stopped(prog, sum(len(r) for r in RESULTS.values()), lambda: flush(directory))
