@@ -92,13 +92,8 @@ OPS_COLUMNS = ("op", "mode", "shape", "provider", "dtype", "speedup_vs_eager")
 
 def _float(row, column):
     """The number in a cell; an empty one (not measured) is no bar (0); ValueError naming the column otherwise."""
-    text = row.get(column)
-    if text in ("", None):
-        return 0.0
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"column {column} holds {text!r}, not a number") from None
+    value = report.cell_number(row, column)
+    return 0.0 if value is None else value
 
 
 def plot_ops(rows, output, plt):

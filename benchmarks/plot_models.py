@@ -42,18 +42,6 @@ def read_rows(parser, paths):
     return rows
 
 
-def number(row, column):
-    """The number in a cell, or None where it is empty (e.g. speedup_vs_reference of a run without the reference
-    provider); ValueError naming the column when the cell holds something else."""
-    text = row.get(column)
-    if text in ("", None):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"column {column} holds {text!r}, not a number") from None
-
-
 def _short(config):
     from benchmarks.models import short_name
 
@@ -107,7 +95,7 @@ def plot(rows, output):
             table = {(_group_key(r, several_mallocs), r["provider"]): r for r in timing}
             groups = list(dict.fromkeys(g for g, _ in table))
             _grouped_bars(ax, groups, _providers(timing),
-                          lambda g, p: number(table[g, p], "fps") if (g, p) in table else None,
+                          lambda g, p: report.cell_number(table[g, p], "fps") if (g, p) in table else None,
                           lambda g, p: _fps_label(table[g, p]))
             ax.set_ylabel("fps, batch 1 (higher is better)")
             ax.set_title("eval forward; labels: fps and speedup over the reference (ratio of medians)", fontsize=9)
@@ -116,19 +104,19 @@ def plot(rows, output):
             table = {(_group_key(r, several_mallocs), r["provider"]): r for r in memory}
             groups = list(dict.fromkeys(g for g, _ in table))
             _grouped_bars(ax, groups, _providers(memory),
-                          lambda g, p: number(table[g, p], column) if (g, p) in table else None,
-                          lambda g, p: f"{number(table[g, p], column):.0f}")
+                          lambda g, p: report.cell_number(table[g, p], column) if (g, p) in table else None,
+                          lambda g, p: f"{report.cell_number(table[g, p], column):.0f}")
             what = ("growth during inference (peak - after building), MiB" if panel == "growth" else
                     "peak during inference, MiB (includes the interpreter and the libraries)")
             ax.set_ylabel("MiB (lower is better)")
             ax.set_title(f"memory: {what}; {memory[0]['measure']}", fontsize=9)
         else:
-            base = {(r["shape"], r["mode"], r.get("malloc", "")): number(r, "median_ms") for r in module
+            base = {(r["shape"], r["mode"], r.get("malloc", "")): report.cell_number(r, "median_ms") for r in module
                     if r["provider"] == "mmseg"}
             table = {}
             for r in module:
                 key = (r["shape"], r["mode"], r.get("malloc", ""))
-                ms = number(r, "median_ms")
+                ms = report.cell_number(r, "median_ms")
                 if r["provider"] != "mmseg" and base.get(key) and ms:
                     group = f"{r['shape']}\n{r['x_shape']} d{r['dilation']}\n{r['mode']}"
                     table[group, r["provider"]] = base[key] / ms
@@ -152,7 +140,7 @@ def plot(rows, output):
 
 
 def _fps_label(row):
-    fps, speedup = number(row, "fps"), number(row, "speedup_vs_reference")
+    fps, speedup = report.cell_number(row, "fps"), report.cell_number(row, "speedup_vs_reference")
     return f"{fps:.3g} fps" + (f", {speedup:.2f}x" if speedup is not None else "")
 
 

@@ -221,6 +221,18 @@ def read_csvs(parser: argparse.ArgumentParser, paths: Sequence[str], columns: Se
     return tables
 
 
+def cell_number(row: dict, column: str) -> Optional[float]:
+    """The number in a CSV cell; None where it is empty (not measured, e.g. a speedup without the reference);
+    ValueError naming the column when it holds something else."""
+    text = row.get(column)
+    if text in ("", None):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"column {column} holds {text!r}, not a number") from None
+
+
 def require_columns(parser: argparse.ArgumentParser, path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
     """parser.error naming `path` and the columns of `columns` that its rows (of one kind, e.g. one bench) lack."""
     missing = [c for c in columns if rows and c not in rows[0]]
