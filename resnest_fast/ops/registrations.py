@@ -17,6 +17,8 @@ import torch
 from resnest_fast import _extension as ext
 from resnest_fast.op_rules import accumulation_dtype, kernel_layout
 from resnest_fast.ops.depthwise import HAS_DEPTHWISE_KERNEL
+from resnest_fast.ops.splat_combine import splat_combine_reference
+from resnest_fast.ops.splat_pool import splat_pool_reference
 from resnest_fast.ops.winograd import HAS_WINOGRAD_KERNELS
 
 __all__ = ["register_triton_ops"]
@@ -144,8 +146,6 @@ def _register_pool_and_combine(prefix: str) -> None:
     def pool_backward(ctx, grad_gap):
         x, scale, shift = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
-            from resnest_fast.ops.splat_pool import splat_pool_reference
-
             return _grads_through_reference(splat_pool_reference, (x, scale, shift, ctx.radix, ctx.relu), grad_gap)
         dx, dscale, dshift = pool_bwd(grad_gap, x, scale, shift, ctx.radix, ctx.relu)
         affine = scale is not None
@@ -154,8 +154,6 @@ def _register_pool_and_combine(prefix: str) -> None:
     def combine_backward(ctx, grad_out):
         x, logits, scale, shift = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
-            from resnest_fast.ops.splat_combine import splat_combine_reference
-
             return _grads_through_reference(
                 splat_combine_reference, (x, logits, scale, shift, ctx.radix, ctx.groups, ctx.relu), grad_out)
         dx, dlogits, dscale, dshift = combine_bwd(
